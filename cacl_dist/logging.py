@@ -1,0 +1,124 @@
+"""One logger for the whole package, filtered to rank 0, plus the metric sinks.
+
+- `setup_logging(run_dir, rank)`: console (rank 0, or every rank for warnings and errors) and a
+  per-rank log file in the run folder.
+- `MetricsWriter`: JSON lines in `metrics.jsonl` and TensorBoard events (rank 0 only).
+- `progress(...)`: a tqdm bar on rank 0, a plain iterator elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypeVar
+
+LOGGER_NAME = "cacl_dist"
+T = TypeVar("T")
+
+
+def get_logger() -> logging.Logger:
+    return logging.getLogger(LOGGER_NAME)
+
+
+class _RankFilter(logging.Filter):
+    """Lets everything through on rank 0, only warnings and errors on other ranks."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = self.rank
+        return self.rank == 0 or record.levelno >= logging.WARNING
+
+
+def setup_logging(run_dir: str | Path | None, rank: int = 0, level: int = logging.INFO) -> logging.Logger:
+    """Configure the package logger (idempotent: earlier handlers are replaced)."""
+    logger = get_logger()
+    logger.setLevel(level)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s [rank %(rank)s] %(levelname)s %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.addFilter(_RankFilter(rank))
+    console.setFormatter(fmt)
+    logger.addHandler(console)
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        file = logging.FileHandler(Path(run_dir) / f"log_rank{rank}.txt")
+        file.addFilter(lambda record: setattr(record, "rank", rank) or True)
+        file.setFormatter(fmt)
+        logger.addHandler(file)
+    return logger
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly scalars (tensors and numpy numbers become floats/ints)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricsWriter:
+    """Append-only JSONL metrics plus TensorBoard scalars; a no-op off rank 0."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._tb = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError:
+                    get_logger().info("tensorboard is not installed: metrics go to metrics.jsonl only")
+                else:
+                    self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def write(self, kind: str, step: int, **values: Any) -> None:
+        """Record one event of `kind` ('train', 'cluster', 'eval', ...) at global step `step`."""
+        if not self.enabled:
+            return
+        row = {"kind": kind, "step": step, "time": round(time.time(), 3)}
+        row.update({k: _plain(v) for k, v in values.items()})
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for key, value in row.items():
+                if key not in ("kind", "step", "time") and isinstance(value, (int, float)) \
+                        and not isinstance(value, bool):
+                    self._tb.add_scalar(f"{kind}/{key}", value, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
+    """The rows of a run's metrics.jsonl, optionally only those of one kind."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if kind is None or r["kind"] == kind]
+
+
+def progress(iterable: Iterable[T], total: int | None = None, desc: str = "",
+             enabled: bool = True) -> Iterator[T]:
+    """A progress bar when enabled (rank 0 with run.progress), else the iterable itself."""
+    if not enabled:
+        return iter(iterable)
+    from tqdm import tqdm
+
+    return iter(tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr))

@@ -1,0 +1,33 @@
+import torch
+
+from cacl_dist.distributed import comm
+
+from .harness import run_gloo
+
+
+def test_collectives_are_identity_in_one_process():
+    t = torch.arange(6.0).reshape(3, 2)
+    assert comm.all_gather_cat(t) is t
+    assert comm.all_reduce_sum(t) is t
+    assert comm.broadcast_tensor(t) is t
+    assert comm.broadcast_object({"a": 1}) == {"a": 1}
+    assert comm.world_size() == 1 and comm.rank() == 0
+
+
+def _collectives(rank, world_size):
+    rows = torch.full((rank + 1, 2), float(rank))  # unequal sizes per rank
+    gathered = comm.all_gather_cat(rows)
+    total = comm.all_reduce_sum(torch.tensor([rank + 1.0]))
+    obj = comm.broadcast_object({"labels": [1, 2, 3]} if rank == 0 else None)
+    tensor = comm.broadcast_tensor(torch.arange(4) * (rank + 1))
+    return gathered, total, obj, tensor
+
+
+def test_collectives_across_three_gloo_processes():
+    results = run_gloo(_collectives, 3)
+    expected = torch.cat([torch.full((r + 1, 2), float(r)) for r in range(3)])
+    for gathered, total, obj, tensor in results:
+        assert torch.equal(gathered, expected)
+        assert total.item() == 6.0
+        assert obj == {"labels": [1, 2, 3]}
+        assert torch.equal(tensor, torch.arange(4))
