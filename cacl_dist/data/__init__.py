@@ -1,0 +1,5 @@
+"""Data: dataset layouts, the synthetic generator, the identity sampler and input pipelines.
+
+Import the submodules directly (``cacl_dist.data.layouts``, ``.sampler``, ``.transforms``,
+``.datasets``, ``.synthetic``, ``.pipelines.torchvision``); this package imports nothing heavy.
+"""

@@ -1,0 +1,201 @@
+"""Dataset layouts on disk: Market-1501, DukeMTMC-reID, MSMT17 (v1/v2), a plain folder, synthetic.
+
+Every loader returns a :class:`ReidDataset` whose splits are lists of :class:`ImageRecord`
+sorted by path, so that the index of an image is the same on every rank and every run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+DATASET_NAMES = ("market1501", "dukemtmc", "msmt17", "folder", "synthetic")
+"""Names accepted by :func:`load_dataset`."""
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+"""File extensions (lower case) treated as images."""
+
+_MARKET_SPLITS = (("train", "bounding_box_train"), ("query", "query"), ("gallery", "bounding_box_test"))
+_MARKET_PATTERN = re.compile(r"^(-?\d+)_c(\d+)s\d+_\d+_\d+$")
+_DUKE_PATTERN = re.compile(r"^(-?\d+)_c(\d+)_f\d+$")
+_PATTERN_HELP = {
+    "market1501": "PID_cCAMsSEQ_FRAME_BOX.jpg, e.g. 0002_c1s1_000451_03.jpg",
+    "synthetic": "PID_cCAMsSEQ_FRAME_BOX.jpg, e.g. 0002_c1s1_000451_03.jpg",
+    "dukemtmc": "PID_cCAM_fFRAME.jpg, e.g. 0001_c2_f0046182.jpg",
+}
+_MSMT_LISTS = (("train", "list_train.txt"), ("query", "list_query.txt"), ("gallery", "list_gallery.txt"))
+_MSMT_NAME_HELP = "PID_INDEX_CAM_..., e.g. 0000_000_01_0303morning_0015_0.jpg (CAM is the third field)"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image: absolute ``path``, identity ``pid`` and 0-based camera ``camid`` (-1 = unknown)."""
+
+    path: str
+    pid: int
+    camid: int
+
+
+@dataclass
+class ReidDataset:
+    """A re-identification dataset: training images plus (optionally) query and gallery."""
+
+    name: str
+    root: str
+    train: list[ImageRecord] = field(default_factory=list)
+    query: list[ImageRecord] = field(default_factory=list)
+    gallery: list[ImageRecord] = field(default_factory=list)
+
+    @property
+    def has_eval(self) -> bool:
+        """True when both query and gallery are non-empty, so the dataset can be evaluated."""
+        return bool(self.query) and bool(self.gallery)
+
+    def summary(self) -> str:
+        """One line with the number of images, identities and cameras of every split."""
+        parts = []
+        for split in ("train", "query", "gallery"):
+            records = getattr(self, split)
+            pids = {r.pid for r in records if r.pid >= 0}
+            cams = {r.camid for r in records if r.camid >= 0}
+            parts.append(f"{split} {len(records)} images / {len(pids)} ids / {len(cams)} cams")
+        return f"{self.name} at {self.root}: " + ", ".join(parts)
+
+
+def load_dataset(name: str, root: str) -> ReidDataset:
+    """Read the dataset ``name`` (one of :data:`DATASET_NAMES`) stored under ``root``.
+
+    Raises FileNotFoundError when ``root`` or an expected sub-folder / list file is missing and
+    ValueError for an unknown name, an empty split or a file name that cannot be parsed.
+    """
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset name {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    root = os.path.abspath(os.path.expanduser(str(root)))
+    if not os.path.isdir(root):
+        hint = ""
+        if name == "synthetic":
+            hint = f" (create it with: python -m cacl_dist.data.synthetic --root {root})"
+        raise FileNotFoundError(f"dataset root {root} for {name!r} does not exist or is not a folder{hint}")
+    if name in ("market1501", "synthetic"):
+        splits = _load_named_folders(name, root, _MARKET_PATTERN)
+    elif name == "dukemtmc":
+        splits = _load_named_folders(name, root, _DUKE_PATTERN)
+    elif name == "msmt17":
+        splits = _load_msmt17(root)
+    else:
+        splits = {"train": _load_plain_folder(root), "query": [], "gallery": []}
+    return ReidDataset(name=name, root=root, **splits)
+
+
+def _list_images(folder: str) -> list[str]:
+    """Image file names directly inside ``folder`` (not recursive), sorted."""
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _load_named_folders(name: str, root: str, pattern: re.Pattern) -> dict[str, list[ImageRecord]]:
+    """Market-style layout: three flat folders whose file names carry pid and camera."""
+    splits: dict[str, list[ImageRecord]] = {}
+    for split, sub in _MARKET_SPLITS:
+        folder = os.path.join(root, sub)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"{name}: expected the folder {folder} ({split} split) with images named "
+                f"{_PATTERN_HELP[name]}; check that --root points at the extracted dataset"
+            )
+        records = []
+        for fname in _list_images(folder):
+            match = pattern.match(os.path.splitext(fname)[0])
+            if match is None:
+                raise ValueError(
+                    f"{name}: cannot parse pid/camera from {os.path.join(folder, fname)}; "
+                    f"expected {_PATTERN_HELP[name]}"
+                )
+            pid, cam = int(match.group(1)), int(match.group(2))
+            if pid == -1:
+                continue  # junk images are dropped everywhere
+            if pid < -1 or cam < 1:
+                raise ValueError(
+                    f"{name}: {os.path.join(folder, fname)} has pid {pid} / camera {cam}; expected "
+                    f"pid >= -1 and camera >= 1 ({_PATTERN_HELP[name]})"
+                )
+            records.append(ImageRecord(os.path.join(folder, fname), pid, cam - 1))
+        if not records:
+            raise ValueError(f"{name}: the {split} split {folder} contains no usable images")
+        splits[split] = records
+    return splits
+
+
+def _load_msmt17(root: str) -> dict[str, list[ImageRecord]]:
+    """MSMT17 v1 (train/, test/) or v2 (mask_train_v2/, mask_test_v2/) with list_*.txt files."""
+    if os.path.isdir(os.path.join(root, "mask_train_v2")):
+        train_dir, test_dir = os.path.join(root, "mask_train_v2"), os.path.join(root, "mask_test_v2")
+    elif os.path.isdir(os.path.join(root, "train")):
+        train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
+    else:
+        raise FileNotFoundError(
+            f"msmt17: found neither {os.path.join(root, 'train')} (MSMT17_V1) nor "
+            f"{os.path.join(root, 'mask_train_v2')} (MSMT17_V2); point --root at the extracted folder"
+        )
+    if not os.path.isdir(test_dir):
+        raise FileNotFoundError(f"msmt17: expected the folder {test_dir} next to {train_dir}")
+    splits: dict[str, list[ImageRecord]] = {}
+    for split, list_name in _MSMT_LISTS:
+        image_dir = train_dir if split == "train" else test_dir
+        records = _read_msmt_list(os.path.join(root, list_name), image_dir, required=True)
+        if split == "train":
+            # The validation list holds further training images; older copies may lack it.
+            records += _read_msmt_list(os.path.join(root, "list_val.txt"), image_dir, required=False)
+        if not records:
+            raise ValueError(f"msmt17: the {split} split ({os.path.join(root, list_name)}) lists no images")
+        splits[split] = sorted(records, key=lambda r: r.path)
+    return splits
+
+
+def _read_msmt_list(list_path: str, image_dir: str, required: bool) -> list[ImageRecord]:
+    """Parse an MSMT17 list file of ``relative/path.jpg label`` lines."""
+    if not os.path.isfile(list_path):
+        if required:
+            raise FileNotFoundError(
+                f"msmt17: expected the list file {list_path} (lines like "
+                "'0000_000/0000_000_01_0303morning_0015_0.jpg 0')"
+            )
+        return []
+    records = []
+    with open(list_path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+                raise ValueError(
+                    f"msmt17: {list_path} line {line_no} is {line.strip()!r}; expected 'relative/path.jpg label'"
+                )
+            rel, pid = fields[0], int(fields[1])
+            name_fields = os.path.basename(rel).split("_")
+            if len(name_fields) < 3 or not name_fields[2].isdigit() or int(name_fields[2]) < 1:
+                raise ValueError(f"msmt17: cannot parse the camera of {rel} in {list_path}; expected {_MSMT_NAME_HELP}")
+            path = os.path.join(image_dir, rel)
+            if not records and not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"msmt17: {list_path} line {line_no} names {path}, which does not exist; "
+                    f"the images of this list are expected under {image_dir}"
+                )
+            if pid == -1:
+                continue
+            records.append(ImageRecord(path, pid, int(name_fields[2]) - 1))
+    return records
+
+
+def _load_plain_folder(root: str) -> list[ImageRecord]:
+    """Every image under ``root`` (recursively), unlabelled and without camera."""
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        paths.extend(os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+        raise ValueError(
+            f"folder: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}; "
+            "point --root at a folder that contains person crops"
+        )
+    return [ImageRecord(p, -1, -1) for p in sorted(paths)]

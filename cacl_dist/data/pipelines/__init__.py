@@ -1,0 +1,1 @@
+"""Input pipelines that turn an epoch plan into batches: ``torchvision`` (everywhere), DALI later."""

@@ -1,0 +1,144 @@
+"""CACL's two-view augmentation on tensors, driven by an explicit per-sample seed.
+
+No global random state is touched: every random choice comes from a ``torch.Generator``
+seeded from the sample's augmentation seed, so a sample looks the same whichever worker,
+rank or run decodes it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
+
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+_LUMA = torch.tensor(LUMA_WEIGHTS).view(3, 1, 1)
+
+
+@dataclass
+class AugmentParams:
+    """Settings of the training augmentation (METHOD section 2)."""
+
+    height: int = 256
+    width: int = 128
+    flip_p: float = 0.5
+    pad: int = 10
+    erase_p: float = 0.5
+    erase_scale: tuple[float, float] = (0.02, 0.4)
+    erase_ratio: tuple[float, float] = (0.3, 3.3)
+    gray_second_view: bool = True
+
+
+def load_image(path: str) -> torch.Tensor:
+    """Decode ``path`` into a uint8 RGB tensor of shape 3 x H x W."""
+    try:
+        with Image.open(path) as image:
+            array = np.array(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(
+            f"cannot read the image {path}: {err}; check that the file exists and is a valid image"
+        ) from err
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def to_gray(img: torch.Tensor) -> torch.Tensor:
+    """Luma (0.299 R + 0.587 G + 0.114 B) of a float ... x 3 x H x W image, replicated to 3 channels."""
+    luma = (img * _LUMA.to(img.dtype)).sum(dim=-3, keepdim=True)
+    return luma.expand(*img.shape).contiguous()
+
+
+def normalize(img: torch.Tensor) -> torch.Tensor:
+    """ImageNet mean/std normalisation of a float ... x 3 x H x W image in [0, 1]."""
+    return (img - _MEAN.to(img.dtype)) / _STD.to(img.dtype)
+
+
+def _resize(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if tuple(img.shape[-2:]) == (height, width):
+        return img
+    return TF.resize(img, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+def _rand(generator: torch.Generator) -> float:
+    return float(torch.rand((), generator=generator))
+
+
+def _randint(generator: torch.Generator, high: int) -> int:
+    """Uniform integer in [0, high)."""
+    return int(torch.randint(high, (), generator=generator))
+
+
+def _random_erase(img: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
+    """Zero a random rectangle (random-erasing area / log-aspect sampling, up to 100 tries)."""
+    height, width = img.shape[-2:]
+    area = height * width
+    log_lo, log_hi = math.log(params.erase_ratio[0]), math.log(params.erase_ratio[1])
+    for _ in range(100):
+        target = area * (params.erase_scale[0] + _rand(generator) * (params.erase_scale[1] - params.erase_scale[0]))
+        aspect = math.exp(log_lo + _rand(generator) * (log_hi - log_lo))
+        h = int(round(math.sqrt(target * aspect)))
+        w = int(round(math.sqrt(target / aspect)))
+        if 0 < h < height and 0 < w < width:
+            top = _randint(generator, height - h + 1)
+            left = _randint(generator, width - w + 1)
+            img[..., top : top + h, left : left + w] = 0.0  # img is a fresh tensor from normalize()
+            return img
+    return img
+
+
+def augment(img: torch.Tensor, params: AugmentParams, generator: torch.Generator, gray: bool) -> torch.Tensor:
+    """One training view of a uint8 3 x H x W image: float 3 x height x width, normalised.
+
+    Resize (bilinear, antialiased) -> horizontal flip with ``flip_p`` -> zero padding of ``pad``
+    and a random crop back to the size -> [0, 1] -> grayscale if ``gray`` -> normalisation ->
+    random erasing with ``erase_p`` (filled with 0, the mean pixel after normalisation).
+    """
+    img = _resize(img, params.height, params.width)
+    if _rand(generator) < params.flip_p:
+        img = img.flip(-1)
+    if params.pad > 0:
+        img = F.pad(img, (params.pad, params.pad, params.pad, params.pad))
+        top = _randint(generator, 2 * params.pad + 1)
+        left = _randint(generator, 2 * params.pad + 1)
+        img = img[..., top : top + params.height, left : left + params.width]
+    out = img.float() / 255.0
+    if gray:
+        out = to_gray(out)
+    out = normalize(out)
+    if _rand(generator) < params.erase_p:
+        out = _random_erase(out, params, generator)
+    return out.contiguous()
+
+
+def second_view_seed(seed: int) -> int:
+    """The seed of the second view's generator, derived from (and independent of) ``seed``."""
+    if seed < 0:
+        raise ValueError(f"augmentation seed {seed} must be non-negative")
+    return int(np.random.SeedSequence([seed, 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def two_views(img: torch.Tensor, params: AugmentParams, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(view_rgb, view_2) of a uint8 image: independent randomness, view 2 gray iff ``gray_second_view``."""
+    view2_seed = second_view_seed(seed)
+    img = _resize(img, params.height, params.width)  # shared by both views
+    view_rgb = augment(img, params, torch.Generator().manual_seed(seed), gray=False)
+    view_2 = augment(img, params, torch.Generator().manual_seed(view2_seed), gray=params.gray_second_view)
+    return view_rgb, view_2
+
+
+def eval_transform(img: torch.Tensor, height: int, width: int, gray: bool = False) -> torch.Tensor:
+    """Evaluation / feature-extraction input: resize, optional grayscale, normalisation."""
+    out = _resize(img, height, width).float() / 255.0
+    if gray:
+        out = to_gray(out)
+    return normalize(out).contiguous()

@@ -1,0 +1,63 @@
+"""Feature extraction with exact sharding: each rank takes a contiguous slice, no padding.
+
+Unlike a DistributedSampler, no sample is repeated to even out the shards, so the gathered
+features are exactly one row per image, in dataset order.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..data.datasets import build_eval_loader
+from ..data.layouts import ImageRecord
+from ..distributed import comm
+from ..logging import progress
+from ..memory import shard_bounds
+
+
+@torch.no_grad()
+def extract_shard(model: nn.Module, records: Sequence[ImageRecord], start: int, end: int, *, height: int,
+                  width: int, batch_size: int, num_workers: int, device: torch.device, gray: bool = False,
+                  show_progress: bool = False, desc: str = "extract") -> torch.Tensor:
+    """Features of records[start:end] (float32, on the CPU), in order; `model` maps images to features."""
+    was_training = model.training
+    model.eval()
+    loader = build_eval_loader(list(records), height, width, batch_size, num_workers, gray=gray,
+                               start=start, end=end)
+    chunks: list[torch.Tensor] = []
+    try:
+        for images, _ in progress(loader, total=len(loader), desc=desc, enabled=show_progress):
+            feats = model(images.to(device, non_blocking=True))
+            chunks.append(feats.float().cpu())
+    finally:
+        model.train(was_training)
+    if not chunks:
+        return torch.zeros(0, 0)
+    return torch.cat(chunks)
+
+
+def extract_all(model: nn.Module, records: Sequence[ImageRecord], *, rank: int, world_size: int, height: int,
+                width: int, batch_size: int, num_workers: int, device: torch.device, gray: bool = False,
+                show_progress: bool = False, desc: str = "extract") -> torch.Tensor:
+    """Features of every record on every rank: each rank extracts its shard, then all ranks gather."""
+    start, end = shard_bounds(len(records), rank, world_size)
+    local = extract_shard(model, records, start, end, height=height, width=width, batch_size=batch_size,
+                          num_workers=num_workers, device=device, gray=gray, show_progress=show_progress,
+                          desc=desc)
+    if local.numel() == 0:
+        dim = _feature_dim(model)
+        local = torch.zeros(0, dim)
+    return comm.all_gather_cat(local)
+
+
+def _feature_dim(model: nn.Module) -> int:
+    """Output width of a branch-like module (used to shape an empty shard)."""
+    dim = getattr(model, "dim", None)
+    if dim is None and hasattr(model, "module"):
+        dim = getattr(model.module, "dim", None)
+    if dim is None:
+        raise ValueError("cannot tell the feature size of an empty shard; give the model a `dim` attribute")
+    return int(dim)

@@ -1,0 +1,93 @@
+"""The two-branch CACL model: online branch F with predictor G, and gray branch F'.
+
+No weights are shared between the branches. Branch F' is trained only by its half of the
+intra-view loss; everything it outputs is used under stop-gradient elsewhere (see losses.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cacl_dist.models.backbones import build_backbone
+from cacl_dist.models.heads import BNNeck, Predictor, build_pool
+
+
+class Branch(nn.Module):
+    """Backbone -> global pool (pooled, ``B x D``) -> BN neck -> L2 normalisation (x).
+
+    Attributes:
+        dim: feature size D (the backbone's channel count).
+    """
+
+    def __init__(self, backbone_name: str, pretrained: str = "none", pool: str = "avg", last_stride: int = 1):
+        super().__init__()
+        self.backbone, self.dim = build_backbone(backbone_name, last_stride=last_stride, pretrained=pretrained)
+        self.pool = build_pool(pool)
+        self.neck = BNNeck(self.dim)
+
+    def forward(self, images: torch.Tensor, return_pooled: bool = False):
+        """Map images ``B x 3 x H x W`` to unit-norm features ``B x D``.
+
+        With ``return_pooled`` returns ``(pooled_BD, x_BD)``, the pooled feature being the one
+        before the BN neck.
+        """
+        pooled_BD = self.pool(self.backbone(images))
+        x_BD = F.normalize(self.neck(pooled_BD), dim=1)
+        if return_pooled:
+            return pooled_BD, x_BD
+        return x_BD
+
+
+class OnlineNetwork(nn.Module):
+    """Branch F plus predictor G, one module so a single DDP wrapper covers both.
+
+    The predictor reads the pooled feature before the BN neck.
+    """
+
+    def __init__(self, branch: Branch):
+        super().__init__()
+        self.branch = branch
+        self.predictor = Predictor(branch.dim)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(x_BD, z_BD)``: the branch feature and the predictor output, both unit norm."""
+        pooled_BD, x_BD = self.branch(images, return_pooled=True)
+        return x_BD, self.predictor(pooled_BD)
+
+
+class CACLModel(nn.Module):
+    """Online network (F + G) on the RGB view and gray branch F' on the grayscale view.
+
+    Both branches load the same ``pretrained`` weights; with ``pretrained="none"`` each gets
+    its own random initialisation, reproducible from ``torch.manual_seed``.
+    """
+
+    def __init__(self, backbone: str = "resnet50", pretrained: str = "none", pool: str = "avg", last_stride: int = 1):
+        super().__init__()
+        self.online = OnlineNetwork(Branch(backbone, pretrained=pretrained, pool=pool, last_stride=last_stride))
+        self.branch_gray = Branch(backbone, pretrained=pretrained, pool=pool, last_stride=last_stride)
+
+    @property
+    def dim(self) -> int:
+        """Feature size D of both branches."""
+        return self.online.branch.dim
+
+    def inference_branch(self) -> Branch:
+        """Branch F alone: the module used for evaluation and export."""
+        return self.online.branch
+
+    def forward(
+        self, images_rgb: torch.Tensor, images_gray: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(x_BD, z_BD, x_gray_BD)`` for the RGB and grayscale views of one batch."""
+        x_BD, z_BD = self.online(images_rgb)
+        return x_BD, z_BD, self.branch_gray(images_gray)
+
+
+def build_model(
+    backbone: str = "resnet50", pretrained: str = "none", pool: str = "avg", last_stride: int = 1
+) -> CACLModel:
+    """Build the two-branch CACL model (see :class:`CACLModel`)."""
+    return CACLModel(backbone=backbone, pretrained=pretrained, pool=pool, last_stride=last_stride)

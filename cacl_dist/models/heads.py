@@ -1,0 +1,82 @@
+"""Pooling, BN neck and predictor heads of the CACL branches."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Every name accepted by :func:`build_pool`.
+POOL_NAMES: tuple[str, ...] = ("avg", "gem")
+
+
+class GlobalAvgPool(nn.Module):
+    """Global average pooling: ``B x C x H x W`` -> ``B x C``."""
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """Average over the two spatial dimensions."""
+        return feature_map.mean(dim=(-2, -1))
+
+
+class GeneralizedMeanPool(nn.Module):
+    """Generalised-mean (GeM) pooling: ``(mean(clamp(x, eps) ** p)) ** (1 / p)``, ``B x C``.
+
+    Args:
+        p: the exponent (3 by default); 1 is average pooling, large values approach max.
+        learnable: train ``p`` as a parameter when True, keep it fixed (a buffer) otherwise.
+        eps: lower clamp applied before the power, keeping the root differentiable.
+    """
+
+    def __init__(self, p: float = 3.0, learnable: bool = True, eps: float = 1e-6):
+        super().__init__()
+        if p <= 0:
+            raise ValueError(f"GeM exponent p must be positive, got {p!r}")
+        if eps <= 0:
+            raise ValueError(f"GeM eps must be positive, got {eps!r}")
+        p_tensor = torch.tensor([float(p)])
+        if learnable:
+            self.p = nn.Parameter(p_tensor)
+        else:
+            self.register_buffer("p", p_tensor)
+        self.eps = eps
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """Pool ``B x C x H x W`` to ``B x C``; computed in float32 so powers do not overflow fp16."""
+        p = self.p.float()
+        powered = feature_map.float().clamp(min=self.eps).pow(p)
+        return powered.mean(dim=(-2, -1)).pow(1.0 / p)
+
+    def extra_repr(self) -> str:
+        return f"p={float(self.p):.3f}, learnable={isinstance(self.p, nn.Parameter)}, eps={self.eps}"
+
+
+def build_pool(name: str) -> nn.Module:
+    """Return a global pooling module by name: ``"avg"`` or ``"gem"`` (learnable p = 3)."""
+    if name == "avg":
+        return GlobalAvgPool()
+    if name == "gem":
+        return GeneralizedMeanPool()
+    raise ValueError(f"unknown pool {name!r}; choose one of {', '.join(POOL_NAMES)}")
+
+
+class BNNeck(nn.BatchNorm1d):
+    """BatchNorm1d over ``B x D`` features whose bias is fixed at zero (not trained)."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+        self.bias.requires_grad_(False)
+
+
+class Predictor(nn.Module):
+    """Predictor G: ``Linear(D, D)`` -> BatchNorm1d (bias frozen) -> L2 normalisation."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+        self.bn = BNNeck(dim)
+
+    def forward(self, pooled_BD: torch.Tensor) -> torch.Tensor:
+        """Map pooled features ``B x D`` to unit-norm predictions ``B x D``."""
+        return F.normalize(self.bn(self.linear(pooled_BD)), dim=1)

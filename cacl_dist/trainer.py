@@ -1,0 +1,360 @@
+"""The CACL epoch loop: cluster -> train steps (with memory updates) -> evaluate -> checkpoint.
+
+Each step reads like the data flow in DESIGN.md:
+1. rank 0 clusters the gathered branch-1 bank and broadcasts the labels;
+2. every rank sums its own bank rows per cluster, an all-reduce gives exact centres;
+3. the identity sampler plans the epoch's global batches, each rank loads its slice;
+4. both DDP-wrapped branches run forward, the losses use local samples against the centres;
+5. after the optimiser step the global batch is gathered to update the bank rows and centres;
+6. at the end of the epoch: evaluate when due, then an atomic checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .clustering.backends import cluster_bank
+from .clustering.pseudo_labels import ClusterResult
+from .config import Config, config_from_dict, dump_yaml, to_dict
+from .data.factory import build_epoch_loader, prepare_dataset
+from .data.layouts import ReidDataset
+from .distributed import comm
+from .distributed.ddp import unwrap, wrap_ddp
+from .distributed.env import DistEnv
+from .evaluation.evaluator import evaluate
+from .evaluation.extract import extract_shard
+from .logging import MetricsWriter, get_logger, progress, setup_logging
+from .losses import cacl_loss
+from .memory import ClusterCentres, InstanceBank, shard_bounds
+from .models.cacl import build_model
+
+
+class Trainer:
+    """Owns the model, the optimiser, both banks and the pseudo labels of one run."""
+
+    def __init__(self, cfg: Config, env: DistEnv) -> None:
+        self.cfg, self.env = cfg, env
+        self.run_dir = Path(cfg.run.output_dir)
+        self.log = setup_logging(self.run_dir, env.rank)
+        self.metrics = MetricsWriter(self.run_dir, enabled=env.is_main)
+        self.show_progress = cfg.run.progress and env.is_main
+        if env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        self.dataset: ReidDataset = prepare_dataset(cfg, env)
+        self._log_setup()
+
+        torch.manual_seed(cfg.run.seed)
+        self.model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool,
+                                 cfg.model.last_stride).to(env.device)
+        self.online = wrap_ddp(self.model.online, env)
+        self.branch_gray = wrap_ddp(self.model.branch_gray, env)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.optim.step_size, cfg.optim.gamma)
+
+        num_train = len(self.dataset.train)
+        self.shard = shard_bounds(num_train, env.rank, env.world_size)
+        dim = self.model.online.branch.dim
+        self.bank_rgb = InstanceBank(num_train, dim, *self.shard, device=env.device)
+        self.bank_gray = InstanceBank(num_train, dim, *self.shard, device=env.device)
+        self.labels: torch.Tensor | None = None  # (N,) int64 on the device
+        self.centres_rgb: ClusterCentres | None = None
+        self.centres_gray: ClusterCentres | None = None
+        self.cluster_stats: dict = {}
+        self.epoch = 0           # epochs completed
+        self.iter_in_epoch = 0   # steps completed inside the current epoch
+        self.global_step = 0
+        self.eval_history: list[dict] = []
+        self._stop_requested = False
+
+    # ----------------------------------------------------------------------------- run
+    def fit(self) -> list[dict]:
+        """Train to the configured number of epochs, resuming from the run folder when possible."""
+        if not self.resume():
+            self.init_memory()
+            if self.cfg.eval.at_start and self.dataset.has_eval:
+                self.evaluate()
+        while self.epoch < self.cfg.train.epochs:
+            if self.iter_in_epoch == 0:
+                self.cluster()
+            finished = self.train_epoch()
+            if not finished:  # stop requested: state is checkpointed mid-epoch
+                return self.eval_history
+            self.scheduler.step()
+            self.epoch, self.iter_in_epoch = self.epoch + 1, 0
+            if self._eval_due():
+                self.evaluate()
+            self.save(keep=self._keep_due())
+        self._log_summary()
+        self.metrics.close()
+        return self.eval_history
+
+    def request_stop(self) -> None:
+        """Ask the loop to checkpoint after the current step and return (e.g. on SIGTERM)."""
+        self._stop_requested = True
+
+    # ----------------------------------------------------------------------------- steps
+    def init_memory(self) -> None:
+        """Fill both banks with features of the plain training images (each rank its own rows)."""
+        t0 = time.perf_counter()
+        common = dict(height=self.cfg.data.height, width=self.cfg.data.width, batch_size=self.cfg.eval.batch_size,
+                      num_workers=self.cfg.data.num_workers, device=self.env.device,
+                      show_progress=self.show_progress)
+        start, end = self.shard
+        feats = extract_shard(self.model.online.branch, self.dataset.train, start, end, desc="memory rgb", **common)
+        self.bank_rgb.load(feats.to(self.env.device))
+        gray = self.cfg.memory.init_gray_from == "gray"
+        feats = extract_shard(self.model.branch_gray, self.dataset.train, start, end, gray=gray,
+                              desc="memory gray", **common)
+        self.bank_gray.load(feats.to(self.env.device))
+        self.log.info("memory banks initialised: %d rows on this rank (of %d), %.1f s",
+                      end - start, len(self.dataset.train), time.perf_counter() - t0)
+
+    def cluster(self) -> ClusterResult | None:
+        """Pseudo labels for the coming epoch from the branch-1 bank, and exact centres."""
+        feats = comm.all_gather_cat(self.bank_rgb.rows)
+        result = cluster_bank(feats, self.cfg.clustering) if self.env.is_main else None
+        labels = torch.from_numpy(result.labels) if result is not None else \
+            torch.zeros(len(self.dataset.train), dtype=torch.int64)
+        labels = comm.broadcast_tensor(labels, src=0, what="pseudo labels")
+        stats = None
+        if result is not None:
+            stats = {k: getattr(result, k) for k in ("num_clusters", "num_raw_clusters", "num_outliers",
+                                                     "num_refined_away", "backend", "seconds")}
+        self.cluster_stats = comm.broadcast_object(stats, src=0, what="clustering statistics")
+        self.labels = labels.to(self.env.device)
+        self.build_centres()
+        s = self.cluster_stats
+        self.log.info("epoch %d clustering [%s]: %d clusters (%d raw), %d outliers, %d refined away, %.2f s",
+                      self.epoch + 1, s["backend"], s["num_clusters"], s["num_raw_clusters"], s["num_outliers"],
+                      s["num_refined_away"], s["seconds"])
+        self.metrics.write("cluster", self.global_step, epoch=self.epoch + 1, **s)
+        return result
+
+    def build_centres(self) -> None:
+        """Per-cluster sums of each rank's own rows, all-reduced into exact centres."""
+        assert self.labels is not None
+        num_clusters = int(self.labels.max().item()) + 1
+        self.centres_rgb = self._reduced_centres(self.bank_rgb, num_clusters)
+        self.centres_gray = self._reduced_centres(self.bank_gray, num_clusters)
+
+    def _reduced_centres(self, bank: InstanceBank, num_clusters: int) -> ClusterCentres:
+        sums, counts = ClusterCentres.local_sums(bank, self.labels, num_clusters)
+        return ClusterCentres(comm.all_reduce_sum(sums), comm.all_reduce_sum(counts))
+
+    def train_epoch(self) -> bool:
+        """Run the remaining steps of the current epoch; False when stopped early on request."""
+        cfg = self.cfg
+        self._set_train_mode()
+        loader = build_epoch_loader(cfg, self.dataset, self.labels.cpu().numpy(), self.epoch, self.iter_in_epoch,
+                                    self.env)
+        running: dict[str, torch.Tensor] = {}
+        count = 0
+        t0 = time.perf_counter()
+        steps = progress(loader, total=len(loader), desc=f"epoch {self.epoch + 1}", enabled=self.show_progress)
+        for images_rgb, images_gray, indices in steps:
+            parts = self.train_step(images_rgb, images_gray, indices)
+            for name, value in parts.items():
+                running[name] = running.get(name, 0) + value.detach()
+            count += 1
+            self.iter_in_epoch += 1
+            self.global_step += 1
+            if self.global_step % cfg.run.log_every == 0 or self.iter_in_epoch == cfg.train.iters_per_epoch:
+                self._log_losses(running, count, time.perf_counter() - t0)
+                running, count, t0 = {}, 0, time.perf_counter()
+            if self._stop_requested:
+                self.save()
+                self.log.info("stopped on request at epoch %d step %d; checkpoint written", self.epoch + 1,
+                              self.iter_in_epoch)
+                return False
+            every = cfg.checkpoint.every_steps
+            if every and self.iter_in_epoch % every == 0 and self.iter_in_epoch < cfg.train.iters_per_epoch:
+                self.save()
+        return True
+
+    def train_step(self, images_rgb: torch.Tensor, images_gray: torch.Tensor,
+                   indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimiser step on this rank's slice of the global batch, then the memory update."""
+        device = self.env.device
+        images_rgb = images_rgb.to(device, non_blocking=True)
+        images_gray = images_gray.to(device, non_blocking=True)
+        indices = indices.to(device, non_blocking=True)
+        x, z = self.online(images_rgb)
+        x_gray = self.branch_gray(images_gray)
+        parts = cacl_loss(x, z, x_gray, self.labels[indices], self.centres_rgb.centres(),
+                          self.centres_gray.centres(), tau=self.cfg.loss.tau, gamma=self.cfg.loss.focal_gamma,
+                          valid_M=self.centres_rgb.valid())
+        self.optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        self.optimizer.step()
+        self.update_memory(x.detach(), x_gray.detach(), indices)
+        return {"loss": parts.total, "instance": parts.instance, "inter": parts.inter,
+                "intra_rgb": parts.intra_rgb, "intra_gray": parts.intra_gray}
+
+    def update_memory(self, x: torch.Tensor, x_gray: torch.Tensor, indices: torch.Tensor) -> None:
+        """Gather the global batch, update the owned bank rows, share the row deltas, move the centres."""
+        dim = x.shape[1]
+        gathered = comm.all_gather_cat(torch.cat([x, x_gray], dim=1))
+        all_indices = comm.all_gather_cat(indices)
+        delta_rgb, _ = self.bank_rgb.update(all_indices, gathered[:, :dim], self.cfg.memory.momentum)
+        delta_gray, _ = self.bank_gray.update(all_indices, gathered[:, dim:], self.cfg.memory.momentum)
+        deltas = comm.all_reduce_sum(torch.cat([delta_rgb, delta_gray], dim=1))
+        batch_labels = self.labels[all_indices]
+        self.centres_rgb.apply_delta(batch_labels, deltas[:, :dim])
+        self.centres_gray.apply_delta(batch_labels, deltas[:, dim:])
+
+    def evaluate(self) -> dict:
+        """Evaluate branch 1 on query/gallery; record and return the metrics."""
+        cfg = self.cfg
+        metrics = evaluate(self.model.online.branch, self.dataset, rank=self.env.rank,
+                           world_size=self.env.world_size, height=cfg.data.height, width=cfg.data.width,
+                           batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
+                           device=self.env.device, rerank=cfg.eval.rerank, show_progress=self.show_progress)
+        metrics = {"epoch": self.epoch, **metrics}
+        self.eval_history.append(metrics)
+        self.log.info("evaluation after %d epochs: mAP %.1f%%  rank-1 %.1f%%  rank-5 %.1f%%  rank-10 %.1f%%  "
+                      "mINP %.1f%%", self.epoch, 100 * metrics["mAP"], 100 * metrics["rank1"],
+                      100 * metrics["rank5"], 100 * metrics["rank10"], 100 * metrics["mINP"])
+        self.metrics.write("eval", self.global_step, **metrics)
+        return metrics
+
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs; the banks are gathered whole (collective call)."""
+        return {
+            "config": to_dict(self.cfg),
+            "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "global_step": self.global_step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "bank_rgb": comm.all_gather_cat(self.bank_rgb.rows).cpu(),
+            "bank_gray": comm.all_gather_cat(self.bank_gray.rows).cpu(),
+            "labels": None if self.labels is None else self.labels.cpu(),
+            "centres_rgb": None if self.centres_rgb is None else self.centres_rgb.state_dict(),
+            "centres_gray": None if self.centres_gray is None else self.centres_gray.state_dict(),
+            "cluster_stats": self.cluster_stats, "eval_history": self.eval_history,
+            "rng": ckpt.rng_state(), "world_size": self.env.world_size,
+            "num_train": len(self.dataset.train),
+        }
+
+    def save(self, keep: bool = False) -> None:
+        """Atomically write last.pt (rank 0) after gathering the state from every rank."""
+        state = self.state_dict()
+        if self.env.is_main:
+            path = ckpt.save_checkpoint(self.run_dir / ckpt.LAST, state)
+            if keep:
+                ckpt.save_checkpoint(self.run_dir / f"epoch_{self.epoch:03d}.pt", state)
+            self.log.info("checkpoint written: %s (epoch %d, step %d of the epoch)", path, self.epoch,
+                          self.iter_in_epoch)
+        comm.barrier()
+
+    def resume(self) -> bool:
+        """Restore the run folder's last checkpoint if there is one; True when resumed."""
+        path = ckpt.find_resume(self.run_dir)
+        if path is None:
+            return False
+        state = ckpt.load_checkpoint(path)
+        self.load_state_dict(state, source=str(path))
+        self.log.info("resumed from %s: %d epochs done, step %d of epoch %d", path, self.epoch,
+                      self.iter_in_epoch, self.epoch + 1)
+        return True
+
+    def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
+        """Restore what `state_dict` produced; the banks are re-sharded for this world size."""
+        if state["num_train"] != len(self.dataset.train):
+            raise ValueError(
+                f"{source} was trained on {state['num_train']} images but the dataset at '{self.dataset.root}' "
+                f"has {len(self.dataset.train)}; point data.root at the original dataset or use a new "
+                "run.output_dir")
+        self._warn_config_changes(state["config"], source)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        start, end = self.shard
+        self.bank_rgb.load(state["bank_rgb"][start:end], normalize=False)
+        self.bank_gray.load(state["bank_gray"][start:end], normalize=False)
+        self.labels = None if state["labels"] is None else state["labels"].to(self.env.device)
+        for name in ("centres_rgb", "centres_gray"):
+            centres = None
+            if state[name] is not None:
+                centres = ClusterCentres(torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1))
+                centres.load_state_dict(state[name])
+            setattr(self, name, centres)
+        self.cluster_stats = state["cluster_stats"]
+        self.eval_history = list(state["eval_history"])
+        self.epoch, self.iter_in_epoch = state["epoch"], state["iter_in_epoch"]
+        self.global_step = state["global_step"]
+        ckpt.set_rng_state(state["rng"])
+
+    # ----------------------------------------------------------------------------- helpers
+    def _set_train_mode(self) -> None:
+        self.model.train()
+        if self.cfg.model.frozen_bn:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    def _eval_due(self) -> bool:
+        every = self.cfg.eval.every_epochs
+        last = self.epoch == self.cfg.train.epochs
+        return self.dataset.has_eval and (last or (every > 0 and self.epoch % every == 0))
+
+    def _keep_due(self) -> bool:
+        every = self.cfg.checkpoint.keep_every_epochs
+        return every > 0 and self.epoch % every == 0
+
+    def _log_losses(self, running: dict[str, torch.Tensor], count: int, seconds: float) -> None:
+        names = sorted(running)
+        stacked = torch.stack([running[n].float() / count for n in names])
+        values = comm.all_reduce_mean(stacked).tolist()
+        row = dict(zip(names, values))
+        images_per_s = count * self.cfg.train.batch_size / max(seconds, 1e-9)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.metrics.write("train", self.global_step, epoch=self.epoch + 1, iter=self.iter_in_epoch, lr=lr,
+                           images_per_s=images_per_s, **row)
+        if not all(math.isfinite(v) for v in values):
+            raise FloatingPointError(f"non-finite loss at step {self.global_step}: {row}; lower optim.lr")
+        self.log.info("epoch %d [%d/%d] loss %.4f (instance %.4f inter %.4f intra rgb %.4f gray %.4f) "
+                      "lr %.2e %.0f img/s", self.epoch + 1, self.iter_in_epoch, self.cfg.train.iters_per_epoch,
+                      row["loss"], row["instance"], row["inter"], row["intra_rgb"], row["intra_gray"], lr,
+                      images_per_s)
+
+    def _warn_config_changes(self, stored: dict, source: str) -> None:
+        old, new = to_dict(config_from_dict(stored)), to_dict(self.cfg)
+        changed = [f"{section}.{key}" for section in new for key in new[section]
+                   if old.get(section, {}).get(key) != new[section][key]]
+        if changed:
+            self.log.warning("resuming %s with changed config keys: %s", source, ", ".join(changed))
+
+    def _log_setup(self) -> None:
+        cfg, env = self.cfg, self.env
+        per_rank = cfg.train.batch_size // env.world_size
+        self.log.info("dataset %s at %s: %d train, %d query, %d gallery images", self.dataset.name,
+                      self.dataset.root, len(self.dataset.train), len(self.dataset.query),
+                      len(self.dataset.gallery))
+        self.log.info("world size %d on %s (%s); global batch %d, %d per rank", env.world_size, env.device,
+                      env.backend or "single process", cfg.train.batch_size, per_rank)
+        if per_rank < 16:
+            self.log.warning("per-rank batch is %d (< 16): BatchNorm statistics over so few images change "
+                             "accuracy; keep 16-64 per GPU and scale optim.lr with the global batch", per_rank)
+
+    def _log_summary(self) -> None:
+        if len(self.eval_history) >= 1 and self.env.is_main:
+            first, last = self.eval_history[0], self.eval_history[-1]
+            self.log.info("done: mAP %.1f%% -> %.1f%%, rank-1 %.1f%% -> %.1f%% (epoch %d -> %d)",
+                          100 * first["mAP"], 100 * last["mAP"], 100 * first["rank1"], 100 * last["rank1"],
+                          first["epoch"], last["epoch"])
+
+
+def stored_config(path: str | Path) -> Config:
+    """The resolved config saved inside a checkpoint."""
+    return config_from_dict(ckpt.load_checkpoint(path)["config"])
+
+
+__all__ = ["Trainer", "stored_config"]

@@ -1,0 +1,52 @@
+"""Tiny end-to-end configurations shared by the training tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MARKET_MINI = REPO.parent / "shared" / "data" / "market1501-mini"
+
+
+def tiny_overrides(run_dir: Path, data_dir: Path, **extra: object) -> list[str]:
+    """A few-second CACL run: 96 synthetic training images, resnet_tiny at 64x32."""
+    values = {
+        "run.output_dir": str(run_dir), "run.progress": False, "run.log_every": 1, "run.seed": 3,
+        "data.dataset": "synthetic", "data.root": str(data_dir), "data.height": 64, "data.width": 32,
+        "data.num_workers": 0,
+        "data.synthetic.num_train_ids": 16, "data.synthetic.num_test_ids": 6,
+        "data.synthetic.images_per_id": 6, "data.synthetic.num_cameras": 3,
+        "data.synthetic.height": 64, "data.synthetic.width": 32,
+        "augment.pad": 4, "model.backbone": "resnet_tiny", "model.pretrained": "none",
+        "clustering.k1": 8, "clustering.k2": 3, "clustering.min_samples": 3,
+        "train.epochs": 2, "train.iters_per_epoch": 3, "train.batch_size": 16, "train.num_instances": 4,
+        "eval.every_epochs": 1, "eval.batch_size": 64,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def run_cli(module: str, args: list[str], env_extra: dict | None = None, timeout: float = 600,
+            torchrun_procs: int = 0) -> subprocess.CompletedProcess:
+    """Run `python -m module args` (or under torchrun with N processes) and return the result."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.update(env_extra or {})
+    if torchrun_procs:
+        from tests.distributed.harness import free_port
+
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun_procs}",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", module, *args]
+    else:
+        cmd = [sys.executable, "-m", module, *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """One shared tiny synthetic dataset (written once per test session)."""
+    return tmp_path_factory.mktemp("synthetic")

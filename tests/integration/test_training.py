@@ -1,0 +1,124 @@
+"""End-to-end CACL runs on tiny synthetic data: resume and distributed equivalence."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from cacl_dist.checkpoint import load_checkpoint
+from cacl_dist.config import load_config
+from cacl_dist.distributed.env import DistEnv
+from cacl_dist.logging import read_metrics
+from cacl_dist.trainer import Trainer
+
+from .conftest import REPO, run_cli, tiny_overrides
+
+CPU = DistEnv(0, 1, 0, torch.device("cpu"), None)
+
+
+def fit(run_dir, data_dir, **extra):
+    cfg = load_config(None, tiny_overrides(run_dir, data_dir, **extra))
+    trainer = Trainer(cfg, CPU)
+    trainer.fit()
+    return trainer
+
+
+def set_args(run_dir, data_dir, **extra) -> list[str]:
+    return ["--set=" + o for o in tiny_overrides(run_dir, data_dir, **extra)]
+
+
+def assert_same_state(a: dict, b: dict, exact: bool = True, atol: float = 0.0) -> None:
+    assert a["epoch"] == b["epoch"] and a["global_step"] == b["global_step"]
+    assert torch.equal(a["labels"], b["labels"])
+    for key in a["model"]:
+        if exact:
+            assert torch.equal(a["model"][key], b["model"][key]), key
+        else:
+            torch.testing.assert_close(a["model"][key], b["model"][key], atol=atol, rtol=0)
+    for bank in ("bank_rgb", "bank_gray"):
+        if exact:
+            assert torch.equal(a[bank], b[bank]), bank
+        else:
+            torch.testing.assert_close(a[bank], b[bank], atol=atol, rtol=0)
+
+
+def test_fit_trains_clusters_evaluates_and_checkpoints(tmp_path, synthetic_root):
+    trainer = fit(tmp_path / "run", synthetic_root)
+    history = trainer.eval_history
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert all(0.0 <= h["mAP"] <= 1.0 for h in history)
+    rows = read_metrics(tmp_path / "run")
+    kinds = {r["kind"] for r in rows}
+    assert {"train", "cluster", "eval"} <= kinds
+    assert len([r for r in rows if r["kind"] == "train"]) == 6
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == 2 and state["iter_in_epoch"] == 0
+    assert state["labels"].shape == (96,)
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_resume_after_one_epoch_matches_straight_run(tmp_path, synthetic_root):
+    fit(tmp_path / "straight", synthetic_root)
+    fit(tmp_path / "split", synthetic_root, **{"train.epochs": 1})
+    resumed = fit(tmp_path / "split", synthetic_root)  # same folder, 2 epochs: resumes after epoch 1
+    assert resumed.epoch == 2
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert_same_state(a, b, exact=True)
+    for name in ("centres_rgb", "centres_gray"):
+        assert torch.equal(a[name]["sums"], b[name]["sums"])
+
+
+def test_kill_mid_epoch_and_resume_matches_straight_run(tmp_path, synthetic_root):
+    """SIGKILL a CLI run while it trains, start the same command again, compare with a straight run."""
+    straight = run_cli("cacl_dist.train", set_args(tmp_path / "straight", synthetic_root))  # same threads as below
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    args = set_args(tmp_path / "killed", synthetic_root, **{"checkpoint.every_steps": 1})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "cacl_dist.train", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # kill once the second step has been checkpointed
+            if metrics.exists() and sum('"kind": "train"' in line for line in metrics.read_text().splitlines()) >= 2:
+                break
+            if proc.poll() is not None:
+                pytest.fail("training ended before it could be killed")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    before = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert before["global_step"] < 6
+    result = run_cli("cacl_dist.train", args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert_same_state(a, b, exact=True)
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, synthetic_root):
+    """Same global batch on 1 and 2 processes: same losses, banks and labels (BatchNorm frozen)."""
+    extra = {"model.frozen_bn": True, "eval.at_start": False, "eval.every_epochs": 0}
+    one = run_cli("cacl_dist.train", set_args(tmp_path / "one", synthetic_root, **extra))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_cli("cacl_dist.train", set_args(tmp_path / "two", synthetic_root, **extra), torchrun_procs=2)
+    assert two.returncode == 0, two.stderr[-3000:] + two.stdout[-3000:]
+    assert "world size 2" in two.stdout
+    losses_one = [r["loss"] for r in read_metrics(tmp_path / "one", "train")]
+    losses_two = [r["loss"] for r in read_metrics(tmp_path / "two", "train")]
+    assert len(losses_one) == len(losses_two) == 6
+    torch.testing.assert_close(torch.tensor(losses_two), torch.tensor(losses_one), atol=1e-4, rtol=1e-4)
+    a = load_checkpoint(tmp_path / "one" / "last.pt")
+    b = load_checkpoint(tmp_path / "two" / "last.pt")
+    assert b["world_size"] == 2
+    assert_same_state(a, b, exact=False, atol=1e-4)
