@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bumped whenever the drawing changes, so that cached datasets are regenerated."""
 
 SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
@@ -228,7 +228,9 @@ def render_person(
     ramp = np.linspace(rng.uniform(-0.1, 0.1), rng.uniform(-0.1, 0.1), height, dtype=np.float32)[:, None, None]
     blotch = rng.normal(0.0, 0.06, size=(-(-height // 8), -(-width // 8), 3)).astype(np.float32)
     blotch = blotch.repeat(8, axis=0).repeat(8, axis=1)[:height, :width]
-    background = np.asarray(camera.background, np.float32) * rng.uniform(0.8, 1.2) + ramp + blotch
+    # The scene behind a person changes from image to image; the camera only tints it.
+    scene = rng.uniform(0.2, 0.8, size=3).astype(np.float32)
+    background = 0.3 * np.asarray(camera.background, np.float32) + 0.7 * scene + ramp + blotch
     img = colour + (1.0 - cover) * background
     # Camera colour cast and brightness, image brightness, sensor noise.
     img = img * (np.asarray(camera.gain, np.float32) * rng.uniform(0.9, 1.1)) + camera.offset

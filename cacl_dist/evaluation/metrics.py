@@ -70,7 +70,9 @@ def _as_ids(value, name: str, length: int) -> np.ndarray:
     """Return an int64 id vector of the given length or raise ValueError."""
     array = _to_numpy(value, name)
     if array.ndim != 1 or array.shape[0] != length:
-        raise ValueError(f"{name} must be a 1-D vector of length {length}, got shape {array.shape}.")
+        raise ValueError(
+            f"{name} must be a 1-D vector of length {length}, got shape {array.shape}."
+        )
     if array.size and not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{name} must hold integer ids, got dtype {array.dtype}.")
     return array.astype(np.int64)

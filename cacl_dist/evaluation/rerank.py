@@ -17,6 +17,7 @@ import numpy as np
 from cacl_dist.clustering.jaccard_reference import (
     as_float64_features,
     check_k_parameters,
+    gram_matrix,
     jaccard_rows,
     k_reciprocal_encoding,
 )
@@ -28,7 +29,7 @@ def original_distance(all_feats: np.ndarray) -> np.ndarray:
     A row whose maximum is 0 (all points identical) is left at 0.
     """
     squared_norms = np.einsum("ij,ij->i", all_feats, all_feats)
-    dist = all_feats @ all_feats.T
+    dist = gram_matrix(all_feats)
     dist *= -2.0
     dist += squared_norms[:, None]
     dist += squared_norms[None, :]

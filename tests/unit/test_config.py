@@ -27,7 +27,9 @@ def test_every_shipped_recipe_loads(recipe):
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 3\noptim:\n  lr: 1\n")
-    cfg = load_config(str(path), ["train.epochs=7", "data.synthetic.num_cameras=2", "model.pool=gem"])
+    cfg = load_config(str(path), ["train.epochs=7", "data.synthetic.num_cameras=2", "model.pool=gem",
+                                  "loss.tau=1e-2"])
+    assert cfg.loss.tau == 0.01
     assert cfg.train.epochs == 7
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
     assert cfg.data.synthetic.num_cameras == 2

@@ -134,7 +134,9 @@ def test_pairwise_distance_matches_cdist_in_blocks(monkeypatch):
     got = pairwise_distance(query, gallery)
     assert got.dtype == np.float32 and got.shape == (23, 57)
     np.testing.assert_allclose(got, cdist(query, gallery), rtol=1e-6, atol=1e-6)
-    from_torch = pairwise_distance(torch.from_numpy(query).float(), torch.from_numpy(gallery).float())
+    from_torch = pairwise_distance(
+        torch.from_numpy(query).float(), torch.from_numpy(gallery).float()
+    )
     np.testing.assert_allclose(from_torch, cdist(query, gallery), rtol=1e-4, atol=1e-4)
 
 
@@ -144,7 +146,8 @@ def test_pairwise_distance_ranks_unit_features_like_cosine():
     query /= np.linalg.norm(query, axis=1, keepdims=True)
     gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
     np.testing.assert_array_equal(
-        np.argsort(pairwise_distance(query, gallery), axis=1), np.argsort(-query @ gallery.T, axis=1)
+        np.argsort(pairwise_distance(query, gallery), axis=1),
+        np.argsort(-query @ gallery.T, axis=1),
     )
     with pytest.raises(ValueError, match="feature_dim"):
         pairwise_distance(query, gallery[:, :4])
