@@ -122,3 +122,41 @@ def test_two_gloo_processes_match_one_process(tmp_path, synthetic_root):
     b = load_checkpoint(tmp_path / "two" / "last.pt")
     assert b["world_size"] == 2
     assert_same_state(a, b, exact=False, atol=1e-4)
+
+
+def test_evaluate_cli_reproduces_the_last_evaluation(tmp_path, synthetic_root):
+    trainer = fit(tmp_path / "run", synthetic_root, **{"train.epochs": 1})
+    result = run_cli("cacl_dist.evaluate", ["--checkpoint", str(tmp_path / "run" / "last.pt"), "--json"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = trainer.eval_history[-1]
+    for key in ("mAP", "rank1", "rank5", "rank10", "mINP"):
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_corrupt_checkpoint_in_run_folder_stops_with_a_clear_error(tmp_path, synthetic_root):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(b"not a checkpoint")
+    result = run_cli("cacl_dist.train", set_args(run_dir, synthetic_root))
+    assert result.returncode == 2
+    assert "last.pt" in result.stderr and "truncated or corrupt" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (run_dir / "last.pt").read_bytes() == b"not a checkpoint"  # nothing overwritten
+
+
+def test_bad_config_value_fails_before_anything_is_written(tmp_path, synthetic_root):
+    result = run_cli("cacl_dist.train", set_args(tmp_path / "run", synthetic_root, **{"model.pool": "max"}))
+    assert result.returncode == 2
+    assert "model.pool" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_imagenet_weights_say_where_to_put_them(tmp_path, synthetic_root):
+    result = run_cli("cacl_dist.train", set_args(tmp_path / "run", synthetic_root, **{
+        "model.backbone": "resnet18", "model.pretrained": "imagenet"}),
+        env_extra={"TORCH_HOME": str(tmp_path / "torch_home")})
+    assert result.returncode == 2
+    assert "resnet18-f37072fd.pth" in result.stderr and str(tmp_path / "torch_home") in result.stderr
