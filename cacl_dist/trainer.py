@@ -22,7 +22,7 @@ from . import checkpoint as ckpt
 from .clustering.backends import cluster_bank
 from .clustering.pseudo_labels import ClusterResult
 from .config import Config, config_from_dict, dump_yaml, to_dict
-from .data.factory import build_epoch_loader, prepare_dataset
+from .data.factory import build_epoch_loader, prepare_dataset, resolve_pipeline
 from .data.layouts import ReidDataset
 from .distributed import comm
 from .distributed.ddp import unwrap, wrap_ddp
@@ -338,8 +338,9 @@ class Trainer:
         self.log.info("dataset %s at %s: %d train, %d query, %d gallery images", self.dataset.name,
                       self.dataset.root, len(self.dataset.train), len(self.dataset.query),
                       len(self.dataset.gallery))
-        self.log.info("world size %d on %s (%s); global batch %d, %d per rank", env.world_size, env.device,
-                      env.backend or "single process", cfg.train.batch_size, per_rank)
+        self.log.info("world size %d on %s (%s); global batch %d, %d per rank; input pipeline %s", env.world_size,
+                      env.device, env.backend or "single process", cfg.train.batch_size, per_rank,
+                      resolve_pipeline(cfg.data.pipeline))
         if per_rank < 16:
             self.log.warning("per-rank batch is %d (< 16): BatchNorm statistics over so few images change "
                              "accuracy; keep 16-64 per GPU and scale optim.lr with the global batch", per_rank)

@@ -35,6 +35,18 @@ def prepare_dataset(cfg: Config, env: DistEnv) -> ReidDataset:
     return dataset
 
 
+PIPELINES = ("torchvision",)
+
+
+def resolve_pipeline(name: str) -> str:
+    """Map data.pipeline to an available input pipeline ('auto' takes the fastest one installed)."""
+    if name == "auto":
+        return "torchvision"
+    if name not in PIPELINES:
+        raise ValueError(f"data.pipeline '{name}' is not available; choose one of auto, {', '.join(PIPELINES)}")
+    return name
+
+
 def augment_params(cfg: Config) -> AugmentParams:
     """The two-view augmentation settings of a config."""
     a = cfg.augment

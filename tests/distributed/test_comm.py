@@ -31,3 +31,23 @@ def test_collectives_across_three_gloo_processes():
         assert total.item() == 6.0
         assert obj == {"labels": [1, 2, 3]}
         assert torch.equal(tensor, torch.arange(4))
+
+
+def _rank0_never_sends(rank, world_size):
+    import time
+
+    if rank == 0:
+        time.sleep(8)  # stands in for a clustering run that died or hangs
+        return "rank 0 gave nothing"
+    try:
+        comm.broadcast_tensor(torch.zeros(5, dtype=torch.int64), src=0, what="pseudo labels")
+    except RuntimeError as exc:
+        return str(exc)
+    return "no error"
+
+
+def test_waiting_for_labels_fails_loudly_after_the_timeout():
+    results = run_gloo(_rank0_never_sends, 2, pg_timeout=2.0)
+    assert results[0] == "rank 0 gave nothing"
+    assert "rank 1 gave up waiting for pseudo labels from rank 0" in results[1]
+    assert "dist.timeout_min" in results[1]
