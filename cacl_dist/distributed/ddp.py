@@ -13,7 +13,7 @@ def wrap_ddp(module: nn.Module, env: DistEnv) -> nn.Module:
     if env.world_size == 1:
         return module
     device_ids = [env.device.index] if env.device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=True)
+    return DistributedDataParallel(module, device_ids=device_ids)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
