@@ -160,3 +160,14 @@ def test_missing_imagenet_weights_say_where_to_put_them(tmp_path, synthetic_root
         env_extra={"TORCH_HOME": str(tmp_path / "torch_home")})
     assert result.returncode == 2
     assert "resnet18-f37072fd.pth" in result.stderr and str(tmp_path / "torch_home") in result.stderr
+
+
+def test_plain_folder_of_crops_trains_without_evaluation(tmp_path, synthetic_root):
+    from cacl_dist.data.factory import prepare_dataset
+
+    prepare_dataset(load_config(None, tiny_overrides(tmp_path / "prepare", synthetic_root)), CPU)  # writes images
+    trainer = fit(tmp_path / "run", synthetic_root, **{
+        "data.dataset": "folder", "data.root": str(synthetic_root / "bounding_box_train"), "train.epochs": 1})
+    assert trainer.eval_history == []  # no query/gallery split: nothing to evaluate
+    assert len(read_metrics(tmp_path / "run", "train")) == 3
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["labels"].shape == (96,)
