@@ -4,16 +4,40 @@
     python -m cacl_dist.train --config configs/market1501.yaml --set data.root=/data/Market-1501
     torchrun --nproc_per_node=8 -m cacl_dist.train --config configs/market1501.yaml
 
-Starting the same command again resumes from the last checkpoint in run.output_dir.
+Starting the same command again resumes from the last checkpoint in run.output_dir. SIGTERM or
+SIGUSR1 make the run checkpoint at its next logging step and exit with status 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 
 from .cli import add_config_args, default_config_path, run_main
 from .config import describe, dump_yaml, load_config
+
+
+STOPPED_EXIT_CODE = 3
+"""Exit status of a run that checkpointed and stopped on SIGTERM/SIGUSR1 (resume by running it again)."""
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer, signals=(signal.SIGTERM, signal.SIGUSR1)):
+    """While training, SIGTERM/SIGUSR1 make the trainer checkpoint at its next logging step and stop."""
+    previous = {}
+
+    def handler(signum, frame):
+        trainer.request_stop()
+
+    for sig in signals:
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,10 +66,12 @@ def main(argv: list[str] | None = None) -> int:
 
         env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
         try:
-            Trainer(cfg, env).fit()
+            trainer = Trainer(cfg, env)
+            with stop_on_signals(trainer):
+                trainer.fit()
         finally:
             shutdown_distributed()
-        return 0
+        return STOPPED_EXIT_CODE if trainer.stopped else 0
 
     return run_main(body)
 

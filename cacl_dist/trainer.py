@@ -97,8 +97,23 @@ class Trainer:
         return self.eval_history
 
     def request_stop(self) -> None:
-        """Ask the loop to checkpoint after the current step and return (e.g. on SIGTERM)."""
+        """Ask the loop to checkpoint at the next logging step and return (e.g. on SIGTERM).
+
+        Safe to call from a signal handler. Ranks agree on stopping at logging steps, so one
+        rank's signal stops all of them at the same step.
+        """
         self._stop_requested = True
+
+    @property
+    def stopped(self) -> bool:
+        """True when the last `fit` returned early on request."""
+        return self._stop_requested
+
+    def _stop_agreed(self) -> bool:
+        flag = torch.tensor([1.0 if self._stop_requested else 0.0])
+        stop = bool(comm.all_reduce_sum(flag).item() > 0)
+        self._stop_requested = stop
+        return stop
 
     # ----------------------------------------------------------------------------- steps
     def init_memory(self) -> None:
@@ -169,11 +184,11 @@ class Trainer:
             if self.global_step % cfg.run.log_every == 0 or self.iter_in_epoch == cfg.train.iters_per_epoch:
                 self._log_losses(running, count, time.perf_counter() - t0)
                 running, count, t0 = {}, 0, time.perf_counter()
-            if self._stop_requested:
-                self.save()
-                self.log.info("stopped on request at epoch %d step %d; checkpoint written", self.epoch + 1,
-                              self.iter_in_epoch)
-                return False
+                if self._stop_agreed():
+                    self.save()
+                    self.log.info("stopped on request at epoch %d step %d; checkpoint written, start the same "
+                                  "command again to resume", self.epoch + 1, self.iter_in_epoch)
+                    return False
             every = cfg.checkpoint.every_steps
             if every and self.iter_in_epoch % every == 0 and self.iter_in_epoch < cfg.train.iters_per_epoch:
                 self.save()

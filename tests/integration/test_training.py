@@ -76,8 +76,10 @@ def test_resume_after_one_epoch_matches_straight_run(tmp_path, synthetic_root):
         assert torch.equal(a[name]["sums"], b[name]["sums"])
 
 
-def test_kill_mid_epoch_and_resume_matches_straight_run(tmp_path, synthetic_root):
-    """SIGKILL a CLI run while it trains, start the same command again, compare with a straight run."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_kill_mid_epoch_and_resume_matches_straight_run(tmp_path, synthetic_root, sig):
+    """Kill a CLI run while it trains (hard, or gracefully with SIGTERM), start the same command
+    again, compare with a straight run."""
     straight = run_cli("cacl_dist.train", set_args(tmp_path / "straight", synthetic_root))  # same threads as below
     assert straight.returncode == 0, straight.stderr[-3000:]
     args = set_args(tmp_path / "killed", synthetic_root, **{"checkpoint.every_steps": 1})
@@ -93,11 +95,15 @@ def test_kill_mid_epoch_and_resume_matches_straight_run(tmp_path, synthetic_root
             if proc.poll() is not None:
                 pytest.fail("training ended before it could be killed")
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
     finally:
-        proc.wait()
+        proc.wait(timeout=120)
     before = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert before["global_step"] < 6
+    if sig == signal.SIGTERM:  # graceful: checkpointed at the next step and said so
+        assert proc.returncode == 3
+        assert before["iter_in_epoch"] > 0 or before["epoch"] == 1
+        assert "stopped on request" in (tmp_path / "killed" / "log_rank0.txt").read_text()
     result = run_cli("cacl_dist.train", args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout
