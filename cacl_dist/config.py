@@ -121,7 +121,7 @@ class ClusteringConfig:
     """Refinement rule: the paper's, or the authors' code's size-weighted score."""
     outliers: Literal["singleton", "drop"] = "singleton"
     """Outliers and refined-away points: own singleton clusters (paper) or left out of the epoch."""
-    backend: Literal["auto", "sklearn"] = "auto"
+    backend: Literal["auto", "torch", "sklearn"] = "auto"
     """Clustering implementation; 'auto' picks the fastest exact one available and logs it."""
 
 

@@ -13,9 +13,10 @@ import numpy as np
 from cacl_dist.clustering.dbscan import dbscan_precomputed
 from cacl_dist.clustering.jaccard_reference import jaccard_distance_reference
 from cacl_dist.clustering.refine import REFINE_SCORES, refine_clusters
+from cacl_dist.clustering.torch_backend import cluster_sparse
 
 OUTLIER_POLICIES = ("singleton", "drop")
-BACKENDS = ("sklearn",)
+BACKENDS = ("torch", "sklearn")
 
 
 @dataclass
@@ -73,6 +74,17 @@ def assign_labels(refined_labels: np.ndarray, outliers: str = "singleton") -> np
     return labels
 
 
+def _cluster_dense(feats, k1, k2, eps, min_samples, eps_tight, refine, refine_score) -> tuple:
+    """The reference pipeline on the dense matrix: (raw_labels, refined_labels, num_removed)."""
+    dist = jaccard_distance_reference(feats, k1=k1, k2=k2)
+    raw = dbscan_precomputed(dist, eps, min_samples)
+    if not refine:
+        return raw, raw, 0
+    tight = dbscan_precomputed(dist, eps_tight, min_samples)
+    refined, num_removed = refine_clusters(dist, raw, tight, score=refine_score)
+    return raw, refined, num_removed
+
+
 def cluster_features(
     feats,
     k1: int = 30,
@@ -84,12 +96,17 @@ def cluster_features(
     refine_score: str = "paper",
     outliers: str = "singleton",
     backend: str = "sklearn",
+    device=None,
 ) -> ClusterResult:
     """Compute pseudo labels for the rows of ``feats`` (numpy array or torch tensor, (N, D)).
 
     Pipeline: exact Jaccard distance (k1, k2) -> DBSCAN (eps, min_samples) -> DBSCAN
     (eps_tight, min_samples) -> refinement (``refine_score``) -> :func:`assign_labels`
     (``outliers``). ``refine=False`` skips the tight DBSCAN and the refinement.
+
+    ``backend="sklearn"`` is the dense reference (N x N matrices, scikit-learn DBSCAN);
+    ``backend="torch"`` computes the same labels from a sparse graph on ``device`` (default:
+    the device of a torch input, else CPU), see :mod:`cacl_dist.clustering.torch_backend`.
     """
     _check_choice("backend", backend, BACKENDS)
     _check_choice("refine_score", refine_score, REFINE_SCORES)
@@ -100,13 +117,14 @@ def cluster_features(
             "tighter radius, so set eps_tight <= eps (the default is eps - 0.02)."
         )
     start = time.perf_counter()
-    dist = jaccard_distance_reference(feats, k1=k1, k2=k2)
-    raw = dbscan_precomputed(dist, eps, min_samples)
-    if refine:
-        tight = dbscan_precomputed(dist, eps_tight, min_samples)
-        refined, num_removed = refine_clusters(dist, raw, tight, score=refine_score)
+    if backend == "torch":
+        raw, refined, num_removed = cluster_sparse(
+            feats, k1, k2, eps, min_samples, eps_tight, refine, refine_score, device=device
+        )
     else:
-        refined, num_removed = raw, 0
+        raw, refined, num_removed = _cluster_dense(
+            feats, k1, k2, eps, min_samples, eps_tight, refine, refine_score
+        )
     labels = assign_labels(refined, outliers=outliers)
     return ClusterResult(
         labels=labels,

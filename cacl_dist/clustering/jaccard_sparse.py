@@ -1,0 +1,296 @@
+"""Exact k-reciprocal Jaccard distance as a sparse pair list, never N x N (METHOD section 4.1).
+
+Same math as :mod:`cacl_dist.clustering.jaccard_reference`, vectorised in torch (CPU or CUDA):
+
+1. :func:`~cacl_dist.clustering.knn.knn_topk_unit`: R(i), blocked matmul + top-k.
+2. :func:`expansion_pairs`: E(i) as sorted (row, column) pairs. Reciprocity "i in R_k(j)" is
+   a sorted search of the key j * N + i among the keys i * N + R_k(i); the 2/3 rule counts,
+   per candidate c, how many members of K(c, round(k1/2)) are keys of K(i, k1).
+3. :func:`sparse_encoding`: V' in CSR form (softmax over E(i) of -(2 - 2 <x_i, x_j>) in
+   float64, then the mean of the rows of the first k2 neighbours).
+4. :func:`jaccard_pairs`: S_ij = sum_k min(V'_ik, V'_jk) only for pairs sharing a support
+   column k, through the column (CSC) lists of V', a block of rows at a time, accumulated
+   into a (rows x N) buffer whose size is bounded by ``budget``.
+
+d_ij = 1 exactly for every pair not returned, so the pair list is exact, not approximate.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cacl_dist.clustering.jaccard_reference import check_k_parameters
+from cacl_dist.clustering.knn import _pair_similarity, knn_topk_unit, unit_features
+
+# Entries of the per-block temporaries: small on CPU (cache-resident blocks are several times
+# faster there), large on CUDA (fewer kernel launches).
+CPU_BUDGET = 1 << 18
+CUDA_BUDGET = 1 << 26
+# Entries of the (rows x N) similarity block of the neighbour search on CPU.
+CPU_KNN_BLOCK = 1 << 22
+
+
+def default_budget(device) -> int:
+    """Default ``budget`` for computations on ``device``."""
+    return CUDA_BUDGET if torch.device(device).type == "cuda" else CPU_BUDGET
+
+
+@dataclass
+class SparseEncoding:
+    """V' in CSR form: the non-zeros of row i are ``cols[crow[i]:crow[i+1]]`` (ascending)."""
+
+    crow: torch.Tensor
+    """(N + 1,) int64 row pointers."""
+    cols: torch.Tensor
+    """(nnz,) int64 column indices, ascending within every row."""
+    values: torch.Tensor
+    """(nnz,) float64 values; every row sums to 1."""
+
+    @property
+    def num_points(self) -> int:
+        """N, the number of rows (and columns)."""
+        return self.crow.shape[0] - 1
+
+
+def _is_member(sorted_keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Return a boolean tensor: which ``queries`` occur in the ascending ``sorted_keys``."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(queries, dtype=torch.bool)
+    pos = torch.searchsorted(sorted_keys, queries).clamp_(max=sorted_keys.numel() - 1)
+    return sorted_keys[pos] == queries
+
+
+def reciprocal_mask(neighbours_NK: torch.Tensor, k: int) -> tuple:
+    """Return (heads, mask): heads = R_k(i) (first min(k+1, k1) entries); mask marks K(i, k)."""
+    num_points = neighbours_NK.shape[0]
+    length = min(k + 1, neighbours_NK.shape[1])
+    heads = neighbours_NK[:, :length]
+    own = torch.arange(num_points, device=heads.device)[:, None]
+    keys, _ = torch.sort((own * num_points + heads).reshape(-1))
+    mask = _is_member(keys, heads * num_points + own)
+    return heads, mask
+
+
+def _ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Concatenation of arange(s, s + n) over (starts, lengths), without a Python loop."""
+    total = int(lengths.sum())
+    offsets = torch.cumsum(lengths, 0) - lengths
+    return torch.repeat_interleave(starts - offsets, lengths, output_size=total) + torch.arange(
+        total, device=starts.device
+    )
+
+
+def expansion_pairs(neighbours_NK: torch.Tensor, k1: int) -> tuple:
+    """Return E(i) for all i as (rows, cols) int64, sorted by row then column.
+
+    E(i) = K(i, k1) united with every K(c, round(k1/2)), c in K(i, k1), whose overlap with
+    K(i, k1) is more than 2/3 of |K(c, round(k1/2))| (exact integer test 3 * overlap > 2 * size).
+    """
+    num_points = neighbours_NK.shape[0]
+    half_k = int(round(k1 / 2))
+    full_heads, full_mask = reciprocal_mask(neighbours_NK, k1)
+    half_heads, half_mask = reciprocal_mask(neighbours_NK, half_k)
+    owner, rank = torch.nonzero(full_mask, as_tuple=True)
+    members = full_heads[owner, rank]  # c in K(i, k1), pairs (owner=i, c)
+    reciprocal_keys, _ = torch.sort(owner * num_points + members)
+    cand = half_heads[members]  # (P, h+1): R_h(c)
+    cand_mask = half_mask[members]  # which form K(c, h)
+    inside = _is_member(reciprocal_keys, owner[:, None] * num_points + cand) & cand_mask
+    accepted = 3 * inside.sum(dim=1) > 2 * cand_mask.sum(dim=1)
+    added_mask = cand_mask & accepted[:, None]
+    added_keys = (owner[:, None] * num_points + cand)[added_mask]
+    keys = torch.unique(torch.cat([reciprocal_keys, added_keys]))  # sorted
+    return keys // num_points, keys % num_points
+
+
+def _csr_from_sorted_rows(rows: torch.Tensor, num_points: int) -> torch.Tensor:
+    """Row pointers (N + 1,) of a COO whose ``rows`` are sorted ascending."""
+    counts = torch.bincount(rows, minlength=num_points)
+    crow = torch.zeros(num_points + 1, dtype=torch.int64, device=rows.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    return crow
+
+
+def sparse_encoding(unit_ND: torch.Tensor, neighbours_NK: torch.Tensor, k1: int, k2: int,
+                    budget=None) -> SparseEncoding:
+    """Return V' (softmax encoding over E(i), query-expanded over the first k2 neighbours).
+
+    ``unit_ND`` are the float64 unit rows, ``neighbours_NK`` R(i) with at least k1 columns.
+    Matches :func:`~cacl_dist.clustering.jaccard_reference.k_reciprocal_encoding` up to
+    float64 rounding.
+    """
+    num_points = unit_ND.shape[0]
+    budget = budget or default_budget(unit_ND.device)
+    rows, cols = expansion_pairs(neighbours_NK[:, :k1], k1)
+    logits = -(2.0 - 2.0 * _pair_similarity(unit_ND, rows, cols))
+    row_max = torch.full((num_points,), -torch.inf, dtype=torch.float64, device=rows.device)
+    row_max.scatter_reduce_(0, rows, logits, reduce="amax")
+    weights = torch.exp(logits - row_max[rows])
+    row_sum = torch.zeros(num_points, dtype=torch.float64, device=rows.device)
+    row_sum.index_add_(0, rows, weights)
+    values = weights / row_sum[rows]
+    crow = _csr_from_sorted_rows(rows, num_points)
+    if k2 == 1:
+        return SparseEncoding(crow, cols, values)
+    return _query_expansion(SparseEncoding(crow, cols, values), neighbours_NK[:, :k2], budget)
+
+
+def _query_expansion(encoding: SparseEncoding, heads_NK2: torch.Tensor, budget: int) -> SparseEncoding:
+    """V'[i] = sum over r < k2 of V[heads[i, r]] / k2, added in rank order r, by row blocks."""
+    num_points, k2 = heads_NK2.shape
+    row_len = encoding.crow[1:] - encoding.crow[:-1]
+    out_rows, out_cols, out_values = [], [], []
+    step = max(1, budget // max(1, k2 * int(row_len.max())))
+    for lo in range(0, num_points, step):
+        hi = min(lo + step, num_points)
+        sources = heads_NK2[lo:hi].reshape(-1)  # (i, r) in row-major order: r ascends per i
+        lengths = row_len[sources]
+        pos = _ranges(encoding.crow[sources], lengths)
+        owner = torch.repeat_interleave(
+            torch.arange(lo, hi, device=pos.device).repeat_interleave(k2), lengths
+        )
+        keys = owner * num_points + encoding.cols[pos]
+        unique_keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+        summed = torch.zeros(unique_keys.shape[0], dtype=torch.float64, device=pos.device)
+        summed.index_add_(0, inverse, encoding.values[pos] * (1.0 / k2))
+        out_rows.append(unique_keys // num_points)
+        out_cols.append(unique_keys % num_points)
+        out_values.append(summed)
+    rows = torch.cat(out_rows)
+    return SparseEncoding(_csr_from_sorted_rows(rows, num_points), torch.cat(out_cols),
+                          torch.cat(out_values))
+
+
+def jaccard_pairs(encoding: SparseEncoding, max_distance: float = 0.6, groups=None,
+                  budget=None) -> tuple:
+    """Return (rows, cols, dists) for every pair i != j with S_ij > 0 and d_ij <= max_distance.
+
+    Args:
+        encoding: V' from :func:`sparse_encoding`.
+        max_distance: keep pairs with d_ij <= max_distance (1 keeps every pair with S_ij > 0,
+            i.e. every pair whose distance is not exactly 1).
+        groups: optional (N,) int64 group ids; pairs with S_ij > 0 inside one group (id >= 0)
+            are kept whatever their distance (used for refinement within raw clusters).
+        budget: the per-block temporaries hold about ``budget`` entries (default: by device).
+
+    Returns:
+        rows, cols: int64 (sorted by row then column); dists: float64 d_ij = max(1 - S/(2-S), 0).
+    """
+    num_points = encoding.num_points
+    device = encoding.cols.device
+    budget = budget or default_budget(device)
+    # Column lists (CSC) of V': rows holding column k, ascending.
+    order = torch.argsort(encoding.cols * num_points + _row_ids(encoding), stable=True)
+    col_rows = _row_ids(encoding)[order]
+    col_values = encoding.values[order]
+    col_ptr = _csr_from_sorted_rows(encoding.cols[order], num_points)
+    col_len = col_ptr[1:] - col_ptr[:-1]
+    row_len = encoding.crow[1:] - encoding.crow[:-1]
+    work = torch.zeros(num_points + 1, dtype=torch.int64, device=device)
+    torch.cumsum(torch.zeros_like(row_len).index_add_(0, _row_ids(encoding), col_len[encoding.cols]),
+                 0, out=work[1:])  # work[i]: contributions of rows < i
+    out = ([], [], [])
+    lo = 0
+    while lo < num_points:
+        hi = _block_end(lo, num_points, work, budget)
+        _jaccard_block(encoding, lo, hi, col_ptr, col_len, col_rows, col_values,
+                       max_distance, groups, out)
+        lo = hi
+    if not out[0]:
+        empty = torch.empty(0, dtype=torch.int64, device=device)
+        return empty, empty.clone(), torch.empty(0, dtype=torch.float64, device=device)
+    return torch.cat(out[0]), torch.cat(out[1]), torch.cat(out[2])
+
+
+def _row_ids(encoding: SparseEncoding) -> torch.Tensor:
+    """Row index of every stored entry of ``encoding``."""
+    row_len = encoding.crow[1:] - encoding.crow[:-1]
+    return torch.repeat_interleave(torch.arange(encoding.num_points, device=row_len.device), row_len)
+
+
+def _block_end(lo: int, num_points: int, work: torch.Tensor, budget: int) -> int:
+    """End of the row block starting at ``lo`` that keeps both buffers within ``budget``."""
+    by_buffer = lo + max(1, budget // num_points)
+    by_work = int(torch.searchsorted(work, work[lo] + budget, right=True)) - 1
+    return min(num_points, by_buffer, max(lo + 1, by_work))
+
+
+def _jaccard_block(encoding, lo, hi, col_ptr, col_len, col_rows, col_values, max_distance,
+                   groups, out) -> None:
+    """Accumulate S for rows lo..hi into a (hi-lo) x N buffer and append the kept pairs."""
+    num_points = encoding.num_points
+    start, stop = int(encoding.crow[lo]), int(encoding.crow[hi])
+    support = encoding.cols[start:stop]
+    own_values = encoding.values[start:stop]
+    local_rows = _row_ids_range(encoding, lo, hi)
+    lengths = col_len[support]
+    pos = _ranges(col_ptr[support], lengths)
+    partners = col_rows[pos]
+    minima = torch.minimum(torch.repeat_interleave(own_values, lengths), col_values[pos])
+    flat = torch.repeat_interleave(local_rows, lengths) * num_points + partners
+    overlap = torch.zeros((hi - lo) * num_points, dtype=torch.float64, device=flat.device)
+    # Contributions of a pair arrive in ascending column order, as in the reference.
+    overlap.index_add_(0, flat, minima)
+    nz = torch.nonzero(overlap > 0).flatten()
+    s = overlap[nz]
+    dists = torch.clamp(1.0 - s / (2.0 - s), min=0.0)
+    rows = nz // num_points + lo
+    cols = nz % num_points
+    keep = (rows != cols) & (dists <= max_distance)
+    if groups is not None:
+        same = (groups[rows] == groups[cols]) & (groups[rows] >= 0)
+        keep = keep | ((rows != cols) & same)
+    out[0].append(rows[keep])
+    out[1].append(cols[keep])
+    out[2].append(dists[keep])
+
+
+def _row_ids_range(encoding: SparseEncoding, lo: int, hi: int) -> torch.Tensor:
+    """Local row index (0..hi-lo-1) of every stored entry of rows lo..hi."""
+    lengths = encoding.crow[lo + 1:hi + 1] - encoding.crow[lo:hi]
+    return torch.repeat_interleave(torch.arange(hi - lo, device=lengths.device), lengths)
+
+
+def jaccard_sparse(feats, k1: int = 30, k2: int = 6, max_distance: float = 0.6,
+                   block_size: int = 4096, budget=None, precision: str = "auto",
+                   device=None) -> tuple:
+    """Return (rows, cols, dists): all pairs i != j with Jaccard distance d_ij <= max_distance.
+
+    Args:
+        feats: (N, D) numpy array or torch tensor (rows are L2-normalised here).
+        k1, k2: as in :func:`~cacl_dist.clustering.jaccard_reference.jaccard_distance_reference`.
+        max_distance: largest distance kept; with max_distance >= 1 every pair with d_ij < 1
+            (sharing a support element) is returned, all other pairs have d_ij = 1 exactly.
+        block_size: rows per block of the neighbour search (temporary block_size x N).
+        budget: entries allowed per block of the Jaccard accumulation (default: by device).
+        precision: neighbour-search matmul precision (see :func:`~cacl_dist.clustering.knn.knn_topk`).
+        device: where to compute (default: the input's device).
+
+    Returns:
+        int64 rows and cols (sorted by row, then column; both (i, j) and (j, i) appear) and
+        float64 distances; all on the compute device.
+    """
+    unit_ND = unit_features(feats, device)
+    check_k_parameters(k1, k2, unit_ND.shape[0])
+    encoding = encode_features(unit_ND, k1, k2, block_size, budget, precision)
+    return jaccard_pairs(encoding, max_distance, budget=budget)
+
+
+def encode_features(unit_ND: torch.Tensor, k1: int, k2: int, block_size: int = 4096,
+                    budget=None, precision: str = "auto") -> SparseEncoding:
+    """R(i) by blocked top-k, then V' (see :func:`sparse_encoding`), from float64 unit rows."""
+    check_k_parameters(k1, k2, unit_ND.shape[0])
+    if unit_ND.device.type != "cuda":
+        block_size = min(block_size, CPU_KNN_BLOCK // unit_ND.shape[0])
+    block = max(1, block_size)
+    _, neighbours = knn_topk_unit(unit_ND, k1, block_size=block, precision=precision)
+    return sparse_encoding(unit_ND, neighbours, k1, k2, budget)
+
+
+def dense_from_pairs(rows, cols, dists, num_points: int) -> np.ndarray:
+    """(N, N) float64 matrix with the pairs filled in, 1 elsewhere and 0 on the diagonal (tests)."""
+    out = np.ones((num_points, num_points))
+    out[rows.cpu().numpy(), cols.cpu().numpy()] = dists.cpu().numpy()
+    np.fill_diagonal(out, 0.0)
+    return out
