@@ -112,18 +112,36 @@ def _csr_from_sorted_rows(rows: torch.Tensor, num_points: int) -> torch.Tensor:
     return crow
 
 
+def _expansion_similarity(unit_ND, rows, cols, neighbours_NK, sims_NK) -> torch.Tensor:
+    """<x_i, x_j> for the E pairs: from the neighbour search where j is in R(i), else computed."""
+    if sims_NK is None:
+        return _pair_similarity(unit_ND, rows, cols)
+    num_points = unit_ND.shape[0]
+    own = torch.arange(num_points, device=rows.device)[:, None]
+    known_keys, order = torch.sort((own * num_points + neighbours_NK).reshape(-1))
+    known_sims = sims_NK.reshape(-1)[order]
+    keys = rows * num_points + cols
+    pos = torch.searchsorted(known_keys, keys).clamp_(max=known_keys.numel() - 1)
+    found = known_keys[pos] == keys
+    out = torch.where(found, known_sims[pos], torch.zeros((), dtype=torch.float64, device=rows.device))
+    missing = torch.nonzero(~found).flatten()
+    out[missing] = _pair_similarity(unit_ND, rows[missing], cols[missing])
+    return out
+
+
 def sparse_encoding(unit_ND: torch.Tensor, neighbours_NK: torch.Tensor, k1: int, k2: int,
-                    budget=None) -> SparseEncoding:
+                    budget=None, sims_NK=None) -> SparseEncoding:
     """Return V' (softmax encoding over E(i), query-expanded over the first k2 neighbours).
 
-    ``unit_ND`` are the float64 unit rows, ``neighbours_NK`` R(i) with at least k1 columns.
+    ``unit_ND`` are the float64 unit rows, ``neighbours_NK`` R(i) with at least k1 columns,
+    ``sims_NK`` (optional) their similarities, reused for the pairs of E(i) inside R(i).
     Matches :func:`~cacl_dist.clustering.jaccard_reference.k_reciprocal_encoding` up to
     float64 rounding.
     """
     num_points = unit_ND.shape[0]
     budget = budget or default_budget(unit_ND.device)
     rows, cols = expansion_pairs(neighbours_NK[:, :k1], k1)
-    logits = -(2.0 - 2.0 * _pair_similarity(unit_ND, rows, cols))
+    logits = -(2.0 - 2.0 * _expansion_similarity(unit_ND, rows, cols, neighbours_NK, sims_NK))
     row_max = torch.full((num_points,), -torch.inf, dtype=torch.float64, device=rows.device)
     row_max.scatter_reduce_(0, rows, logits, reduce="amax")
     weights = torch.exp(logits - row_max[rows])
@@ -284,8 +302,8 @@ def encode_features(unit_ND: torch.Tensor, k1: int, k2: int, block_size: int = 4
     if unit_ND.device.type != "cuda":
         block_size = min(block_size, CPU_KNN_BLOCK // unit_ND.shape[0])
     block = max(1, block_size)
-    _, neighbours = knn_topk_unit(unit_ND, k1, block_size=block, precision=precision)
-    return sparse_encoding(unit_ND, neighbours, k1, k2, budget)
+    sims, neighbours = knn_topk_unit(unit_ND, k1, block_size=block, precision=precision)
+    return sparse_encoding(unit_ND, neighbours, k1, k2, budget, sims_NK=sims)
 
 
 def dense_from_pairs(rows, cols, dists, num_points: int) -> np.ndarray:

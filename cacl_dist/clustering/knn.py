@@ -57,17 +57,6 @@ def unit_features(feats, device=None) -> torch.Tensor:
     return (tensor / norms).to(device)
 
 
-def _rank_block(dist_BN: torch.Tensor, start: int, k: int) -> torch.Tensor:
-    """Return the (B, k) indices of the k smallest entries of rows start..start+B, self first.
-
-    ``dist_BN`` is modified in place (the diagonal is set to -inf). Ties are broken by
-    ascending index: every entry at or below the k-th smallest value is a candidate, and the
-    candidates are sorted stably by index and then by value.
-    """
-    rows = torch.arange(start, start + dist_BN.shape[0], device=dist_BN.device)
-    return _rank_rows(dist_BN, rows, k)
-
-
 def _pair_similarity(unit_ND: torch.Tensor, rows_P: torch.Tensor, cols_P: torch.Tensor,
                      chunk: int = 1 << 22) -> torch.Tensor:
     """Return <x_r, x_c> in float64 for the index pairs (rows_P[p], cols_P[p])."""
@@ -82,8 +71,8 @@ def _pair_similarity(unit_ND: torch.Tensor, rows_P: torch.Tensor, cols_P: torch.
 def _float32_block(unit_ND, unit32_ND, start, stop, k, margin, error_bound):
     """Rank rows start..stop with a float32 product and a float64 re-check.
 
-    Returns (index_BK, exact_B): the float64 ranking of the float32 candidates, and which rows
-    are proven exact (the others must be recomputed in float64).
+    Returns (index_BK, sims_BK, exact_B): the float64 ranking of the float32 candidates, their
+    float64 similarities, and which rows are proven exact (the others must be recomputed).
     """
     num_points = unit_ND.shape[0]
     width = min(num_points, k + margin)
@@ -96,22 +85,27 @@ def _float32_block(unit_ND, unit32_ND, start, stop, k, margin, error_bound):
     exact = _pair_similarity(unit_ND, block_rows.reshape(-1), cand.reshape(-1)).view_as(cand)
     exact_dist = 2.0 - 2.0 * exact
     exact_dist[cand == block_rows] = -torch.inf
-    order = _rank_block_candidates(exact_dist, cand, k)
+    order, where = _rank_block_candidates(exact_dist, cand, k)
+    order_sims = torch.gather(exact, 1, where)
     if width == num_points:
-        return order, torch.ones(stop - start, dtype=torch.bool, device=cand.device)
+        return order, order_sims, torch.ones(stop - start, dtype=torch.bool, device=cand.device)
     kth_exact = torch.kthvalue(exact_dist, k, dim=1).values
     # Every point outside the candidates has float32 similarity <= the last candidate's, so
     # its exact distance is at least 2 - 2 (s32_last + error_bound).
     outside_lower = 2.0 - 2.0 * (cand_sims[:, -1].to(torch.float64) + error_bound)
-    return order, outside_lower > kth_exact
+    return order, order_sims, outside_lower > kth_exact
 
 
 def _rank_block_candidates(dist_BW, cand_BW, k):
-    """Order candidate columns by (distance, index) and return the first k indices."""
+    """Order candidate columns by (distance, index); return the first k indices and positions.
+
+    Returns (index_BK, where_BK) with index_BK = cand_BW.gather(1, where_BK).
+    """
     index, by_index = torch.sort(cand_BW, dim=1)
     values = torch.gather(dist_BW, 1, by_index)
     _, by_value = torch.sort(values, dim=1, stable=True)
-    return torch.gather(index, 1, by_value)[:, :k]
+    where = torch.gather(by_index, 1, by_value[:, :k])
+    return torch.gather(cand_BW, 1, where), where
 
 
 def knn_topk(feats_ND, k: int, block_size: int = 4096, precision: str = "auto",
@@ -147,6 +141,7 @@ def knn_topk_unit(unit_ND: torch.Tensor, k: int, block_size: int = 4096,
     if precision == "auto":
         precision = "float32" if unit_ND.device.type == "cuda" else "float64"
     idx = torch.empty((num_points, k), dtype=torch.int64, device=unit_ND.device)
+    sims = torch.empty((num_points, k), dtype=torch.float64, device=unit_ND.device)
     if precision == "float32":
         unit32 = unit_ND.to(torch.float32)
         dim = unit_ND.shape[1]
@@ -156,26 +151,30 @@ def knn_topk_unit(unit_ND: torch.Tensor, k: int, block_size: int = 4096,
     for start in range(0, num_points, block_size):
         stop = min(start + block_size, num_points)
         if precision == "float32":
-            order, exact = _float32_block(unit_ND, unit32, start, stop, k, margin, error_bound)
-            idx[start:stop] = order
-            redo = torch.nonzero(~exact).flatten()
-            if redo.numel():
-                rows = redo + start
-                dist = 2.0 - 2.0 * (unit_ND[rows] @ unit_ND.T)
-                idx[rows] = _rank_rows(dist, rows, k)
+            order, order_sims, exact = _float32_block(unit_ND, unit32, start, stop, k, margin,
+                                                      error_bound)
+            idx[start:stop], sims[start:stop] = order, order_sims
+            rows = torch.nonzero(~exact).flatten() + start
         else:
-            dist = 2.0 - 2.0 * (unit_ND[start:stop] @ unit_ND.T)
-            idx[start:stop] = _rank_block(dist, start, k)
-    rows = torch.arange(num_points, device=unit_ND.device)[:, None].expand_as(idx)
-    sims = _pair_similarity(unit_ND, rows.reshape(-1), idx.reshape(-1)).view_as(idx)
+            rows = torch.arange(start, stop, device=unit_ND.device)
+        if rows.numel():
+            block_sims = unit_ND[rows] @ unit_ND.T
+            idx[rows] = _rank_rows(2.0 - 2.0 * block_sims, rows, k)
+            sims[rows] = torch.gather(block_sims, 1, idx[rows])
     return sims, idx
 
 
 def _rank_rows(dist_RN: torch.Tensor, rows_R: torch.Tensor, k: int) -> torch.Tensor:
-    """:func:`_rank_block` for arbitrary (not contiguous) rows ``rows_R``."""
+    """Return the (R, k) indices of the k smallest entries of each row, self first.
+
+    ``dist_RN`` holds the distances of points ``rows_R`` to all N points and is modified in
+    place (self set to -inf). Ties are broken by ascending index: every entry at or below the
+    k-th smallest value is a candidate, and the candidates are sorted stably by index and
+    then by value.
+    """
     local = torch.arange(rows_R.shape[0], device=dist_RN.device)
     dist_RN[local, rows_R] = -torch.inf
     kth = torch.topk(dist_RN, k, dim=1, largest=False, sorted=True).values[:, -1:]
     num_candidates = int((dist_RN <= kth).sum(dim=1).max())
     values, index = torch.topk(dist_RN, num_candidates, dim=1, largest=False, sorted=False)
-    return _rank_block_candidates(values, index, k)
+    return _rank_block_candidates(values, index, k)[0]
