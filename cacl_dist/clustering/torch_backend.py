@@ -49,6 +49,8 @@ def cluster_sparse(feats, k1: int, k2: int, eps: float, min_samples: int, eps_ti
         owner[sub[member]] = raw[member]
         subs_per_cluster = torch.bincount(owner, minlength=int(raw.max()) + 1)
         groups[member & (subs_per_cluster[raw.clamp(min=0)] == 1)] = -1
+    if not bool((groups >= 0).any()):  # no raw cluster splits: nothing to refine
+        return raw.cpu().numpy(), raw.cpu().numpy(), 0
     rows, cols, dists = jaccard_pairs(encoding, -1.0, groups=groups, budget=budget)
     refined, num_removed = refine_sparse(rows, cols, dists.to(torch.float32), raw, tight,
                                          score=refine_score)
