@@ -76,7 +76,12 @@ def _float32_block(unit_ND, unit32_ND, start, stop, k, margin, error_bound):
     """
     num_points = unit_ND.shape[0]
     width = min(num_points, k + margin)
-    sims = unit32_ND[start:stop] @ unit32_ND.T
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the error bound assumes true float32
+    try:
+        sims = unit32_ND[start:stop] @ unit32_ND.T
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     rows = torch.arange(stop - start, device=sims.device)
     sims[rows, rows + start] = torch.inf
     cand_sims, cand = torch.topk(sims, width, dim=1, largest=True, sorted=True)
