@@ -219,10 +219,13 @@ def test_cluster_features_torch_equals_sklearn(score):
         assert got.backend == "torch"
 
 
-def test_backend_auto_is_torch_and_cluster_bank_runs_it():
-    assert resolve_backend("auto") == "torch"
+def test_backend_auto_choice_and_cluster_bank_runs_torch():
+    assert resolve_backend("auto", 1000, "cpu") == "sklearn"  # dense is faster for small N on a CPU
+    assert resolve_backend("auto", 100_000, "cpu") == "torch"  # dense would not fit
+    assert resolve_backend("auto", 1000, "cuda") == "torch"
+    assert resolve_backend("sklearn", 100_000, "cuda") == "sklearn"  # explicit choice wins
     feats = torch.from_numpy(sphere_blobs(200, 16, 8, 0.6, seed=9)).float()
-    cfg = ClusteringConfig(k1=10, k2=3)
+    cfg = ClusteringConfig(k1=10, k2=3, backend="torch")
     result = cluster_bank(feats, cfg)
     assert result.backend == "torch"
     ref = cluster_features(feats.numpy(), 10, 3, backend="sklearn")
