@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from .cli import add_config_args, run_main
+from .cli import add_config_args, load_trained_model, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,26 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from . import checkpoint as ckpt
-        from .config import apply_overrides, config_from_dict, load_config
         from .data.factory import prepare_dataset
         from .distributed.env import init_distributed, shutdown_distributed
         from .evaluation.evaluator import evaluate
         from .logging import setup_logging
-        from .models.cacl import build_model
 
-        state = ckpt.load_checkpoint(args.checkpoint)
-        if args.config:
-            cfg = load_config(args.config, args.overrides)
-        else:
-            cfg = apply_overrides(config_from_dict(state["config"]), args.overrides)
+        state, cfg, model = load_trained_model(args.checkpoint, args.config, args.overrides)
         env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
         try:
             setup_logging(None, env.rank)
             dataset = prepare_dataset(cfg, env)
-            model = build_model(cfg.model.backbone, "none", cfg.model.pool, cfg.model.last_stride)
-            model.load_state_dict(state["model"])
-            branch = model.online.branch.to(env.device)
+            branch = model.inference_branch().to(env.device)
             metrics = evaluate(branch, dataset, rank=env.rank, world_size=env.world_size, height=cfg.data.height,
                                width=cfg.data.width, batch_size=cfg.eval.batch_size,
                                num_workers=cfg.data.num_workers, device=env.device, rerank=cfg.eval.rerank,

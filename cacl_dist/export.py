@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import torch
 
-from .cli import add_config_args, run_main
+from .cli import add_config_args, load_trained_model, run_main
 
 FORMATS: tuple[str, ...] = ("torchscript", "onnx", "state_dict")
 STATE_DICT_FORMAT = "cacl_dist.branch"
@@ -253,33 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         if output.resolve() == Path(args.checkpoint).resolve():
             raise ValueError(f"--output '{output}' is the checkpoint itself; pass another file name")
 
-        from . import checkpoint as ckpt
-        from .config import apply_overrides, config_from_dict, load_config
-        from .models.cacl import build_model
-
-        state = ckpt.load_checkpoint(args.checkpoint)
-        if args.config:
-            cfg = load_config(args.config, args.overrides)
-        elif isinstance(state.get("config"), dict):
-            cfg = apply_overrides(config_from_dict(state["config"]), args.overrides)
-        else:
-            raise ValueError(f"checkpoint '{args.checkpoint}' stores no config; pass the run's recipe with --config")
-        if "model" not in state:
-            raise ValueError(f"checkpoint '{args.checkpoint}' holds no model weights")
+        state, cfg, model = load_trained_model(args.checkpoint, args.config, args.overrides)
         height = cfg.data.height if args.height is None else args.height
         width = cfg.data.width if args.width is None else args.width
         if height <= 0 or width <= 0:
             raise ValueError(f"--height and --width must be positive, got {height} x {width}")
 
-        model = build_model(cfg.model.backbone, "none", cfg.model.pool, cfg.model.last_stride)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[1:] or [str(exc)])
-            first = detail if len(detail) <= 200 else detail[:200] + "..."
-            raise ValueError(f"checkpoint '{args.checkpoint}' does not fit model.backbone={cfg.model.backbone} "
-                             f"model.pool={cfg.model.pool} ({first}); drop the --set/--config that changed the "
-                             "model") from None
         branch = model.inference_branch().cpu().eval()
         dim = branch.dim
         del model

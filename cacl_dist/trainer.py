@@ -25,11 +25,11 @@ from .config import Config, config_from_dict, dump_yaml, to_dict
 from .data.factory import build_epoch_loader, prepare_dataset, resolve_pipeline
 from .data.layouts import ReidDataset
 from .distributed import comm
-from .distributed.ddp import unwrap, wrap_ddp
+from .distributed.ddp import wrap_ddp
 from .distributed.env import DistEnv
 from .evaluation.evaluator import evaluate
 from .evaluation.extract import extract_shard
-from .logging import MetricsWriter, get_logger, progress, setup_logging
+from .logging import MetricsWriter, progress, setup_logging
 from .losses import cacl_loss
 from .memory import ClusterCentres, InstanceBank, shard_bounds
 from .models.cacl import build_model
@@ -368,9 +368,4 @@ class Trainer:
                           first["epoch"], last["epoch"])
 
 
-def stored_config(path: str | Path) -> Config:
-    """The resolved config saved inside a checkpoint."""
-    return config_from_dict(ckpt.load_checkpoint(path)["config"])
-
-
-__all__ = ["Trainer", "stored_config"]
+__all__ = ["Trainer"]
