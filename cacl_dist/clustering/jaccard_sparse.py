@@ -21,14 +21,12 @@ import numpy as np
 import torch
 
 from cacl_dist.clustering.jaccard_reference import check_k_parameters
-from cacl_dist.clustering.knn import _pair_similarity, knn_topk_unit, unit_features
+from cacl_dist.clustering.knn import knn_topk_unit, pair_similarity, unit_features
 
 # Entries of the per-block temporaries: small on CPU (cache-resident blocks are several times
 # faster there), large on CUDA (fewer kernel launches).
 CPU_BUDGET = 1 << 18
 CUDA_BUDGET = 1 << 26
-# Entries of the (rows x N) similarity block of the neighbour search on CPU.
-CPU_KNN_BLOCK = 1 << 22
 
 
 def default_budget(device) -> int:
@@ -115,7 +113,7 @@ def _csr_from_sorted_rows(rows: torch.Tensor, num_points: int) -> torch.Tensor:
 def _expansion_similarity(unit_ND, rows, cols, neighbours_NK, sims_NK) -> torch.Tensor:
     """<x_i, x_j> for the E pairs: from the neighbour search where j is in R(i), else computed."""
     if sims_NK is None:
-        return _pair_similarity(unit_ND, rows, cols)
+        return pair_similarity(unit_ND, rows, cols)
     num_points = unit_ND.shape[0]
     own = torch.arange(num_points, device=rows.device)[:, None]
     known_keys, order = torch.sort((own * num_points + neighbours_NK).reshape(-1))
@@ -125,7 +123,7 @@ def _expansion_similarity(unit_ND, rows, cols, neighbours_NK, sims_NK) -> torch.
     found = known_keys[pos] == keys
     out = torch.where(found, known_sims[pos], torch.zeros((), dtype=torch.float64, device=rows.device))
     missing = torch.nonzero(~found).flatten()
-    out[missing] = _pair_similarity(unit_ND, rows[missing], cols[missing])
+    out[missing] = pair_similarity(unit_ND, rows[missing], cols[missing])
     return out
 
 
@@ -193,32 +191,42 @@ def jaccard_pairs(encoding: SparseEncoding, max_distance: float = 0.6, groups=No
         budget: the per-block temporaries hold about ``budget`` entries (default: by device).
 
     Returns:
-        rows, cols: int64 (sorted by row then column); dists: float64 d_ij = max(1 - S/(2-S), 0).
+        rows, cols: int64 (sorted by row then column; both (i, j) and (j, i) appear);
+        dists: float64 d_ij = max(1 - S/(2-S), 0).
     """
     num_points = encoding.num_points
     device = encoding.cols.device
     budget = budget or default_budget(device)
-    # Column lists (CSC) of V': rows holding column k, ascending.
-    order = torch.argsort(encoding.cols * num_points + _row_ids(encoding), stable=True)
-    col_rows = _row_ids(encoding)[order]
+    entry_rows = _row_ids(encoding)
+    # Column lists (CSC) of V': rows holding column k, ascending. S_ij is symmetric, so each
+    # entry (i, k) meets only the later rows j > i of column k: the rest of its column list.
+    order = torch.argsort(encoding.cols * num_points + entry_rows)
+    col_rows = entry_rows[order]
     col_values = encoding.values[order]
     col_ptr = _csr_from_sorted_rows(encoding.cols[order], num_points)
-    col_len = col_ptr[1:] - col_ptr[:-1]
-    row_len = encoding.crow[1:] - encoding.crow[:-1]
+    csc_pos = torch.empty_like(order)
+    csc_pos[order] = torch.arange(order.numel(), device=device)
+    later_start = csc_pos + 1
+    later_len = col_ptr[encoding.cols + 1] - later_start
     work = torch.zeros(num_points + 1, dtype=torch.int64, device=device)
-    torch.cumsum(torch.zeros_like(row_len).index_add_(0, _row_ids(encoding), col_len[encoding.cols]),
-                 0, out=work[1:])  # work[i]: contributions of rows < i
+    torch.cumsum(torch.zeros(num_points, dtype=torch.int64, device=device).index_add_(
+        0, entry_rows, later_len), 0, out=work[1:])  # work[i]: contributions of rows < i
     out = ([], [], [])
     lo = 0
     while lo < num_points:
         hi = _block_end(lo, num_points, work, budget)
-        _jaccard_block(encoding, lo, hi, col_ptr, col_len, col_rows, col_values,
+        _jaccard_block(encoding, lo, hi, later_start, later_len, col_rows, col_values,
                        max_distance, groups, out)
         lo = hi
     if not out[0]:
         empty = torch.empty(0, dtype=torch.int64, device=device)
         return empty, empty.clone(), torch.empty(0, dtype=torch.float64, device=device)
-    return torch.cat(out[0]), torch.cat(out[1]), torch.cat(out[2])
+    upper_rows, upper_cols, upper_dists = (torch.cat(part) for part in out)
+    # Both orientations, sorted by row then column.
+    keys = torch.cat([upper_rows * num_points + upper_cols, upper_cols * num_points + upper_rows])
+    keys, by_key = torch.sort(keys)
+    dists = torch.cat([upper_dists, upper_dists])[by_key]
+    return keys // num_points, keys % num_points, dists
 
 
 def _row_ids(encoding: SparseEncoding) -> torch.Tensor:
@@ -229,36 +237,35 @@ def _row_ids(encoding: SparseEncoding) -> torch.Tensor:
 
 def _block_end(lo: int, num_points: int, work: torch.Tensor, budget: int) -> int:
     """End of the row block starting at ``lo`` that keeps both buffers within ``budget``."""
-    by_buffer = lo + max(1, budget // num_points)
+    by_buffer = lo + max(1, budget // max(1, num_points - lo))
     by_work = int(torch.searchsorted(work, work[lo] + budget, right=True)) - 1
     return min(num_points, by_buffer, max(lo + 1, by_work))
 
 
-def _jaccard_block(encoding, lo, hi, col_ptr, col_len, col_rows, col_values, max_distance,
+def _jaccard_block(encoding, lo, hi, later_start, later_len, col_rows, col_values, max_distance,
                    groups, out) -> None:
-    """Accumulate S for rows lo..hi into a (hi-lo) x N buffer and append the kept pairs."""
+    """S_ij for rows lo <= i < hi and j > i, accumulated into a (hi-lo) x (N-lo) buffer."""
     num_points = encoding.num_points
+    width = num_points - lo
     start, stop = int(encoding.crow[lo]), int(encoding.crow[hi])
-    support = encoding.cols[start:stop]
     own_values = encoding.values[start:stop]
     local_rows = _row_ids_range(encoding, lo, hi)
-    lengths = col_len[support]
-    pos = _ranges(col_ptr[support], lengths)
-    partners = col_rows[pos]
+    lengths = later_len[start:stop]
+    pos = _ranges(later_start[start:stop], lengths)
+    partners = col_rows[pos] - lo
     minima = torch.minimum(torch.repeat_interleave(own_values, lengths), col_values[pos])
-    flat = torch.repeat_interleave(local_rows, lengths) * num_points + partners
-    overlap = torch.zeros((hi - lo) * num_points, dtype=torch.float64, device=flat.device)
+    flat = torch.repeat_interleave(local_rows, lengths) * width + partners
+    overlap = torch.zeros((hi - lo) * width, dtype=torch.float64, device=flat.device)
     # Contributions of a pair arrive in ascending column order, as in the reference.
     overlap.index_add_(0, flat, minima)
-    nz = torch.nonzero(overlap > 0).flatten()
+    nz = torch.nonzero(overlap).flatten()
     s = overlap[nz]
     dists = torch.clamp(1.0 - s / (2.0 - s), min=0.0)
-    rows = nz // num_points + lo
-    cols = nz % num_points
-    keep = (rows != cols) & (dists <= max_distance)
+    rows = nz // width + lo
+    cols = nz % width + lo
+    keep = dists <= max_distance
     if groups is not None:
-        same = (groups[rows] == groups[cols]) & (groups[rows] >= 0)
-        keep = keep | ((rows != cols) & same)
+        keep |= (groups[rows] == groups[cols]) & (groups[rows] >= 0)
     out[0].append(rows[keep])
     out[1].append(cols[keep])
     out[2].append(dists[keep])
@@ -271,7 +278,7 @@ def _row_ids_range(encoding: SparseEncoding, lo: int, hi: int) -> torch.Tensor:
 
 
 def jaccard_sparse(feats, k1: int = 30, k2: int = 6, max_distance: float = 0.6,
-                   block_size: int = 4096, budget=None, precision: str = "auto",
+                   block_size=None, budget=None, precision: str = "auto",
                    device=None) -> tuple:
     """Return (rows, cols, dists): all pairs i != j with Jaccard distance d_ij <= max_distance.
 
@@ -280,7 +287,7 @@ def jaccard_sparse(feats, k1: int = 30, k2: int = 6, max_distance: float = 0.6,
         k1, k2: as in :func:`~cacl_dist.clustering.jaccard_reference.jaccard_distance_reference`.
         max_distance: largest distance kept; with max_distance >= 1 every pair with d_ij < 1
             (sharing a support element) is returned, all other pairs have d_ij = 1 exactly.
-        block_size: rows per block of the neighbour search (temporary block_size x N).
+        block_size: rows per block of the neighbour search (see :func:`~cacl_dist.clustering.knn.knn_topk`).
         budget: entries allowed per block of the Jaccard accumulation (default: by device).
         precision: neighbour-search matmul precision (see :func:`~cacl_dist.clustering.knn.knn_topk`).
         device: where to compute (default: the input's device).
@@ -295,14 +302,11 @@ def jaccard_sparse(feats, k1: int = 30, k2: int = 6, max_distance: float = 0.6,
     return jaccard_pairs(encoding, max_distance, budget=budget)
 
 
-def encode_features(unit_ND: torch.Tensor, k1: int, k2: int, block_size: int = 4096,
+def encode_features(unit_ND: torch.Tensor, k1: int, k2: int, block_size=None,
                     budget=None, precision: str = "auto") -> SparseEncoding:
     """R(i) by blocked top-k, then V' (see :func:`sparse_encoding`), from float64 unit rows."""
     check_k_parameters(k1, k2, unit_ND.shape[0])
-    if unit_ND.device.type != "cuda":
-        block_size = min(block_size, CPU_KNN_BLOCK // unit_ND.shape[0])
-    block = max(1, block_size)
-    sims, neighbours = knn_topk_unit(unit_ND, k1, block_size=block, precision=precision)
+    sims, neighbours = knn_topk_unit(unit_ND, k1, block_size=block_size, precision=precision)
     return sparse_encoding(unit_ND, neighbours, k1, k2, budget, sims_NK=sims)
 
 

@@ -1,27 +1,32 @@
 """Blocked k-nearest-neighbour search by cosine similarity, in torch (CPU or CUDA).
 
-:func:`knn_topk` returns R(i) of METHOD section 4.1 for every point without an N x N matrix:
-rows are processed ``block_size`` at a time against all points, so the largest temporary is
-``block_size x N``. The order equals :func:`~cacl_dist.clustering.jaccard_reference.
-k_nearest_neighbours` on the reference's encoding distance 2 - 2 <x_i, x_j> (float64): the
-point itself first, then ascending distance, equal distances by ascending index.
+:func:`knn_topk` returns R(i) of METHOD section 4.1 for every point without an N x N matrix.
+The order equals :func:`~cacl_dist.clustering.jaccard_reference.k_nearest_neighbours` on the
+reference's encoding distance 2 - 2 <x_i, x_j> (float64): the point itself first, then
+ascending distance, equal distances by ascending index.
 
-Two precisions:
+Precisions:
 
-- ``"float64"``: the similarity block is a float64 matrix product (the default on CPU).
-- ``"float32"``: the block is a float32 product (fast on GPU); the top ``k + margin``
-  candidates of every row are re-scored in float64 and re-ranked. A row is accepted only if
-  a rigorous error bound of the float32 product proves that no point outside its candidates
-  can enter its top k; the other rows are recomputed in float64. The ranks are therefore the
-  float64 ranks in both modes.
+- ``"float64"``: strips of rows times all points, a float64 matrix product.
+- ``"float32"`` (default on CPU), ``"tfloat32"`` (default on CUDA), ``"bfloat16"``: only the
+  square blocks on and above the diagonal of X X^T are multiplied in that precision (half the
+  work); each block updates the running top ``k + margin`` candidates of its rows and of its
+  columns. The candidates are re-scored in float64 (a sampled matrix product) and re-ranked.
+  A row is accepted only if a rigorous error bound of the low-precision product
+  (:func:`error_bound`) proves that no point outside its candidates can enter its top k;
+  the other rows are recomputed in float64. The ranks are therefore the float64 ranks in
+  every mode.
 """
+
+import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from cacl_dist.clustering.jaccard_reference import as_float64_features
 
-PRECISIONS = ("auto", "float64", "float32")
+PRECISIONS = ("auto", "float64", "float32", "tfloat32", "bfloat16")
 
 
 def unit_features(feats, device=None) -> torch.Tensor:
@@ -57,48 +62,164 @@ def unit_features(feats, device=None) -> torch.Tensor:
     return (tensor / norms).to(device)
 
 
-def _pair_similarity(unit_ND: torch.Tensor, rows_P: torch.Tensor, cols_P: torch.Tensor,
-                     chunk: int = 1 << 22) -> torch.Tensor:
-    """Return <x_r, x_c> in float64 for the index pairs (rows_P[p], cols_P[p])."""
-    out = torch.empty(rows_P.shape[0], dtype=torch.float64, device=unit_ND.device)
-    step = max(1, chunk // max(1, unit_ND.shape[1]))
-    for lo in range(0, rows_P.shape[0], step):
-        hi = min(lo + step, rows_P.shape[0])
-        out[lo:hi] = (unit_ND[rows_P[lo:hi]] * unit_ND[cols_P[lo:hi]]).sum(dim=1)
-    return out
+def pair_similarity(unit_ND: torch.Tensor, rows_P: torch.Tensor, cols_P: torch.Tensor,
+                    chunk: int = 1 << 24) -> torch.Tensor:
+    """Return <x_r, x_c> in the dtype of ``unit_ND`` for the index pairs (rows_P[p], cols_P[p]).
+
+    Computed as a sampled matrix product (only the requested entries of X X^T), which reads
+    every feature row once per call instead of gathering two rows per pair; pairs are
+    deduplicated first. Falls back to gathering rows where the sampled product is missing.
+    """
+    num_points = unit_ND.shape[0]
+    out_dtype, device = unit_ND.dtype, unit_ND.device
+    if rows_P.numel() == 0:
+        return torch.empty(0, dtype=out_dtype, device=device)
+    keys, inverse = torch.unique(rows_P * num_points + cols_P, sorted=True, return_inverse=True)
+    rows, cols = keys // num_points, keys % num_points
+    values = torch.empty(keys.shape[0], dtype=out_dtype, device=device)
+    for lo in range(0, keys.shape[0], chunk):
+        hi = min(lo + chunk, keys.shape[0])
+        values[lo:hi] = _sampled_product(unit_ND, rows[lo:hi], cols[lo:hi])
+    return values[inverse]
 
 
-def _float32_block(unit_ND, unit32_ND, start, stop, k, margin, error_bound):
-    """Rank rows start..stop with a float32 product and a float64 re-check.
+def _sampled_product(unit_ND, rows, cols) -> torch.Tensor:
+    """<x_r, x_c> for pairs sorted by (row, column) without duplicates."""
+    first, last = int(rows[0]), int(rows[-1]) + 1
+    counts = torch.bincount(rows - first, minlength=last - first)
+    crow = torch.zeros(last - first + 1, dtype=torch.int64, device=rows.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            mask = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(cols, dtype=unit_ND.dtype),
+                                           size=(last - first, unit_ND.shape[0]))
+            return torch.sparse.sampled_addmm(mask, unit_ND[first:last], unit_ND.T,
+                                              beta=0.0).values()
+    except (RuntimeError, NotImplementedError):  # an older torch without this kernel on the device
+        out = torch.empty(rows.shape[0], dtype=unit_ND.dtype, device=unit_ND.device)
+        step = max(1, (1 << 20) // max(1, unit_ND.shape[1]))
+        for lo in range(0, rows.shape[0], step):
+            hi = min(lo + step, rows.shape[0])
+            out[lo:hi] = (unit_ND[rows[lo:hi]] * unit_ND[cols[lo:hi]]).sum(dim=1)
+        return out
 
-    Returns (index_BK, sims_BK, exact_B): the float64 ranking of the float32 candidates, their
-    float64 similarities, and which rows are proven exact (the others must be recomputed).
+
+# Low-precision neighbour searches: (input dtype, input unit round-off, output unit round-off,
+# TF32 allowed). TF32 rounds float32 inputs to 10 explicit mantissa bits; truncation is
+# allowed for, hence 2^-10 rather than 2^-11.
+LOW_PRECISION = {
+    "float32": (torch.float32, 2.0 ** -24, 0.0, False),
+    "tfloat32": (torch.float32, 2.0 ** -10, 0.0, True),
+    "bfloat16": (torch.bfloat16, 2.0 ** -8, 2.0 ** -8, False),
+}
+
+
+def error_bound(precision: str, dim: int) -> float:
+    """Upper bound of |<x, y>_computed - <x, y>| for unit rows x, y of length ``dim``.
+
+    The inputs are rounded to the precision's format (relative error u_in), the products of
+    two such numbers are exact in float32, the sum is accumulated in float32 (the classic
+    gamma_D bound, doubled to cover hardware that aligns partial sums by truncation) and the
+    result is rounded to the output format (u_out). Valid because sum_i |x_i y_i| <= 1 for
+    unit rows (Cauchy-Schwarz).
+    """
+    if precision not in LOW_PRECISION:
+        raise ValueError(f"no error bound for precision {precision!r}")
+    _, u_in, u_out, _ = LOW_PRECISION[precision]
+    u32 = 2.0 ** -24
+    gamma = dim * u32 / (1 - dim * u32)
+    before_output = 2 * u_in + u_in * u_in + 2 * gamma * (1 + u_in) ** 2
+    return before_output + u_out * (1 + before_output)
+
+
+@contextmanager
+def _matmul_precision(allow_tf32: bool):
+    """Set TF32 as asked and switch off reduced-precision bfloat16 reductions for a block."""
+    matmul = torch.backends.cuda.matmul
+    saved = (matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction)
+    matmul.allow_tf32 = allow_tf32
+    matmul.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction = saved
+
+
+def _candidates(low_ND: torch.Tensor, width: int, block_size: int, allow_tf32: bool) -> tuple:
+    """The ``width`` largest low-precision similarities of every row (self first, as +inf).
+
+    Only the blocks on and above the diagonal of X X^T are multiplied; each block updates the
+    running candidates of its rows and, transposed, of its columns. Returns (sims, index) of
+    shape (N, width), sorted by descending similarity within a row.
+    """
+    num_points = low_ND.shape[0]
+    device = low_ND.device
+    best_sims = torch.full((num_points, width), -torch.inf, dtype=torch.float32, device=device)
+    best_index = torch.zeros((num_points, width), dtype=torch.int64, device=device)
+
+    def merge(lo, hi, sims_RW, index_RW):
+        sims = torch.cat([best_sims[lo:hi], sims_RW], dim=1)
+        top, where = torch.topk(sims, width, dim=1, sorted=False)
+        best_index[lo:hi] = torch.gather(torch.cat([best_index[lo:hi], index_RW], dim=1), 1, where)
+        best_sims[lo:hi] = top
+
+    with _matmul_precision(allow_tf32):
+        for row_lo in range(0, num_points, block_size):
+            row_hi = min(row_lo + block_size, num_points)
+            for col_lo in range(row_lo, num_points, block_size):
+                col_hi = min(col_lo + block_size, num_points)
+                block = (low_ND[row_lo:row_hi] @ low_ND[col_lo:col_hi].T).float()
+                if col_lo == row_lo:
+                    block.fill_diagonal_(torch.inf)
+                top, where = torch.topk(block, min(width, col_hi - col_lo), dim=1, sorted=False)
+                merge(row_lo, row_hi, top, where + col_lo)
+                if col_lo != row_lo:
+                    top, where = torch.topk(block, min(width, row_hi - row_lo), dim=0, sorted=False)
+                    merge(col_lo, col_hi, top.T, where.T + row_lo)
+    best_sims, order = torch.sort(best_sims, dim=1, descending=True)
+    return best_sims, torch.gather(best_index, 1, order)
+
+
+def _low_precision_rank(unit_ND, k, margin, precision, block_size):
+    """Rank every row from low-precision candidates re-scored in float64.
+
+    Only the candidates that can still reach the top k (low-precision similarity within twice
+    the error bound of the k-th) are re-scored. Returns (index_NK, sims_NK, exact_N): the
+    float64 ranking, the float64 similarities, and which rows are proven exact (the others
+    must be recomputed).
     """
     num_points = unit_ND.shape[0]
     width = min(num_points, k + margin)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # the error bound assumes true float32
-    try:
-        sims = unit32_ND[start:stop] @ unit32_ND.T
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-    rows = torch.arange(stop - start, device=sims.device)
-    sims[rows, rows + start] = torch.inf
-    cand_sims, cand = torch.topk(sims, width, dim=1, largest=True, sorted=True)
-    del sims
-    block_rows = (rows + start)[:, None].expand_as(cand)
-    exact = _pair_similarity(unit_ND, block_rows.reshape(-1), cand.reshape(-1)).view_as(cand)
+    dtype, _, _, allow_tf32 = LOW_PRECISION[precision]
+    bound = error_bound(precision, unit_ND.shape[1])
+    cand_sims, cand = _candidates(unit_ND.to(dtype), width, block_size, allow_tf32)
+    rescore = cand_sims >= cand_sims[:, k - 1:k].to(torch.float64) - 2 * bound  # a prefix per row
+    own = torch.arange(num_points, device=cand.device)[:, None].expand_as(cand)
+    exact = torch.full(cand.shape, -2.0, dtype=torch.float64, device=cand.device)  # distance 6
+    exact[rescore] = pair_similarity(unit_ND, own[rescore], cand[rescore])
     exact_dist = 2.0 - 2.0 * exact
-    exact_dist[cand == block_rows] = -torch.inf
+    exact_dist[cand == own] = -torch.inf
     order, where = _rank_block_candidates(exact_dist, cand, k)
     order_sims = torch.gather(exact, 1, where)
-    if width == num_points:
-        return order, order_sims, torch.ones(stop - start, dtype=torch.bool, device=cand.device)
+    num_rescored = rescore.sum(dim=1, keepdim=True)
+    proven = _unscored_are_farther(cand_sims, num_rescored, exact_dist, k, bound)
+    if width == num_points:  # no point outside the candidates: fully re-scored rows are exact
+        proven |= num_rescored[:, 0] == width
+    return order, order_sims, proven
+
+
+def _unscored_are_farther(cand_sims, num_rescored, exact_dist, k, bound) -> torch.Tensor:
+    """Rows where every point not re-scored is provably farther than the exact k-th distance.
+
+    Such a point (inside the candidates or outside them) has a low-precision similarity at most
+    that of the first candidate not re-scored (or of the smallest candidate, if all were).
+    """
+    width = cand_sims.shape[1]
+    first_unscored = torch.gather(cand_sims, 1, num_rescored.clamp(max=width - 1))[:, 0]
+    lower = 2.0 - 2.0 * (first_unscored.to(torch.float64) + bound)
     kth_exact = torch.kthvalue(exact_dist, k, dim=1).values
-    # Every point outside the candidates has float32 similarity <= the last candidate's, so
-    # its exact distance is at least 2 - 2 (s32_last + error_bound).
-    outside_lower = 2.0 - 2.0 * (cand_sims[:, -1].to(torch.float64) + error_bound)
-    return order, order_sims, outside_lower > kth_exact
+    return lower > kth_exact
 
 
 def _rank_block_candidates(dist_BW, cand_BW, k):
@@ -113,17 +234,30 @@ def _rank_block_candidates(dist_BW, cand_BW, k):
     return torch.gather(cand_BW, 1, where), where
 
 
-def knn_topk(feats_ND, k: int, block_size: int = 4096, precision: str = "auto",
+def default_block_size(device, precision: str, num_points: int) -> int:
+    """Rows per block of the neighbour search on ``device``.
+
+    Low precision multiplies square blocks (block x block); float64 multiplies block x N
+    strips, kept to about 4M entries on a CPU.
+    """
+    on_cuda = torch.device(device).type == "cuda"
+    if precision in LOW_PRECISION:
+        return 16384 if on_cuda else 2048
+    return 4096 if on_cuda else max(1, (1 << 22) // max(1, num_points))
+
+
+def knn_topk(feats_ND, k: int, block_size=None, precision: str = "auto",
              margin: int = 32, device=None) -> tuple:
     """Return (sims_NK, idx_NK): the k nearest points of every point by cosine similarity.
 
     Args:
         feats_ND: (N, D) numpy array or torch tensor; rows are L2-normalised here.
         k: neighbours per point, the point itself included (at rank 0); 1 <= k <= N.
-        block_size: rows processed together; the largest temporary is block_size x N.
-        precision: ``"float64"``, ``"float32"`` (float64 re-check, see the module docstring)
-            or ``"auto"`` (float32 on CUDA, float64 otherwise).
-        margin: extra float32 candidates per row re-scored in float64.
+        block_size: rows per block (default: :func:`default_block_size`).
+        precision: ``"float64"``; ``"float32"``, ``"tfloat32"`` or ``"bfloat16"`` (candidates
+            in that precision, re-scored in float64, see the module docstring); ``"auto"``:
+            tfloat32 on CUDA, float32 otherwise.
+        margin: extra low-precision candidates per row re-scored in float64.
         device: where to compute (default: the input's device).
 
     Returns:
@@ -133,39 +267,34 @@ def knn_topk(feats_ND, k: int, block_size: int = 4096, precision: str = "auto",
     return knn_topk_unit(unit_features(feats_ND, device), k, block_size, precision, margin)
 
 
-def knn_topk_unit(unit_ND: torch.Tensor, k: int, block_size: int = 4096,
+def knn_topk_unit(unit_ND: torch.Tensor, k: int, block_size=None,
                   precision: str = "auto", margin: int = 32) -> tuple:
     """:func:`knn_topk` on rows that are already unit-norm float64 (see :func:`unit_features`)."""
     num_points = unit_ND.shape[0]
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_points:
         raise ValueError(f"k must be an integer in [1, {num_points}] (the number of points), got {k!r}.")
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}.")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
     if precision == "auto":
-        precision = "float32" if unit_ND.device.type == "cuda" else "float64"
-    idx = torch.empty((num_points, k), dtype=torch.int64, device=unit_ND.device)
-    sims = torch.empty((num_points, k), dtype=torch.float64, device=unit_ND.device)
-    if precision == "float32":
-        unit32 = unit_ND.to(torch.float32)
-        dim = unit_ND.shape[1]
-        unit_round_off = 2.0 ** -24
-        # |fl32(<x, y>) - <x, y>| <= gamma_(D+2) for unit x, y (input rounding + any order).
-        error_bound = (dim + 2) * unit_round_off / (1 - (dim + 2) * unit_round_off)
-    for start in range(0, num_points, block_size):
-        stop = min(start + block_size, num_points)
-        if precision == "float32":
-            order, order_sims, exact = _float32_block(unit_ND, unit32, start, stop, k, margin,
-                                                      error_bound)
-            idx[start:stop], sims[start:stop] = order, order_sims
-            rows = torch.nonzero(~exact).flatten() + start
-        else:
-            rows = torch.arange(start, stop, device=unit_ND.device)
-        if rows.numel():
-            block_sims = unit_ND[rows] @ unit_ND.T
-            idx[rows] = _rank_rows(2.0 - 2.0 * block_sims, rows, k)
-            sims[rows] = torch.gather(block_sims, 1, idx[rows])
+        precision = "tfloat32" if unit_ND.device.type == "cuda" else "float32"
+    if block_size is None:
+        block_size = default_block_size(unit_ND.device, precision, num_points)
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}.")
+    if precision in LOW_PRECISION:
+        idx, sims, exact = _low_precision_rank(unit_ND, k, margin, precision, block_size)
+        redo = torch.nonzero(~exact).flatten()
+        strip = default_block_size(unit_ND.device, "float64", num_points)
+    else:
+        idx = torch.empty((num_points, k), dtype=torch.int64, device=unit_ND.device)
+        sims = torch.empty((num_points, k), dtype=torch.float64, device=unit_ND.device)
+        redo = torch.arange(num_points, device=unit_ND.device)
+        strip = block_size
+    for start in range(0, redo.numel(), strip):  # float64 strips against all points
+        rows = redo[start:start + strip]
+        block_sims = unit_ND[rows] @ unit_ND.T
+        idx[rows] = _rank_rows(2.0 - 2.0 * block_sims, rows, k)
+        sims[rows] = torch.gather(block_sims, 1, idx[rows])
     return sims, idx
 
 

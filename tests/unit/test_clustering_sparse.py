@@ -1,6 +1,7 @@
 """The sparse "torch" clustering path equals the dense reference (issue 3, METHOD section 4)."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,13 +20,13 @@ from cacl_dist.clustering.jaccard_reference import (
     l2_normalise_rows,
 )
 from cacl_dist.clustering.jaccard_sparse import dense_from_pairs, jaccard_sparse
-from cacl_dist.clustering.knn import knn_topk
+from cacl_dist.clustering.knn import _low_precision_rank, error_bound, knn_topk, pair_similarity
 from cacl_dist.clustering.pseudo_labels import cluster_features
 from cacl_dist.clustering.refine import refine_clusters
 from cacl_dist.clustering.refine_sparse import refine_sparse
 from cacl_dist.config import ClusteringConfig
 
-MINI_ROOT = "/work/shared/data/market1501-mini"
+MINI_ROOT = str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "market1501-mini")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -72,7 +73,7 @@ def pairs_of(dist):
     return torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(dist[rows, cols])
 
 
-@pytest.mark.parametrize("precision", ["float64", "float32"])
+@pytest.mark.parametrize("precision", ["float64", "float32", "tfloat32", "bfloat16"])
 @pytest.mark.parametrize("block_size", [7, 4096])
 def test_knn_order_equals_reference_with_ties(precision, block_size):
     for name, feats in datasets():
@@ -93,6 +94,65 @@ def test_knn_float32_recheck_falls_back_where_candidates_are_not_enough():
     expected = k_nearest_neighbours(2.0 - 2.0 * gram_matrix(unit), 10)
     _, idx = knn_topk(feats, 10, precision="float32", margin=3)
     np.testing.assert_array_equal(idx.numpy(), expected)
+
+
+def test_knn_low_precision_candidates_fall_back_when_the_bound_cannot_separate():
+    # bfloat16 blurs similarities by ~1e-2: with a small margin many rows cannot be proven
+    # from their candidates alone, yet every row ends up in the exact float64 order.
+    feats = sphere_blobs(300, 24, 6, 0.3, seed=4)
+    unit = l2_normalise_rows(feats)
+    expected = k_nearest_neighbours(2.0 - 2.0 * gram_matrix(unit), 15)
+    unit_t = torch.from_numpy(unit)
+    for precision, margin in (("bfloat16", 8), ("float32", 0), ("tfloat32", 2)):
+        proven = _low_precision_rank(unit_t, 15, margin, precision, 64)[2]
+        if precision != "float32":  # both kinds of rows occur, so both paths are exercised
+            assert 0 < int(proven.sum()) < len(feats), precision
+        sims, idx = knn_topk(feats, 15, block_size=64, precision=precision, margin=margin)
+        np.testing.assert_array_equal(idx.numpy(), expected, err_msg=precision)
+        np.testing.assert_allclose(sims.numpy(), np.take_along_axis(unit @ unit.T, expected, 1),
+                                   rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_error_bound_covers_the_low_precision_products(precision):
+    rng = np.random.default_rng(5)
+    dim = 512
+    base = rng.normal(size=(1, dim))
+    # Random rows and nearly parallel rows (large products, where rounding is largest).
+    feats = np.concatenate([rng.normal(size=(200, dim)), base + 1e-3 * rng.normal(size=(200, dim))])
+    unit = torch.from_numpy(l2_normalise_rows(feats))
+    low = unit.to(torch.float32 if precision == "float32" else torch.bfloat16)
+    error = ((low @ low.T).double() - unit @ unit.T).abs().max().item()
+    bound = error_bound(precision, dim)
+    assert error <= bound, (error, bound)
+    assert bound < (1e-4 if precision == "float32" else 2e-2)
+    with pytest.raises(ValueError, match="float64"):
+        error_bound("float64", dim)
+
+
+def test_pair_similarity_equals_row_products_for_any_pair_order():
+    rng = np.random.default_rng(6)
+    unit = torch.from_numpy(l2_normalise_rows(rng.normal(size=(50, 16))))
+    rows = torch.from_numpy(rng.integers(0, 50, 400))
+    cols = torch.from_numpy(rng.integers(0, 50, 400))
+    rows[10], cols[10] = rows[3], cols[3]  # a repeated pair
+    expected = (unit[rows] * unit[cols]).sum(dim=1)
+    got = pair_similarity(unit, rows, cols, chunk=37)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-14)
+    assert pair_similarity(unit, rows[:0], cols[:0]).shape == (0,)
+
+
+def test_pair_similarity_without_the_sampled_product_kernel(monkeypatch):
+    def missing(*args, **kwargs):
+        raise NotImplementedError("no sampled_addmm kernel here")
+
+    monkeypatch.setattr(torch.sparse, "sampled_addmm", missing)
+    rng = np.random.default_rng(7)
+    unit = torch.from_numpy(l2_normalise_rows(rng.normal(size=(30, 8))))
+    rows = torch.from_numpy(rng.integers(0, 30, 100))
+    cols = torch.from_numpy(rng.integers(0, 30, 100))
+    torch.testing.assert_close(pair_similarity(unit, rows, cols), (unit[rows] * unit[cols]).sum(1),
+                               rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("k1,k2,budget", [(20, 6, None), (10, 1, 3000), (7, 3, None), (30, 6, 50000)])
