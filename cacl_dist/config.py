@@ -121,8 +121,10 @@ class ClusteringConfig:
     """Refinement rule: the paper's, or the authors' code's size-weighted score."""
     outliers: Literal["singleton", "drop"] = "singleton"
     """Outliers and refined-away points: own singleton clusters (paper) or left out of the epoch."""
-    backend: Literal["auto", "torch", "sklearn"] = "auto"
-    """Clustering implementation; 'auto' picks the fastest exact one available and logs it."""
+    backend: Literal["auto", "torch", "sklearn", "cuml"] = "auto"
+    """Clustering implementation: 'torch' (sparse and exact, CPU or CUDA), 'sklearn' (the dense
+    reference), 'cuml' (sparse graph + RAPIDS cuML DBSCAN on a dense GPU matrix; extra 'cuml');
+    'auto' picks the fastest exact one available and the epoch log names it."""
 
 
 @dataclass

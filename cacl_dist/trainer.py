@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .clustering.backends import cluster_bank
+from .clustering.backends import cluster_bank, resolve_backend
 from .clustering.pseudo_labels import ClusterResult
 from .config import Config, config_from_dict, dump_yaml, to_dict
 from .data.factory import build_epoch_loader, prepare_dataset, resolve_pipeline
@@ -356,6 +356,8 @@ class Trainer:
         self.log.info("world size %d on %s (%s); global batch %d, %d per rank; input pipeline %s", env.world_size,
                       env.device, env.backend or "single process", cfg.train.batch_size, per_rank,
                       resolve_pipeline(cfg.data.pipeline))
+        backend = resolve_backend(cfg.clustering.backend, len(self.dataset.train), env.device)  # fails early
+        self.log.info("clustering: backend %s (%s) on rank 0's %s", backend, cfg.clustering.backend, env.device)
         if per_rank < 16:
             self.log.warning("per-rank batch is %d (< 16): BatchNorm statistics over so few images change "
                              "accuracy; keep 16-64 per GPU and scale optim.lr with the global batch", per_rank)

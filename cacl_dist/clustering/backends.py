@@ -7,33 +7,38 @@ import logging
 import torch
 
 from ..config import ClusteringConfig
+from .cuml_backend import INSTALL_HINT, cuml_available
 from .pseudo_labels import ClusterResult, cluster_features
 
 log = logging.getLogger("cacl_dist")
 
-BACKENDS = ("torch", "sklearn")
-
-
-DENSE_LIMIT = 30_000
-"""Largest N for which 'auto' uses the dense reference on the CPU (its N x N float64 blocks fit in
-a few GB, and on a CPU it is faster than the sparse path at these sizes; see the closing note
-of the clustering work). Beyond it, and on CUDA, 'auto' takes the sparse torch path."""
+BACKENDS = ("torch", "sklearn", "cuml")
 
 
 def resolve_backend(name: str, num_points: int = 0, device: torch.device | str = "cpu") -> str:
-    """Map 'auto' to the fastest exact backend for N points on `device`."""
+    """Map 'auto' to the fastest exact backend for N points on `device`; check explicit names.
+
+    'auto' is the sparse torch path everywhere: exact (scikit-learn's labels, border ties
+    included), no N x N matrix, and faster than the dense reference on a CPU (see
+    benchmarks/results/bench_cluster.md). cuML is never chosen automatically: its DBSCAN needs
+    a dense N x N matrix on the GPU and may break border ties differently.
+    """
     if name == "auto":
-        on_cuda = torch.device(device).type == "cuda"
-        return "torch" if on_cuda or num_points > DENSE_LIMIT else "sklearn"
+        return "torch"
     if name not in BACKENDS:
         raise ValueError(f"clustering.backend '{name}' is not available; choose one of auto, {', '.join(BACKENDS)}")
+    if name == "cuml" and not cuml_available():
+        where = "no CUDA device is visible" if not torch.cuda.is_available() else \
+            f"cuML/CuPy are not installed ({INSTALL_HINT})"
+        raise ValueError(f"clustering.backend 'cuml' cannot run here: {where}. "
+                         "Use clustering.backend=torch (same labels, CPU or CUDA).")
     return name
 
 
 def cluster_bank(feats_ND: torch.Tensor, cfg: ClusteringConfig) -> ClusterResult:
     """Pseudo labels for the rows of a memory bank, with the configured method and backend."""
     backend = resolve_backend(cfg.backend, feats_ND.shape[0], feats_ND.device)
-    if backend == "torch":  # stays on the bank's device (CUDA when the bank lives there)
+    if backend in ("torch", "cuml"):  # stays on the bank's device (CUDA when the bank lives there)
         feats, device = feats_ND.detach(), feats_ND.device
     else:
         feats, device = feats_ND.float().cpu().numpy(), None

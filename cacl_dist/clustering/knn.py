@@ -172,13 +172,49 @@ def _candidates(low_ND: torch.Tensor, width: int, block_size: int, allow_tf32: b
                 block = (low_ND[row_lo:row_hi] @ low_ND[col_lo:col_hi].T).float()
                 if col_lo == row_lo:
                     block.fill_diagonal_(torch.inf)
-                top, where = torch.topk(block, min(width, col_hi - col_lo), dim=1, sorted=False)
-                merge(row_lo, row_hi, top, where + col_lo)
+                floor = best_sims[row_lo:row_hi].min(dim=1).values
+                top = _entries_above(block, floor, width, by_column=False)
+                if top is not None:
+                    merge(row_lo, row_hi, top[0], top[1] + col_lo)
                 if col_lo != row_lo:
-                    top, where = torch.topk(block, min(width, row_hi - row_lo), dim=0, sorted=False)
-                    merge(col_lo, col_hi, top.T, where.T + row_lo)
+                    floor = best_sims[col_lo:col_hi].min(dim=1).values
+                    top = _entries_above(block, floor, width, by_column=True)
+                    if top is not None:
+                        merge(col_lo, col_hi, top[0], top[1] + row_lo)
     best_sims, order = torch.sort(best_sims, dim=1, descending=True)
     return best_sims, torch.gather(best_index, 1, order)
+
+
+def _entries_above(block_RC: torch.Tensor, floor: torch.Tensor, width: int, by_column: bool):
+    """The entries of each row of ``block_RC`` (each column if ``by_column``) above that row's
+    ``floor`` (the smallest of its running candidates), at most ``width`` per row, as
+    (values, indices) padded with -inf; None if there are none.
+
+    Once the candidates are filled, few entries pass, so collecting them is much cheaper than
+    a top-k over the whole block; while some are still empty (floor -inf), a top-k it is.
+    """
+    block = block_RC.T if by_column else block_RC
+    if bool(torch.isneginf(floor).any()):
+        return torch.topk(block, min(width, block.shape[1]), dim=1, sorted=False)
+    hits = block_RC > (floor[None, :] if by_column else floor[:, None])  # contiguous either way
+    rows, cols = torch.nonzero(hits, as_tuple=True)  # row-major: rows ascending
+    values = block_RC[rows, cols]
+    owner, member = (cols, rows) if by_column else (rows, cols)
+    if by_column:
+        owner, order = torch.sort(owner, stable=True)
+        member, values = member[order], values[order]
+    counts = torch.bincount(owner, minlength=floor.shape[0])
+    most = int(counts.max()) if owner.numel() else 0
+    if most == 0:
+        return None
+    if most > width:
+        return torch.topk(block, min(width, block.shape[1]), dim=1, sorted=False)
+    slot = torch.arange(owner.numel(), device=owner.device) - (torch.cumsum(counts, 0) - counts)[owner]
+    out_values = torch.full((floor.shape[0], most), -torch.inf, dtype=block.dtype, device=block.device)
+    out_index = torch.zeros((floor.shape[0], most), dtype=torch.int64, device=block.device)
+    out_values[owner, slot] = values
+    out_index[owner, slot] = member
+    return out_values, out_index
 
 
 def _low_precision_rank(unit_ND, k, margin, precision, block_size):

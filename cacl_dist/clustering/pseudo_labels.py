@@ -10,13 +10,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cacl_dist.clustering.cuml_backend import dbscan_cuml
 from cacl_dist.clustering.dbscan import dbscan_precomputed
+from cacl_dist.clustering.dbscan_sparse import dbscan_sparse
 from cacl_dist.clustering.jaccard_reference import jaccard_distance_reference
 from cacl_dist.clustering.refine import REFINE_SCORES, refine_clusters
 from cacl_dist.clustering.torch_backend import cluster_sparse
 
 OUTLIER_POLICIES = ("singleton", "drop")
-BACKENDS = ("torch", "sklearn")
+BACKENDS = ("torch", "sklearn", "cuml")
 
 
 @dataclass
@@ -106,7 +108,9 @@ def cluster_features(
 
     ``backend="sklearn"`` is the dense reference (N x N matrices, scikit-learn DBSCAN);
     ``backend="torch"`` computes the same labels from a sparse graph on ``device`` (default:
-    the device of a torch input, else CPU), see :mod:`cacl_dist.clustering.torch_backend`.
+    the device of a torch input, else CPU), see :mod:`cacl_dist.clustering.torch_backend`;
+    ``backend="cuml"`` is that graph with RAPIDS cuML's DBSCAN (CUDA, optional extra), see
+    :mod:`cacl_dist.clustering.cuml_backend`.
     """
     _check_choice("backend", backend, BACKENDS)
     _check_choice("refine_score", refine_score, REFINE_SCORES)
@@ -117,9 +121,11 @@ def cluster_features(
             "tighter radius, so set eps_tight <= eps (the default is eps - 0.02)."
         )
     start = time.perf_counter()
-    if backend == "torch":
+    if backend in ("torch", "cuml"):
+        dbscan = dbscan_cuml if backend == "cuml" else dbscan_sparse
         raw, refined, num_removed = cluster_sparse(
-            feats, k1, k2, eps, min_samples, eps_tight, refine, refine_score, device=device
+            feats, k1, k2, eps, min_samples, eps_tight, refine, refine_score, device=device,
+            dbscan=dbscan,
         )
     else:
         raw, refined, num_removed = _cluster_dense(

@@ -23,11 +23,13 @@ def _float32_ceiling(value: float) -> float:
 
 def cluster_sparse(feats, k1: int, k2: int, eps: float, min_samples: int, eps_tight: float,
                    refine: bool, refine_score: str, device=None,
-                   budget=None) -> tuple:
+                   budget=None, dbscan=dbscan_sparse) -> tuple:
     """Return (raw_labels, refined_labels, num_removed) as int64 numpy arrays / int.
 
     ``device`` defaults to the device of a torch input; ``budget`` bounds the float64
-    entries of the per-block temporaries (see :mod:`cacl_dist.clustering.jaccard_sparse`).
+    entries of the per-block temporaries (see :mod:`cacl_dist.clustering.jaccard_sparse`);
+    ``dbscan`` clusters the sparse graph (:func:`dbscan_sparse`, or
+    :func:`~cacl_dist.clustering.cuml_backend.dbscan_cuml`).
     """
     unit_ND = unit_features(feats, device)
     num_points = unit_ND.shape[0]
@@ -35,10 +37,10 @@ def cluster_sparse(feats, k1: int, k2: int, eps: float, min_samples: int, eps_ti
     del unit_ND
     rows, cols, dists = jaccard_pairs(encoding, _float32_ceiling(eps), budget=budget)
     dists32 = dists.to(torch.float32)
-    raw = dbscan_sparse(rows, cols, dists32, num_points, eps, min_samples)
+    raw = dbscan(rows, cols, dists32, num_points, eps, min_samples)
     if not refine:
         return raw.cpu().numpy(), raw.cpu().numpy(), 0
-    tight = dbscan_sparse(rows, cols, dists32, num_points, eps_tight, min_samples)
+    tight = dbscan(rows, cols, dists32, num_points, eps_tight, min_samples)
     del rows, cols, dists, dists32
     # Only raw clusters with several sub-clusters need their inner distances (d < 1).
     sub = sub_cluster_ids(raw, tight)

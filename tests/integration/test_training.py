@@ -160,6 +160,15 @@ def test_bad_config_value_fails_before_anything_is_written(tmp_path, synthetic_r
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuml_backend_without_a_gpu_fails_before_training(tmp_path, synthetic_root):
+    result = run_cli("cacl_dist.train", set_args(tmp_path / "run", synthetic_root, **{"clustering.backend": "cuml"}))
+    assert result.returncode == 2
+    assert "clustering.backend 'cuml' cannot run here" in result.stderr
+    assert "clustering.backend=torch" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_missing_imagenet_weights_say_where_to_put_them(tmp_path, synthetic_root):
     result = run_cli("cacl_dist.train", set_args(tmp_path / "run", synthetic_root, **{
         "model.backbone": "resnet18", "model.pretrained": "imagenet"}),

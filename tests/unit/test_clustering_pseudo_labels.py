@@ -104,7 +104,7 @@ def test_cluster_features_chains_the_reference_steps(score):
 @pytest.mark.parametrize(
     "kwargs, option",
     [
-        ({"backend": "cuml"}, "backend"),
+        ({"backend": "faiss"}, "backend"),
         ({"refine_score": "mean"}, "refine_score"),
         ({"outliers": "ignore"}, "outliers"),
         ({"eps": 0.5, "eps_tight": 0.55}, "eps_tight"),

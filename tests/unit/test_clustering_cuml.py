@@ -1,0 +1,93 @@
+"""The cuML clustering backend: its hand-off logic on CPU (through stand-in modules), its errors,
+and the real thing on a GPU when cuML is installed."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import DBSCAN as SklearnDBSCAN
+
+from cacl_dist.clustering import cuml_backend
+from cacl_dist.clustering.backends import resolve_backend
+from cacl_dist.clustering.pseudo_labels import cluster_features
+
+from .test_clustering_sparse import sphere_blobs
+
+
+class _StandInDBSCAN:
+    """cuML's DBSCAN interface, computed by scikit-learn on a DLPack-imported array."""
+
+    calls = []
+
+    def __init__(self, eps, min_samples, metric, output_type):
+        assert metric == "precomputed" and output_type == "cupy"
+        self.eps, self.min_samples = eps, min_samples
+
+    def fit_predict(self, matrix):
+        dense = np.asarray(matrix)
+        self.calls.append(dense.shape)
+        assert dense.dtype == np.float32 and np.all(np.diag(dense) == 0)
+        return SklearnDBSCAN(eps=self.eps, min_samples=self.min_samples,
+                             metric="precomputed").fit_predict(dense).astype(np.int32)
+
+
+@pytest.fixture
+def stand_in_cuml(monkeypatch):
+    """Fake `cuml` and `cupy` modules: DLPack to numpy, DBSCAN by scikit-learn."""
+    cuml = types.ModuleType("cuml")
+    cuml.cluster = types.SimpleNamespace(DBSCAN=_StandInDBSCAN)
+    cupy = types.ModuleType("cupy")
+    cupy.from_dlpack = np.from_dlpack
+    monkeypatch.setitem(sys.modules, "cuml", cuml)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    _StandInDBSCAN.calls.clear()
+    return _StandInDBSCAN
+
+
+@pytest.mark.parametrize("refine", [True, False])
+def test_cuml_hand_off_gives_the_reference_labels(stand_in_cuml, refine):
+    feats = sphere_blobs(400, 16, 20, 1.0, seed=11)
+    ref = cluster_features(feats, 15, 4, refine=refine, backend="sklearn")
+    got = cluster_features(torch.from_numpy(feats).float(), 15, 4, refine=refine, backend="cuml")
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    assert (got.num_raw_clusters, got.num_outliers, got.num_refined_away) == (
+        ref.num_raw_clusters, ref.num_outliers, ref.num_refined_away)
+    assert got.backend == "cuml"
+    assert stand_in_cuml.calls == [(400, 400)] * (2 if refine else 1)  # raw (+ tight) DBSCAN
+
+
+def test_cuml_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cuml", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=r"cacl_dist\[cuml\]"):
+        cuml_backend.import_cuml()
+    with pytest.raises(ValueError, match="clustering.backend=torch"):
+        resolve_backend("cuml", 1000, "cpu")
+
+
+def test_backend_auto_is_the_sparse_path_and_names_are_checked():
+    assert resolve_backend("auto", 1000, "cpu") == "torch"
+    assert resolve_backend("auto", 1_000_000, "cuda") == "torch"
+    assert resolve_backend("sklearn", 100_000, "cuda") == "sklearn"  # explicit choice wins
+    with pytest.raises(ValueError, match="'faiss'"):
+        resolve_backend("faiss")
+
+
+def test_dense_matrix_that_cannot_fit_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 80 * 2**30))
+    with pytest.raises(ValueError, match="backend=torch"):
+        cuml_backend.check_fits(100_000, torch.device("cuda", 0))  # 37 GiB > 1 GiB free
+    cuml_backend.check_fits(10_000, torch.device("cuda", 0))  # 0.4 GiB fits
+    assert cuml_backend.dense_bytes(1000) == 4_000_000
+
+
+@pytest.mark.skipif(not cuml_backend.cuml_available(), reason="needs CUDA and RAPIDS cuML")
+def test_cuml_on_gpu_equals_reference():
+    feats = sphere_blobs(2000, 64, 100, 1.0, seed=12)
+    ref = cluster_features(feats, 20, 6, backend="sklearn")
+    got = cluster_features(torch.from_numpy(feats).float().cuda(), 20, 6, backend="cuml")
+    from sklearn.metrics import adjusted_rand_score
+    # cuML may settle a border point touching two clusters differently; nothing else may differ.
+    assert adjusted_rand_score(ref.labels, got.labels) > 0.999
+    assert got.num_raw_clusters == ref.num_raw_clusters
