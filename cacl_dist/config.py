@@ -125,6 +125,10 @@ class ClusteringConfig:
     """Clustering implementation: 'torch' (sparse and exact, CPU or CUDA), 'sklearn' (the dense
     reference), 'cuml' (sparse graph + RAPIDS cuML DBSCAN on a dense GPU matrix; extra 'cuml');
     'auto' picks the fastest exact one available and the epoch log names it."""
+    shard_knn: bool = True
+    """With several processes and a sparse backend, every rank searches the nearest neighbours of
+    its share of the bank (against all rows) and rank 0 gathers them; false: rank 0 searches alone.
+    The labels are the same either way."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .clustering.backends import cluster_bank, resolve_backend
+from .clustering.knn import knn_topk_unit, unit_features
 from .clustering.pseudo_labels import ClusterResult
 from .config import Config, config_from_dict, dump_yaml, to_dict
 from .data.factory import build_epoch_loader, prepare_dataset, resolve_pipeline
@@ -135,7 +136,8 @@ class Trainer:
     def cluster(self) -> ClusterResult | None:
         """Pseudo labels for the coming epoch from the branch-1 bank, and exact centres."""
         feats = comm.all_gather_cat(self.bank_rgb.rows)
-        result = cluster_bank(feats, self.cfg.clustering) if self.env.is_main else None
+        neighbours, knn_seconds = self._shared_neighbours(feats)
+        result = cluster_bank(feats, self.cfg.clustering, neighbours) if self.env.is_main else None
         labels = torch.from_numpy(result.labels) if result is not None else \
             torch.zeros(len(self.dataset.train), dtype=torch.int64)
         labels = comm.broadcast_tensor(labels, src=0, what="pseudo labels")
@@ -143,6 +145,7 @@ class Trainer:
         if result is not None:
             stats = {k: getattr(result, k) for k in ("num_clusters", "num_raw_clusters", "num_outliers",
                                                      "num_refined_away", "backend", "seconds")}
+            stats["seconds"] += knn_seconds  # the neighbour search shared by all ranks
         self.cluster_stats = comm.broadcast_object(stats, src=0, what="clustering statistics")
         self.labels = labels.to(self.env.device)
         self.build_centres()
@@ -152,6 +155,22 @@ class Trainer:
                       s["num_refined_away"], s["seconds"])
         self.metrics.write("cluster", self.global_step, epoch=self.epoch + 1, **s)
         return result
+
+    def _shared_neighbours(self, feats: torch.Tensor) -> tuple:
+        """Every rank searches the k1 nearest neighbours of its share of the rows; all gather them.
+
+        Returns ((sims, idx), seconds), or (None, 0.0) when rank 0 searches alone (one process,
+        the dense backend, or clustering.shard_knn false).
+        """
+        cfg = self.cfg.clustering
+        backend = resolve_backend(cfg.backend, feats.shape[0], feats.device)
+        if self.env.world_size == 1 or not cfg.shard_knn or backend == "sklearn":
+            return None, 0.0
+        start = time.perf_counter()
+        rows = shard_bounds(feats.shape[0], self.env.rank, self.env.world_size)
+        sims, idx = knn_topk_unit(unit_features(feats), cfg.k1, rows=rows)
+        neighbours = (comm.all_gather_cat(sims), comm.all_gather_cat(idx))
+        return neighbours, time.perf_counter() - start
 
     def build_centres(self) -> None:
         """Per-cluster sums of each rank's own rows, all-reduced into exact centres."""

@@ -35,8 +35,11 @@ def resolve_backend(name: str, num_points: int = 0, device: torch.device | str =
     return name
 
 
-def cluster_bank(feats_ND: torch.Tensor, cfg: ClusteringConfig) -> ClusterResult:
-    """Pseudo labels for the rows of a memory bank, with the configured method and backend."""
+def cluster_bank(feats_ND: torch.Tensor, cfg: ClusteringConfig, neighbours=None) -> ClusterResult:
+    """Pseudo labels for the rows of a memory bank, with the configured method and backend.
+
+    ``neighbours``: precomputed (sims, idx) of the k1 nearest neighbours (sparse backends).
+    """
     backend = resolve_backend(cfg.backend, feats_ND.shape[0], feats_ND.device)
     if backend in ("torch", "cuml"):  # stays on the bank's device (CUDA when the bank lives there)
         feats, device = feats_ND.detach(), feats_ND.device
@@ -44,4 +47,5 @@ def cluster_bank(feats_ND: torch.Tensor, cfg: ClusteringConfig) -> ClusterResult
         feats, device = feats_ND.float().cpu().numpy(), None
     return cluster_features(feats, device=device, k1=cfg.k1, k2=cfg.k2, eps=cfg.eps,
                             min_samples=cfg.min_samples, eps_tight=cfg.eps_tight, refine=cfg.refine,
-                            refine_score=cfg.refine_score, outliers=cfg.outliers, backend=backend)
+                            refine_score=cfg.refine_score, outliers=cfg.outliers, backend=backend,
+                            neighbours=neighbours)

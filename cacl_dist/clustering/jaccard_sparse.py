@@ -303,10 +303,21 @@ def jaccard_sparse(feats, k1: int = 30, k2: int = 6, max_distance: float = 0.6,
 
 
 def encode_features(unit_ND: torch.Tensor, k1: int, k2: int, block_size=None,
-                    budget=None, precision: str = "auto") -> SparseEncoding:
-    """R(i) by blocked top-k, then V' (see :func:`sparse_encoding`), from float64 unit rows."""
+                    budget=None, precision: str = "auto", neighbours=None) -> SparseEncoding:
+    """R(i) by blocked top-k, then V' (see :func:`sparse_encoding`), from float64 unit rows.
+
+    ``neighbours``: (sims, idx) of :func:`~cacl_dist.clustering.knn.knn_topk_unit` with k1
+    columns when already computed (for instance by several processes), else searched here.
+    """
     check_k_parameters(k1, k2, unit_ND.shape[0])
-    sims, neighbours = knn_topk_unit(unit_ND, k1, block_size=block_size, precision=precision)
+    if neighbours is None:
+        neighbours = knn_topk_unit(unit_ND, k1, block_size=block_size, precision=precision)
+    sims, neighbours = neighbours
+    if tuple(neighbours.shape) != (unit_ND.shape[0], k1) or sims.shape != neighbours.shape:
+        raise ValueError(f"precomputed neighbours must be two ({unit_ND.shape[0]}, {k1}) tensors "
+                         f"(one row per point, k1 columns); got {tuple(sims.shape)} and {tuple(neighbours.shape)}.")
+    sims = sims.to(device=unit_ND.device, dtype=torch.float64)
+    neighbours = neighbours.to(device=unit_ND.device, dtype=torch.int64)
     return sparse_encoding(unit_ND, neighbours, k1, k2, budget, sims_NK=sims)
 
 

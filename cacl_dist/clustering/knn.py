@@ -146,41 +146,52 @@ def _matmul_precision(allow_tf32: bool):
         matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction = saved
 
 
-def _candidates(low_ND: torch.Tensor, width: int, block_size: int, allow_tf32: bool) -> tuple:
-    """The ``width`` largest low-precision similarities of every row (self first, as +inf).
+def _block_pairs(num_points: int, block_size: int, start: int, stop: int) -> list:
+    """(row_lo, row_hi, col_lo, col_hi, mirror) of the X X^T blocks a search multiplies.
 
-    Only the blocks on and above the diagonal of X X^T are multiplied; each block updates the
-    running candidates of its rows and, transposed, of its columns. Returns (sims, index) of
-    shape (N, width), sorted by descending similarity within a row.
+    All rows: the blocks on and above the diagonal, each also used transposed (``mirror``).
+    A row range: its rows against every column block.
     """
-    num_points = low_ND.shape[0]
-    device = low_ND.device
-    best_sims = torch.full((num_points, width), -torch.inf, dtype=torch.float32, device=device)
-    best_index = torch.zeros((num_points, width), dtype=torch.int64, device=device)
+    blocks = [(lo, min(lo + block_size, num_points)) for lo in range(0, num_points, block_size)]
+    if (start, stop) == (0, num_points):
+        return [(r_lo, r_hi, c_lo, c_hi, c_lo != r_lo) for i, (r_lo, r_hi) in enumerate(blocks)
+                for c_lo, c_hi in blocks[i:]]
+    rows = [(lo, min(lo + block_size, stop)) for lo in range(start, stop, block_size)]
+    return [(r_lo, r_hi, c_lo, c_hi, False) for r_lo, r_hi in rows for c_lo, c_hi in blocks]
 
-    def merge(lo, hi, sims_RW, index_RW):
-        sims = torch.cat([best_sims[lo:hi], sims_RW], dim=1)
-        top, where = torch.topk(sims, width, dim=1, sorted=False)
-        best_index[lo:hi] = torch.gather(torch.cat([best_index[lo:hi], index_RW], dim=1), 1, where)
-        best_sims[lo:hi] = top
+
+def _candidates(low_ND: torch.Tensor, width: int, block_size: int, allow_tf32: bool,
+                start: int, stop: int) -> tuple:
+    """The ``width`` largest low-precision similarities of rows start..stop (self as +inf).
+
+    Each block of X X^T updates the running candidates of its rows and, for a mirrored block
+    (see :func:`_block_pairs`), of its columns. Returns (sims, index) of shape
+    (stop - start, width), sorted by descending similarity within a row.
+    """
+    device = low_ND.device
+    best_sims = torch.full((stop - start, width), -torch.inf, dtype=torch.float32, device=device)
+    best_index = torch.zeros((stop - start, width), dtype=torch.int64, device=device)
+
+    def offer(lo, hi, block, other_lo, by_column):
+        floor = best_sims[lo - start:hi - start].min(dim=1).values
+        top = _entries_above(block, floor, width, by_column)
+        if top is None:
+            return
+        sims = torch.cat([best_sims[lo - start:hi - start], top[0]], dim=1)
+        index = torch.cat([best_index[lo - start:hi - start], top[1] + other_lo], dim=1)
+        kept, where = torch.topk(sims, width, dim=1, sorted=False)
+        best_sims[lo - start:hi - start] = kept
+        best_index[lo - start:hi - start] = torch.gather(index, 1, where)
 
     with _matmul_precision(allow_tf32):
-        for row_lo in range(0, num_points, block_size):
-            row_hi = min(row_lo + block_size, num_points)
-            for col_lo in range(row_lo, num_points, block_size):
-                col_hi = min(col_lo + block_size, num_points)
-                block = (low_ND[row_lo:row_hi] @ low_ND[col_lo:col_hi].T).float()
-                if col_lo == row_lo:
-                    block.fill_diagonal_(torch.inf)
-                floor = best_sims[row_lo:row_hi].min(dim=1).values
-                top = _entries_above(block, floor, width, by_column=False)
-                if top is not None:
-                    merge(row_lo, row_hi, top[0], top[1] + col_lo)
-                if col_lo != row_lo:
-                    floor = best_sims[col_lo:col_hi].min(dim=1).values
-                    top = _entries_above(block, floor, width, by_column=True)
-                    if top is not None:
-                        merge(col_lo, col_hi, top[0], top[1] + row_lo)
+        for row_lo, row_hi, col_lo, col_hi, mirror in _block_pairs(low_ND.shape[0], block_size, start, stop):
+            block = (low_ND[row_lo:row_hi] @ low_ND[col_lo:col_hi].T).float()
+            if max(row_lo, col_lo) < min(row_hi, col_hi):  # the block holds self pairs
+                own = torch.arange(max(row_lo, col_lo), min(row_hi, col_hi), device=device)
+                block[own - row_lo, own - col_lo] = torch.inf  # self comes first
+            offer(row_lo, row_hi, block, col_lo, by_column=False)
+            if mirror:
+                offer(col_lo, col_hi, block, row_lo, by_column=True)
     best_sims, order = torch.sort(best_sims, dim=1, descending=True)
     return best_sims, torch.gather(best_index, 1, order)
 
@@ -217,7 +228,7 @@ def _entries_above(block_RC: torch.Tensor, floor: torch.Tensor, width: int, by_c
     return out_values, out_index
 
 
-def _low_precision_rank(unit_ND, k, margin, precision, block_size):
+def _low_precision_rank(unit_ND, k, margin, precision, block_size, start=0, stop=None):
     """Rank every row from low-precision candidates re-scored in float64.
 
     Only the candidates that can still reach the top k (low-precision similarity within twice
@@ -226,12 +237,13 @@ def _low_precision_rank(unit_ND, k, margin, precision, block_size):
     must be recomputed).
     """
     num_points = unit_ND.shape[0]
+    stop = num_points if stop is None else stop
     width = min(num_points, k + margin)
     dtype, _, _, allow_tf32 = LOW_PRECISION[precision]
     bound = error_bound(precision, unit_ND.shape[1])
-    cand_sims, cand = _candidates(unit_ND.to(dtype), width, block_size, allow_tf32)
+    cand_sims, cand = _candidates(unit_ND.to(dtype), width, block_size, allow_tf32, start, stop)
     rescore = cand_sims >= cand_sims[:, k - 1:k].to(torch.float64) - 2 * bound  # a prefix per row
-    own = torch.arange(num_points, device=cand.device)[:, None].expand_as(cand)
+    own = torch.arange(start, stop, device=cand.device)[:, None].expand_as(cand)
     exact = torch.full(cand.shape, -2.0, dtype=torch.float64, device=cand.device)  # distance 6
     exact[rescore] = pair_similarity(unit_ND, own[rescore], cand[rescore])
     exact_dist = 2.0 - 2.0 * exact
@@ -304,33 +316,43 @@ def knn_topk(feats_ND, k: int, block_size=None, precision: str = "auto",
 
 
 def knn_topk_unit(unit_ND: torch.Tensor, k: int, block_size=None,
-                  precision: str = "auto", margin: int = 32) -> tuple:
-    """:func:`knn_topk` on rows that are already unit-norm float64 (see :func:`unit_features`)."""
+                  precision: str = "auto", margin: int = 32, rows=None) -> tuple:
+    """:func:`knn_topk` on rows that are already unit-norm float64 (see :func:`unit_features`).
+
+    ``rows=(start, stop)`` computes only those rows (against all points), so that processes
+    can share the search: the concatenation of the row ranges equals the whole result.
+    """
     num_points = unit_ND.shape[0]
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_points:
         raise ValueError(f"k must be an integer in [1, {num_points}] (the number of points), got {k!r}.")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
+    start, stop = (0, num_points) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= start <= stop <= num_points:
+        raise ValueError(f"rows must be (start, stop) with 0 <= start <= stop <= {num_points}, got {rows!r}.")
     if precision == "auto":
         precision = "tfloat32" if unit_ND.device.type == "cuda" else "float32"
     if block_size is None:
         block_size = default_block_size(unit_ND.device, precision, num_points)
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}.")
+    if start == stop:
+        return (torch.empty((0, k), dtype=torch.float64, device=unit_ND.device),
+                torch.empty((0, k), dtype=torch.int64, device=unit_ND.device))
     if precision in LOW_PRECISION:
-        idx, sims, exact = _low_precision_rank(unit_ND, k, margin, precision, block_size)
+        idx, sims, exact = _low_precision_rank(unit_ND, k, margin, precision, block_size, start, stop)
         redo = torch.nonzero(~exact).flatten()
         strip = default_block_size(unit_ND.device, "float64", num_points)
     else:
-        idx = torch.empty((num_points, k), dtype=torch.int64, device=unit_ND.device)
-        sims = torch.empty((num_points, k), dtype=torch.float64, device=unit_ND.device)
-        redo = torch.arange(num_points, device=unit_ND.device)
+        idx = torch.empty((stop - start, k), dtype=torch.int64, device=unit_ND.device)
+        sims = torch.empty((stop - start, k), dtype=torch.float64, device=unit_ND.device)
+        redo = torch.arange(stop - start, device=unit_ND.device)
         strip = block_size
-    for start in range(0, redo.numel(), strip):  # float64 strips against all points
-        rows = redo[start:start + strip]
-        block_sims = unit_ND[rows] @ unit_ND.T
-        idx[rows] = _rank_rows(2.0 - 2.0 * block_sims, rows, k)
-        sims[rows] = torch.gather(block_sims, 1, idx[rows])
+    for lo in range(0, redo.numel(), strip):  # float64 strips against all points
+        local = redo[lo:lo + strip]
+        block_sims = unit_ND[local + start] @ unit_ND.T
+        idx[local] = _rank_rows(2.0 - 2.0 * block_sims, local + start, k)
+        sims[local] = torch.gather(block_sims, 1, idx[local])
     return sims, idx
 
 

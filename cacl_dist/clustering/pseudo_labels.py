@@ -99,6 +99,7 @@ def cluster_features(
     outliers: str = "singleton",
     backend: str = "sklearn",
     device=None,
+    neighbours=None,
 ) -> ClusterResult:
     """Compute pseudo labels for the rows of ``feats`` (numpy array or torch tensor, (N, D)).
 
@@ -110,7 +111,8 @@ def cluster_features(
     ``backend="torch"`` computes the same labels from a sparse graph on ``device`` (default:
     the device of a torch input, else CPU), see :mod:`cacl_dist.clustering.torch_backend`;
     ``backend="cuml"`` is that graph with RAPIDS cuML's DBSCAN (CUDA, optional extra), see
-    :mod:`cacl_dist.clustering.cuml_backend`.
+    :mod:`cacl_dist.clustering.cuml_backend`. These two accept ``neighbours``: the (sims, idx)
+    of the k1 nearest neighbours when already computed (by the ranks together, for instance).
     """
     _check_choice("backend", backend, BACKENDS)
     _check_choice("refine_score", refine_score, REFINE_SCORES)
@@ -125,9 +127,11 @@ def cluster_features(
         dbscan = dbscan_cuml if backend == "cuml" else dbscan_sparse
         raw, refined, num_removed = cluster_sparse(
             feats, k1, k2, eps, min_samples, eps_tight, refine, refine_score, device=device,
-            dbscan=dbscan,
+            dbscan=dbscan, neighbours=neighbours,
         )
     else:
+        if neighbours is not None:
+            raise ValueError("precomputed neighbours are used by the sparse backends only (torch, cuml).")
         raw, refined, num_removed = _cluster_dense(
             feats, k1, k2, eps, min_samples, eps_tight, refine, refine_score
         )

@@ -23,17 +23,18 @@ def _float32_ceiling(value: float) -> float:
 
 def cluster_sparse(feats, k1: int, k2: int, eps: float, min_samples: int, eps_tight: float,
                    refine: bool, refine_score: str, device=None,
-                   budget=None, dbscan=dbscan_sparse) -> tuple:
+                   budget=None, dbscan=dbscan_sparse, neighbours=None) -> tuple:
     """Return (raw_labels, refined_labels, num_removed) as int64 numpy arrays / int.
 
     ``device`` defaults to the device of a torch input; ``budget`` bounds the float64
     entries of the per-block temporaries (see :mod:`cacl_dist.clustering.jaccard_sparse`);
     ``dbscan`` clusters the sparse graph (:func:`dbscan_sparse`, or
-    :func:`~cacl_dist.clustering.cuml_backend.dbscan_cuml`).
+    :func:`~cacl_dist.clustering.cuml_backend.dbscan_cuml`); ``neighbours`` are precomputed
+    (sims, idx) of the k1 nearest neighbours (see :func:`encode_features`).
     """
     unit_ND = unit_features(feats, device)
     num_points = unit_ND.shape[0]
-    encoding = encode_features(unit_ND, k1, k2, budget=budget)
+    encoding = encode_features(unit_ND, k1, k2, budget=budget, neighbours=neighbours)
     del unit_ND
     rows, cols, dists = jaccard_pairs(encoding, _float32_ceiling(eps), budget=budget)
     dists32 = dists.to(torch.float32)

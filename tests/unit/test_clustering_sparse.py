@@ -20,7 +20,14 @@ from cacl_dist.clustering.jaccard_reference import (
     l2_normalise_rows,
 )
 from cacl_dist.clustering.jaccard_sparse import dense_from_pairs, jaccard_sparse
-from cacl_dist.clustering.knn import _low_precision_rank, error_bound, knn_topk, pair_similarity
+from cacl_dist.clustering.knn import (
+    _low_precision_rank,
+    error_bound,
+    knn_topk,
+    knn_topk_unit,
+    pair_similarity,
+    unit_features,
+)
 from cacl_dist.clustering.pseudo_labels import cluster_features
 from cacl_dist.clustering.refine import refine_clusters
 from cacl_dist.clustering.refine_sparse import refine_sparse
@@ -111,6 +118,31 @@ def test_knn_low_precision_candidates_fall_back_when_the_bound_cannot_separate()
         np.testing.assert_array_equal(idx.numpy(), expected, err_msg=precision)
         np.testing.assert_allclose(sims.numpy(), np.take_along_axis(unit @ unit.T, expected, 1),
                                    rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_knn_row_ranges_concatenate_to_the_whole_search(precision):
+    feats = torch.from_numpy(sphere_blobs(230, 24, 10, 0.8, seed=13))
+    full_sims, full_idx = knn_topk(feats, 12, block_size=32, precision=precision)
+    unit = unit_features(feats)
+    parts = [knn_topk_unit(unit, 12, block_size=32, precision=precision, rows=r)
+             for r in ((0, 50), (50, 50), (50, 171), (171, 230))]  # one empty, none block-aligned
+    assert torch.equal(torch.cat([p[1] for p in parts]), full_idx)
+    # Equal up to float64 rounding: the matrix product may sum in another order for other shapes.
+    torch.testing.assert_close(torch.cat([p[0] for p in parts]), full_sims, rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="rows"):
+        knn_topk_unit(unit, 12, rows=(10, 231))
+
+
+def test_precomputed_neighbours_are_checked():
+    feats = torch.from_numpy(sphere_blobs(100, 8, 5, 0.8, seed=14)).float()
+    sims, idx = knn_topk(feats, 10)
+    with pytest.raises(ValueError, match=r"\(100, 10\)"):
+        cluster_features(feats, 10, 3, backend="torch", neighbours=(sims[:, :5], idx[:, :5]))
+    with pytest.raises(ValueError, match="sparse backends"):
+        cluster_features(feats.numpy(), 10, 3, backend="sklearn", neighbours=(sims, idx))
+    got = cluster_features(feats, 10, 3, backend="torch", neighbours=(sims, idx))
+    np.testing.assert_array_equal(got.labels, cluster_features(feats.numpy(), 10, 3).labels)
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])

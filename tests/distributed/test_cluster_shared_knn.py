@@ -1,0 +1,39 @@
+"""Ranks sharing the neighbour search give the single-process neighbours and labels."""
+
+import numpy as np
+import torch
+
+from cacl_dist.clustering.knn import knn_topk, knn_topk_unit, unit_features
+from cacl_dist.clustering.pseudo_labels import cluster_features
+from cacl_dist.distributed import comm
+from cacl_dist.memory import shard_bounds
+
+from .harness import run_gloo
+
+
+def blobs(num=300, dim=16, centres=15, seed=21):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, dim))
+    points = c[rng.integers(0, centres, num)] / np.linalg.norm(c, axis=1).mean() + 0.9 * rng.normal(size=(num, dim)) / np.sqrt(dim)
+    return torch.from_numpy(points).float()
+
+
+def _shared_search(rank, world_size, feats):
+    torch.set_num_threads(1)
+    rows = shard_bounds(feats.shape[0], rank, world_size)
+    sims, idx = knn_topk_unit(unit_features(feats), 20, rows=rows, block_size=64)
+    sims, idx = comm.all_gather_cat(sims), comm.all_gather_cat(idx)
+    result = cluster_features(feats, 20, 6, backend="torch", neighbours=(sims, idx)) if rank == 0 else None
+    return sims, idx, result
+
+
+def test_three_ranks_sharing_the_search_equal_one_process():
+    feats = blobs()
+    expected_sims, expected_idx = knn_topk(feats, 20)
+    expected = cluster_features(feats.numpy(), 20, 6, backend="sklearn")
+    results = run_gloo(_shared_search, 3, feats)
+    for sims, idx, _ in results:
+        assert torch.equal(idx, expected_idx)
+        torch.testing.assert_close(sims, expected_sims, rtol=0, atol=1e-12)
+    labels = results[0][2].labels
+    np.testing.assert_array_equal(labels, expected.labels)
