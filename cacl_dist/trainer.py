@@ -20,7 +20,8 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .clustering.backends import cluster_bank, resolve_backend
-from .clustering.knn import knn_topk_unit, unit_features
+from .clustering.knn import knn_topk_unit
+from .clustering.unit_rows import UnitRows
 from .clustering.pseudo_labels import ClusterResult
 from .config import Config, config_from_dict, dump_yaml, to_dict
 from .data.factory import build_epoch_loader, prepare_dataset, resolve_pipeline
@@ -168,7 +169,7 @@ class Trainer:
             return None, 0.0
         start = time.perf_counter()
         rows = shard_bounds(feats.shape[0], self.env.rank, self.env.world_size)
-        sims, idx = knn_topk_unit(unit_features(feats), cfg.k1, rows=rows)
+        sims, idx = knn_topk_unit(UnitRows(feats), cfg.k1, rows=rows)
         neighbours = (comm.all_gather_cat(sims), comm.all_gather_cat(idx))
         return neighbours, time.perf_counter() - start
 

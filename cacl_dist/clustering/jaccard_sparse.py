@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from cacl_dist.clustering.jaccard_reference import check_k_parameters
-from cacl_dist.clustering.knn import knn_topk_unit, pair_similarity, unit_features
+from cacl_dist.clustering.knn import knn_topk_unit
+from cacl_dist.clustering.unit_rows import UnitRows
 
 # Entries of the per-block temporaries: small on CPU (cache-resident blocks are several times
 # faster there), large on CUDA (fewer kernel launches).
@@ -110,11 +111,11 @@ def _csr_from_sorted_rows(rows: torch.Tensor, num_points: int) -> torch.Tensor:
     return crow
 
 
-def _expansion_similarity(unit_ND, rows, cols, neighbours_NK, sims_NK) -> torch.Tensor:
+def _expansion_similarity(units, rows, cols, neighbours_NK, sims_NK) -> torch.Tensor:
     """<x_i, x_j> for the E pairs: from the neighbour search where j is in R(i), else computed."""
     if sims_NK is None:
-        return pair_similarity(unit_ND, rows, cols)
-    num_points = unit_ND.shape[0]
+        return units.pair_similarity(rows, cols)
+    num_points = units.num_points
     own = torch.arange(num_points, device=rows.device)[:, None]
     known_keys, order = torch.sort((own * num_points + neighbours_NK).reshape(-1))
     known_sims = sims_NK.reshape(-1)[order]
@@ -123,23 +124,23 @@ def _expansion_similarity(unit_ND, rows, cols, neighbours_NK, sims_NK) -> torch.
     found = known_keys[pos] == keys
     out = torch.where(found, known_sims[pos], torch.zeros((), dtype=torch.float64, device=rows.device))
     missing = torch.nonzero(~found).flatten()
-    out[missing] = pair_similarity(unit_ND, rows[missing], cols[missing])
+    out[missing] = units.pair_similarity(rows[missing], cols[missing])
     return out
 
 
-def sparse_encoding(unit_ND: torch.Tensor, neighbours_NK: torch.Tensor, k1: int, k2: int,
+def sparse_encoding(units: UnitRows, neighbours_NK: torch.Tensor, k1: int, k2: int,
                     budget=None, sims_NK=None) -> SparseEncoding:
     """Return V' (softmax encoding over E(i), query-expanded over the first k2 neighbours).
 
-    ``unit_ND`` are the float64 unit rows, ``neighbours_NK`` R(i) with at least k1 columns,
+    ``units`` are the unit rows (:class:`UnitRows`), ``neighbours_NK`` R(i) with at least k1 columns,
     ``sims_NK`` (optional) their similarities, reused for the pairs of E(i) inside R(i).
     Matches :func:`~cacl_dist.clustering.jaccard_reference.k_reciprocal_encoding` up to
     float64 rounding.
     """
-    num_points = unit_ND.shape[0]
-    budget = budget or default_budget(unit_ND.device)
+    num_points = units.num_points
+    budget = budget or default_budget(units.device)
     rows, cols = expansion_pairs(neighbours_NK[:, :k1], k1)
-    logits = -(2.0 - 2.0 * _expansion_similarity(unit_ND, rows, cols, neighbours_NK, sims_NK))
+    logits = -(2.0 - 2.0 * _expansion_similarity(units, rows, cols, neighbours_NK, sims_NK))
     row_max = torch.full((num_points,), -torch.inf, dtype=torch.float64, device=rows.device)
     row_max.scatter_reduce_(0, rows, logits, reduce="amax")
     weights = torch.exp(logits - row_max[rows])
@@ -296,29 +297,29 @@ def jaccard_sparse(feats, k1: int = 30, k2: int = 6, max_distance: float = 0.6,
         int64 rows and cols (sorted by row, then column; both (i, j) and (j, i) appear) and
         float64 distances; all on the compute device.
     """
-    unit_ND = unit_features(feats, device)
-    check_k_parameters(k1, k2, unit_ND.shape[0])
-    encoding = encode_features(unit_ND, k1, k2, block_size, budget, precision)
+    units = UnitRows(feats, device)
+    check_k_parameters(k1, k2, units.num_points)
+    encoding = encode_features(units, k1, k2, block_size, budget, precision)
     return jaccard_pairs(encoding, max_distance, budget=budget)
 
 
-def encode_features(unit_ND: torch.Tensor, k1: int, k2: int, block_size=None,
+def encode_features(units: UnitRows, k1: int, k2: int, block_size=None,
                     budget=None, precision: str = "auto", neighbours=None) -> SparseEncoding:
-    """R(i) by blocked top-k, then V' (see :func:`sparse_encoding`), from float64 unit rows.
+    """R(i) by blocked top-k, then V' (see :func:`sparse_encoding`), from the unit rows.
 
     ``neighbours``: (sims, idx) of :func:`~cacl_dist.clustering.knn.knn_topk_unit` with k1
     columns when already computed (for instance by several processes), else searched here.
     """
-    check_k_parameters(k1, k2, unit_ND.shape[0])
+    check_k_parameters(k1, k2, units.num_points)
     if neighbours is None:
-        neighbours = knn_topk_unit(unit_ND, k1, block_size=block_size, precision=precision)
+        neighbours = knn_topk_unit(units, k1, block_size=block_size, precision=precision)
     sims, neighbours = neighbours
-    if tuple(neighbours.shape) != (unit_ND.shape[0], k1) or sims.shape != neighbours.shape:
-        raise ValueError(f"precomputed neighbours must be two ({unit_ND.shape[0]}, {k1}) tensors "
+    if tuple(neighbours.shape) != (units.num_points, k1) or sims.shape != neighbours.shape:
+        raise ValueError(f"precomputed neighbours must be two ({units.num_points}, {k1}) tensors "
                          f"(one row per point, k1 columns); got {tuple(sims.shape)} and {tuple(neighbours.shape)}.")
-    sims = sims.to(device=unit_ND.device, dtype=torch.float64)
-    neighbours = neighbours.to(device=unit_ND.device, dtype=torch.int64)
-    return sparse_encoding(unit_ND, neighbours, k1, k2, budget, sims_NK=sims)
+    sims = sims.to(device=units.device, dtype=torch.float64)
+    neighbours = neighbours.to(device=units.device, dtype=torch.int64)
+    return sparse_encoding(units, neighbours, k1, k2, budget, sims_NK=sims)
 
 
 def dense_from_pairs(rows, cols, dists, num_points: int) -> np.ndarray:

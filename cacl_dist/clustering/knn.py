@@ -18,91 +18,14 @@ Precisions:
   every mode.
 """
 
-import warnings
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-from cacl_dist.clustering.jaccard_reference import as_float64_features
+from cacl_dist.clustering.unit_rows import UnitRows
 
 PRECISIONS = ("auto", "float64", "float32", "tfloat32", "bfloat16")
-
-
-def unit_features(feats, device=None) -> torch.Tensor:
-    """Return the rows of ``feats`` (numpy or torch, (N, D)) L2-normalised, float64, on ``device``.
-
-    ``device`` defaults to the device of a torch input (CPU for numpy). The normalisation is
-    the reference's: the rows divided by their float64 Euclidean norms. Raises ValueError for
-    a bad shape, non-finite values or an all-zero row.
-    """
-    if device is None:
-        device = feats.device if isinstance(feats, torch.Tensor) else torch.device("cpu")
-    device = torch.device(device)
-    if isinstance(feats, torch.Tensor) and feats.device.type != "cpu":
-        tensor = feats.detach().to(dtype=torch.float64)
-        if tensor.ndim != 2 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
-            raise ValueError(
-                f"feats must be a non-empty 2-D array of shape (num_images, feature_dim); "
-                f"got shape {tuple(tensor.shape)}. Pass one feature row per image."
-            )
-        if not bool(torch.isfinite(tensor).all()):
-            raise ValueError("feats contains NaN or infinite values; check the feature extractor.")
-        norms = torch.linalg.vector_norm(tensor, dim=1, keepdim=True)
-    else:
-        array = as_float64_features(feats)
-        tensor = torch.from_numpy(array)
-        norms = torch.from_numpy(np.linalg.norm(array, axis=1, keepdims=True))
-    zero_rows = torch.nonzero(norms[:, 0] == 0).flatten()
-    if zero_rows.numel():
-        raise ValueError(
-            f"feats has {zero_rows.numel()} all-zero row(s) (first at index {int(zero_rows[0])}); "
-            "cosine similarity is undefined for them. Remove those images or fix their features."
-        )
-    return (tensor / norms).to(device)
-
-
-def pair_similarity(unit_ND: torch.Tensor, rows_P: torch.Tensor, cols_P: torch.Tensor,
-                    chunk: int = 1 << 24) -> torch.Tensor:
-    """Return <x_r, x_c> in the dtype of ``unit_ND`` for the index pairs (rows_P[p], cols_P[p]).
-
-    Computed as a sampled matrix product (only the requested entries of X X^T), which reads
-    every feature row once per call instead of gathering two rows per pair; pairs are
-    deduplicated first. Falls back to gathering rows where the sampled product is missing.
-    """
-    num_points = unit_ND.shape[0]
-    out_dtype, device = unit_ND.dtype, unit_ND.device
-    if rows_P.numel() == 0:
-        return torch.empty(0, dtype=out_dtype, device=device)
-    keys, inverse = torch.unique(rows_P * num_points + cols_P, sorted=True, return_inverse=True)
-    rows, cols = keys // num_points, keys % num_points
-    values = torch.empty(keys.shape[0], dtype=out_dtype, device=device)
-    for lo in range(0, keys.shape[0], chunk):
-        hi = min(lo + chunk, keys.shape[0])
-        values[lo:hi] = _sampled_product(unit_ND, rows[lo:hi], cols[lo:hi])
-    return values[inverse]
-
-
-def _sampled_product(unit_ND, rows, cols) -> torch.Tensor:
-    """<x_r, x_c> for pairs sorted by (row, column) without duplicates."""
-    first, last = int(rows[0]), int(rows[-1]) + 1
-    counts = torch.bincount(rows - first, minlength=last - first)
-    crow = torch.zeros(last - first + 1, dtype=torch.int64, device=rows.device)
-    torch.cumsum(counts, 0, out=crow[1:])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-            mask = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(cols, dtype=unit_ND.dtype),
-                                           size=(last - first, unit_ND.shape[0]))
-            return torch.sparse.sampled_addmm(mask, unit_ND[first:last], unit_ND.T,
-                                              beta=0.0).values()
-    except (RuntimeError, NotImplementedError):  # an older torch without this kernel on the device
-        out = torch.empty(rows.shape[0], dtype=unit_ND.dtype, device=unit_ND.device)
-        step = max(1, (1 << 20) // max(1, unit_ND.shape[1]))
-        for lo in range(0, rows.shape[0], step):
-            hi = min(lo + step, rows.shape[0])
-            out[lo:hi] = (unit_ND[rows[lo:hi]] * unit_ND[cols[lo:hi]]).sum(dim=1)
-        return out
 
 
 # Low-precision neighbour searches: (input dtype, input unit round-off, output unit round-off,
@@ -160,15 +83,15 @@ def _block_pairs(num_points: int, block_size: int, start: int, stop: int) -> lis
     return [(r_lo, r_hi, c_lo, c_hi, False) for r_lo, r_hi in rows for c_lo, c_hi in blocks]
 
 
-def _candidates(low_ND: torch.Tensor, width: int, block_size: int, allow_tf32: bool,
-                start: int, stop: int) -> tuple:
+def _candidates(units: UnitRows, dtype: torch.dtype, width: int, block_size: int,
+                allow_tf32: bool, start: int, stop: int) -> tuple:
     """The ``width`` largest low-precision similarities of rows start..stop (self as +inf).
 
     Each block of X X^T updates the running candidates of its rows and, for a mirrored block
     (see :func:`_block_pairs`), of its columns. Returns (sims, index) of shape
     (stop - start, width), sorted by descending similarity within a row.
     """
-    device = low_ND.device
+    device = units.device
     best_sims = torch.full((stop - start, width), -torch.inf, dtype=torch.float32, device=device)
     best_index = torch.zeros((stop - start, width), dtype=torch.int64, device=device)
 
@@ -183,9 +106,14 @@ def _candidates(low_ND: torch.Tensor, width: int, block_size: int, allow_tf32: b
         best_sims[lo - start:hi - start] = kept
         best_index[lo - start:hi - start] = torch.gather(index, 1, where)
 
+    row_tile = (None, None)
     with _matmul_precision(allow_tf32):
-        for row_lo, row_hi, col_lo, col_hi, mirror in _block_pairs(low_ND.shape[0], block_size, start, stop):
-            block = (low_ND[row_lo:row_hi] @ low_ND[col_lo:col_hi].T).float()
+        for row_lo, row_hi, col_lo, col_hi, mirror in _block_pairs(units.num_points, block_size, start, stop):
+            if row_tile[0] != row_lo:
+                row_tile = (row_lo, units.low(row_lo, row_hi, dtype))
+            same = (col_lo, col_hi) == (row_lo, row_hi)
+            col_tile = row_tile[1] if same else units.low(col_lo, col_hi, dtype)
+            block = (row_tile[1] @ col_tile.T).float()
             if max(row_lo, col_lo) < min(row_hi, col_hi):  # the block holds self pairs
                 own = torch.arange(max(row_lo, col_lo), min(row_hi, col_hi), device=device)
                 block[own - row_lo, own - col_lo] = torch.inf  # self comes first
@@ -228,7 +156,7 @@ def _entries_above(block_RC: torch.Tensor, floor: torch.Tensor, width: int, by_c
     return out_values, out_index
 
 
-def _low_precision_rank(unit_ND, k, margin, precision, block_size, start=0, stop=None):
+def _low_precision_rank(units, k, margin, precision, block_size, start=0, stop=None):
     """Rank every row from low-precision candidates re-scored in float64.
 
     Only the candidates that can still reach the top k (low-precision similarity within twice
@@ -236,16 +164,16 @@ def _low_precision_rank(unit_ND, k, margin, precision, block_size, start=0, stop
     float64 ranking, the float64 similarities, and which rows are proven exact (the others
     must be recomputed).
     """
-    num_points = unit_ND.shape[0]
+    num_points = units.num_points
     stop = num_points if stop is None else stop
     width = min(num_points, k + margin)
     dtype, _, _, allow_tf32 = LOW_PRECISION[precision]
-    bound = error_bound(precision, unit_ND.shape[1])
-    cand_sims, cand = _candidates(unit_ND.to(dtype), width, block_size, allow_tf32, start, stop)
+    bound = error_bound(precision, units.dim)
+    cand_sims, cand = _candidates(units, dtype, width, block_size, allow_tf32, start, stop)
     rescore = cand_sims >= cand_sims[:, k - 1:k].to(torch.float64) - 2 * bound  # a prefix per row
     own = torch.arange(start, stop, device=cand.device)[:, None].expand_as(cand)
     exact = torch.full(cand.shape, -2.0, dtype=torch.float64, device=cand.device)  # distance 6
-    exact[rescore] = pair_similarity(unit_ND, own[rescore], cand[rescore])
+    exact[rescore] = units.pair_similarity(own[rescore], cand[rescore])
     exact_dist = 2.0 - 2.0 * exact
     exact_dist[cand == own] = -torch.inf
     order, where = _rank_block_candidates(exact_dist, cand, k)
@@ -312,17 +240,17 @@ def knn_topk(feats_ND, k: int, block_size=None, precision: str = "auto",
         sims_NK: float64 cosine similarities <x_i, x_idx[i, r]>; idx_NK: int64 indices,
         ordered as the reference orders the distance 2 - 2 <x_i, x_j> (ties by index).
     """
-    return knn_topk_unit(unit_features(feats_ND, device), k, block_size, precision, margin)
+    return knn_topk_unit(UnitRows(feats_ND, device), k, block_size, precision, margin)
 
 
-def knn_topk_unit(unit_ND: torch.Tensor, k: int, block_size=None,
+def knn_topk_unit(units: UnitRows, k: int, block_size=None,
                   precision: str = "auto", margin: int = 32, rows=None) -> tuple:
-    """:func:`knn_topk` on rows that are already unit-norm float64 (see :func:`unit_features`).
+    """:func:`knn_topk` on features already wrapped in :class:`UnitRows`.
 
     ``rows=(start, stop)`` computes only those rows (against all points), so that processes
     can share the search: the concatenation of the row ranges equals the whole result.
     """
-    num_points = unit_ND.shape[0]
+    num_points = units.num_points
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_points:
         raise ValueError(f"k must be an integer in [1, {num_points}] (the number of points), got {k!r}.")
     if precision not in PRECISIONS:
@@ -331,26 +259,26 @@ def knn_topk_unit(unit_ND: torch.Tensor, k: int, block_size=None,
     if not 0 <= start <= stop <= num_points:
         raise ValueError(f"rows must be (start, stop) with 0 <= start <= stop <= {num_points}, got {rows!r}.")
     if precision == "auto":
-        precision = "tfloat32" if unit_ND.device.type == "cuda" else "float32"
+        precision = "tfloat32" if units.device.type == "cuda" else "float32"
     if block_size is None:
-        block_size = default_block_size(unit_ND.device, precision, num_points)
+        block_size = default_block_size(units.device, precision, num_points)
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}.")
     if start == stop:
-        return (torch.empty((0, k), dtype=torch.float64, device=unit_ND.device),
-                torch.empty((0, k), dtype=torch.int64, device=unit_ND.device))
+        return (torch.empty((0, k), dtype=torch.float64, device=units.device),
+                torch.empty((0, k), dtype=torch.int64, device=units.device))
     if precision in LOW_PRECISION:
-        idx, sims, exact = _low_precision_rank(unit_ND, k, margin, precision, block_size, start, stop)
+        idx, sims, exact = _low_precision_rank(units, k, margin, precision, block_size, start, stop)
         redo = torch.nonzero(~exact).flatten()
-        strip = default_block_size(unit_ND.device, "float64", num_points)
+        strip = default_block_size(units.device, "float64", num_points)
     else:
-        idx = torch.empty((stop - start, k), dtype=torch.int64, device=unit_ND.device)
-        sims = torch.empty((stop - start, k), dtype=torch.float64, device=unit_ND.device)
-        redo = torch.arange(stop - start, device=unit_ND.device)
+        idx = torch.empty((stop - start, k), dtype=torch.int64, device=units.device)
+        sims = torch.empty((stop - start, k), dtype=torch.float64, device=units.device)
+        redo = torch.arange(stop - start, device=units.device)
         strip = block_size
     for lo in range(0, redo.numel(), strip):  # float64 strips against all points
         local = redo[lo:lo + strip]
-        block_sims = unit_ND[local + start] @ unit_ND.T
+        block_sims = units.similarity_rows(local + start)
         idx[local] = _rank_rows(2.0 - 2.0 * block_sims, local + start, k)
         sims[local] = torch.gather(block_sims, 1, idx[local])
     return sims, idx

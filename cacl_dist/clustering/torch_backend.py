@@ -12,8 +12,8 @@ import torch
 
 from cacl_dist.clustering.dbscan_sparse import dbscan_sparse
 from cacl_dist.clustering.jaccard_sparse import encode_features, jaccard_pairs
-from cacl_dist.clustering.knn import unit_features
 from cacl_dist.clustering.refine_sparse import refine_sparse, sub_cluster_ids
+from cacl_dist.clustering.unit_rows import UnitRows
 
 
 def _float32_ceiling(value: float) -> float:
@@ -32,10 +32,10 @@ def cluster_sparse(feats, k1: int, k2: int, eps: float, min_samples: int, eps_ti
     :func:`~cacl_dist.clustering.cuml_backend.dbscan_cuml`); ``neighbours`` are precomputed
     (sims, idx) of the k1 nearest neighbours (see :func:`encode_features`).
     """
-    unit_ND = unit_features(feats, device)
-    num_points = unit_ND.shape[0]
-    encoding = encode_features(unit_ND, k1, k2, budget=budget, neighbours=neighbours)
-    del unit_ND
+    units = UnitRows(feats, device)
+    num_points = units.num_points
+    encoding = encode_features(units, k1, k2, budget=budget, neighbours=neighbours)
+    del units
     rows, cols, dists = jaccard_pairs(encoding, _float32_ceiling(eps), budget=budget)
     dists32 = dists.to(torch.float32)
     raw = dbscan(rows, cols, dists32, num_points, eps, min_samples)

@@ -3,7 +3,8 @@
 import numpy as np
 import torch
 
-from cacl_dist.clustering.knn import knn_topk, knn_topk_unit, unit_features
+from cacl_dist.clustering.knn import knn_topk, knn_topk_unit
+from cacl_dist.clustering.unit_rows import UnitRows
 from cacl_dist.clustering.pseudo_labels import cluster_features
 from cacl_dist.distributed import comm
 from cacl_dist.memory import shard_bounds
@@ -21,7 +22,7 @@ def blobs(num=300, dim=16, centres=15, seed=21):
 def _shared_search(rank, world_size, feats):
     torch.set_num_threads(1)
     rows = shard_bounds(feats.shape[0], rank, world_size)
-    sims, idx = knn_topk_unit(unit_features(feats), 20, rows=rows, block_size=64)
+    sims, idx = knn_topk_unit(UnitRows(feats), 20, rows=rows, block_size=64)
     sims, idx = comm.all_gather_cat(sims), comm.all_gather_cat(idx)
     result = cluster_features(feats, 20, 6, backend="torch", neighbours=(sims, idx)) if rank == 0 else None
     return sims, idx, result

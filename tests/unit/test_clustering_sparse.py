@@ -25,9 +25,8 @@ from cacl_dist.clustering.knn import (
     error_bound,
     knn_topk,
     knn_topk_unit,
-    pair_similarity,
-    unit_features,
 )
+from cacl_dist.clustering.unit_rows import UnitRows
 from cacl_dist.clustering.pseudo_labels import cluster_features
 from cacl_dist.clustering.refine import refine_clusters
 from cacl_dist.clustering.refine_sparse import refine_sparse
@@ -109,9 +108,9 @@ def test_knn_low_precision_candidates_fall_back_when_the_bound_cannot_separate()
     feats = sphere_blobs(300, 24, 6, 0.3, seed=4)
     unit = l2_normalise_rows(feats)
     expected = k_nearest_neighbours(2.0 - 2.0 * gram_matrix(unit), 15)
-    unit_t = torch.from_numpy(unit)
+    units = UnitRows(feats)
     for precision, margin in (("bfloat16", 8), ("float32", 0), ("tfloat32", 2)):
-        proven = _low_precision_rank(unit_t, 15, margin, precision, 64)[2]
+        proven = _low_precision_rank(units, 15, margin, precision, 64)[2]
         if precision != "float32":  # both kinds of rows occur, so both paths are exercised
             assert 0 < int(proven.sum()) < len(feats), precision
         sims, idx = knn_topk(feats, 15, block_size=64, precision=precision, margin=margin)
@@ -124,7 +123,7 @@ def test_knn_low_precision_candidates_fall_back_when_the_bound_cannot_separate()
 def test_knn_row_ranges_concatenate_to_the_whole_search(precision):
     feats = torch.from_numpy(sphere_blobs(230, 24, 10, 0.8, seed=13))
     full_sims, full_idx = knn_topk(feats, 12, block_size=32, precision=precision)
-    unit = unit_features(feats)
+    unit = UnitRows(feats)
     parts = [knn_topk_unit(unit, 12, block_size=32, precision=precision, rows=r)
              for r in ((0, 50), (50, 50), (50, 171), (171, 230))]  # one empty, none block-aligned
     assert torch.equal(torch.cat([p[1] for p in parts]), full_idx)
@@ -162,16 +161,31 @@ def test_error_bound_covers_the_low_precision_products(precision):
         error_bound("float64", dim)
 
 
-def test_pair_similarity_equals_row_products_for_any_pair_order():
+@pytest.mark.parametrize("tile", [7, 64])
+def test_unit_rows_pair_similarity_equals_row_products_for_any_pair_order(tile):
     rng = np.random.default_rng(6)
-    unit = torch.from_numpy(l2_normalise_rows(rng.normal(size=(50, 16))))
+    feats = rng.normal(size=(50, 16)).astype(np.float32)
+    unit = torch.from_numpy(l2_normalise_rows(feats.astype(np.float64)))  # the reference's rows
+    units = UnitRows(feats, tile=tile)
     rows = torch.from_numpy(rng.integers(0, 50, 400))
     cols = torch.from_numpy(rng.integers(0, 50, 400))
     rows[10], cols[10] = rows[3], cols[3]  # a repeated pair
     expected = (unit[rows] * unit[cols]).sum(dim=1)
-    got = pair_similarity(unit, rows, cols, chunk=37)
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-14)
-    assert pair_similarity(unit, rows[:0], cols[:0]).shape == (0,)
+    torch.testing.assert_close(units.pair_similarity(rows, cols), expected, rtol=0, atol=1e-14)
+    assert units.pair_similarity(rows[:0], cols[:0]).shape == (0,)
+    torch.testing.assert_close(units.similarity_rows(torch.tensor([4, 0, 49])), unit[[4, 0, 49]] @ unit.T,
+                               rtol=0, atol=1e-14)
+    torch.testing.assert_close(units.float64(3, 9), unit[3:9], rtol=0, atol=1e-15)
+
+
+def test_unit_rows_keep_the_callers_features_without_a_copy():
+    feats = torch.randn(40, 8)
+    units = UnitRows(feats)
+    assert units.raw.data_ptr() == feats.data_ptr() and units.norms.dtype == torch.float64
+    with pytest.raises(ValueError, match="NaN"):
+        UnitRows(torch.tensor([[1.0, float("nan")], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match="2-D"):
+        UnitRows(np.ones(5))
 
 
 def test_pair_similarity_without_the_sampled_product_kernel(monkeypatch):
@@ -180,11 +194,12 @@ def test_pair_similarity_without_the_sampled_product_kernel(monkeypatch):
 
     monkeypatch.setattr(torch.sparse, "sampled_addmm", missing)
     rng = np.random.default_rng(7)
-    unit = torch.from_numpy(l2_normalise_rows(rng.normal(size=(30, 8))))
+    feats = rng.normal(size=(30, 8))
+    unit = torch.from_numpy(l2_normalise_rows(feats))
     rows = torch.from_numpy(rng.integers(0, 30, 100))
     cols = torch.from_numpy(rng.integers(0, 30, 100))
-    torch.testing.assert_close(pair_similarity(unit, rows, cols), (unit[rows] * unit[cols]).sum(1),
-                               rtol=0, atol=1e-14)
+    torch.testing.assert_close(UnitRows(feats, tile=8).pair_similarity(rows, cols),
+                               (unit[rows] * unit[cols]).sum(1), rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("k1,k2,budget", [(20, 6, None), (10, 1, 3000), (7, 3, None), (30, 6, 50000)])
