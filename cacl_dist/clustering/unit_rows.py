@@ -75,11 +75,12 @@ class UnitRows:
 
     def float64(self, lo: int, hi: int) -> torch.Tensor:
         """Unit rows lo..hi in float64."""
-        return self.raw[lo:hi].to(torch.float64) / self.norms[lo:hi, None]
+        rows = self.raw[lo:hi].to(torch.float64, copy=True)
+        return rows.div_(self.norms[lo:hi, None])
 
     def float64_at(self, index: torch.Tensor) -> torch.Tensor:
         """Unit rows ``index`` in float64."""
-        return self.raw[index].to(torch.float64) / self.norms[index, None]
+        return self.raw[index].to(torch.float64).div_(self.norms[index, None])
 
     def low(self, lo: int, hi: int, dtype: torch.dtype) -> torch.Tensor:
         """Unit rows lo..hi rounded to ``dtype`` (the rounding of the float64 rows)."""
@@ -106,20 +107,35 @@ class UnitRows:
             return torch.empty(0, dtype=torch.float64, device=self.device)
         keys, inverse = torch.unique(rows_P * num_points + cols_P, sorted=True, return_inverse=True)
         rows, cols = keys // num_points, keys % num_points
-        group = (rows // tile) * (num_points // tile + 1) + cols // tile
+        num_tiles = -(-num_points // tile)
+        row_tiles = torch.unique(rows // tile).numel()
+        if 2 * keys.numel() < row_tiles * (1 + num_tiles) * tile:  # few pairs: gather their rows
+            return self._gathered_products(rows, cols)[inverse]
+        group = (rows // tile) * num_tiles + cols // tile
         group, order = torch.sort(group, stable=True)  # (row, col) order kept inside a group
         rows, cols = rows[order], cols[order]
         bounds = torch.nonzero(torch.diff(group)).flatten() + 1
         starts = [0] + bounds.tolist()
         ends = bounds.tolist() + [group.numel()]
         values = torch.empty(keys.shape[0], dtype=torch.float64, device=self.device)
+        left_lo, left = None, None
         for a, b in zip(starts, ends):
             row_lo = int(rows[a]) // tile * tile
             col_lo = int(cols[a]) // tile * tile
-            left = self.float64(row_lo, min(row_lo + tile, num_points))
+            if row_lo != left_lo:  # groups come row tile by row tile
+                left_lo, left = row_lo, self.float64(row_lo, min(row_lo + tile, num_points))
             right = left if col_lo == row_lo else self.float64(col_lo, min(col_lo + tile, num_points))
             values[order[a:b]] = _sampled_product(left, right, rows[a:b] - row_lo, cols[a:b] - col_lo)
         return values[inverse]
+
+    def _gathered_products(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """<x_r, x_c> pair by pair from gathered rows (cheaper than tiles for few pairs)."""
+        out = torch.empty(rows.shape[0], dtype=torch.float64, device=self.device)
+        step = max(1, (1 << 22) // self.dim)
+        for lo in range(0, rows.shape[0], step):
+            hi = min(lo + step, rows.shape[0])
+            out[lo:hi] = (self.float64_at(rows[lo:hi]) * self.float64_at(cols[lo:hi])).sum(dim=1)
+        return out
 
 
 def _sampled_product(left_RD, right_CD, rows, cols) -> torch.Tensor:
