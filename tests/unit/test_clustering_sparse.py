@@ -354,3 +354,23 @@ def test_real_features_market1501_mini():
         got = cluster_features(feats, k1, k2, eps=eps, eps_tight=eps - 0.02, backend="torch")
         np.testing.assert_array_equal(got.labels, ref.labels)
         assert got.num_refined_away == ref.num_refined_away
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["tfloat32", "float32", "bfloat16", "float64"])
+def test_knn_on_gpu_equals_reference(precision):
+    feats = sphere_blobs(3000, 128, 150, 1.0, seed=15)
+    unit = l2_normalise_rows(feats)
+    expected = k_nearest_neighbours(2.0 - 2.0 * gram_matrix(unit), 30)
+    _, idx = knn_topk(torch.from_numpy(feats).float().cuda(), 30, precision=precision, block_size=512)
+    np.testing.assert_array_equal(idx.cpu().numpy(), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("score", ["paper", "official"])
+def test_cluster_features_on_gpu_equals_reference(score):
+    feats = sphere_blobs(4000, 256, 230, 1.1, seed=16)
+    ref = cluster_features(feats, 30, 6, refine_score=score, backend="sklearn")
+    got = cluster_features(torch.from_numpy(feats).float().cuda(), 30, 6, refine_score=score, backend="torch")
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    assert got.num_refined_away == ref.num_refined_away
