@@ -121,12 +121,15 @@ def make_executor(args: argparse.Namespace, request: resources.Request, partitio
     params = dict(name=name, timeout_min=max(1, math.ceil(request.time_min)), nodes=request.nodes,
                   tasks_per_node=request.tasks_per_node, cpus_per_task=request.cpus_per_task,
                   gpus_per_node=request.gpus_per_node or None, mem_gb=request.mem_gb)
-    if not args.local:
+    threads = f"export OMP_NUM_THREADS={request.cpus_per_task}"  # torch's threads = the CPUs SLURM gives a task
+    if args.local:
+        params.update(local_setup=[threads])
+    else:
         params.update(slurm_partition=partition, slurm_signal_delay_s=args.signal_delay_s,
                       slurm_array_parallelism=args.array_parallelism, slurm_account=args.account,
                       slurm_qos=args.qos, slurm_constraint=args.constraint,
                       slurm_additional_parameters={"requeue": True},
-                      slurm_setup=[f"export OMP_NUM_THREADS={request.cpus_per_task}"])
+                      slurm_setup=[threads])
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     return executor
 

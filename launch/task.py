@@ -128,7 +128,7 @@ class TrainingTask:
         local_world = max(1, job.num_tasks // max(1, job.num_nodes))
         os.environ.update(torch_env(job.global_rank, job.num_tasks, job.local_rank, local_world, master, port))
         _say(f"job {job.job_id} task {job.global_rank} of {job.num_tasks} on {job.hostname}; "
-             f"master {master}:{port}; requeued {restarts} times so far; run folder {self.run_dir}")
+             f"master {master}:{port}; requeues so far: {restarts}; run folder {self.run_dir}")
 
         requeued = threading.Event()
 

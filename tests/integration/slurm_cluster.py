@@ -7,7 +7,7 @@ of this process and are stopped by pid. Anything that prevents the cluster from 
 (not root, no apt-get, a daemon that dies) raises `ClusterUnavailable` with the reason, so the
 tests can skip with it.
 
-    python -m tests.integration.slurm_cluster     # start one, print how to use it, Ctrl-C stops it
+    python -m tests.integration.slurm_cluster     # start one, print how to use it; Ctrl-C stops it
 """
 
 from __future__ import annotations
@@ -188,8 +188,21 @@ class LocalSlurm:
         last = list(self.procs)[-1]
         raise ClusterUnavailable(f"{what} within {timeout:.0f} s: {self._log_tail(last)}")
 
+    def cancel_all(self, timeout: float = 60.0) -> None:
+        """Cancel every job of this private cluster and wait until none is left running."""
+        if "slurmctld" not in self.procs or self.procs["slurmctld"].poll() is not None:
+            return
+        try:
+            self._run(["scancel", "--user", "root"])
+            deadline = time.time() + timeout
+            while time.time() < deadline and self._run(["squeue", "-h", "-o", "%i"]).stdout.strip():
+                time.sleep(0.5)
+        except (OSError, subprocess.SubprocessError):
+            pass
+
     def stop(self) -> None:
-        """Stop the daemons (by pid, newest first) and wait for them."""
+        """Cancel the jobs, then stop the daemons (by pid, newest first) and wait for them."""
+        self.cancel_all()
         for name in reversed(list(self.procs)):
             proc = self.procs[name]
             if proc.poll() is None:
@@ -209,11 +222,16 @@ class LocalSlurm:
 
 
 if __name__ == "__main__":
+    import signal
     import tempfile
 
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops the cluster cleanly too
     with tempfile.TemporaryDirectory(prefix="slurm-") as tmp, LocalSlurm(Path(tmp)) as cluster:
         print(f"SLURM is up: export SLURM_CONF={cluster.conf}  (partition '{PARTITION}', node {cluster.node}, "
-              f"{cluster.cpus} CPUs); Ctrl-C stops it")
+              f"{cluster.cpus} CPUs); Ctrl-C or kill {os.getpid()} stops it")
         try:
             while True:
                 time.sleep(3600)
