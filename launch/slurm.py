@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         name = args.job_name or f"cacl-{Path(config).stem if config else 'default'}"
         shape = (f"{request.nodes} node{'s' if request.nodes > 1 else ''} x {request.tasks_per_node} "
                  f"task{'s' if request.tasks_per_node > 1 else ''} ({request.gpus_per_node} GPUs per node, "
-                 f"{request.cpus_per_task} CPUs per task), time limit {args.time}, up to {args.max_requeues} requeues")
+                 f"{request.cpus_per_task} CPU{'s' if request.cpus_per_task > 1 else ''} per task), time limit {args.time}, up to {args.max_requeues} requeues")
         where = "this machine (local executor)" if args.local else f"partition '{partition}'"
         if args.check:
             print(f"checked: {len(runs)} run{'s' if len(runs) > 1 else ''} on {where}: {shape}")

@@ -57,8 +57,9 @@ class TimeLimitWatch:
     returns (a request that lands before the trainer listens is not lost), and runs `on_deadline`
     once if training has not stopped `grace_s` seconds after the signal."""
 
-    def __init__(self, warn_signal: int, grace_s: float, on_deadline=None) -> None:
+    def __init__(self, warn_signal: int, grace_s: float, on_deadline=None, interval_s: float = 2.0) -> None:
         self.warn_signal, self.grace_s, self.on_deadline = warn_signal, grace_s, on_deadline
+        self.interval_s = interval_s
         self.fired = threading.Event()
         self.finished = threading.Event()
         self._thread: threading.Thread | None = None
@@ -74,9 +75,9 @@ class TimeLimitWatch:
         waited = 0.0
         while not self.finished.is_set():
             os.kill(os.getpid(), signal.SIGUSR1)
-            if self.finished.wait(2.0):
+            if self.finished.wait(self.interval_s):
                 return
-            waited += 2.0
+            waited += self.interval_s
             if waited >= self.grace_s and self.on_deadline is not None:
                 callback, self.on_deadline = self.on_deadline, None
                 callback()
