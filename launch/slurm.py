@@ -176,14 +176,25 @@ def wait_slurm(jobs: list, poll_s: float = 5.0) -> bool:
     return all(state == "COMPLETED" for state in ended.values())
 
 
+def failure_line(log: Path, exc: Exception) -> str:
+    """The training's own one-line error from a task log, else the last error line there, else `exc`."""
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    for prefix in ("error: ", ""):
+        found = [line.strip() for line in lines if line.startswith(prefix) and ("Error" in line or prefix)]
+        if found:
+            return found[-1]
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def report_outcome(job, run: Run) -> bool:
     from cacl_dist.logging import read_metrics
 
     try:
         job.results()  # one result per task; every task must have finished training
     except Exception as exc:  # submitit raises its own error types carrying the task's traceback
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"job {job.job_id} did not finish training: {first}; see {job.paths.stderr}", file=sys.stderr)
+        print(f"job {job.job_id} did not finish training: {failure_line(job.paths.stderr, exc)} "
+              f"(log: {job.paths.stderr})", file=sys.stderr, flush=True)
         return False
     evals = read_metrics(run.run_dir, "eval") if (run.run_dir / "metrics.jsonl").exists() else []
     summary = f"; last evaluation mAP {100 * evals[-1]['mAP']:.1f}%" if evals else ""

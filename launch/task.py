@@ -154,7 +154,8 @@ class TrainingTask:
                      f"command again to resume from {self.run_dir}")
 
         grace = max(5.0, self.signal_delay_s - max(10.0, 0.25 * self.signal_delay_s))
-        with TimeLimitWatch(job._usr_sig(), grace, on_deadline=requeue) as watch:
+        warn_signal = getattr(signal, "SIG" + job.USR_SIG)  # submitit's time-limit signal (SIGUSR2 by default)
+        with TimeLimitWatch(warn_signal, grace, on_deadline=requeue) as watch:
             code = main(self.argv)
         if code == 0:
             _say(f"training finished; run folder {self.run_dir}")

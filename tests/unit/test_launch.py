@@ -192,3 +192,13 @@ def test_no_slurm_here_says_so(monkeypatch, capsys):
     code = launcher.main(["--config", QUICKSTART])
     err = capsys.readouterr().err
     assert code == 2 and "'sinfo' is not on PATH" in err and "--local" in err
+
+
+def test_failed_job_reports_the_trainings_own_error_line(tmp_path):
+    log = tmp_path / "7_0_log.err"
+    log.write_text("error: dataset root /x for 'market1501' does not exist\nTraceback (most recent call last):\n"
+                   "RuntimeError: training exited with status 2\n")
+    assert launcher.failure_line(log, RuntimeError("x")) == "error: dataset root /x for 'market1501' does not exist"
+    log.write_text("Traceback (most recent call last):\nValueError: bad\n")
+    assert launcher.failure_line(log, RuntimeError("x")) == "ValueError: bad"
+    assert launcher.failure_line(tmp_path / "missing.err", RuntimeError("job failed\ntrace")) == "job failed"
