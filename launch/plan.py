@@ -58,7 +58,10 @@ def build_runs(config: str | None, overrides: list[str], sweeps: list[str], cwd:
     """
     if config is not None and not Path(config).is_file():
         raise ConfigError(f"config file '{config}' does not exist; pass a YAML file such as configs/quickstart.yaml")
-    base = load_config(config, overrides)
+    try:
+        base = load_config(config, overrides)
+    except OSError as exc:  # unreadable (permissions, a folder): name the file like the other config errors
+        raise ConfigError(f"config file '{config}' cannot be read ({exc.strerror or exc})") from None
     base_dir = Path(base.run.output_dir)
     base_dir = base_dir if base_dir.is_absolute() else (cwd / base_dir)
     data_root = Path(base.data.root)

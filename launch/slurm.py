@@ -140,8 +140,9 @@ def _signal_delay(args: argparse.Namespace) -> int:
 
 def describe_job(job, run: Run, request: resources.Request) -> list[str]:
     out = job.paths.stdout
+    pattern = out.name[: -len("_0_log.out")] + "_<task>_log.out" if out.name.endswith("_0_log.out") else out.name
     return [f"  run folder: {run.run_dir}",
-            f"  logs:       {out} (task 0; {out.name.replace('_0_', '_<task>_')} and .err for the others)",
+            f"  logs:       {out} (task 0; {pattern} and .err for the others)",
             f"  metrics:    {run.run_dir / 'metrics.jsonl'}"]
 
 

@@ -108,6 +108,20 @@ def test_bad_sweeps_are_config_errors(tmp_path, sweeps, message):
         build_runs(QUICKSTART, [], sweeps, tmp_path)
 
 
+def test_invalid_or_unreadable_config_is_a_config_error(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [epochs: 3\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        build_runs(str(bad), [], [], tmp_path)
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_text", denied)  # root reads anything, so fake the permission error
+    with pytest.raises(ConfigError, match=r"config file '.*bad.yaml' cannot be read \(Permission denied\)"):
+        build_runs(str(bad), [], [], tmp_path)
+
+
 def test_parse_sweep_splits_values():
     assert parse_sweep("optim.lr=1e-3, 3e-4") == ("optim.lr", ["1e-3", "3e-4"])
 
