@@ -29,7 +29,7 @@ from .plan import Run, build_runs, check_world_size
 from .task import TrainingTask
 
 FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                   "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT"}
+                   "DEADLINE", "REVOKED", "SPECIAL_EXIT"}  # PREEMPTED may still turn into a requeue
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +167,7 @@ def wait_slurm(jobs: list, poll_s: float = 5.0) -> bool:
             if state == "GONE":
                 state = "COMPLETED" if job.paths.result_pickle.exists() else "UNKNOWN"
             if (state, restarts) != last.get(job.job_id):
-                extra = f" (requeued {restarts} times)" if restarts > 0 else ""
+                extra = f" (restarts: {restarts})" if restarts > 0 else ""
                 print(f"job {job.job_id}: {state}{extra}", flush=True)
                 last[job.job_id] = (state, restarts)
             if state in FINISHED_STATES or state == "UNKNOWN":
