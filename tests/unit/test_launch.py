@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -216,3 +217,94 @@ def test_failed_job_reports_the_trainings_own_error_line(tmp_path):
     log.write_text("Traceback (most recent call last):\nValueError: bad\n")
     assert launcher.failure_line(log, RuntimeError("x")) == "ValueError: bad"
     assert launcher.failure_line(tmp_path / "missing.err", RuntimeError("job failed\ntrace")) == "job failed"
+
+
+class FakeJob:
+    """What submitit.JobEnvironment() offers inside a task of a 2-node, 4-task SLURM job."""
+
+    cluster, raw_job_id, job_id, hostname, USR_SIG = "slurm", "77", "77", "node1", "USR2"
+    hostnames, num_tasks, num_nodes, global_rank, local_rank = ["node1", "node2"], 4, 2, 0, 0
+
+    def __init__(self, folder):
+        self.paths = type("Paths", (), {"folder": folder})()
+
+
+@pytest.fixture
+def task_env(monkeypatch, tmp_path):
+    """Run TrainingTask.__call__ with a fake job environment, a fake training entry and a fake scontrol."""
+    submitit = pytest.importorskip("submitit")
+    import cacl_dist.train
+    import launch.task
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                 "SLURM_RESTART_COUNT"):
+        monkeypatch.setenv(name, "")  # restored after the test
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: FakeJob(tmp_path))
+    calls, seen = [], {}
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(launch.task.subprocess, "run", fake_run)
+
+    def install(behaviour):
+        def fake_main(argv):
+            seen.update(argv=argv, env={k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR")})
+            return behaviour()
+        monkeypatch.setattr(cacl_dist.train, "main", fake_main)
+
+    return install, calls, seen
+
+
+def stopped_by_time_limit() -> int:
+    """A training that gets the time-limit signal, stops on the SIGUSR1 it turns into, returns 3."""
+    stopped = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: stopped.append(signum))
+    try:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        end = time.time() + 5
+        while not stopped and time.time() < end:
+            time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    return 3 if stopped else 1
+
+
+def test_task_sets_torch_env_and_requeues_after_the_time_limit_checkpoint(task_env):
+    from launch.task import TrainingTask
+
+    install, calls, seen = task_env
+    install(stopped_by_time_limit)
+    with pytest.raises(SystemExit) as exit_:
+        TrainingTask(["--config", "x.yaml"], "/runs/x", max_requeues=3, signal_delay_s=120)()
+    assert exit_.value.code == 3 and calls == [["scontrol", "requeue", "77"]]
+    assert seen["argv"] == ["--config", "x.yaml"]
+    assert seen["env"] == {"RANK": "0", "WORLD_SIZE": "4", "MASTER_ADDR": "node1"}
+
+
+def test_task_respects_the_requeue_cap_and_leaves_sigterm_requeues_to_slurm(task_env, monkeypatch):
+    from launch.task import TrainingTask
+
+    install, calls, _ = task_env
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    install(stopped_by_time_limit)
+    with pytest.raises(SystemExit):
+        TrainingTask([], "/runs/x", max_requeues=3, signal_delay_s=120)()
+    assert calls == []  # requeued 3 times already
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    install(lambda: 3)  # stopped by SIGTERM (scancel, preemption): no requeue of its own
+    with pytest.raises(SystemExit) as exit_:
+        TrainingTask([], "/runs/x", max_requeues=3, signal_delay_s=120)()
+    assert exit_.value.code == 3 and calls == []
+
+
+def test_task_result_and_failure(task_env):
+    from launch.task import TrainingTask
+
+    install, _, _ = task_env
+    install(lambda: 0)
+    assert TrainingTask([], "/runs/x", 3, 120)() == {"run_dir": "/runs/x", "restarts": 0}
+    install(lambda: 2)
+    with pytest.raises(RuntimeError, match="training exited with status 2"):
+        TrainingTask([], "/runs/x", 3, 120)()
