@@ -138,7 +138,7 @@ def _signal_delay(args: argparse.Namespace) -> int:
     return 30 if args.local else args.signal_delay_s  # submitit's local executor warns 30 s before its limit
 
 
-def describe_job(job, run: Run, request: resources.Request) -> list[str]:
+def describe_job(job, run: Run) -> list[str]:
     out = job.paths.stdout
     pattern = out.name[: -len("_0_log.out")] + "_<task>_log.out" if out.name.endswith("_0_log.out") else out.name
     return [f"  run folder: {run.run_dir}",
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = [TrainingTask(run.train_argv(config), str(run.run_dir), args.max_requeues, _signal_delay(args),
                               args.master_port) for run in runs]
         if args.local:
-            return _run_local(executor, tasks, runs, request, shape)
+            return _run_local(executor, tasks, runs, shape)
         if len(tasks) == 1:
             jobs = [executor.submit(tasks[0])]
             print(f"submitted job {jobs[0].job_id} to {where}: {shape}")
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         for job, run in zip(jobs, runs):
             if len(jobs) > 1:
                 print(f"job {job.job_id}:")
-            print("\n".join(describe_job(job, run, request)))
+            print("\n".join(describe_job(job, run)))
         first = jobs[0].job_id.split("_")[0]
         print(f"watch: squeue -j {first}; cancel: scancel {first} (checkpoints first); resume: submit the same "
               "command again", flush=True)
@@ -264,12 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(body)
 
 
-def _run_local(executor, tasks: list, runs: list[Run], request, shape: str) -> int:
+def _run_local(executor, tasks: list, runs: list[Run], shape: str) -> int:
     ok = True
     for task, run in zip(tasks, runs):  # one after the other: they share this machine
         job = executor.submit(task)
         print(f"started local job {job.job_id} on this machine: {shape}")
-        print("\n".join(describe_job(job, run, request)), flush=True)
+        print("\n".join(describe_job(job, run)), flush=True)
         try:
             job.wait()
         except KeyboardInterrupt:
