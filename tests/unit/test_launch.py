@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -308,3 +309,11 @@ def test_task_result_and_failure(task_env):
     install(lambda: 2)
     with pytest.raises(RuntimeError, match="training exited with status 2"):
         TrainingTask([], "/runs/x", 3, 120)()
+
+
+def test_missing_submitit_names_the_extra(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # makes `import submitit` fail
+    code = launcher.main(["--config", QUICKSTART, "--local", "--gpus-per-node", "0",
+                          "--set", f"run.output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install cacl_dist[slurm]" in err and len(err.strip().splitlines()) == 1
