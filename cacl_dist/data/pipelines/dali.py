@@ -1,0 +1,296 @@
+"""The "dali" pipeline: NVIDIA DALI decodes and augments the two views, on the GPU or the CPU.
+
+One DALI pipeline per rank and epoch. An external source feeds it this rank's slice of every
+global batch of the :class:`~cacl_dist.data.sampler.EpochPlan`: the encoded files, the dataset
+indices and the augmentation choices of both views (drawn on the host for the whole batch, see
+:mod:`cacl_dist.data.view_params`). The pixel work runs in DALI: JPEG decoding (``mixed`` on
+the GPU, ``cpu`` without one), bilinear antialiased resize, zero-padded crop, horizontal flip,
+ITU-R 601 grayscale for the second view (before normalisation), ImageNet normalisation and
+random erasing. Batches come out as torch tensors on the rank's device: float32
+``B x 3 x H x W`` views and int64 indices, the same contract as the torchvision pipeline.
+
+With a CUDA device the pipeline runs on ``device_id`` = that device and the images never
+leave the GPU; with ``device=cpu`` the same graph runs CPU-only (``device_id=None``).
+
+DALI is an optional extra, imported only when this pipeline is used.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import importlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from cacl_dist.data.layouts import ImageRecord
+from cacl_dist.data.sampler import EpochPlan, rank_slice
+from cacl_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentParams, load_image
+from cacl_dist.data.view_params import batch_generator, draw_view_batch
+
+NAME = "dali"
+INSTALL_HINT = "pip install cacl_dist[dali]"
+PREFETCH = 2
+
+
+@functools.lru_cache(maxsize=1)
+def dali_available() -> bool:
+    """True when NVIDIA DALI can be imported."""
+    try:
+        importlib.import_module("nvidia.dali")
+    except ImportError:
+        return False
+    return True
+
+
+def require_dali():
+    """The ``nvidia.dali`` module, or a ValueError that says how to install it."""
+    if not dali_available():
+        raise ValueError(f"data.pipeline is 'dali' but NVIDIA DALI is not installed; run `{INSTALL_HINT}` "
+                         "(or set data.pipeline to auto or torchvision)")
+    return importlib.import_module("nvidia.dali")
+
+
+def _device_id(device: torch.device) -> int | None:
+    """DALI's device_id for a torch device: the CUDA ordinal, or None for a CPU-only pipeline."""
+    if device.type == "cuda":
+        return device.index if device.index is not None else torch.cuda.current_device()
+    if device.type != "cpu":
+        raise ValueError(f"the DALI pipeline runs on CUDA or the CPU, not on '{device}'")
+    return None
+
+
+def _read_file(path: str) -> np.ndarray:
+    try:
+        return np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise ValueError(f"cannot read the image {path}: {err}; check that the file exists") from err
+
+
+def _gray_luma(dali, images):
+    """ITU-R 601 luma of uint8 RGB images (DALI rounds it to uint8), one channel."""
+    return dali.fn.color_space_conversion(images, image_type=dali.types.RGB, output_type=dali.types.GRAY)
+
+
+def _view(dali, images, params: AugmentParams, start, mirror, gray: bool):
+    """One view: zero-padded crop, mirror; normalised RGB, or luma / 255 when ``gray`` (CHW float)."""
+    fn, types = dali.fn, dali.types
+    if gray:
+        images = _gray_luma(dali, images)
+    if params.pad > 0:  # crop window of the zero-padded image, in the unpadded image's coordinates
+        images = fn.slice(images, start=start, shape=[params.height, params.width], axis_names="HW",
+                          out_of_bounds_policy="pad", fill_values=0)
+    mean, std = ([0.0], [255.0]) if gray else ([255.0 * m for m in IMAGENET_MEAN], [255.0 * s for s in IMAGENET_STD])
+    return fn.crop_mirror_normalize(images, mirror=mirror, mean=mean, std=std, dtype=types.FLOAT,
+                                    output_layout="CHW")
+
+
+def _train_pipeline(dali, source, params: AugmentParams, batch_size: int, num_threads: int,
+                    device_id: int | None, seed: int):
+    fn, types = dali.fn, dali.types
+    pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+                         prefetch_queue_depth=PREFETCH, exec_dynamic=True)
+    with pipe:
+        encoded, index, start_1, mirror_1, start_2, mirror_2 = fn.external_source(source=source, num_outputs=6,
+                                                                                  batch=True)
+        images = fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
+        images = fn.resize(images, resize_x=params.width, resize_y=params.height,
+                           interp_type=types.INTERP_LINEAR, antialias=True)
+        view_rgb = _view(dali, images, params, start_1, mirror_1, gray=False)
+        view_2 = _view(dali, images, params, start_2, mirror_2, gray=params.gray_second_view)
+        pipe.set_outputs(view_rgb, view_2, index)
+    return pipe
+
+
+def _eval_pipeline(dali, source, height: int, width: int, gray: bool, batch_size: int, num_threads: int,
+                   device_id: int | None):
+    fn, types = dali.fn, dali.types
+    pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=0,
+                         prefetch_queue_depth=PREFETCH, exec_dynamic=True)
+    with pipe:
+        encoded, index = fn.external_source(source=source, num_outputs=2, batch=True)
+        images = fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
+        images = fn.resize(images, resize_x=width, resize_y=height, interp_type=types.INTERP_LINEAR, antialias=True)
+        params = AugmentParams(height=height, width=width, pad=0)
+        pipe.set_outputs(_view(dali, images, params, None, 0, gray=gray), index)
+    return pipe
+
+
+def _normalise_luma(luma: torch.Tensor) -> torch.Tensor:
+    """B x 1 x H x W luma in [0, 1] -> B x 3 x H x W, each channel normalised with its mean/std."""
+    mean = torch.tensor(IMAGENET_MEAN, device=luma.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=luma.device).view(1, 3, 1, 1)
+    return torch.addcmul(-mean / std, luma, 1.0 / std)
+
+
+def _erase_(views: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
+    """Zero the rectangle ``boxes[i] = (top, left, height, width)`` of every view ``i`` in place."""
+    for i in np.flatnonzero(boxes[:, 2] > 0).tolist():
+        top, left, h, w = boxes[i].tolist()
+        views[i, :, top : top + h, left : left + w] = 0.0
+    return views
+
+
+class _BatchSource:
+    """External-source callback: one batch per call from ``batch(i) -> (indices, outputs, meta)``.
+
+    The paths and ``meta`` of batches handed to DALI but not returned yet are queued in order:
+    ``meta`` goes with the batch when it comes out, and the paths let a decode failure be traced
+    back to a file.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], num_batches: int, batch):
+        self.records = records
+        self.num_batches = num_batches
+        self.batch = batch
+        self.next = 0
+        self.in_flight: collections.deque[tuple[list[str], object]] = collections.deque()
+
+    def __call__(self) -> list:
+        if self.next >= self.num_batches:
+            raise StopIteration
+        i, self.next = self.next, self.next + 1
+        indices, outputs, meta = self.batch(i)
+        paths = [self.records[j].path for j in indices.tolist()]
+        self.in_flight.append((paths, meta))
+        return [[_read_file(p) for p in paths], indices.astype(np.int64), *outputs]
+
+
+def _to_torch(tensor_list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Copy a dense DALI TensorList into a new torch tensor on ``device`` (GPU data stays on the GPU)."""
+    from nvidia.dali.backend import TensorGPU
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    dense = tensor_list.as_tensor()
+    on_gpu = isinstance(dense, TensorGPU)
+    out = torch.empty(dense.shape(), dtype=dtype, device=device if on_gpu else "cpu")
+    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device) if on_gpu else None)
+    return out if on_gpu else out.to(device, non_blocking=True)
+
+
+class DaliLoader:
+    """Iterates a DALI pipeline for a known number of batches; the pipeline is built per iteration.
+
+    ``finish(tensors, meta)`` turns the pipeline's outputs (torch tensors on the device) and the
+    batch's ``meta`` into what the loader yields.
+    """
+
+    def __init__(self, build, make_source, num_batches: int, device: torch.device, finish):
+        self._build = build
+        self._make_source = make_source
+        self._num_batches = num_batches
+        self._finish = finish
+        self.device = device
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+    def __iter__(self) -> Iterator[tuple]:
+        if self._num_batches == 0:
+            return
+        source = self._make_source()
+        pipe = self._build(source)
+        try:
+            pipe.build()
+            for _ in range(self._num_batches):
+                try:
+                    outputs = pipe.run()
+                except (RuntimeError, StopIteration) as err:
+                    raise _decode_error(source, err) from err
+                _, meta = source.in_flight.popleft()
+                tensors = [_to_torch(o, torch.int64 if k == len(outputs) - 1 else torch.float32, self.device)
+                           for k, o in enumerate(outputs)]
+                yield self._finish(tensors, meta)
+        finally:
+            del pipe
+
+
+def _decode_error(source: _BatchSource, err: BaseException) -> Exception:
+    """Turn a DALI failure into an error naming the file that cannot be decoded, when one is found."""
+    candidates = list(dict.fromkeys(p for paths, _ in source.in_flight for p in paths))
+    for path in candidates:
+        try:
+            load_image(path)
+        except ValueError as bad:
+            return ValueError(f"the DALI pipeline stopped on an unreadable image: {bad}")
+    lines = str(err).strip().splitlines()
+    reason = lines[-1] if lines else type(err).__name__
+    return RuntimeError(f"the DALI pipeline failed ({reason}) on a batch of {len(candidates)} images "
+                        f"starting with {candidates[:3]}")
+
+
+def view_inputs(params: AugmentParams, aug_seeds: np.ndarray, view: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Pipeline inputs (slice start, mirror flag) and erasing boxes of one view of a batch."""
+    choice = draw_view_batch(params, batch_generator(aug_seeds, view), len(aug_seeds))
+    # torchvision flips and then crops the padded image at (top, left); DALI crops the unpadded
+    # image at (top - pad, x0) and then mirrors, which is the same when x0 = pad - left.
+    x0 = np.where(choice.flip, params.pad - choice.left, choice.left - params.pad)
+    start = np.stack([choice.top - params.pad, x0], axis=1).astype(np.int32)
+    return [start, choice.flip.astype(np.int32)], choice.erase
+
+
+def build_train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: EpochPlan, rank: int,
+                       world_size: int, start_iter: int = 0, num_threads: int = 2,
+                       device: torch.device | str = "cpu") -> DaliLoader:
+    """This rank's batches ``(views_rgb B x 3 x H x W, views_gray, indices)`` on ``device`` (DALI)."""
+    dali = require_dali()
+    device = torch.device(device)
+    if plan.indices.size and (int(plan.indices.min()) < 0 or int(plan.indices.max()) >= len(records)):
+        raise ValueError(
+            f"the epoch plan indexes images {int(plan.indices.min())}..{int(plan.indices.max())} but there are "
+            f"{len(records)} training records; build the sampler from labels of this record list")
+    if not 0 <= start_iter <= plan.num_iters:
+        raise ValueError(f"start_iter={start_iter} is outside the plan's 0..{plan.num_iters} iterations")
+    indices = rank_slice(plan.indices, rank, world_size)[start_iter:]
+    seeds = rank_slice(plan.aug_seeds, rank, world_size)[start_iter:]
+    device_id = _device_id(device)
+
+    def batch(i: int):
+        inputs_1, erase_1 = view_inputs(params, seeds[i], 0)
+        inputs_2, erase_2 = view_inputs(params, seeds[i], 1)
+        return indices[i], inputs_1 + inputs_2, (erase_1, erase_2)
+
+    def finish(tensors: list[torch.Tensor], meta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        view_rgb, view_2, index = tensors
+        if params.gray_second_view:
+            view_2 = _normalise_luma(view_2)
+        return _erase_(view_rgb, meta[0]), _erase_(view_2, meta[1]), index
+
+    def build(source):
+        pipe_seed = int(seeds[0, 0] % (2**31)) if seeds.size else 0
+        return _train_pipeline(dali, source, params, int(indices.shape[1]), max(1, num_threads), device_id,
+                               pipe_seed)
+
+    return DaliLoader(build, lambda: _BatchSource(records, int(indices.shape[0]), batch), int(indices.shape[0]),
+                      device, finish)
+
+
+def build_eval_loader(records: Sequence[ImageRecord], height: int, width: int, batch_size: int,
+                      num_threads: int = 2, gray: bool = False, start: int = 0, end: int | None = None,
+                      device: torch.device | str = "cpu") -> DaliLoader:
+    """Batches ``(images, global indices)`` over ``records[start:end]`` in order: resize, normalise (DALI)."""
+    dali = require_dali()
+    device = torch.device(device)
+    end = len(records) if end is None else end
+    if not 0 <= start <= end <= len(records):
+        raise ValueError(f"eval range start={start} end={end} must satisfy 0 <= start <= end <= {len(records)}")
+    if batch_size < 1:
+        raise ValueError(f"eval batch_size={batch_size} must be at least 1")
+    batches = [np.arange(i, min(i + batch_size, end), dtype=np.int64) for i in range(start, end, batch_size)]
+    device_id = _device_id(device)
+
+    def finish(tensors: list[torch.Tensor], _meta) -> tuple[torch.Tensor, torch.Tensor]:
+        images, index = tensors
+        return (_normalise_luma(images) if gray else images), index
+
+    def build(source):
+        return _eval_pipeline(dali, source, height, width, gray, batch_size, max(1, num_threads), device_id)
+
+    return DaliLoader(build, lambda: _BatchSource(records, len(batches), lambda i: (batches[i], [], None)),
+                      len(batches), device, finish)
+
+
+__all__ = ["NAME", "INSTALL_HINT", "DaliLoader", "dali_available", "require_dali", "build_train_loader",
+           "build_eval_loader", "view_inputs"]
