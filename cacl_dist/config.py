@@ -63,8 +63,12 @@ class DataConfig:
     """Network input width in pixels."""
     num_workers: int = 4
     """DataLoader worker processes per rank (0 loads in the main process)."""
-    pipeline: Literal["auto", "torchvision"] = "auto"
-    """Input pipeline; 'auto' picks the fastest one installed and logs the choice."""
+    pipeline: Literal["auto", "dali", "torchvision"] = "auto"
+    """Training input pipeline: 'dali' (NVIDIA DALI, GPU or CPU; needs `pip install cacl_dist[dali]`),
+    'torchvision' (PIL in DataLoader workers), or 'auto': DALI when installed, else torchvision."""
+    eval_pipeline: Literal["auto", "dali", "torchvision"] = "torchvision"
+    """Pipeline of feature extraction (memory initialisation, evaluation): resize + normalise only.
+    'auto' follows the same rule as data.pipeline."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Generator settings, used only when dataset is 'synthetic'."""
 

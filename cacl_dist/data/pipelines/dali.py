@@ -45,11 +45,11 @@ def dali_available() -> bool:
     return True
 
 
-def require_dali():
-    """The ``nvidia.dali`` module, or a ValueError that says how to install it."""
+def require_dali(key: str = "data.pipeline"):
+    """The ``nvidia.dali`` module, or a ValueError naming config ``key`` that says how to install it."""
     if not dali_available():
-        raise ValueError(f"data.pipeline is 'dali' but NVIDIA DALI is not installed; run `{INSTALL_HINT}` "
-                         "(or set data.pipeline to auto or torchvision)")
+        raise ValueError(f"{key} is 'dali' but NVIDIA DALI is not installed; run `{INSTALL_HINT}` "
+                         f"(or set {key} to auto or torchvision)")
     return importlib.import_module("nvidia.dali")
 
 
