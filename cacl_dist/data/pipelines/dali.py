@@ -93,13 +93,14 @@ def _train_pipeline(dali, source, params: AugmentParams, batch_size: int, num_th
     pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
                          prefetch_queue_depth=PREFETCH, exec_dynamic=True)
     with pipe:
-        encoded, index, start_1, mirror_1, start_2, mirror_2 = fn.external_source(source=source, num_outputs=6,
-                                                                                  batch=True)
+        per_view = 2 if params.pad > 0 else 1  # (slice start,) mirror flag
+        encoded, index, *choices = fn.external_source(source=source, num_outputs=2 + 2 * per_view, batch=True)
         images = fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
         images = fn.resize(images, resize_x=params.width, resize_y=params.height,
                            interp_type=types.INTERP_LINEAR, antialias=True)
-        view_rgb = _view(dali, images, params, start_1, mirror_1, gray=False)
-        view_2 = _view(dali, images, params, start_2, mirror_2, gray=params.gray_second_view)
+        view_1, view_2 = choices[:per_view], choices[per_view:]
+        view_rgb = _view(dali, images, params, view_1[0], view_1[-1], gray=False)
+        view_2 = _view(dali, images, params, view_2[0], view_2[-1], gray=params.gray_second_view)
         pipe.set_outputs(view_rgb, view_2, index)
     return pipe
 
@@ -222,13 +223,14 @@ def _decode_error(source: _BatchSource, err: BaseException) -> Exception:
 
 
 def view_inputs(params: AugmentParams, aug_seeds: np.ndarray, view: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Pipeline inputs (slice start, mirror flag) and erasing boxes of one view of a batch."""
+    """Pipeline inputs (slice start unless ``pad`` is 0, mirror flag) and erasing boxes of one view of a batch."""
     choice = draw_view_batch(params, batch_generator(aug_seeds, view), len(aug_seeds))
     # torchvision flips and then crops the padded image at (top, left); DALI crops the unpadded
     # image at (top - pad, x0) and then mirrors, which is the same when x0 = pad - left.
     x0 = np.where(choice.flip, params.pad - choice.left, choice.left - params.pad)
     start = np.stack([choice.top - params.pad, x0], axis=1).astype(np.int32)
-    return [start, choice.flip.astype(np.int32)], choice.erase
+    mirror = choice.flip.astype(np.int32)
+    return ([start, mirror] if params.pad > 0 else [mirror]), choice.erase
 
 
 def build_train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: EpochPlan, rank: int,
