@@ -213,6 +213,15 @@ def test_unreadable_image_is_named_and_never_hangs(tmp_path):
     assert all(str(bad) in line and "truncated" in line for line in errors)
 
 
+def test_batched_erasing_equals_the_per_sample_loop():
+    params = AugmentParams(height=32, width=16, erase_p=0.7)
+    boxes = draw_view_batch(params, np.random.default_rng(6), 40).erase
+    views = torch.randn(40, 3, 32, 16, generator=torch.Generator().manual_seed(0))
+    looped = dp._erase_(views.clone(), boxes, vectorised=False)
+    assert torch.equal(dp._erase_(views.clone(), boxes, vectorised=True), looped)
+    assert 0 < int((looped == 0).all(dim=1).flatten(1).any(dim=1).sum()) < 40
+
+
 def test_device_must_be_cpu_or_cuda(tmp_path):
     records = _write_images(tmp_path, [(32, 16)])
     with pytest.raises(ValueError, match="CUDA or the CPU"):

@@ -126,8 +126,21 @@ def _normalise_luma(luma: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(-mean / std, luma, 1.0 / std)
 
 
-def _erase_(views: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
-    """Zero the rectangle ``boxes[i] = (top, left, height, width)`` of every view ``i`` in place."""
+def _erase_(views: torch.Tensor, boxes: np.ndarray, vectorised: bool | None = None) -> torch.Tensor:
+    """Zero the rectangle ``boxes[i] = (top, left, height, width)`` of every view ``i`` in place.
+
+    On CUDA one masked fill over the batch (a few kernels instead of one per erased sample);
+    on the CPU a loop over the erased samples, which touches only their rectangles.
+    """
+    if vectorised is None:
+        vectorised = views.is_cuda
+    if vectorised:
+        box = torch.from_numpy(boxes).to(views.device, non_blocking=True)
+        rows = torch.arange(views.shape[-2], device=views.device)
+        cols = torch.arange(views.shape[-1], device=views.device)
+        in_rows = (rows >= box[:, :1]) & (rows < box[:, :1] + box[:, 2:3])
+        in_cols = (cols >= box[:, 1:2]) & (cols < box[:, 1:2] + box[:, 3:4])
+        return views.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)
     for i in np.flatnonzero(boxes[:, 2] > 0).tolist():
         top, left, h, w = boxes[i].tolist()
         views[i, :, top : top + h, left : left + w] = 0.0
