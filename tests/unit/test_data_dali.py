@@ -25,7 +25,7 @@ from cacl_dist.data.transforms import (  # noqa: E402
     to_gray,
     two_views,
 )
-from cacl_dist.data.view_params import batch_generator, draw_view_batch  # noqa: E402
+from cacl_dist.data.view_params import draw_view_batch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -82,7 +82,7 @@ def test_random_views_apply_their_choices_exactly(tmp_path):
     assert len(batches) == 2
     for it, (view_rgb, view_gray, index) in enumerate(batches):
         for view, out in ((0, view_rgb), (1, view_gray)):
-            choice = draw_view_batch(params, batch_generator(plan.aug_seeds[it], view), 8)
+            choice = draw_view_batch(params, plan.aug_seeds[it], view)
             for i in range(8):
                 ref = apply_view(load_image(records[int(index[i])].path), params, choice.view(i), gray=view == 1)
                 tol = 1e-5 if view == 0 else 0.51 * LEVEL + 1e-5
@@ -105,10 +105,11 @@ def _decode_choices(view: torch.Tensor, height: int, width: int, pad: int):
     red, green, blue = pixels
     real = (blue - 200).abs() < 1.5
     erased = bool(((blue - 0.406 * 255).abs() < 1.5).any())
-    ys, xs = torch.nonzero(real, as_tuple=True)
-    y, x = int(ys[0]), int(xs[0])
+    y = int(real.sum(dim=1).argmax())  # the row with most image pixels (not padding, not erased)
+    xs = torch.nonzero(real[y]).flatten()
+    x, x2 = int(xs[0]), int(xs[-1])
+    assert x2 > x, "too few image pixels left to tell the flip"
     src_y, src_x = int(red[y, x]) // 8, int(green[y, x]) // 16
-    x2 = int(xs[(ys == y)][-1])
     flip = int(green[y, x2]) < int(green[y, x])  # source columns run backwards
     top = src_y - y + pad
     left = (width - 1 - src_x) - x + pad if flip else src_x - x + pad
@@ -127,7 +128,7 @@ def test_rates_of_flip_crop_and_erasing(tmp_path):
     found = {0: [], 1: []}
     for it, (view_1, view_2, _) in enumerate(dp.build_train_loader(records, params, plan, 0, 1, num_threads=2)):
         for view, out in ((0, view_1), (1, view_2)):
-            choice = draw_view_batch(params, batch_generator(plan.aug_seeds[it], view), batch)
+            choice = draw_view_batch(params, plan.aug_seeds[it], view)
             for i in range(batch):
                 got = _decode_choices(out[i], height, width, pad)
                 assert got == (bool(choice.flip[i]), int(choice.top[i]), int(choice.left[i]),
@@ -215,7 +216,7 @@ def test_unreadable_image_is_named_and_never_hangs(tmp_path):
 
 def test_batched_erasing_equals_the_per_sample_loop():
     params = AugmentParams(height=32, width=16, erase_p=0.7)
-    boxes = draw_view_batch(params, np.random.default_rng(6), 40).erase
+    boxes = draw_view_batch(params, np.arange(40), 0).erase
     views = torch.randn(40, 3, 32, 16, generator=torch.Generator().manual_seed(0))
     looped = dp._erase_(views.clone(), boxes, vectorised=False)
     assert torch.equal(dp._erase_(views.clone(), boxes, vectorised=True), looped)

@@ -2,12 +2,14 @@
 
 One DALI pipeline per rank and epoch. An external source feeds it this rank's slice of every
 global batch of the :class:`~cacl_dist.data.sampler.EpochPlan`: the encoded files, the dataset
-indices and the augmentation choices of both views (drawn on the host for the whole batch, see
-:mod:`cacl_dist.data.view_params`). The pixel work runs in DALI: JPEG decoding (``mixed`` on
-the GPU, ``cpu`` without one), bilinear antialiased resize, zero-padded crop, horizontal flip,
-ITU-R 601 grayscale for the second view (before normalisation), ImageNet normalisation and
-random erasing. Batches come out as torch tensors on the rank's device: float32
-``B x 3 x H x W`` views and int64 indices, the same contract as the torchvision pipeline.
+indices and the augmentation choices of both views (drawn on the host from each sample's seed
+in the plan, a batch at a time, see :mod:`cacl_dist.data.view_params`). DALI does the pixel work: decoding (``mixed`` on the GPU,
+``cpu`` without one), bilinear antialiased resize, the crop of the zero-padded image, the
+horizontal flip, ITU-R 601 luma for the second view and the normalisation. Two element-wise
+steps finish in torch on the same device: the luma becomes three channels, each normalised
+with its ImageNet mean/std, and the erasing rectangles are zeroed. Batches are torch tensors on
+the rank's device: float32 ``B x 3 x H x W`` views and int64 indices, the contract of the
+torchvision pipeline.
 
 With a CUDA device the pipeline runs on ``device_id`` = that device and the images never
 leave the GPU; with ``device=cpu`` the same graph runs CPU-only (``device_id=None``).
@@ -28,7 +30,7 @@ import torch
 from cacl_dist.data.layouts import ImageRecord
 from cacl_dist.data.sampler import EpochPlan, rank_slice
 from cacl_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentParams, load_image
-from cacl_dist.data.view_params import batch_generator, draw_view_batch
+from cacl_dist.data.view_params import draw_view_batch
 
 NAME = "dali"
 INSTALL_HINT = "pip install cacl_dist[dali]"
@@ -98,9 +100,9 @@ def _train_pipeline(dali, source, params: AugmentParams, batch_size: int, num_th
         images = fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
         images = fn.resize(images, resize_x=params.width, resize_y=params.height,
                            interp_type=types.INTERP_LINEAR, antialias=True)
-        view_1, view_2 = choices[:per_view], choices[per_view:]
-        view_rgb = _view(dali, images, params, view_1[0], view_1[-1], gray=False)
-        view_2 = _view(dali, images, params, view_2[0], view_2[-1], gray=params.gray_second_view)
+        first, second = choices[:per_view], choices[per_view:]
+        view_rgb = _view(dali, images, params, first[0], first[-1], gray=False)
+        view_2 = _view(dali, images, params, second[0], second[-1], gray=params.gray_second_view)
         pipe.set_outputs(view_rgb, view_2, index)
     return pipe
 
@@ -172,16 +174,19 @@ class _BatchSource:
         return [[_read_file(p) for p in paths], indices.astype(np.int64), *outputs]
 
 
-def _to_torch(tensor_list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Copy a dense DALI TensorList into a new torch tensor on ``device`` (GPU data stays on the GPU)."""
+def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
+    """A dense DALI TensorList as a torch tensor on ``device``, shared through DLPack without a copy.
+
+    With ``exec_dynamic`` the buffer belongs to the returned tensor, so later runs of the pipeline
+    do not overwrite it; GPU outputs stay on the GPU, CPU outputs are moved to ``device``.
+    """
     from nvidia.dali.backend import TensorGPU
-    from nvidia.dali.plugin.pytorch import feed_ndarray
 
     dense = tensor_list.as_tensor()
-    on_gpu = isinstance(dense, TensorGPU)
-    out = torch.empty(dense.shape(), dtype=dtype, device=device if on_gpu else "cpu")
-    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device) if on_gpu else None)
-    return out if on_gpu else out.to(device, non_blocking=True)
+    if isinstance(dense, TensorGPU):
+        with torch.cuda.device(device):
+            return torch.from_dlpack(dense)
+    return torch.from_dlpack(dense).to(device, non_blocking=True)
 
 
 class DaliLoader:
@@ -214,8 +219,7 @@ class DaliLoader:
                 except (RuntimeError, StopIteration) as err:
                     raise _decode_error(source, err) from err
                 _, meta = source.in_flight.popleft()
-                tensors = [_to_torch(o, torch.int64 if k == len(outputs) - 1 else torch.float32, self.device)
-                           for k, o in enumerate(outputs)]
+                tensors = [_to_torch(o, self.device) for o in outputs]
                 yield self._finish(tensors, meta)
         finally:
             del pipe
@@ -237,7 +241,7 @@ def _decode_error(source: _BatchSource, err: BaseException) -> Exception:
 
 def view_inputs(params: AugmentParams, aug_seeds: np.ndarray, view: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Pipeline inputs (slice start unless ``pad`` is 0, mirror flag) and erasing boxes of one view of a batch."""
-    choice = draw_view_batch(params, batch_generator(aug_seeds, view), len(aug_seeds))
+    choice = draw_view_batch(params, aug_seeds, view)
     # torchvision flips and then crops the padded image at (top, left); DALI crops the unpadded
     # image at (top - pad, x0) and then mirrors, which is the same when x0 = pad - left.
     x0 = np.where(choice.flip, params.pad - choice.left, choice.left - params.pad)
@@ -273,10 +277,8 @@ def build_train_loader(records: Sequence[ImageRecord], params: AugmentParams, pl
             view_2 = _normalise_luma(view_2)
         return _erase_(view_rgb, meta[0]), _erase_(view_2, meta[1]), index
 
-    def build(source):
-        pipe_seed = int(seeds[0, 0] % (2**31)) if seeds.size else 0
-        return _train_pipeline(dali, source, params, int(indices.shape[1]), max(1, num_threads), device_id,
-                               pipe_seed)
+    def build(source):  # the graph draws nothing itself: all choices come from the source
+        return _train_pipeline(dali, source, params, int(indices.shape[1]), max(1, num_threads), device_id, 0)
 
     return DaliLoader(build, lambda: _BatchSource(records, int(indices.shape[0]), batch), int(indices.shape[0]),
                       device, finish)
