@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--out", default="benchmarks/results", help="folder for the result files")
+    parser.add_argument("--note", default="", help="a sentence about the conditions, added to the report")
     return parser.parse_args(argv)
 
 
@@ -111,7 +112,7 @@ def hardware() -> str:
     return text
 
 
-def write_results(args, results: dict, out: Path) -> None:
+def write_results(args, results: dict, out: Path, load_before: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
@@ -122,7 +123,7 @@ def write_results(args, results: dict, out: Path) -> None:
     meta = {"command": "python3 benchmarks/bench_data.py " + shlex.join(sys.argv[1:]), "hardware": hardware(),
             "torch": torch.__version__, "dali": dali_version, "python": platform.python_version(),
             "commit": commit, "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "load_average_1m_after": round(load[0], 2), "cores": args.cores, "batch_size": args.batch_size,
+            "load_average_1m_before": round(load_before, 2), "load_average_1m_after": round(load[0], 2), "cores": args.cores, "batch_size": args.batch_size,
             "iters": args.iters, "size": [args.height, args.width]}
     (out / "bench_data.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
 
@@ -146,13 +147,21 @@ def write_results(args, results: dict, out: Path) -> None:
         "",
         *rows,
         "",
+        "CPU ms per sample is user + system time of the process and its DataLoader workers over all "
+        "batches of a measurement (including start-up and warm-up) divided by the samples: it depends "
+        "less on other load than the wall-clock rate does.",
+        "" if torch.cuda.is_available() else "DALI-GPU was not measured: no CUDA device on this machine.",
+        "",
+        args.note,
+        "",
         "```bash",
         meta["command"],
         "```",
         "",
         f"- Hardware: {meta['hardware']}",
         f"- torch {meta['torch']}, DALI {meta['dali']}, Python {meta['python']}, commit {meta['commit']}",
-        f"- Date: {meta['date']}; 1-minute load average after the runs: {meta['load_average_1m_after']}",
+        f"- Date: {meta['date']}; 1-minute load average before -> after the runs: "
+        f"{meta['load_average_1m_before']} -> {meta['load_average_1m_after']} (on {os.cpu_count()} cores)",
         "",
         "![samples per second](bench_data.png)",
         "",
@@ -164,17 +173,22 @@ def write_results(args, results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3))
     names = list(results)
-    ax.bar(names, [results[n]["median"] for n in names], color=["tab:gray", "tab:green", "tab:blue"][: len(names)])
-    ax.set_ylabel("two-view samples / s")
-    ax.set_title(f"{args.height}x{args.width}, {args.cores} cores, batch {args.batch_size}")
+    colours = ["tab:gray", "tab:green", "tab:blue"][: len(names)]
+    fig, (ax_rate, ax_cpu) = plt.subplots(1, 2, figsize=(8, 3))
+    ax_rate.bar(names, [results[n]["median"] for n in names], color=colours)
+    ax_rate.set_ylabel("two-view samples / s (wall)")
+    ax_cpu.bar(names, [results[n]["cpu_ms_per_sample"] for n in names], color=colours)
+    ax_cpu.set_ylabel("CPU ms per sample")
+    fig.suptitle(f"{args.height}x{args.width}, {args.cores} cores, batch {args.batch_size} "
+                 f"(load {load_before:.1f} -> {load[0]:.1f})")
     fig.tight_layout()
     fig.savefig(out / "bench_data.png", dpi=120)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    load_before = os.getloadavg()[0]
     torch.set_num_threads(1)
     records = load_dataset("market1501", args.root).train
     labels = np.unique([r.pid for r in records], return_inverse=True)[1]
@@ -199,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'pipeline':12s} {'samples/s':>10s} {'CPU ms/sample':>14s}")
     for name, r in results.items():
         print(f"{name:12s} {r['median']:10.0f} {r['cpu_ms_per_sample']:14.2f}")
-    write_results(args, results, Path(args.out))
+    write_results(args, results, Path(args.out), load_before)
 
 
 if __name__ == "__main__":
