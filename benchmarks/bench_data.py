@@ -123,8 +123,8 @@ def write_results(args, results: dict, out: Path, load_before: float) -> None:
     meta = {"command": "python3 benchmarks/bench_data.py " + shlex.join(sys.argv[1:]), "hardware": hardware(),
             "torch": torch.__version__, "dali": dali_version, "python": platform.python_version(),
             "commit": commit, "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "load_average_1m_before": round(load_before, 2), "load_average_1m_after": round(load[0], 2), "cores": args.cores, "batch_size": args.batch_size,
-            "iters": args.iters, "size": [args.height, args.width]}
+            "load_average_1m_before": round(load_before, 2), "load_average_1m_after": round(load[0], 2),
+            "cores": args.cores, "batch_size": args.batch_size, "iters": args.iters, "size": [args.height, args.width]}
     (out / "bench_data.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
 
     base = results.get("torchvision", {}).get("median")

@@ -229,6 +229,7 @@ def test_device_must_be_cpu_or_cuda(tmp_path):
         dp.build_eval_loader(records, 32, 16, batch_size=1, device="meta")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_pipeline_matches_the_cpu_pipeline(tmp_path):
     records = _write_images(tmp_path, SIZES)

@@ -3,9 +3,10 @@
 One DALI pipeline per rank and epoch. An external source feeds it this rank's slice of every
 global batch of the :class:`~cacl_dist.data.sampler.EpochPlan`: the encoded files, the dataset
 indices and the augmentation choices of both views (drawn on the host from each sample's seed
-in the plan, a batch at a time, see :mod:`cacl_dist.data.view_params`). DALI does the pixel work: decoding (``mixed`` on the GPU,
-``cpu`` without one), bilinear antialiased resize, the crop of the zero-padded image, the
-horizontal flip, ITU-R 601 luma for the second view and the normalisation. Two element-wise
+in the plan, a batch at a time, see :mod:`cacl_dist.data.view_params`). DALI does the pixel
+work: decoding (``mixed`` on the GPU, ``cpu`` without one), bilinear antialiased resize, the
+crop of the zero-padded image, the horizontal flip, ITU-R 601 luma for the second view and the
+normalisation. Two element-wise
 steps finish in torch on the same device: the luma becomes three channels, each normalised
 with its ImageNet mean/std, and the erasing rectangles are zeroed. Batches are torch tensors on
 the rank's device: float32 ``B x 3 x H x W`` views and int64 indices, the contract of the
