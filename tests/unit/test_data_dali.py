@@ -229,6 +229,21 @@ def test_device_must_be_cpu_or_cuda(tmp_path):
         dp.build_eval_loader(records, 32, 16, batch_size=1, device="meta")
 
 
+@pytest.mark.parametrize("device_id", [None, 0], ids=["cpu-only", "cuda"])
+def test_graph_puts_the_pixel_work_on_the_pipeline_device(device_id):
+    """The graph is only defined, never built, so the CUDA variant needs no GPU: with a device the
+    views come out of GPU operators (mixed decoding upstream), the indices stay on the host."""
+    import nvidia.dali as dali
+
+    params = AugmentParams(height=32, width=16, pad=4)
+    want = "cpu" if device_id is None else "gpu"
+    train = dp._train_pipeline(dali, lambda: None, params, 4, 1, device_id, 0)
+    assert [node.device for node in train._graph_out] == [want, want, "cpu"]
+    for gray in (False, True):
+        evaluation = dp._eval_pipeline(dali, lambda: None, 32, 16, gray, 4, 1, device_id)
+        assert [node.device for node in evaluation._graph_out] == [want, "cpu"]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_pipeline_matches_the_cpu_pipeline(tmp_path):
