@@ -43,7 +43,13 @@ class ViewBatch:
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_NUM_UNIFORMS = 4 + 2 * ERASE_TRIES + 2  # flip, top, left, erase?, areas, aspects, erase top, erase left
+# Counter layout of a view's uniforms: flip, crop top, crop left, erase or not, then per erasing
+# try its area and its aspect, then the erased rectangle's top and left.
+_FLIP, _TOP, _LEFT, _ERASE = 0, 1, 2, 3
+_AREA = 4
+_ASPECT = _AREA + ERASE_TRIES
+_BOX_TOP, _BOX_LEFT = _ASPECT + ERASE_TRIES, _ASPECT + ERASE_TRIES + 1
+FIRST_TRIES = 8  # tries computed for every sample; the rest only for samples none of these fit
 
 
 def _splitmix(z: np.ndarray) -> np.ndarray:
@@ -53,44 +59,60 @@ def _splitmix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def sample_uniforms(aug_seeds: np.ndarray, view: int, count: int) -> np.ndarray:
-    """(n, count) uniforms in [0, 1): row i depends only on ``aug_seeds[i]`` and ``view`` (0 or 1)."""
+def sample_uniforms(aug_seeds: np.ndarray, view: int, counters) -> np.ndarray:
+    """(n, len(counters)) uniforms in [0, 1): entry (i, j) depends only on ``aug_seeds[i]``, ``view``
+    (0 or 1) and ``counters[j]``, so any subset of a sample's stream can be computed alone."""
     seeds = np.asarray(aug_seeds).astype(np.int64).reshape(-1)
     if seeds.size and int(seeds.min()) < 0:
         raise ValueError(f"augmentation seeds must be non-negative, got {int(seeds.min())}")
     if view not in (0, 1):
         raise ValueError(f"view must be 0 or 1, got {view}")
+    steps = (np.asarray(counters, dtype=np.uint64) + np.uint64(1)) * _GOLDEN
     with np.errstate(over="ignore"):
         key = _splitmix(seeds.astype(np.uint64) * np.uint64(2) + np.uint64(view))
-        counters = np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN
-        bits = _splitmix(key[:, None] + counters[None, :])
+        bits = _splitmix(key[:, None] + steps[None, :])
     return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _erase_tries(params: AugmentParams, seeds: np.ndarray, view: int, tries: np.ndarray):
+    """Heights, widths and fit masks of erasing tries ``tries`` (n x len(tries) each)."""
+    lo, hi = params.erase_scale
+    log_lo, log_hi = math.log(params.erase_ratio[0]), math.log(params.erase_ratio[1])
+    target = params.height * params.width * (lo + sample_uniforms(seeds, view, _AREA + tries) * (hi - lo))
+    aspect = np.exp(log_lo + sample_uniforms(seeds, view, _ASPECT + tries) * (log_hi - log_lo))
+    h = np.round(np.sqrt(target * aspect)).astype(np.int64)
+    w = np.round(np.sqrt(target / aspect)).astype(np.int64)
+    fits = (h > 0) & (h < params.height) & (w > 0) & (w < params.width)
+    return h, w, fits
 
 
 def draw_view_batch(params: AugmentParams, aug_seeds: np.ndarray, view: int) -> ViewBatch:
     """Flip, crop offsets and erasing rectangles of view ``view`` for every seed in ``aug_seeds``."""
-    u = sample_uniforms(aug_seeds, view, _NUM_UNIFORMS)
-    n = u.shape[0]
+    seeds = np.asarray(aug_seeds).astype(np.int64).reshape(-1)
+    u = sample_uniforms(seeds, view, np.array([_FLIP, _TOP, _LEFT, _ERASE, _BOX_TOP, _BOX_LEFT]))
+    n = seeds.size
     flip = u[:, 0] < params.flip_p
     span = 2 * params.pad + 1
     top = np.minimum((u[:, 1] * span).astype(np.int64), span - 1)
     left = np.minimum((u[:, 2] * span).astype(np.int64), span - 1)
-    wants = u[:, 3] < params.erase_p
-    height, width = params.height, params.width
-    lo, hi = params.erase_scale
-    log_lo, log_hi = math.log(params.erase_ratio[0]), math.log(params.erase_ratio[1])
-    target = height * width * (lo + u[:, 4 : 4 + ERASE_TRIES] * (hi - lo))
-    aspect = np.exp(log_lo + u[:, 4 + ERASE_TRIES : 4 + 2 * ERASE_TRIES] * (log_hi - log_lo))
-    h_try = np.round(np.sqrt(target * aspect)).astype(np.int64)
-    w_try = np.round(np.sqrt(target / aspect)).astype(np.int64)
-    fits = (h_try > 0) & (h_try < height) & (w_try > 0) & (w_try < width)
-    first = fits.argmax(axis=1)  # the first try that fits, as the sequential loop would take
-    rows = np.arange(n)
-    h, w = h_try[rows, first], w_try[rows, first]
-    erased = wants & fits.any(axis=1)
+    wanted = np.flatnonzero(u[:, 3] < params.erase_p)
+    # The first try that fits, as the sequential loop takes it: most samples fit within the
+    # first few tries, so the others are computed only for the samples that need them.
+    h, w, fits = _erase_tries(params, seeds[wanted], view, np.arange(min(FIRST_TRIES, ERASE_TRIES)))
+    late = np.flatnonzero(~fits.any(axis=1))
+    if late.size and ERASE_TRIES > FIRST_TRIES:
+        h_late, w_late, fits_late = _erase_tries(params, seeds[wanted[late]], view,
+                                                 np.arange(FIRST_TRIES, ERASE_TRIES))
+        pad_cols = ERASE_TRIES - FIRST_TRIES
+        h, w, fits = (np.pad(x, ((0, 0), (0, pad_cols))) for x in (h, w, fits))
+        h[late, FIRST_TRIES:], w[late, FIRST_TRIES:], fits[late, FIRST_TRIES:] = h_late, w_late, fits_late
+    first = fits.argmax(axis=1)
+    rows = np.arange(wanted.size)
+    ok = fits.any(axis=1)
     erase = np.zeros((n, 4), dtype=np.int64)
-    erase[erased, 0] = (u[:, -2] * (height - h + 1)).astype(np.int64)[erased]
-    erase[erased, 1] = (u[:, -1] * (width - w + 1)).astype(np.int64)[erased]
-    erase[erased, 2] = h[erased]
-    erase[erased, 3] = w[erased]
+    chosen, h, w = wanted[ok], h[rows, first][ok], w[rows, first][ok]
+    erase[chosen, 0] = (u[chosen, 4] * (params.height - h + 1)).astype(np.int64)
+    erase[chosen, 1] = (u[chosen, 5] * (params.width - w + 1)).astype(np.int64)
+    erase[chosen, 2] = h
+    erase[chosen, 3] = w
     return ViewBatch(flip=flip, top=top, left=left, erase=erase)

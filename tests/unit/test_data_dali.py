@@ -237,10 +237,10 @@ def test_graph_puts_the_pixel_work_on_the_pipeline_device(device_id):
 
     params = AugmentParams(height=32, width=16, pad=4)
     want = "cpu" if device_id is None else "gpu"
-    train = dp._train_pipeline(dali, lambda: None, params, 4, 1, device_id, 0)
+    train = dp._train_pipeline(dali, ["a.jpg"], [0], lambda: None, params, 4, 1, device_id)
     assert [node.device for node in train._graph_out] == [want, want, "cpu"]
     for gray in (False, True):
-        evaluation = dp._eval_pipeline(dali, lambda: None, 32, 16, gray, 4, 1, device_id)
+        evaluation = dp._eval_pipeline(dali, ["a.jpg"], [0], 32, 16, gray, 4, 1, device_id)
         assert [node.device for node in evaluation._graph_out] == [want, "cpu"]
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cacl_dist.config import ConfigError, load_config
-from cacl_dist.data import factory
+from cacl_dist.data import factory, view_params
 from cacl_dist.data.pipelines import dali as dali_pipeline
 from cacl_dist.data.transforms import AugmentParams
 from cacl_dist.data.view_params import draw_view_batch, sample_uniforms
@@ -58,15 +58,28 @@ def test_choices_depend_only_on_the_sample_seed_and_view():
 
 
 def test_uniforms_are_uniform_and_uncorrelated():
-    u = sample_uniforms(np.arange(5000), 0, 8)
+    u = sample_uniforms(np.arange(5000), 0, np.arange(8))
     assert u.min() >= 0.0 and u.max() < 1.0
     assert np.all(np.abs(u.mean(axis=0) - 0.5) < 0.025)  # std 0.004
     corr = np.corrcoef(u.T)[np.triu_indices(8, 1)]
     assert np.all(np.abs(corr) < 0.08)  # std 0.014
-    views = np.corrcoef(u[:, 0], sample_uniforms(np.arange(5000), 1, 1)[:, 0])[0, 1]
+    views = np.corrcoef(u[:, 0], sample_uniforms(np.arange(5000), 1, np.arange(1))[:, 0])[0, 1]
     assert abs(views) < 0.08
     neighbours = np.corrcoef(u[:-1, 0], u[1:, 0])[0, 1]  # consecutive seeds
     assert abs(neighbours) < 0.08
+
+
+def test_late_erasing_tries_equal_computing_all_tries(monkeypatch):
+    # Large and wide rectangles rarely fit a 64 x 32 image: the first tries fail often.
+    params = AugmentParams(height=64, width=32, erase_p=0.9, erase_scale=(0.3, 0.4), erase_ratio=(0.1, 0.8))
+    u = sample_uniforms(np.arange(3000), 1, np.array([view_params._ERASE]))[:, 0]
+    _, _, fits = view_params._erase_tries(params, np.arange(3000), 1, np.arange(view_params.FIRST_TRIES))
+    assert (~fits.any(axis=1) & (u < 0.9)).sum() > 10  # the late path matters here
+    lazy = draw_view_batch(params, np.arange(3000), 1)
+    monkeypatch.setattr(view_params, "FIRST_TRIES", view_params.ERASE_TRIES)
+    full = draw_view_batch(params, np.arange(3000), 1)
+    assert np.array_equal(lazy.erase, full.erase) and np.array_equal(lazy.flip, full.flip)
+    assert 0 < ((full.erase[:, 2] > 0) != (u < 0.9)).sum() < 100  # a few wanted erasings found no fit
 
 
 def test_view_converts_one_sample_to_view_params():

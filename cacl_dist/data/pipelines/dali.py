@@ -1,12 +1,12 @@
 """The "dali" pipeline: NVIDIA DALI decodes and augments the two views, on the GPU or the CPU.
 
-One DALI pipeline per rank and epoch. An external source feeds it this rank's slice of every
-global batch of the :class:`~cacl_dist.data.sampler.EpochPlan`: the encoded files, the dataset
-indices and the augmentation choices of both views (drawn on the host from each sample's seed
-in the plan, a batch at a time, see :mod:`cacl_dist.data.view_params`). DALI does the pixel
-work: decoding (``mixed`` on the GPU, ``cpu`` without one), bilinear antialiased resize, the
-crop of the zero-padded image, the horizontal flip, ITU-R 601 luma for the second view and the
-normalisation. Two element-wise
+One DALI pipeline per rank and epoch. DALI's file reader reads this rank's slice of every
+global batch of the :class:`~cacl_dist.data.sampler.EpochPlan` in plan order, with the dataset
+indices as labels, in its own threads; an external source feeds the augmentation choices of
+both views (drawn on the host from each sample's seed in the plan, a batch at a time, see
+:mod:`cacl_dist.data.view_params`). DALI does the pixel work: decoding (``mixed`` on the GPU,
+``cpu`` without one), bilinear antialiased resize, the crop of the zero-padded image, the
+horizontal flip, ITU-R 601 luma for the second view and the normalisation. Two element-wise
 steps finish in torch on the same device: the luma becomes three channels, each normalised
 with its ImageNet mean/std, and the erasing rectangles are zeroed. Batches are torch tensors on
 the rank's device: float32 ``B x 3 x H x W`` views and int64 indices, the contract of the
@@ -65,13 +65,6 @@ def _device_id(device: torch.device) -> int | None:
     return None
 
 
-def _read_file(path: str) -> np.ndarray:
-    try:
-        return np.fromfile(path, dtype=np.uint8)
-    except OSError as err:
-        raise ValueError(f"cannot read the image {path}: {err}; check that the file exists") from err
-
-
 def _gray_luma(dali, images):
     """ITU-R 601 luma of uint8 RGB images (DALI rounds it to uint8), one channel."""
     return dali.fn.color_space_conversion(images, image_type=dali.types.RGB, output_type=dali.types.GRAY)
@@ -90,14 +83,16 @@ def _view(dali, images, params: AugmentParams, start, mirror, gray: bool):
                                     output_layout="CHW")
 
 
-def _train_pipeline(dali, source, params: AugmentParams, batch_size: int, num_threads: int,
-                    device_id: int | None, seed: int):
+def _train_pipeline(dali, files: list[str], labels: list[int], source, params: AugmentParams, batch_size: int,
+                    num_threads: int, device_id: int | None):
+    """Files in plan order (read by DALI's reader threads) + choices from ``source`` -> two views, indices."""
     fn, types = dali.fn, dali.types
-    pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+    pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=0,
                          prefetch_queue_depth=PREFETCH, exec_dynamic=True)
     with pipe:
+        encoded, index = fn.readers.file(files=files, labels=labels, random_shuffle=False)
         per_view = 2 if params.pad > 0 else 1  # (slice start,) mirror flag
-        encoded, index, *choices = fn.external_source(source=source, num_outputs=2 + 2 * per_view, batch=True)
+        choices = fn.external_source(source=source, num_outputs=2 * per_view, batch=True)
         images = fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
         images = fn.resize(images, resize_x=params.width, resize_y=params.height,
                            interp_type=types.INTERP_LINEAR, antialias=True)
@@ -108,13 +103,14 @@ def _train_pipeline(dali, source, params: AugmentParams, batch_size: int, num_th
     return pipe
 
 
-def _eval_pipeline(dali, source, height: int, width: int, gray: bool, batch_size: int, num_threads: int,
-                   device_id: int | None):
+def _eval_pipeline(dali, files: list[str], labels: list[int], height: int, width: int, gray: bool, batch_size: int,
+                   num_threads: int, device_id: int | None):
+    """Files in order -> resized, normalised images and indices (the last batch padded by repetition)."""
     fn, types = dali.fn, dali.types
     pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=0,
                          prefetch_queue_depth=PREFETCH, exec_dynamic=True)
     with pipe:
-        encoded, index = fn.external_source(source=source, num_outputs=2, batch=True)
+        encoded, index = fn.readers.file(files=files, labels=labels, random_shuffle=False, pad_last_batch=True)
         images = fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
         images = fn.resize(images, resize_x=width, resize_y=height, interp_type=types.INTERP_LINEAR, antialias=True)
         params = AugmentParams(height=height, width=width, pad=0)
@@ -150,29 +146,26 @@ def _erase_(views: torch.Tensor, boxes: np.ndarray, vectorised: bool | None = No
     return views
 
 
-class _BatchSource:
-    """External-source callback: one batch per call from ``batch(i) -> (indices, outputs, meta)``.
+class _ChoiceSource:
+    """External-source callback: the augmentation inputs of batch after batch, from ``batch(i)``.
 
-    The paths and ``meta`` of batches handed to DALI but not returned yet are queued in order:
-    ``meta`` goes with the batch when it comes out, and the paths let a decode failure be traced
-    back to a file.
+    ``batch(i)`` returns (pipeline inputs, meta); the meta of batches handed to DALI but not
+    returned yet waits in order and goes with its batch when it comes out.
     """
 
-    def __init__(self, records: Sequence[ImageRecord], num_batches: int, batch):
-        self.records = records
+    def __init__(self, num_batches: int, batch):
         self.num_batches = num_batches
         self.batch = batch
         self.next = 0
-        self.in_flight: collections.deque[tuple[list[str], object]] = collections.deque()
+        self.in_flight: collections.deque = collections.deque()
 
     def __call__(self) -> list:
         if self.next >= self.num_batches:
             raise StopIteration
         i, self.next = self.next, self.next + 1
-        indices, outputs, meta = self.batch(i)
-        paths = [self.records[j].path for j in indices.tolist()]
-        self.in_flight.append((paths, meta))
-        return [[_read_file(p) for p in paths], indices.astype(np.int64), *outputs]
+        inputs, meta = self.batch(i)
+        self.in_flight.append(meta)
+        return inputs
 
 
 def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
@@ -193,15 +186,17 @@ def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
 class DaliLoader:
     """Iterates a DALI pipeline for a known number of batches; the pipeline is built per iteration.
 
-    ``finish(tensors, meta)`` turns the pipeline's outputs (torch tensors on the device) and the
-    batch's ``meta`` into what the loader yields.
+    ``build(source)`` makes the pipeline (``source`` feeds the augmentation inputs, or is None);
+    ``finish(tensors, step, meta)`` turns its outputs (torch tensors on the device) into what the
+    loader yields; ``batch_paths(step)`` names the files of a batch, to trace a failure to a file.
     """
 
-    def __init__(self, build, make_source, num_batches: int, device: torch.device, finish):
+    def __init__(self, build, make_source, num_batches: int, device: torch.device, finish, batch_paths):
         self._build = build
         self._make_source = make_source
         self._num_batches = num_batches
         self._finish = finish
+        self._batch_paths = batch_paths
         self.device = device
 
     def __len__(self) -> int:
@@ -211,33 +206,37 @@ class DaliLoader:
         if self._num_batches == 0:
             return
         source = self._make_source()
-        pipe = self._build(source)
+        pipe = None
+        step = 0
         try:
-            pipe.build()
-            for _ in range(self._num_batches):
+            try:
+                pipe = self._build(source)
+                pipe.build()
+            except RuntimeError as err:
+                raise self._error(err, 0, self._num_batches) from err
+            for step in range(self._num_batches):
                 try:
                     outputs = pipe.run()
-                except (RuntimeError, StopIteration) as err:
-                    raise _decode_error(source, err) from err
-                _, meta = source.in_flight.popleft()
-                tensors = [_to_torch(o, self.device) for o in outputs]
-                yield self._finish(tensors, meta)
+                except (RuntimeError, StopIteration) as err:  # the failing batch or one read ahead
+                    raise self._error(err, step, step + PREFETCH + 2) from err
+                meta = source.in_flight.popleft() if source is not None else None
+                yield self._finish([_to_torch(o, self.device) for o in outputs], step, meta)
         finally:
             del pipe
 
-
-def _decode_error(source: _BatchSource, err: BaseException) -> Exception:
-    """Turn a DALI failure into an error naming the file that cannot be decoded, when one is found."""
-    candidates = list(dict.fromkeys(p for paths, _ in source.in_flight for p in paths))
-    for path in candidates:
-        try:
-            load_image(path)
-        except ValueError as bad:
-            return ValueError(f"the DALI pipeline stopped on an unreadable image: {bad}")
-    lines = str(err).strip().splitlines()
-    reason = lines[-1] if lines else type(err).__name__
-    return RuntimeError(f"the DALI pipeline failed ({reason}) on a batch of {len(candidates)} images "
-                        f"starting with {candidates[:3]}")
+    def _error(self, err: BaseException, first: int, stop: int) -> Exception:
+        """An error naming the first unreadable file of batches ``first .. stop - 1``, if there is one."""
+        candidates = list(dict.fromkeys(p for i in range(first, min(stop, self._num_batches))
+                                        for p in self._batch_paths(i)))
+        for path in candidates:
+            try:
+                load_image(path)
+            except ValueError as bad:
+                return ValueError(f"the DALI pipeline stopped on an unreadable image: {bad}")
+        lines = str(err).strip().splitlines()
+        reason = lines[-1] if lines else type(err).__name__
+        return RuntimeError(f"the DALI pipeline failed ({reason}) near {len(candidates)} images "
+                            f"starting with {candidates[:3]}")
 
 
 def view_inputs(params: AugmentParams, aug_seeds: np.ndarray, view: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -267,22 +266,27 @@ def build_train_loader(records: Sequence[ImageRecord], params: AugmentParams, pl
     seeds = rank_slice(plan.aug_seeds, rank, world_size)[start_iter:]
     device_id = _device_id(device)
 
+    flat = indices.reshape(-1)
+    files = [records[j].path for j in flat.tolist()]
+
     def batch(i: int):
         inputs_1, erase_1 = view_inputs(params, seeds[i], 0)
         inputs_2, erase_2 = view_inputs(params, seeds[i], 1)
-        return indices[i], inputs_1 + inputs_2, (erase_1, erase_2)
+        return inputs_1 + inputs_2, (erase_1, erase_2)
 
-    def finish(tensors: list[torch.Tensor], meta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def finish(tensors: list[torch.Tensor], _step: int, meta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         view_rgb, view_2, index = tensors
         if params.gray_second_view:
             view_2 = _normalise_luma(view_2)
-        return _erase_(view_rgb, meta[0]), _erase_(view_2, meta[1]), index
+        return _erase_(view_rgb, meta[0]), _erase_(view_2, meta[1]), index.reshape(-1).long()
 
     def build(source):  # the graph draws nothing itself: all choices come from the source
-        return _train_pipeline(dali, source, params, int(indices.shape[1]), max(1, num_threads), device_id, 0)
+        return _train_pipeline(dali, files, flat.tolist(), source, params, int(indices.shape[1]),
+                               max(1, num_threads), device_id)
 
-    return DaliLoader(build, lambda: _BatchSource(records, int(indices.shape[0]), batch), int(indices.shape[0]),
-                      device, finish)
+    per_batch = int(indices.shape[1]) if indices.ndim == 2 else 0
+    return DaliLoader(build, lambda: _ChoiceSource(int(indices.shape[0]), batch), int(indices.shape[0]), device,
+                      finish, lambda i: files[i * per_batch : (i + 1) * per_batch])
 
 
 def build_eval_loader(records: Sequence[ImageRecord], height: int, width: int, batch_size: int,
@@ -296,18 +300,22 @@ def build_eval_loader(records: Sequence[ImageRecord], height: int, width: int, b
         raise ValueError(f"eval range start={start} end={end} must satisfy 0 <= start <= end <= {len(records)}")
     if batch_size < 1:
         raise ValueError(f"eval batch_size={batch_size} must be at least 1")
-    batches = [np.arange(i, min(i + batch_size, end), dtype=np.int64) for i in range(start, end, batch_size)]
+    files = [records[j].path for j in range(start, end)]
+    num_batches = -(-(end - start) // batch_size)
     device_id = _device_id(device)
 
-    def finish(tensors: list[torch.Tensor], _meta) -> tuple[torch.Tensor, torch.Tensor]:
+    def finish(tensors: list[torch.Tensor], step: int, _meta) -> tuple[torch.Tensor, torch.Tensor]:
         images, index = tensors
-        return (_normalise_luma(images) if gray else images), index
+        count = min(batch_size, end - start - step * batch_size)  # the last batch is padded by DALI
+        images = _normalise_luma(images[:count]) if gray else images[:count]
+        return images, index.reshape(-1)[:count].long()
 
-    def build(source):
-        return _eval_pipeline(dali, source, height, width, gray, batch_size, max(1, num_threads), device_id)
+    def build(_source):
+        return _eval_pipeline(dali, files, list(range(start, end)), height, width, gray, batch_size,
+                              max(1, num_threads), device_id)
 
-    return DaliLoader(build, lambda: _BatchSource(records, len(batches), lambda i: (batches[i], [], None)),
-                      len(batches), device, finish)
+    return DaliLoader(build, lambda: None, num_batches, device, finish,
+                      lambda i: files[i * batch_size : (i + 1) * batch_size])
 
 
 __all__ = ["NAME", "INSTALL_HINT", "DaliLoader", "dali_available", "require_dali", "build_train_loader",
