@@ -62,9 +62,13 @@ class DataConfig:
     width: int = 128
     """Network input width in pixels."""
     num_workers: int = 4
-    """DataLoader worker processes per rank (0 loads in the main process)."""
-    pipeline: Literal["auto", "torchvision"] = "auto"
-    """Input pipeline; 'auto' picks the fastest one installed and logs the choice."""
+    """DataLoader worker processes per rank (0 loads in the main process); DALI threads (at least 1)."""
+    pipeline: Literal["auto", "dali", "torchvision"] = "auto"
+    ("Training input pipeline: 'dali' (NVIDIA DALI on the GPU, or CPU-only; `pip install cacl_dist[dali]`), "
+     "'torchvision' (PIL in DataLoader workers), or 'auto': dali when DALI is installed, else torchvision.")
+    eval_pipeline: Literal["auto", "dali", "torchvision"] = "torchvision"
+    ("Pipeline of feature extraction (memory initialisation, evaluation; resize + normalise only): "
+     "dali, torchvision, or auto as for data.pipeline.")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Generator settings, used only when dataset is 'synthetic'."""
 

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from .data.factory import prepare_dataset
+        from .data.factory import prepare_dataset, resolve_pipeline
         from .distributed.env import init_distributed, shutdown_distributed
         from .evaluation.evaluator import evaluate
         from .logging import setup_logging
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             metrics = evaluate(branch, dataset, rank=env.rank, world_size=env.world_size, height=cfg.data.height,
                                width=cfg.data.width, batch_size=cfg.eval.batch_size,
                                num_workers=cfg.data.num_workers, device=env.device, rerank=cfg.eval.rerank,
-                               show_progress=env.is_main and cfg.run.progress)
+                               show_progress=env.is_main and cfg.run.progress,
+                               pipeline=resolve_pipeline(cfg.data.eval_pipeline, "data.eval_pipeline"))
         finally:
             shutdown_distributed()
         if env.is_main:

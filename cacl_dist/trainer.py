@@ -123,7 +123,8 @@ class Trainer:
         t0 = time.perf_counter()
         common = dict(height=self.cfg.data.height, width=self.cfg.data.width, batch_size=self.cfg.eval.batch_size,
                       num_workers=self.cfg.data.num_workers, device=self.env.device,
-                      show_progress=self.show_progress)
+                      show_progress=self.show_progress,
+                      pipeline=resolve_pipeline(self.cfg.data.eval_pipeline, "data.eval_pipeline"))
         start, end = self.shard
         feats = extract_shard(self.model.online.branch, self.dataset.train, start, end, desc="memory rgb", **common)
         self.bank_rgb.load(feats.to(self.env.device))
@@ -251,7 +252,8 @@ class Trainer:
         metrics = evaluate(self.model.online.branch, self.dataset, rank=self.env.rank,
                            world_size=self.env.world_size, height=cfg.data.height, width=cfg.data.width,
                            batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
-                           device=self.env.device, rerank=cfg.eval.rerank, show_progress=self.show_progress)
+                           device=self.env.device, rerank=cfg.eval.rerank, show_progress=self.show_progress,
+                           pipeline=resolve_pipeline(cfg.data.eval_pipeline, "data.eval_pipeline"))
         metrics = {"epoch": self.epoch, **metrics}
         self.eval_history.append(metrics)
         self.log.info("evaluation after %d epochs: mAP %.1f%%  rank-1 %.1f%%  rank-5 %.1f%%  rank-10 %.1f%%  "

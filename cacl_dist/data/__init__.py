@@ -1,5 +1,6 @@
 """Data: dataset layouts, the synthetic generator, the identity sampler and input pipelines.
 
 Import the submodules directly (``cacl_dist.data.layouts``, ``.sampler``, ``.transforms``,
-``.datasets``, ``.synthetic``, ``.pipelines.torchvision``); this package imports nothing heavy.
+``.datasets``, ``.synthetic``, ``.view_params``, ``.pipelines.torchvision``, ``.pipelines.dali``);
+this package imports nothing heavy.
 """

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+from collections.abc import Iterable
 
 import numpy as np
-from torch.utils.data import DataLoader
 
 from ..config import Config
 from ..distributed import comm
@@ -35,15 +36,32 @@ def prepare_dataset(cfg: Config, env: DistEnv) -> ReidDataset:
     return dataset
 
 
-PIPELINES = ("torchvision",)
+PIPELINES = ("dali", "torchvision")
 
 
-def resolve_pipeline(name: str) -> str:
-    """Map data.pipeline to an available input pipeline ('auto' takes the fastest one installed)."""
+@functools.lru_cache(maxsize=None)
+def resolve_pipeline(name: str, key: str = "data.pipeline") -> str:
+    """Map the value ``name`` of config ``key`` to an available input pipeline; log the choice once.
+
+    'auto' takes DALI when it is installed (on the GPU, and also CPU-only, where it needs about
+    half the CPU time of the torchvision pipeline per sample; see benchmarks/bench_data.py),
+    else torchvision. An explicit 'dali' without DALI installed is an error that says how to
+    install it.
+    """
+    from .pipelines import dali
+
     if name == "auto":
+        if dali.dali_available():
+            log.info("%s 'auto': NVIDIA DALI %s is installed, using the dali pipeline", key,
+                     dali.require_dali(key).__version__)
+            return "dali"
+        log.info("%s 'auto': NVIDIA DALI is not installed, using torchvision (`%s` for the faster dali "
+                 "pipeline)", key, dali.INSTALL_HINT)
         return "torchvision"
     if name not in PIPELINES:
-        raise ValueError(f"data.pipeline '{name}' is not available; choose one of auto, {', '.join(PIPELINES)}")
+        raise ValueError(f"{key} '{name}' is not available; choose one of auto, {', '.join(PIPELINES)}")
+    if name == "dali":
+        dali.require_dali(key)
     return name
 
 
@@ -61,13 +79,22 @@ def camera_ids(dataset: ReidDataset) -> np.ndarray | None:
 
 
 def build_epoch_loader(cfg: Config, dataset: ReidDataset, labels: np.ndarray, epoch: int, start_iter: int,
-                       env: DistEnv) -> DataLoader:
-    """This rank's loader for the remaining steps of `epoch` under the given pseudo labels."""
+                       env: DistEnv) -> Iterable:
+    """This rank's loader for the remaining steps of `epoch` under the given pseudo labels.
+
+    It yields ``(views_rgb, views_gray, indices)``: from the torchvision pipeline on the CPU (the
+    trainer moves them), from the DALI pipeline already on ``env.device``.
+    """
     if cfg.train.batch_size % env.world_size:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the world size "
                          f"{env.world_size}; choose a global batch that splits evenly across ranks")
     sampler = IdentitySampler(labels, camera_ids(dataset), cfg.train.batch_size, cfg.train.num_instances,
                               cfg.run.seed)
     plan = sampler.plan(epoch, cfg.train.iters_per_epoch)
+    if resolve_pipeline(cfg.data.pipeline) == "dali":
+        from .pipelines import dali
+
+        return dali.build_train_loader(dataset.train, augment_params(cfg), plan, env.rank, env.world_size,
+                                       start_iter, num_threads=max(1, cfg.data.num_workers), device=env.device)
     return build_train_loader(dataset.train, augment_params(cfg), plan, env.rank, env.world_size, start_iter,
                               cfg.data.num_workers)

@@ -78,9 +78,23 @@ def _randint(generator: torch.Generator, high: int) -> int:
     return int(torch.randint(high, (), generator=generator))
 
 
-def _random_erase(img: torch.Tensor, params: AugmentParams, generator: torch.Generator) -> torch.Tensor:
-    """Zero a random rectangle (random-erasing area / log-aspect sampling, up to 100 tries)."""
-    height, width = img.shape[-2:]
+@dataclass
+class ViewParams:
+    """The random choices of one training view, in output pixel coordinates.
+
+    ``top``/``left`` index the zero-padded image (0 .. 2 * pad); ``erase`` is the erased
+    rectangle ``(top, left, height, width)`` or ``None``.
+    """
+
+    flip: bool
+    top: int
+    left: int
+    erase: tuple[int, int, int, int] | None
+
+
+def _erase_box(params: AugmentParams, generator: torch.Generator) -> tuple[int, int, int, int] | None:
+    """A random-erasing rectangle (area / log-aspect sampling, up to 100 tries), or None."""
+    height, width = params.height, params.width
     area = height * width
     log_lo, log_hi = math.log(params.erase_ratio[0]), math.log(params.erase_ratio[1])
     for _ in range(100):
@@ -89,35 +103,51 @@ def _random_erase(img: torch.Tensor, params: AugmentParams, generator: torch.Gen
         h = int(round(math.sqrt(target * aspect)))
         w = int(round(math.sqrt(target / aspect)))
         if 0 < h < height and 0 < w < width:
-            top = _randint(generator, height - h + 1)
-            left = _randint(generator, width - w + 1)
-            img[..., top : top + h, left : left + w] = 0.0  # img is a fresh tensor from normalize()
-            return img
-    return img
+            return _randint(generator, height - h + 1), _randint(generator, width - w + 1), h, w
+    return None
+
+
+def draw_view_params(params: AugmentParams, generator: torch.Generator) -> ViewParams:
+    """The random choices of one view, drawn from ``generator`` (flip, crop offsets, erasing)."""
+    flip = _rand(generator) < params.flip_p
+    top = left = 0
+    if params.pad > 0:
+        top = _randint(generator, 2 * params.pad + 1)
+        left = _randint(generator, 2 * params.pad + 1)
+    erase = _erase_box(params, generator) if _rand(generator) < params.erase_p else None
+    return ViewParams(flip=flip, top=top, left=left, erase=erase)
+
+
+def apply_view(img: torch.Tensor, params: AugmentParams, view: ViewParams, gray: bool) -> torch.Tensor:
+    """Apply the choices ``view`` to a uint8 3 x H x W image: float 3 x height x width, normalised.
+
+    Resize (bilinear, antialiased) -> horizontal flip -> zero padding of ``pad`` and the crop at
+    (``top``, ``left``) back to the size -> [0, 1] -> grayscale if ``gray`` -> normalisation ->
+    random erasing (filled with 0, the mean pixel after normalisation).
+    """
+    img = _resize(img, params.height, params.width)
+    if view.flip:
+        img = img.flip(-1)
+    if params.pad > 0:
+        img = F.pad(img, (params.pad, params.pad, params.pad, params.pad))
+        img = img[..., view.top : view.top + params.height, view.left : view.left + params.width]
+    out = img.float() / 255.0
+    if gray:
+        out = to_gray(out)
+    out = normalize(out)
+    if view.erase is not None:
+        top, left, h, w = view.erase
+        out[..., top : top + h, left : left + w] = 0.0  # out is a fresh tensor from normalize()
+    return out.contiguous()
 
 
 def augment(img: torch.Tensor, params: AugmentParams, generator: torch.Generator, gray: bool) -> torch.Tensor:
     """One training view of a uint8 3 x H x W image: float 3 x height x width, normalised.
 
-    Resize (bilinear, antialiased) -> horizontal flip with ``flip_p`` -> zero padding of ``pad``
-    and a random crop back to the size -> [0, 1] -> grayscale if ``gray`` -> normalisation ->
-    random erasing with ``erase_p`` (filled with 0, the mean pixel after normalisation).
+    Flip with ``flip_p``, a random crop of the zero-padded image, random erasing with
+    ``erase_p``; see :func:`draw_view_params` and :func:`apply_view`.
     """
-    img = _resize(img, params.height, params.width)
-    if _rand(generator) < params.flip_p:
-        img = img.flip(-1)
-    if params.pad > 0:
-        img = F.pad(img, (params.pad, params.pad, params.pad, params.pad))
-        top = _randint(generator, 2 * params.pad + 1)
-        left = _randint(generator, 2 * params.pad + 1)
-        img = img[..., top : top + params.height, left : left + params.width]
-    out = img.float() / 255.0
-    if gray:
-        out = to_gray(out)
-    out = normalize(out)
-    if _rand(generator) < params.erase_p:
-        out = _random_erase(out, params, generator)
-    return out.contiguous()
+    return apply_view(img, params, draw_view_params(params, generator), gray)
 
 
 def second_view_seed(seed: int) -> int:

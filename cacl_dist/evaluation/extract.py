@@ -21,12 +21,24 @@ from ..memory import shard_bounds
 @torch.no_grad()
 def extract_shard(model: nn.Module, records: Sequence[ImageRecord], start: int, end: int, *, height: int,
                   width: int, batch_size: int, num_workers: int, device: torch.device, gray: bool = False,
-                  show_progress: bool = False, desc: str = "extract") -> torch.Tensor:
-    """Features of records[start:end] (float32, on the CPU), in order; `model` maps images to features."""
+                  show_progress: bool = False, desc: str = "extract", pipeline: str = "torchvision") -> torch.Tensor:
+    """Features of records[start:end] (float32, on the CPU), in order; `model` maps images to features.
+
+    ``pipeline`` 'dali' decodes, resizes and normalises with NVIDIA DALI on ``device`` (with
+    ``num_workers`` threads) instead of torchvision DataLoader workers.
+    """
     was_training = model.training
     model.eval()
-    loader = build_eval_loader(list(records), height, width, batch_size, num_workers, gray=gray,
-                               start=start, end=end)
+    if pipeline == "dali":
+        from ..data.pipelines.dali import build_eval_loader as build_dali_eval_loader
+
+        loader = build_dali_eval_loader(list(records), height, width, batch_size, max(1, num_workers), gray=gray,
+                                        start=start, end=end, device=device)
+    elif pipeline == "torchvision":
+        loader = build_eval_loader(list(records), height, width, batch_size, num_workers, gray=gray,
+                                   start=start, end=end)
+    else:
+        raise ValueError(f"extraction pipeline '{pipeline}' is not one of dali, torchvision")
     chunks: list[torch.Tensor] = []
     try:
         for images, _ in progress(loader, total=len(loader), desc=desc, enabled=show_progress):
@@ -41,12 +53,12 @@ def extract_shard(model: nn.Module, records: Sequence[ImageRecord], start: int, 
 
 def extract_all(model: nn.Module, records: Sequence[ImageRecord], *, rank: int, world_size: int, height: int,
                 width: int, batch_size: int, num_workers: int, device: torch.device, gray: bool = False,
-                show_progress: bool = False, desc: str = "extract") -> torch.Tensor:
+                show_progress: bool = False, desc: str = "extract", pipeline: str = "torchvision") -> torch.Tensor:
     """Features of every record on every rank: each rank extracts its shard, then all ranks gather."""
     start, end = shard_bounds(len(records), rank, world_size)
     local = extract_shard(model, records, start, end, height=height, width=width, batch_size=batch_size,
                           num_workers=num_workers, device=device, gray=gray, show_progress=show_progress,
-                          desc=desc)
+                          desc=desc, pipeline=pipeline)
     if local.numel() == 0:
         dim = _feature_dim(model)
         local = torch.zeros(0, dim)

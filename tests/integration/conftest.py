@@ -18,7 +18,7 @@ def tiny_overrides(run_dir: Path, data_dir: Path, **extra: object) -> list[str]:
     values = {
         "run.output_dir": str(run_dir), "run.progress": False, "run.log_every": 1, "run.seed": 3,
         "data.dataset": "synthetic", "data.root": str(data_dir), "data.height": 64, "data.width": 32,
-        "data.num_workers": 0,
+        "data.num_workers": 0, "data.pipeline": "torchvision",  # the reference pipeline, installed or not
         "data.synthetic.num_train_ids": 16, "data.synthetic.num_test_ids": 6,
         "data.synthetic.images_per_id": 6, "data.synthetic.num_cameras": 3,
         "data.synthetic.height": 64, "data.synthetic.width": 32,

@@ -1,7 +1,7 @@
 """The "torchvision" pipeline: PIL decoding and tensor augmentation in DataLoader workers.
 
-It runs everywhere (CPU or GPU hosts); a DALI pipeline with the same builder signatures can sit
-beside it.
+It runs everywhere (CPU or GPU hosts); :mod:`cacl_dist.data.pipelines.dali` is the DALI
+counterpart with the same output contract.
 """
 
 from cacl_dist.data.datasets import build_eval_loader, build_train_loader
