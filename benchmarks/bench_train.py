@@ -62,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="fewer steps and cases")
     p.add_argument("--case-timeout", type=float, default=900.0, help="seconds allowed per case")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads per case")
+    p.add_argument("--report-only", action="store_true", help="rewrite the markdown and plot from the JSON")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case (JSON) and print JSON
     return p.parse_args(argv)
 
@@ -356,6 +357,11 @@ def main(argv=None) -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        report = json.loads((out / "bench_train.json").read_text())
+        (out / "bench_train.md").write_text(markdown(report))
+        plot(report, out / "bench_train.png")
+        return 0
     load_before = load_average()
     machine = {"cpu": cpu_description(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                "torch": torch.__version__, "python": platform.python_version(), "load_before": load_before,
