@@ -146,5 +146,15 @@ def maybe_compile(module: nn.Module, enabled: bool) -> nn.Module:
     return torch.compile(module)
 
 
+def describe_speed(cfg, device: torch.device) -> str:
+    """One log line with the speed settings in effect (`cfg` is a cacl_dist Config)."""
+    t = cfg.train
+    return (f"precision {t.precision} (extraction {extraction_precision(cfg.eval.precision, t.precision)}), "
+            f"channels-last {t.channels_last}, Adam {adam_kernel(cfg.optim.implementation, device)}, "
+            f"torch.compile {t.compile}, DDP bucket view {cfg.dist.ddp_bucket_view} / static graph "
+            f"{cfg.dist.ddp_static_graph}, cuDNN benchmark "
+            f"{t.cudnn_benchmark if device.type == 'cuda' else 'n/a (CPU)'}")
+
+
 __all__ = ["AUTOCAST_DTYPES", "StepPrecision", "adam_kernel", "autocast", "autocast_dtype", "build_adam",
-           "configure_backends", "extraction_precision", "maybe_compile", "prepare_model", "to_input"]
+           "configure_backends", "describe_speed", "extraction_precision", "maybe_compile", "prepare_model", "to_input"]

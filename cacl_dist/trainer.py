@@ -35,7 +35,7 @@ from .logging import MetricsWriter, progress, setup_logging
 from .losses import cacl_loss
 from .memory import ClusterCentres, InstanceBank, shard_bounds
 from .models.cacl import build_model
-from .performance import (StepPrecision, adam_kernel, build_adam, configure_backends, extraction_precision,
+from .performance import (StepPrecision, build_adam, configure_backends, describe_speed, extraction_precision,
                           maybe_compile, prepare_model, to_input)
 
 
@@ -84,7 +84,7 @@ class Trainer:
         self.global_step = 0
         self.eval_history: list[dict] = []
         self._stop_requested = False
-        self._log_speed_setup()
+        self.log.info("step: %s", describe_speed(cfg, env.device))
 
     # ----------------------------------------------------------------------------- run
     def fit(self) -> list[dict]:
@@ -392,14 +392,6 @@ class Trainer:
         if per_rank < 16:
             self.log.warning("per-rank batch is %d (< 16): BatchNorm statistics over so few images change "
                              "accuracy; keep 16-64 per GPU and scale optim.lr with the global batch", per_rank)
-
-    def _log_speed_setup(self) -> None:
-        cfg, device = self.cfg, self.env.device
-        self.log.info("step: precision %s (extraction %s), channels-last %s, Adam %s, torch.compile %s, "
-                      "DDP bucket view %s / static graph %s, cuDNN benchmark %s", cfg.train.precision,
-                      self.eval_precision, cfg.train.channels_last, adam_kernel(cfg.optim.implementation, device),
-                      cfg.train.compile, cfg.dist.ddp_bucket_view, cfg.dist.ddp_static_graph,
-                      cfg.train.cudnn_benchmark if device.type == "cuda" else "n/a (CPU)")
 
     def _log_summary(self) -> None:
         if len(self.eval_history) >= 1 and self.env.is_main:
