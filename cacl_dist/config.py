@@ -205,7 +205,8 @@ class DistConfig:
     ddp_bucket_view: bool = True
     """DDP gradient_as_bucket_view: gradients live in the all-reduce buckets (saves a copy and memory)."""
     ddp_static_graph: bool = True
-    """DDP static_graph: every parameter takes part in every step (true for CACL), enabling more overlap."""
+    """DDP static_graph: every parameter takes part in every step (true for CACL), enabling more overlap.
+    Not applied together with train.compile."""
 
 
 @dataclass

@@ -152,7 +152,7 @@ def describe_speed(cfg, device: torch.device) -> str:
     return (f"precision {t.precision} (extraction {extraction_precision(cfg.eval.precision, t.precision)}), "
             f"channels-last {t.channels_last}, Adam {adam_kernel(cfg.optim.implementation, device)}, "
             f"torch.compile {t.compile}, DDP bucket view {cfg.dist.ddp_bucket_view} / static graph "
-            f"{cfg.dist.ddp_static_graph}, cuDNN benchmark "
+            f"{cfg.dist.ddp_static_graph and not t.compile}, cuDNN benchmark "
             f"{t.cudnn_benchmark if device.type == 'cuda' else 'n/a (CPU)'}")
 
 

@@ -62,7 +62,8 @@ class Trainer:
         model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool, cfg.model.last_stride)
         self.model = prepare_model(model.to(env.device), env.device, sync_bn=cfg.model.sync_bn,
                                    channels_last=tc.channels_last, world_size=env.world_size)
-        ddp = dict(bucket_view=cfg.dist.ddp_bucket_view, static_graph=cfg.dist.ddp_static_graph)
+        # torch.compile splits DDP graphs at bucket boundaries; keep DDP's dynamic mode there.
+        ddp = dict(bucket_view=cfg.dist.ddp_bucket_view, static_graph=cfg.dist.ddp_static_graph and not tc.compile)
         self.online = maybe_compile(wrap_ddp(self.model.online, env, **ddp), tc.compile)
         self.branch_gray = maybe_compile(wrap_ddp(self.model.branch_gray, env, **ddp), tc.compile)
         params = [p for p in self.model.parameters() if p.requires_grad]
