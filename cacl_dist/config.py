@@ -31,6 +31,8 @@ class RunConfig:
     """Reduce losses across ranks and log them every this many steps."""
     progress: bool = True
     """Show progress bars on rank 0."""
+    debug_checks: bool = False
+    """Check labels and bank indices on every step (host syncs, slower); off: checked once per epoch."""
 
 
 @dataclass
@@ -97,6 +99,8 @@ class ModelConfig:
     """Stride of the last ResNet stage (1 keeps a finer feature map, as re-ID does)."""
     frozen_bn: bool = False
     """Keep every BatchNorm in eval mode during training (running statistics frozen)."""
+    sync_bn: bool = False
+    """Synchronise BatchNorm statistics across GPUs (SyncBatchNorm); on the CPU plain BatchNorm is used."""
 
 
 @dataclass
@@ -153,6 +157,9 @@ class OptimConfig:
     """Multiply the learning rate by `gamma` every this many epochs."""
     gamma: float = 0.1
     """Step factor of the learning-rate schedule."""
+    implementation: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
+    """Adam kernels: 'fused' (CUDA only), 'foreach' (multi-tensor) or 'for_loop'; 'auto' is fused on CUDA,
+    foreach on the CPU."""
 
 
 @dataclass
@@ -165,6 +172,15 @@ class TrainConfig:
     """Global batch (all ranks together), in images; each image gives both views."""
     num_instances: int = 4
     """Images per pseudo identity in a batch."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast precision of the forward pass: fp32 (off), bf16 (GPUs from A100 on), or fp16 with a
+    gradient scaler (saved in checkpoints). Losses, banks and centres always stay in float32/float64."""
+    channels_last: bool = False
+    """Keep weights and images in channels-last (NHWC) memory format (faster convolutions on tensor cores)."""
+    cudnn_benchmark: bool = True
+    """Let cuDNN time its convolution algorithms once per input shape (CUDA only)."""
+    compile: bool = False
+    """Compile both branches with torch.compile (first steps are slow while it compiles)."""
 
 
 @dataclass
@@ -177,6 +193,9 @@ class EvalConfig:
     """Feature-extraction batch per rank."""
     rerank: bool = False
     """Apply k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3) to the query-gallery distance."""
+    precision: Literal["train", "fp32", "bf16", "fp16"] = "train"
+    """Autocast precision of feature extraction (evaluation and bank initialisation); 'train' follows
+    train.precision. Features are returned in float32 either way."""
 
 
 @dataclass
@@ -193,6 +212,11 @@ class DistConfig:
     """Collective backend; 'auto' is NCCL with CUDA and gloo otherwise."""
     timeout_min: float = 30.0
     """Minutes a rank waits in a collective (e.g. for rank 0's pseudo labels) before failing."""
+    ddp_bucket_view: bool = True
+    """DDP gradient_as_bucket_view: gradients live in the all-reduce buckets (saves a copy and memory)."""
+    ddp_static_graph: bool = True
+    """DDP static_graph: every parameter takes part in every step (true for CACL), enabling more overlap.
+    Not applied together with train.compile."""
 
 
 @dataclass
@@ -311,6 +335,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"config keys 'clustering.eps_tight' ({cfg.clustering.eps_tight}) and 'clustering.eps' "
             f"({cfg.clustering.eps}): need 0 < eps_tight <= eps <= 1")
+    if cfg.optim.implementation == "fused" and cfg.run.device == "cpu":
+        raise ConfigError("config key 'optim.implementation': 'fused' Adam needs CUDA but run.device is 'cpu'; "
+                          "use foreach or auto")
     if cfg.train.batch_size % cfg.train.num_instances:
         raise ConfigError(
             f"config key 'train.batch_size': {cfg.train.batch_size} is not a multiple of "

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed.env import init_distributed, shutdown_distributed
         from .evaluation.evaluator import evaluate
         from .logging import setup_logging
+        from .performance import extraction_precision
 
         state, cfg, model = load_trained_model(args.checkpoint, args.config, args.overrides)
         env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                                width=cfg.data.width, batch_size=cfg.eval.batch_size,
                                num_workers=cfg.data.num_workers, device=env.device, rerank=cfg.eval.rerank,
                                show_progress=env.is_main and cfg.run.progress,
-                               pipeline=resolve_pipeline(cfg.data.eval_pipeline, "data.eval_pipeline"))
+                               pipeline=resolve_pipeline(cfg.data.eval_pipeline, "data.eval_pipeline"),
+                               precision=extraction_precision(cfg.eval.precision, cfg.train.precision))
         finally:
             shutdown_distributed()
         if env.is_main:

@@ -2,7 +2,11 @@
 
 Every loss is computed per sample and averaged over the batch given. Stop-gradients are
 applied here (``detach``): the gray features in the instance loss, and every cluster centre.
-Computations run in float32 even for half-precision inputs.
+Computations run in float32 even for half-precision inputs; call them outside autocast.
+
+Input validation that would read device tensors back to the host (label ranges, empty
+clusters) runs by default and is skipped with ``validate=False``, which the trainer passes
+once it has checked the epoch's labels, so a training step never waits for the device.
 
 Notation: B batch, D feature size, M clusters; ``x`` branch-1 feature, ``z`` predictor
 output, ``x_gray`` branch-2 feature (x~ in the paper), ``centres`` bank means u (u~).
@@ -16,8 +20,12 @@ import torch
 import torch.nn.functional as F
 
 
-def _check_labels(labels_B: torch.Tensor, num_clusters: int, num_samples: int) -> None:
-    """Raise ValueError unless ``labels_B`` holds ``num_samples`` integer ids in ``[0, num_clusters)``."""
+def _check_labels(labels_B: torch.Tensor, num_clusters: int, num_samples: int, check_range: bool = True) -> None:
+    """Raise ValueError unless ``labels_B`` holds ``num_samples`` integer ids in ``[0, num_clusters)``.
+
+    The range check reads the labels back to the host; ``check_range=False`` skips it (shape and
+    dtype are still checked, which costs nothing).
+    """
     if labels_B.dim() != 1 or labels_B.numel() != num_samples:
         raise ValueError(
             f"labels_B must be a 1-D tensor with one label per sample ({num_samples}), "
@@ -27,6 +35,8 @@ def _check_labels(labels_B: torch.Tensor, num_clusters: int, num_samples: int) -
         raise ValueError(f"labels_B must be an integer tensor, got dtype {labels_B.dtype}")
     if num_samples == 0:
         raise ValueError("the batch is empty; losses need at least one sample")
+    if not check_range:
+        return
     low, high = int(labels_B.min()), int(labels_B.max())
     if low < 0 or high >= num_clusters:
         raise ValueError(
@@ -60,10 +70,11 @@ def instance_loss(z_BD: torch.Tensor, x_gray_BD: torch.Tensor) -> torch.Tensor:
     return -cos_B.mean()
 
 
-def inter_view_loss(z_BD: torch.Tensor, centres_gray_MD: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
+def inter_view_loss(z_BD: torch.Tensor, centres_gray_MD: torch.Tensor, labels_B: torch.Tensor,
+                    validate: bool = True) -> torch.Tensor:
     """L_inter = mean_i -cos(z_i, sg(u~_{w_i})), w_i the cluster of sample i."""
     _check_centres(z_BD, centres_gray_MD)
-    _check_labels(labels_B, centres_gray_MD.shape[0], z_BD.shape[0])
+    _check_labels(labels_B, centres_gray_MD.shape[0], z_BD.shape[0], check_range=validate)
     targets_BD = centres_gray_MD.detach().float()[labels_B.to(centres_gray_MD.device)]
     cos_B = F.cosine_similarity(z_BD.float(), targets_BD.to(z_BD.device), dim=1)
     return -cos_B.mean()
@@ -76,6 +87,7 @@ def intra_view_loss(
     tau: float = 0.05,
     gamma: float = 2.0,
     valid_M: torch.Tensor | None = None,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Focal cluster loss: mean_i -(1 - q_i)^gamma ln q_i, q_i = softmax_l(<u_l, x_i>/tau)[w_i].
 
@@ -89,7 +101,7 @@ def intra_view_loss(
         raise ValueError(f"focal gamma must be >= 0, got {gamma!r}")
     _check_centres(feats_BD, centres_MD)
     num_clusters = centres_MD.shape[0]
-    _check_labels(labels_B, num_clusters, feats_BD.shape[0])
+    _check_labels(labels_B, num_clusters, feats_BD.shape[0], check_range=validate)
     labels_B = labels_B.to(feats_BD.device)
     logits_BM = feats_BD.float() @ centres_MD.detach().float().to(feats_BD.device).t() / tau
     if valid_M is not None:
@@ -99,7 +111,7 @@ def intra_view_loss(
                 f"{valid_M.dtype} {tuple(valid_M.shape)}"
             )
         valid_M = valid_M.to(feats_BD.device)
-        if not bool(valid_M[labels_B].all()):
+        if validate and not bool(valid_M[labels_B].all()):
             bad = labels_B[~valid_M[labels_B]].unique()[:5].tolist()
             raise ValueError(f"samples are labelled with empty clusters {bad}; their centres are undefined")
         logits_BM = logits_BM.masked_fill(~valid_M, float("-inf"))
@@ -136,11 +148,13 @@ def cacl_loss(
     tau: float = 0.05,
     gamma: float = 2.0,
     valid_M: torch.Tensor | None = None,
+    validate: bool = True,
 ) -> LossParts:
     """L = L_I + L_inter + intra(x, u) + intra(x~, u~) on one batch.
 
     Branch 2 (``x_gray_BD``) receives gradient only through ``intra_gray``; ``centres_MD``
-    and ``centres_gray_MD`` are the banks' means and are never differentiated.
+    and ``centres_gray_MD`` are the banks' means and are never differentiated. ``validate=False``
+    skips the checks that synchronise with the device (see the module docstring).
     """
     _check_pair("x_BD", x_BD, "z_BD", z_BD)
     _check_pair("x_BD", x_BD, "x_gray_BD", x_gray_BD)
@@ -150,8 +164,9 @@ def cacl_loss(
             f"{tuple(centres_MD.shape)} and {tuple(centres_gray_MD.shape)}"
         )
     instance = instance_loss(z_BD, x_gray_BD)
-    inter = inter_view_loss(z_BD, centres_gray_MD, labels_B)
-    intra_rgb = intra_view_loss(x_BD, centres_MD, labels_B, tau=tau, gamma=gamma, valid_M=valid_M)
-    intra_gray = intra_view_loss(x_gray_BD, centres_gray_MD, labels_B, tau=tau, gamma=gamma, valid_M=valid_M)
+    inter = inter_view_loss(z_BD, centres_gray_MD, labels_B, validate=validate)
+    intra_rgb = intra_view_loss(x_BD, centres_MD, labels_B, tau=tau, gamma=gamma, valid_M=valid_M, validate=validate)
+    intra_gray = intra_view_loss(x_gray_BD, centres_gray_MD, labels_B, tau=tau, gamma=gamma, valid_M=valid_M,
+                                 validate=validate)
     total = instance + inter + intra_rgb + intra_gray
     return LossParts(total=total, instance=instance, inter=inter, intra_rgb=intra_rgb, intra_gray=intra_gray)

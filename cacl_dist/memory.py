@@ -61,7 +61,9 @@ class InstanceBank:
         self.dim = dim
         self.start = start
         self.end = end
-        self.rows = torch.zeros(end - start, dim, device=device, dtype=dtype)
+        # One scratch row after the owned ones: the sync-free update parks its unselected writes there.
+        self._storage = torch.zeros(end - start + 1, dim, device=device, dtype=dtype)
+        self.rows = self._storage[: end - start]
 
     @property
     def num_rows(self) -> int:
@@ -90,7 +92,8 @@ class InstanceBank:
 
     @torch.no_grad()
     def update(
-        self, indices_B: torch.Tensor, feats_BD: torch.Tensor, momentum: float = 0.2
+        self, indices_B: torch.Tensor, feats_BD: torch.Tensor, momentum: float = 0.2,
+        num_rounds: int | None = None, validate: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply ``v <- normalise(momentum * v + (1 - momentum) * x)`` to owned rows.
 
@@ -98,6 +101,12 @@ class InstanceBank:
         ``(delta_BD, owned_B)``: ``delta_BD`` (float64) is each occurrence's own step
         ``new - old`` (zero where not owned), so that adding all deltas of a row to its old
         value gives its final value; ``owned_B`` marks the positions this shard updated.
+
+        ``num_rounds`` (optional) is the largest number of times any index occurs in the batch,
+        known to the caller from a host copy of the indices. With it the update runs exactly
+        that many masked rounds and never waits for the device (no host synchronisation);
+        occurrences beyond it would be left out, so it must not be too small. ``validate=False``
+        skips the index range check, which reads the indices back to the host.
         """
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must lie in [0, 1], got {momentum!r}")
@@ -109,13 +118,15 @@ class InstanceBank:
         device = self.rows.device
         indices_B = indices_B.to(device=device, dtype=torch.long)
         feats_BD = feats_BD.detach().to(device=device, dtype=torch.float32)
-        if indices_B.numel() and (int(indices_B.min()) < 0 or int(indices_B.max()) >= self.num_total):
+        if validate and indices_B.numel() and (int(indices_B.min()) < 0 or int(indices_B.max()) >= self.num_total):
             raise ValueError(
                 f"bank indices must lie in [0, {self.num_total}), got range "
                 f"[{int(indices_B.min())}, {int(indices_B.max())}]"
             )
         owned_B = self.owns(indices_B)
         delta_BD = torch.zeros(indices_B.numel(), self.dim, device=device, dtype=torch.float64)
+        if num_rounds is not None:
+            return self._update_in_rounds(indices_B, feats_BD, momentum, owned_B, delta_BD, num_rounds)
         if not bool(owned_B.any()):
             return delta_BD, owned_B
         positions_P = owned_B.nonzero().squeeze(1)
@@ -128,6 +139,30 @@ class InstanceBank:
             new_rows = F.normalize(mixed, dim=1).to(self.rows.dtype)
             self.rows[local_rows] = new_rows
             delta_BD[step_positions] = new_rows.double() - old_rows.double()
+        return delta_BD, owned_B
+
+    def _update_in_rounds(self, indices_B: torch.Tensor, feats_BD: torch.Tensor, momentum: float,
+                          owned_B: torch.Tensor, delta_BD: torch.Tensor,
+                          num_rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The update as ``num_rounds`` fixed-shape rounds: no boolean indexing, no host sync.
+
+        Round r updates the r-th occurrence of every owned index. Positions not updated in a
+        round read and write the scratch row, so every real row is written at most once per round.
+        """
+        if num_rounds < 0:
+            raise ValueError(f"num_rounds must be >= 0, got {num_rounds!r}")
+        occurrence_B = _occurrence_B(indices_B)  # equal indices share ownership, so owned-only counts match
+        scratch = torch.full_like(indices_B, self.num_rows)
+        local_B = indices_B - self.start
+        for round_idx in range(num_rounds):
+            selected_B = owned_B & (occurrence_B == round_idx)
+            target_B = torch.where(selected_B, local_B, scratch)
+            old_rows = self._storage[target_B]
+            mixed = momentum * old_rows.float() + (1.0 - momentum) * feats_BD
+            new_rows = F.normalize(mixed, dim=1).to(self.rows.dtype)
+            self._storage.index_copy_(0, target_B, new_rows)
+            step_BD = new_rows.double() - old_rows.double()
+            delta_BD = torch.where(selected_B[:, None], step_BD, delta_BD)
         return delta_BD, owned_B
 
     def state_dict(self) -> dict:
@@ -192,21 +227,29 @@ class ClusterCentres:
         return self.sums_MD.shape[0]
 
     @torch.no_grad()
-    def apply_delta(self, labels_B: torch.Tensor, delta_BD: torch.Tensor) -> None:
-        """Add each row delta of the global batch to its cluster's sum; label -1 is ignored."""
+    def apply_delta(self, labels_B: torch.Tensor, delta_BD: torch.Tensor, validate: bool = True) -> None:
+        """Add each row delta of the global batch to its cluster's sum; label -1 is ignored.
+
+        ``validate=False`` skips the label range check (a host synchronisation), for callers that
+        checked the labels once when they were set.
+        """
         if labels_B.dim() != 1 or delta_BD.shape != (labels_B.numel(), self.sums_MD.shape[1]):
             raise ValueError(
                 f"apply_delta expects labels (B,) and deltas (B, {self.sums_MD.shape[1]}), got "
                 f"{tuple(labels_B.shape)} and {tuple(delta_BD.shape)}"
             )
         labels_B = labels_B.to(device=self.sums_MD.device, dtype=torch.long)
-        if labels_B.numel() and (int(labels_B.min()) < -1 or int(labels_B.max()) >= self.num_clusters):
+        if validate and labels_B.numel() and (int(labels_B.min()) < -1 or int(labels_B.max()) >= self.num_clusters):
             raise ValueError(
                 f"labels must lie in [-1, {self.num_clusters}), got range "
                 f"[{int(labels_B.min())}, {int(labels_B.max())}]"
             )
-        keep_B = labels_B >= 0
-        self.sums_MD.index_add_(0, labels_B[keep_B], delta_BD[keep_B].to(self.sums_MD.device, torch.float64))
+        if self.num_clusters == 0:
+            return
+        # Unlabelled rows add a zero row to cluster 0 instead of being selected out (no host sync).
+        keep_B1 = (labels_B >= 0)[:, None]
+        deltas = torch.where(keep_B1, delta_BD.to(self.sums_MD.device, torch.float64), 0.0)
+        self.sums_MD.index_add_(0, labels_B.clamp(min=0), deltas)
 
     def centres(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Cluster means ``(M, D)`` of the bank rows; empty clusters are zero."""

@@ -5,7 +5,8 @@ Each step reads like the data flow in DESIGN.md:
 2. every rank sums its own bank rows per cluster, an all-reduce gives exact centres;
 3. the identity sampler plans the epoch's global batches, each rank loads its slice;
 4. both DDP-wrapped branches run forward, the losses use local samples against the centres;
-5. after the optimiser step the global batch is gathered to update the bank rows and centres;
+5. the global batch's features are gathered while the backward pass runs, then the bank rows
+   and centres are updated (the step itself never waits for the device: no host syncs);
 6. at the end of the epoch: evaluate when due, then an atomic checkpoint.
 """
 
@@ -24,6 +25,7 @@ from .clustering.knn import knn_topk_unit
 from .clustering.unit_rows import UnitRows
 from .clustering.pseudo_labels import ClusterResult
 from .config import Config, config_from_dict, dump_yaml, to_dict
+from .batch_plan import check_batch_order, plan_global_batches
 from .data.factory import build_epoch_loader, prepare_dataset, resolve_pipeline
 from .data.layouts import ReidDataset
 from .distributed import comm
@@ -35,6 +37,8 @@ from .logging import MetricsWriter, progress, setup_logging
 from .losses import cacl_loss
 from .memory import ClusterCentres, InstanceBank, shard_bounds
 from .models.cacl import build_model
+from .performance import (StepPrecision, build_adam, configure_backends, describe_speed, extraction_precision,
+                          maybe_compile, prepare_model, to_input)
 
 
 class Trainer:
@@ -53,12 +57,20 @@ class Trainer:
         self._log_setup()
 
         torch.manual_seed(cfg.run.seed)
-        self.model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool,
-                                 cfg.model.last_stride).to(env.device)
-        self.online = wrap_ddp(self.model.online, env)
-        self.branch_gray = wrap_ddp(self.model.branch_gray, env)
+        tc = cfg.train
+        configure_backends(env.device, tc.cudnn_benchmark)
+        self.precision = StepPrecision(tc.precision, env.device)
+        self.eval_precision = extraction_precision(cfg.eval.precision, tc.precision)
+        model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool, cfg.model.last_stride)
+        self.model = prepare_model(model.to(env.device), env.device, sync_bn=cfg.model.sync_bn,
+                                   channels_last=tc.channels_last, world_size=env.world_size)
+        # torch.compile splits DDP graphs at bucket boundaries; keep DDP's dynamic mode there.
+        ddp = dict(bucket_view=cfg.dist.ddp_bucket_view, static_graph=cfg.dist.ddp_static_graph and not tc.compile)
+        self.online = maybe_compile(wrap_ddp(self.model.online, env, **ddp), tc.compile)
+        self.branch_gray = maybe_compile(wrap_ddp(self.model.branch_gray, env, **ddp), tc.compile)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.optimizer = build_adam(params, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.implementation,
+                                    env.device)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.optim.step_size, cfg.optim.gamma)
 
         num_train = len(self.dataset.train)
@@ -75,6 +87,7 @@ class Trainer:
         self.global_step = 0
         self.eval_history: list[dict] = []
         self._stop_requested = False
+        self.log.info("step: %s", describe_speed(cfg, env.device))
 
     # ----------------------------------------------------------------------------- run
     def fit(self) -> list[dict]:
@@ -124,7 +137,8 @@ class Trainer:
         common = dict(height=self.cfg.data.height, width=self.cfg.data.width, batch_size=self.cfg.eval.batch_size,
                       num_workers=self.cfg.data.num_workers, device=self.env.device,
                       show_progress=self.show_progress,
-                      pipeline=resolve_pipeline(self.cfg.data.eval_pipeline, "data.eval_pipeline"))
+                      pipeline=resolve_pipeline(self.cfg.data.eval_pipeline, "data.eval_pipeline"),
+                      precision=self.eval_precision, channels_last=self.cfg.train.channels_last)
         start, end = self.shard
         feats = extract_shard(self.model.online.branch, self.dataset.train, start, end, desc="memory rgb", **common)
         self.bank_rgb.load(feats.to(self.env.device))
@@ -189,14 +203,22 @@ class Trainer:
         """Run the remaining steps of the current epoch; False when stopped early on request."""
         cfg = self.cfg
         self._set_train_mode()
-        loader = build_epoch_loader(cfg, self.dataset, self.labels.cpu().numpy(), self.epoch, self.iter_in_epoch,
-                                    self.env)
+        labels = self.labels.cpu().numpy()
+        loader = build_epoch_loader(cfg, self.dataset, labels, self.epoch, self.iter_in_epoch, self.env)
+        plan = plan_global_batches(labels, self.dataset, epoch=self.epoch, num_iters=cfg.train.iters_per_epoch,
+                                   batch_size=cfg.train.batch_size, num_instances=cfg.train.num_instances,
+                                   seed=cfg.run.seed, num_clusters=self.centres_rgb.num_clusters,
+                                   device=self.env.device)
+        share = cfg.train.batch_size // self.env.world_size
+        mine = slice(self.env.rank * share, (self.env.rank + 1) * share)
         running: dict[str, torch.Tensor] = {}
         count = 0
         t0 = time.perf_counter()
         steps = progress(loader, total=len(loader), desc=f"epoch {self.epoch + 1}", enabled=self.show_progress)
         for images_rgb, images_gray, indices in steps:
-            parts = self.train_step(images_rgb, images_gray, indices)
+            it = self.iter_in_epoch
+            check_batch_order(indices, plan.indices[it, mine], force=cfg.run.debug_checks)
+            parts = self.train_step(images_rgb, images_gray, plan.indices_dev[it], mine, int(plan.max_repeats[it]))
             for name, value in parts.items():
                 running[name] = running.get(name, 0) + value.detach()
             count += 1
@@ -215,36 +237,45 @@ class Trainer:
                 self.save()
         return True
 
-    def train_step(self, images_rgb: torch.Tensor, images_gray: torch.Tensor,
-                   indices: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One optimiser step on this rank's slice of the global batch, then the memory update."""
-        device = self.env.device
-        images_rgb = images_rgb.to(device, non_blocking=True)
-        images_gray = images_gray.to(device, non_blocking=True)
-        indices = indices.to(device, non_blocking=True)
-        x, z = self.online(images_rgb)
-        x_gray = self.branch_gray(images_gray)
-        parts = cacl_loss(x, z, x_gray, self.labels[indices], self.centres_rgb.centres(),
-                          self.centres_gray.centres(), tau=self.cfg.loss.tau, gamma=self.cfg.loss.focal_gamma,
-                          valid_M=self.centres_rgb.valid())
+    def train_step(self, images_rgb: torch.Tensor, images_gray: torch.Tensor, global_indices: torch.Tensor,
+                   mine: slice, num_rounds: int | None = None) -> dict[str, torch.Tensor]:
+        """One optimiser step on this rank's slice `mine` of the global batch, with the memory update.
+
+        `global_indices` (on the device) are the dataset indices of the whole global batch, known
+        from the epoch plan, so no indices travel between ranks and nothing waits for the device.
+        """
+        cfg, device = self.cfg, self.env.device
+        images_rgb = to_input(images_rgb, device, cfg.train.channels_last)
+        images_gray = to_input(images_gray, device, cfg.train.channels_last)
+        with self.precision.autocast():
+            x, z = self.online(images_rgb)
+            x_gray = self.branch_gray(images_gray)
+        parts = cacl_loss(x, z, x_gray, self.labels[global_indices[mine]], self.centres_rgb.centres(),
+                          self.centres_gray.centres(), tau=cfg.loss.tau, gamma=cfg.loss.focal_gamma,
+                          valid_M=self.centres_rgb.valid(), validate=cfg.run.debug_checks)
+        gathering = comm.all_gather_start(torch.cat([x, x_gray], dim=1).detach().float())
         self.optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
-        self.optimizer.step()
-        self.update_memory(x.detach(), x_gray.detach(), indices)
+        self.precision.backward(parts.total)  # DDP all-reduces and the gather overlap with this
+        self.update_memory(gathering.wait(), global_indices, num_rounds)
+        self.precision.step(self.optimizer)
         return {"loss": parts.total, "instance": parts.instance, "inter": parts.inter,
                 "intra_rgb": parts.intra_rgb, "intra_gray": parts.intra_gray}
 
-    def update_memory(self, x: torch.Tensor, x_gray: torch.Tensor, indices: torch.Tensor) -> None:
-        """Gather the global batch, update the owned bank rows, share the row deltas, move the centres."""
-        dim = x.shape[1]
-        gathered = comm.all_gather_cat(torch.cat([x, x_gray], dim=1))
-        all_indices = comm.all_gather_cat(indices)
-        delta_rgb, _ = self.bank_rgb.update(all_indices, gathered[:, :dim], self.cfg.memory.momentum)
-        delta_gray, _ = self.bank_gray.update(all_indices, gathered[:, dim:], self.cfg.memory.momentum)
+    def update_memory(self, feats_G2D: torch.Tensor, indices_G: torch.Tensor, num_rounds: int | None) -> None:
+        """Update the owned bank rows from the gathered [x | x~] rows, share the row deltas, move the centres.
+
+        With `num_rounds` (the most repeats of one index in the batch) the bank update never syncs
+        with the host; run.debug_checks takes the checked, data-dependent path instead.
+        """
+        dim, momentum = feats_G2D.shape[1] // 2, self.cfg.memory.momentum
+        check = self.cfg.run.debug_checks
+        rounds = None if check else num_rounds
+        delta_rgb, _ = self.bank_rgb.update(indices_G, feats_G2D[:, :dim], momentum, rounds, validate=check)
+        delta_gray, _ = self.bank_gray.update(indices_G, feats_G2D[:, dim:], momentum, rounds, validate=check)
         deltas = comm.all_reduce_sum(torch.cat([delta_rgb, delta_gray], dim=1))
-        batch_labels = self.labels[all_indices]
-        self.centres_rgb.apply_delta(batch_labels, deltas[:, :dim])
-        self.centres_gray.apply_delta(batch_labels, deltas[:, dim:])
+        batch_labels = self.labels[indices_G]
+        self.centres_rgb.apply_delta(batch_labels, deltas[:, :dim], validate=check)
+        self.centres_gray.apply_delta(batch_labels, deltas[:, dim:], validate=check)
 
     def evaluate(self) -> dict:
         """Evaluate branch 1 on query/gallery; record and return the metrics."""
@@ -253,7 +284,8 @@ class Trainer:
                            world_size=self.env.world_size, height=cfg.data.height, width=cfg.data.width,
                            batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
                            device=self.env.device, rerank=cfg.eval.rerank, show_progress=self.show_progress,
-                           pipeline=resolve_pipeline(cfg.data.eval_pipeline, "data.eval_pipeline"))
+                           pipeline=resolve_pipeline(cfg.data.eval_pipeline, "data.eval_pipeline"),
+                           precision=self.eval_precision, channels_last=cfg.train.channels_last)
         metrics = {"epoch": self.epoch, **metrics}
         self.eval_history.append(metrics)
         self.log.info("evaluation after %d epochs: mAP %.1f%%  rank-1 %.1f%%  rank-5 %.1f%%  rank-10 %.1f%%  "
@@ -270,6 +302,7 @@ class Trainer:
             "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "global_step": self.global_step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.precision.state_dict(),
             "bank_rgb": comm.all_gather_cat(self.bank_rgb.rows).cpu(),
             "bank_gray": comm.all_gather_cat(self.bank_gray.rows).cpu(),
             "labels": None if self.labels is None else self.labels.cpu(),
@@ -313,6 +346,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state.get("grad_scaler"))
         start, end = self.shard
         self.bank_rgb.load(state["bank_rgb"][start:end], normalize=False)
         self.bank_gray.load(state["bank_gray"][start:end], normalize=False)

@@ -50,6 +50,36 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return out.to(tensor.device)
 
 
+class PendingGather:
+    """An all-gather in flight; :meth:`wait` returns the rank-ordered concatenation."""
+
+    def __init__(self, work, parts: list[torch.Tensor], device: torch.device):
+        self._work, self._parts, self._device = work, parts, device
+
+    def wait(self) -> torch.Tensor:
+        """Wait for the gather (on NCCL only the current CUDA stream waits, not the host)."""
+        if self._work is not None:
+            self._work.wait()
+        out = self._parts[0] if len(self._parts) == 1 else torch.cat(self._parts, dim=0)
+        return out.to(self._device)
+
+
+def all_gather_start(tensor: torch.Tensor) -> PendingGather:
+    """Start gathering a tensor of the same shape from every rank, without waiting for it.
+
+    Unlike :func:`all_gather_cat` there is no size exchange (no host synchronisation), so every
+    rank must pass the same shape, e.g. its equal share of the global batch. Work queued
+    between this call and ``wait()`` (the backward pass) overlaps with the transfer.
+    """
+    if not is_distributed():
+        return PendingGather(None, [tensor.detach()], tensor.device)
+    dev = _comm_device(tensor)
+    local = tensor.detach().to(dev).contiguous()
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    work = dist.all_gather(parts, local, async_op=True)
+    return PendingGather(work, parts, tensor.device)
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum of the tensor over ranks (a new tensor on the input's device)."""
     if not is_distributed():

@@ -17,17 +17,21 @@ from .rerank import k_reciprocal_rerank
 
 def evaluate(model: nn.Module, dataset: ReidDataset, *, rank: int, world_size: int, height: int, width: int,
              batch_size: int, num_workers: int, device: torch.device, rerank: bool = False,
-             show_progress: bool = False, pipeline: str = "torchvision") -> dict:
+             show_progress: bool = False, pipeline: str = "torchvision", precision: str = "fp32",
+             channels_last: bool = False) -> dict:
     """mAP, CMC rank-1/5/10 and mINP of `model` (images -> features); the same dict on every rank.
 
-    ``pipeline`` ('torchvision' or 'dali') loads the query and gallery images."""
+    ``pipeline`` ('torchvision' or 'dali') loads the query and gallery images; `precision` and
+    `channels_last` apply to feature extraction (see ``extract_shard``).
+    """
     if not dataset.has_eval:
         raise ValueError(f"dataset '{dataset.name}' at '{dataset.root}' has no query/gallery split to evaluate on")
     t0 = time.perf_counter()
     records = list(dataset.query) + list(dataset.gallery)
     feats = extract_all(model, records, rank=rank, world_size=world_size, height=height, width=width,
                         batch_size=batch_size, num_workers=num_workers, device=device,
-                        show_progress=show_progress, desc="evaluate", pipeline=pipeline)
+                        show_progress=show_progress, desc="evaluate", pipeline=pipeline,
+                        precision=precision, channels_last=channels_last)
     result: dict | None = None
     if rank == 0:
         num_query = len(dataset.query)

@@ -16,16 +16,21 @@ from ..data.layouts import ImageRecord
 from ..distributed import comm
 from ..logging import progress
 from ..memory import shard_bounds
+from ..performance import autocast, to_input
 
 
 @torch.no_grad()
 def extract_shard(model: nn.Module, records: Sequence[ImageRecord], start: int, end: int, *, height: int,
                   width: int, batch_size: int, num_workers: int, device: torch.device, gray: bool = False,
-                  show_progress: bool = False, desc: str = "extract", pipeline: str = "torchvision") -> torch.Tensor:
+                  show_progress: bool = False, desc: str = "extract", pipeline: str = "torchvision",
+                  precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
     """Features of records[start:end] (float32, on the CPU), in order; `model` maps images to features.
 
     ``pipeline`` 'dali' decodes, resizes and normalises with NVIDIA DALI on ``device`` (with
-    ``num_workers`` threads) instead of torchvision DataLoader workers.
+    ``num_workers`` threads) instead of torchvision DataLoader workers. `precision` ('fp32',
+    'bf16', 'fp16') is the autocast precision of the forward pass; with large batches bf16
+    extraction is several times faster on tensor-core GPUs. `channels_last` sends the images in
+    NHWC order (use it when the model was converted to channels-last).
     """
     was_training = model.training
     model.eval()
@@ -42,7 +47,8 @@ def extract_shard(model: nn.Module, records: Sequence[ImageRecord], start: int, 
     chunks: list[torch.Tensor] = []
     try:
         for images, _ in progress(loader, total=len(loader), desc=desc, enabled=show_progress):
-            feats = model(images.to(device, non_blocking=True))
+            with autocast(torch.device(device), precision):
+                feats = model(to_input(images, device, channels_last))
             chunks.append(feats.float().cpu())
     finally:
         model.train(was_training)
@@ -53,12 +59,13 @@ def extract_shard(model: nn.Module, records: Sequence[ImageRecord], start: int, 
 
 def extract_all(model: nn.Module, records: Sequence[ImageRecord], *, rank: int, world_size: int, height: int,
                 width: int, batch_size: int, num_workers: int, device: torch.device, gray: bool = False,
-                show_progress: bool = False, desc: str = "extract", pipeline: str = "torchvision") -> torch.Tensor:
+                show_progress: bool = False, desc: str = "extract", pipeline: str = "torchvision",
+                precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
     """Features of every record on every rank: each rank extracts its shard, then all ranks gather."""
     start, end = shard_bounds(len(records), rank, world_size)
     local = extract_shard(model, records, start, end, height=height, width=width, batch_size=batch_size,
                           num_workers=num_workers, device=device, gray=gray, show_progress=show_progress,
-                          desc=desc, pipeline=pipeline)
+                          desc=desc, pipeline=pipeline, precision=precision, channels_last=channels_last)
     if local.numel() == 0:
         dim = _feature_dim(model)
         local = torch.zeros(0, dim)

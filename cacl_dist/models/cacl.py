@@ -6,12 +6,26 @@ intra-view loss; everything it outputs is used under stop-gradient elsewhere (se
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cacl_dist.models.backbones import build_backbone
 from cacl_dist.models.heads import BNNeck, Predictor, build_pool
+
+
+def _heads_in_float32(device_type: str) -> contextlib.AbstractContextManager:
+    """Switch autocast off for the small heads, so pooled features, BN necks, the predictor and the
+    L2 normalisation run in float32 under mixed precision (cheap next to the backbone)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 has no per-device query
+        enabled = torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+    if enabled:
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class Branch(nn.Module):
@@ -28,13 +42,15 @@ class Branch(nn.Module):
         self.neck = BNNeck(self.dim)
 
     def forward(self, images: torch.Tensor, return_pooled: bool = False):
-        """Map images ``B x 3 x H x W`` to unit-norm features ``B x D``.
+        """Map images ``B x 3 x H x W`` to unit-norm features ``B x D`` (float32, also under autocast).
 
         With ``return_pooled`` returns ``(pooled_BD, x_BD)``, the pooled feature being the one
         before the BN neck.
         """
-        pooled_BD = self.pool(self.backbone(images))
-        x_BD = F.normalize(self.neck(pooled_BD), dim=1)
+        feature_map = self.backbone(images)
+        with _heads_in_float32(feature_map.device.type):
+            pooled_BD = self.pool(feature_map)
+            x_BD = F.normalize(self.neck(pooled_BD), dim=1)
         if return_pooled:
             return pooled_BD, x_BD
         return x_BD
@@ -54,7 +70,9 @@ class OnlineNetwork(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(x_BD, z_BD)``: the branch feature and the predictor output, both unit norm."""
         pooled_BD, x_BD = self.branch(images, return_pooled=True)
-        return x_BD, self.predictor(pooled_BD)
+        with _heads_in_float32(pooled_BD.device.type):
+            z_BD = self.predictor(pooled_BD)
+        return x_BD, z_BD
 
 
 class CACLModel(nn.Module):

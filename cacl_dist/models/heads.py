@@ -11,11 +11,11 @@ POOL_NAMES: tuple[str, ...] = ("avg", "gem")
 
 
 class GlobalAvgPool(nn.Module):
-    """Global average pooling: ``B x C x H x W`` -> ``B x C``."""
+    """Global average pooling: ``B x C x H x W`` -> ``B x C`` (float32, also for half-precision maps)."""
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """Average over the two spatial dimensions."""
-        return feature_map.mean(dim=(-2, -1))
+        """Average over the two spatial dimensions, accumulating and returning float32."""
+        return feature_map.mean(dim=(-2, -1), dtype=torch.float32)
 
 
 class GeneralizedMeanPool(nn.Module):

@@ -33,6 +33,18 @@ def test_collectives_across_three_gloo_processes():
         assert torch.equal(tensor, torch.arange(4))
 
 
+def _gather_while_computing(rank, world_size):
+    pending = comm.all_gather_start(torch.full((2, 3), float(rank)))
+    busy = torch.ones(64, 64) @ torch.ones(64, 64)  # work queued while the gather is in flight
+    return pending.wait(), busy[0, 0].item()
+
+
+def test_started_gather_returns_rank_ordered_rows_across_three_processes():
+    expected = torch.cat([torch.full((2, 3), float(r)) for r in range(3)])
+    for gathered, busy in run_gloo(_gather_while_computing, 3):
+        assert torch.equal(gathered, expected) and busy == 64.0
+
+
 def _rank0_never_sends(rank, world_size):
     import time
 
