@@ -1,4 +1,4 @@
-"""The sparse "torch" clustering path equals the dense reference (issue 3, METHOD section 4)."""
+"""The sparse "torch" clustering path equals the dense reference (METHOD section 4)."""
 
 import os
 from pathlib import Path
