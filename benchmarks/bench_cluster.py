@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import cpu_description, gpu_description  # noqa: E402
+
 BACKENDS = ("sklearn", "torch", "cuml")
 DENSE_BYTES_PER_PAIR = 11  # measured peak of the reference: ~11 bytes per matrix entry
 
@@ -177,20 +179,8 @@ def agreement(results: list[dict]) -> None:
 
 
 def hardware(device: str) -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores, {total_ram_bytes() / 2**30:.0f} GiB RAM"
-    if device == "cuda" and torch.cuda.is_available():
-        text += f"; GPU {torch.cuda.get_device_name(0)}"
-    return text
+    gpu = gpu_description() if device == "cuda" else None
+    return cpu_description(with_memory=True) + (f"; GPU {gpu}" if gpu else "")
 
 
 def fmt_bytes(value) -> str:

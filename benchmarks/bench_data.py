@@ -41,6 +41,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.machine import cpu_description, gpu_description  # noqa: E402
 from cacl_dist.data.datasets import build_train_loader as build_tv_loader  # noqa: E402
 from cacl_dist.data.layouts import load_dataset  # noqa: E402
 from cacl_dist.data.pipelines import dali as dali_pipeline  # noqa: E402
@@ -98,18 +99,8 @@ def measure(name: str, records, params, plan, args) -> tuple[float, float]:
 
 
 def hardware() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores"
-    if torch.cuda.is_available():
-        text += f"; GPU {torch.cuda.get_device_name(0)}"
-    return text
+    gpu = gpu_description()
+    return cpu_description() + (f"; GPU {gpu}" if gpu else "")
 
 
 def write_results(args, results: dict, out: Path, load_before: float) -> None:

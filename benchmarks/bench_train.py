@@ -44,6 +44,7 @@ for path in (REPO, REPO / "benchmarks"):
 import torch  # noqa: E402
 
 from bench_train_report import fmt, markdown, plot  # noqa: E402
+from machine import cpu_description, gpu_description  # noqa: E402
 from scaling_model import GPU_PEAK_TFLOPS, LINKS, comm_bytes, scaling_estimate, schedule_method  # noqa: E402
 
 MARKET_MINI = REPO.parent / "shared" / "data" / "market1501-mini"
@@ -80,7 +81,7 @@ def build_trainer(case: dict, runs_dir: Path):
     from cacl_dist.trainer import Trainer
 
     precision, channels_last, compile_ = VARIANTS[case["variant"]]
-    data = ([f"data.dataset=market1501", f"data.root={MARKET_MINI}"] if MARKET_MINI.is_dir()
+    data = (["data.dataset=market1501", f"data.root={MARKET_MINI}"] if MARKET_MINI.is_dir()
             else ["data.dataset=synthetic", f"data.root={runs_dir / 'synthetic'}"])
     overrides = data + [
         f"run.output_dir={runs_dir / 'run'}", "run.progress=false", f"model.backbone={case['backbone']}",
@@ -201,18 +202,6 @@ def run_case_subprocess(case: dict, args) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- machine
-def cpu_description() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def cpu_matmul_gflops(threads: int, dtype=torch.float32, size: int = 1536, repeats: int = 5) -> float:
     """Best-of rate of a large matmul with `threads` threads: the CPU 'peak' used for MFU here."""
     torch.set_num_threads(threads)
@@ -363,7 +352,7 @@ def main(argv=None) -> int:
         plot(report, out / "bench_train.png")
         return 0
     load_before = load_average()
-    machine = {"cpu": cpu_description(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    machine = {"cpu": cpu_description(), "gpu": gpu_description(),
                "torch": torch.__version__, "python": platform.python_version(), "load_before": load_before,
                "cpu_matmul_gflops": cpu_matmul_gflops(args.threads),
                "cpu_matmul_bf16_gflops": cpu_matmul_gflops(args.threads, torch.bfloat16)}

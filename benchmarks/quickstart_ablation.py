@@ -39,6 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from cacl_dist.logging import read_metrics  # noqa: E402
+from benchmarks.machine import cpu_description  # noqa: E402
 
 CONFIG = "configs/quickstart.yaml"
 VARIANTS: dict[str, list[str]] = {
@@ -67,19 +68,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------- environment
-def cpu_description() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = os.cpu_count() or 0
-    return f"{model}, {cores} cores"
-
-
 def torch_version() -> str:
     out = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
                          capture_output=True, text=True, cwd=REPO)
