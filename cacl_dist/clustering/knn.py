@@ -41,8 +41,9 @@ LOW_PRECISION = {
 def error_bound(precision: str, dim: int) -> float:
     """Upper bound of |<x, y>_computed - <x, y>| for unit rows x, y of length ``dim``.
 
-    The inputs are rounded to the precision's format (relative error u_in), the products of
-    two such numbers are exact in float32, the sum is accumulated in float32 (the classic
+    The low-precision rows are float32 features divided by a float32 norm (at most 3 float32
+    unit round-offs from the exact unit row, see :meth:`UnitRows.low`), then rounded to the
+    precision's format (u_in); the products and the sum are accumulated in float32 (the classic
     gamma_D bound, doubled to cover hardware that aligns partial sums by truncation) and the
     result is rounded to the output format (u_out). Valid because sum_i |x_i y_i| <= 1 for
     unit rows (Cauchy-Schwarz).
@@ -51,6 +52,7 @@ def error_bound(precision: str, dim: int) -> float:
         raise ValueError(f"no error bound for precision {precision!r}")
     _, u_in, u_out, _ = LOW_PRECISION[precision]
     u32 = 2.0 ** -24
+    u_in = u_in + 3 * u32 * (1 + u_in)
     gamma = dim * u32 / (1 - dim * u32)
     before_output = 2 * u_in + u_in * u_in + 2 * gamma * (1 + u_in) ** 2
     return before_output + u_out * (1 + before_output)

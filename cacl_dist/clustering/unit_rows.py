@@ -50,6 +50,7 @@ class UnitRows:
             if raw.ndim != 2 or raw.shape[0] == 0 or raw.shape[1] == 0:
                 as_float64_features(array)  # raises the shape error
         self.raw = raw
+        self._norms32 = None
         self.tile = tile or (CUDA_TILE if self.device.type == "cuda" else CPU_TILE)
         self.norms = torch.empty(raw.shape[0], dtype=torch.float64, device=self.device)
         for lo in range(0, raw.shape[0], self.tile):
@@ -83,7 +84,16 @@ class UnitRows:
         return self.raw[index].to(torch.float64).div_(self.norms[index, None])
 
     def low(self, lo: int, hi: int, dtype: torch.dtype) -> torch.Tensor:
-        """Unit rows lo..hi rounded to ``dtype`` (the rounding of the float64 rows)."""
+        """Unit rows lo..hi in ``dtype`` (float32 or lower), for the neighbour search.
+
+        float32 features are divided by their float32 norms (two float32 roundings: within
+        3 unit round-offs of the exact unit row, which the search's error bound allows for),
+        then rounded to ``dtype``; float64 features are divided in float64 first.
+        """
+        if self.raw.dtype == torch.float32:
+            if self._norms32 is None:
+                self._norms32 = self.norms.float()
+            return (self.raw[lo:hi] / self._norms32[lo:hi, None]).to(dtype)
         return self.float64(lo, hi).to(dtype)
 
     def similarity_rows(self, index: torch.Tensor) -> torch.Tensor:

@@ -151,9 +151,12 @@ def test_error_bound_covers_the_low_precision_products(precision):
     base = rng.normal(size=(1, dim))
     # Random rows and nearly parallel rows (large products, where rounding is largest).
     feats = np.concatenate([rng.normal(size=(200, dim)), base + 1e-3 * rng.normal(size=(200, dim))])
-    unit = torch.from_numpy(l2_normalise_rows(feats))
-    low = unit.to(torch.float32 if precision == "float32" else torch.bfloat16)
-    error = ((low @ low.T).double() - unit @ unit.T).abs().max().item()
+    feats = feats.astype(np.float32)  # the banks' dtype
+    unit = torch.from_numpy(l2_normalise_rows(feats.astype(np.float64)))  # the reference's rows
+    dtype = torch.float32 if precision == "float32" else torch.bfloat16
+    low = UnitRows(torch.from_numpy(feats)).low(0, len(feats), dtype)  # as the search makes them
+    exact = unit @ unit.T
+    error = ((low @ low.T).double() - exact).abs().max().item()
     bound = error_bound(precision, dim)
     assert error <= bound, (error, bound)
     assert bound < (1e-4 if precision == "float32" else 2e-2)
