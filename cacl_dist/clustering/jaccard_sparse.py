@@ -9,8 +9,9 @@ Same math as :mod:`cacl_dist.clustering.jaccard_reference`, vectorised in torch 
 3. :func:`sparse_encoding`: V' in CSR form (softmax over E(i) of -(2 - 2 <x_i, x_j>) in
    float64, then the mean of the rows of the first k2 neighbours).
 4. :func:`jaccard_pairs`: S_ij = sum_k min(V'_ik, V'_jk) only for pairs sharing a support
-   column k, through the column (CSC) lists of V', a block of rows at a time, accumulated
-   into a (rows x N) buffer whose size is bounded by ``budget``.
+   column k, through the column (CSC) lists of V'. S is symmetric, so each pair is summed once
+   (j > i), a block of rows at a time, into a (rows x (N - first row)) buffer whose size is
+   bounded by ``budget``, and then mirrored.
 
 d_ij = 1 exactly for every pair not returned, so the pair list is exact, not approximate.
 """

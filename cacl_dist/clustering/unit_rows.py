@@ -37,18 +37,16 @@ class UnitRows:
             raw = feats.detach().to(self.device)
             if raw.dtype not in (torch.float32, torch.float64):
                 raw = raw.float()
-            if raw.ndim != 2 or raw.shape[0] == 0 or raw.shape[1] == 0:
-                raise ValueError(
-                    f"feats must be a non-empty 2-D array of shape (num_images, feature_dim); "
-                    f"got shape {tuple(raw.shape)}. Pass one feature row per image."
-                )
         else:
             array = np.asarray(feats)
             if array.dtype not in (np.float32, np.float64):
                 array = as_float64_features(array)
             raw = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
-            if raw.ndim != 2 or raw.shape[0] == 0 or raw.shape[1] == 0:
-                as_float64_features(array)  # raises the shape error
+        if raw.ndim != 2 or raw.shape[0] == 0 or raw.shape[1] == 0:
+            raise ValueError(
+                f"feats must be a non-empty 2-D array of shape (num_images, feature_dim); "
+                f"got shape {tuple(raw.shape)}. Pass one feature row per image."
+            )
         self.raw = raw
         self._norms32 = None
         self.tile = tile or (CUDA_TILE if self.device.type == "cuda" else CPU_TILE)
