@@ -20,10 +20,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .clustering.backends import cluster_bank, resolve_backend
-from .clustering.knn import knn_topk_unit
-from .clustering.unit_rows import UnitRows
-from .clustering.pseudo_labels import ClusterResult
+from . import clustering
 from .config import Config, config_from_dict, dump_yaml, to_dict
 from .batch_plan import check_batch_order, plan_global_batches
 from .data.factory import build_epoch_loader, prepare_dataset, resolve_pipeline
@@ -149,11 +146,11 @@ class Trainer:
         self.log.info("memory banks initialised: %d rows on this rank (of %d), %.1f s",
                       end - start, len(self.dataset.train), time.perf_counter() - t0)
 
-    def cluster(self) -> ClusterResult | None:
+    def cluster(self) -> clustering.ClusterResult | None:
         """Pseudo labels for the coming epoch from the branch-1 bank, and exact centres."""
         feats = comm.all_gather_cat(self.bank_rgb.rows)
         neighbours, knn_seconds = self._shared_neighbours(feats)
-        result = cluster_bank(feats, self.cfg.clustering, neighbours) if self.env.is_main else None
+        result = clustering.cluster(feats, self.cluster_params, neighbours) if self.env.is_main else None
         labels = torch.from_numpy(result.labels) if result is not None else \
             torch.zeros(len(self.dataset.train), dtype=torch.int64)
         labels = comm.broadcast_tensor(labels, src=0, what="pseudo labels")
@@ -178,13 +175,12 @@ class Trainer:
         Returns ((sims, idx), seconds), or (None, 0.0) when rank 0 searches alone (one process,
         the dense backend, or clustering.shard_knn false).
         """
-        cfg = self.cfg.clustering
-        backend = resolve_backend(cfg.backend, feats.shape[0], feats.device)
-        if self.env.world_size == 1 or not cfg.shard_knn or backend == "sklearn":
+        params = self.cluster_params
+        if self.env.world_size == 1 or not self.cfg.clustering.shard_knn or not params.takes_neighbours:
             return None, 0.0
         start = time.perf_counter()
         rows = shard_bounds(feats.shape[0], self.env.rank, self.env.world_size)
-        sims, idx = knn_topk_unit(UnitRows(feats), cfg.k1, rows=rows)
+        sims, idx = clustering.neighbours_of_rows(feats, params, rows)
         neighbours = (comm.all_gather_cat(sims), comm.all_gather_cat(idx))
         return neighbours, time.perf_counter() - start
 
@@ -412,8 +408,9 @@ class Trainer:
         self.log.info("world size %d on %s (%s); global batch %d, %d per rank; input pipeline %s", env.world_size,
                       env.device, env.backend or "single process", cfg.train.batch_size, per_rank,
                       resolve_pipeline(cfg.data.pipeline))
-        backend = resolve_backend(cfg.clustering.backend, len(self.dataset.train), env.device)  # fails early
-        self.log.info("clustering: backend %s (%s) on rank 0's %s", backend, cfg.clustering.backend, env.device)
+        self.cluster_params = clustering.ClusterParams.from_config(cfg.clustering)  # resolves the backend; fails early
+        self.log.info("clustering: backend %s (%s) on rank 0's %s", self.cluster_params.backend,
+                      cfg.clustering.backend, env.device)
         if per_rank < 16:
             self.log.warning("per-rank batch is %d (< 16): BatchNorm statistics over so few images change "
                              "accuracy; keep 16-64 per GPU and scale optim.lr with the global batch", per_rank)

@@ -8,7 +8,7 @@ C with the average spread of C:
 - D(C): mean distance over the ordered pairs (a, b) of C.
 - D(C_j | C): mean distance from the members of C_j to the members of C outside C_j.
 
-Two scoring rules are offered:
+Two scoring rules are offered (``ClusterParams.refine_score``):
 
 - ``"paper"``: D(C) averages the |C| (|C| - 1) pairs with a != b; keep C_j iff
   D(C_j | C) < D(C).
@@ -22,8 +22,7 @@ id; removed points and raw outliers are labelled -1.
 import numpy as np
 
 from cacl_dist.clustering.dbscan import as_distance_matrix
-
-REFINE_SCORES = ("paper", "official")
+from cacl_dist.clustering.params import ClusterParams
 
 
 def _as_labels(labels, name: str, num_points: int) -> np.ndarray:
@@ -78,22 +77,21 @@ def keep_sub_cluster(
     return official_score <= spread
 
 
-def refine_clusters(dist, raw_labels, tight_labels, score: str = "paper") -> tuple:
+def refine_clusters(dist, raw_labels, tight_labels, params: ClusterParams = ClusterParams()) -> tuple:
     """Remove poorly attached sub-clusters from every raw cluster.
 
     Args:
         dist: (N, N) distance matrix the clusters were computed from.
         raw_labels: (N,) DBSCAN labels at ``eps``, -1 for outliers.
         tight_labels: (N,) DBSCAN labels at ``eps_tight`` (< eps), -1 for outliers.
-        score: ``"paper"`` (default) or ``"official"``, see the module docstring.
+        params: ``params.refine_score`` is the scoring rule, see the module docstring.
 
     Returns:
         (refined_labels, num_removed): int64 labels where kept points carry their raw cluster
         id and removed points and raw outliers carry -1; num_removed counts the points that
         refinement took out of raw clusters (raw outliers not included).
     """
-    if score not in REFINE_SCORES:
-        raise ValueError(f"refine score must be one of {REFINE_SCORES}, got {score!r}.")
+    score = params.refine_score
     dist = as_distance_matrix(dist)
     num_points = dist.shape[0]
     raw = _as_labels(raw_labels, "raw_labels", num_points)

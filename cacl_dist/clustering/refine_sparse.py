@@ -19,7 +19,7 @@ float64 rounding (about 1e-16 relative).
 import numpy as np
 import torch
 
-from cacl_dist.clustering.refine import REFINE_SCORES
+from cacl_dist.clustering.params import ClusterParams
 
 
 def sub_cluster_ids(raw: torch.Tensor, tight: torch.Tensor) -> torch.Tensor:
@@ -39,7 +39,7 @@ def sub_cluster_ids(raw: torch.Tensor, tight: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def refine_sparse(rows, cols, dists, raw_labels, tight_labels, score: str = "paper") -> tuple:
+def refine_sparse(rows, cols, dists, raw_labels, tight_labels, params: ClusterParams = ClusterParams()) -> tuple:
     """Remove poorly attached sub-clusters from every raw cluster, from a sparse graph.
 
     Args:
@@ -47,15 +47,14 @@ def refine_sparse(rows, cols, dists, raw_labels, tight_labels, score: str = "pap
             should be the values the reference matrix holds (float32 for the Jaccard matrix);
             unlisted pairs have distance 1.
         raw_labels, tight_labels: (N,) DBSCAN labels at eps and eps_tight, -1 for outliers.
-        score: ``"paper"`` or ``"official"`` (see :mod:`cacl_dist.clustering.refine`).
+        params: ``params.refine_score`` is the scoring rule (see :mod:`cacl_dist.clustering.refine`).
 
     Returns:
         (refined_labels, num_removed) as :func:`~cacl_dist.clustering.refine.refine_clusters`:
         int64 labels (numpy) with removed points and raw outliers at -1, and the number of
         points refinement removed.
     """
-    if score not in REFINE_SCORES:
-        raise ValueError(f"refine score must be one of {REFINE_SCORES}, got {score!r}.")
+    score = params.refine_score
     rows, cols = torch.as_tensor(rows).long(), torch.as_tensor(cols).long()
     device = rows.device
     dists = torch.as_tensor(dists).to(device=device, dtype=torch.float64)

@@ -1,17 +1,24 @@
-"""The "torch" clustering backend: sparse Jaccard graph -> sparse DBSCAN -> sparse refinement.
+"""The sparse clustering path ("torch" and "cuml" backends): Jaccard graph -> DBSCAN -> refinement.
 
-Exact counterpart of the reference pipeline in :mod:`cacl_dist.clustering.pseudo_labels`
-that never builds an N x N matrix and runs on CPU or CUDA. The reference stores the Jaccard
-matrix in float32 and scikit-learn compares it with eps in float32; the graph here keeps the
-float64 distances whose float32 rounding can be within eps, and DBSCAN and refinement use
-those float32-rounded values, so the decisions are the reference's.
+Exact counterpart of the dense reference (:mod:`cacl_dist.clustering.reference`) that never
+builds an N x N matrix and runs on the device of the features (CPU or CUDA). The reference
+stores the Jaccard matrix in float32 and scikit-learn compares it with eps in float32; the
+graph here keeps the float64 distances whose float32 rounding can be within eps, and DBSCAN
+and refinement use those float32-rounded values, so the decisions are the reference's.
+
+The first step, the k1-nearest-neighbour search, can be shared: :func:`neighbours_of_rows`
+searches the neighbours of a range of rows, and the concatenation over all ranges, handed to
+:func:`cluster_sparse`, replaces its own search (same result).
 """
 
 import numpy as np
 import torch
 
+from cacl_dist.clustering.cuml_backend import dbscan_cuml
 from cacl_dist.clustering.dbscan_sparse import dbscan_sparse
 from cacl_dist.clustering.jaccard_sparse import encode_features, jaccard_pairs
+from cacl_dist.clustering.knn import knn_topk_unit
+from cacl_dist.clustering.params import ClusterParams
 from cacl_dist.clustering.refine_sparse import refine_sparse, sub_cluster_ids
 from cacl_dist.clustering.unit_rows import UnitRows
 
@@ -21,27 +28,37 @@ def _float32_ceiling(value: float) -> float:
     return float(np.nextafter(np.float32(value), np.float32(np.inf)))
 
 
-def cluster_sparse(feats, k1: int, k2: int, eps: float, min_samples: int, eps_tight: float,
-                   refine: bool, refine_score: str, device=None,
-                   budget=None, dbscan=dbscan_sparse, neighbours=None) -> tuple:
+def neighbours_of_rows(feats, params: ClusterParams, rows: tuple, block_size=None) -> tuple:
+    """(sims, idx) of the ``params.k1`` nearest neighbours of rows start..stop among all rows of ``feats``.
+
+    ``rows=(start, stop)``; the results for consecutive row ranges concatenate to the
+    ``neighbours`` that :func:`cluster_sparse` accepts. ``block_size``: rows per block of the
+    search (see :func:`~cacl_dist.clustering.knn.knn_topk`).
+    """
+    assert params.takes_neighbours, f"backend {params.backend!r} does not take precomputed neighbours"
+    return knn_topk_unit(UnitRows(feats), params.k1, block_size=block_size, rows=rows)
+
+
+def cluster_sparse(feats, params: ClusterParams, neighbours=None) -> tuple:
     """Return (raw_labels, refined_labels, num_removed) as int64 numpy arrays / int.
 
-    ``device`` defaults to the device of a torch input; ``budget`` bounds the float64
-    entries of the per-block temporaries (see :mod:`cacl_dist.clustering.jaccard_sparse`);
-    ``dbscan`` clusters the sparse graph (:func:`dbscan_sparse`, or
-    :func:`~cacl_dist.clustering.cuml_backend.dbscan_cuml`); ``neighbours`` are precomputed
-    (sims, idx) of the k1 nearest neighbours (see :func:`encode_features`).
+    ``feats``: (N, D) numpy array or torch tensor, clustered on its device (CPU for numpy).
+    DBSCAN runs on the sparse graph (:func:`dbscan_sparse`), or through cuML for
+    ``params.backend == "cuml"`` (:func:`~cacl_dist.clustering.cuml_backend.dbscan_cuml`).
+    ``neighbours``: (sims, idx) of the k1 nearest neighbours of every row when already
+    computed (see :func:`neighbours_of_rows`).
     """
-    units = UnitRows(feats, device)
+    dbscan = dbscan_cuml if params.backend == "cuml" else dbscan_sparse
+    units = UnitRows(feats)
     num_points = units.num_points
-    encoding = encode_features(units, k1, k2, budget=budget, neighbours=neighbours)
+    encoding = encode_features(units, params.k1, params.k2, neighbours=neighbours)
     del units
-    rows, cols, dists = jaccard_pairs(encoding, _float32_ceiling(eps), budget=budget)
+    rows, cols, dists = jaccard_pairs(encoding, _float32_ceiling(params.eps))
     dists32 = dists.to(torch.float32)
-    raw = dbscan(rows, cols, dists32, num_points, eps, min_samples)
-    if not refine:
+    raw = dbscan(rows, cols, dists32, num_points, params.eps, params.min_samples)
+    if not params.refine:
         return raw.cpu().numpy(), raw.cpu().numpy(), 0
-    tight = dbscan(rows, cols, dists32, num_points, eps_tight, min_samples)
+    tight = dbscan(rows, cols, dists32, num_points, params.eps_tight, params.min_samples)
     del rows, cols, dists, dists32
     # Only raw clusters with several sub-clusters need their inner distances (d < 1).
     sub = sub_cluster_ids(raw, tight)
@@ -54,7 +71,6 @@ def cluster_sparse(feats, k1: int, k2: int, eps: float, min_samples: int, eps_ti
         groups[member & (subs_per_cluster[raw.clamp(min=0)] == 1)] = -1
     if not bool((groups >= 0).any()):  # no raw cluster splits: nothing to refine
         return raw.cpu().numpy(), raw.cpu().numpy(), 0
-    rows, cols, dists = jaccard_pairs(encoding, -1.0, groups=groups, budget=budget)
-    refined, num_removed = refine_sparse(rows, cols, dists.to(torch.float32), raw, tight,
-                                         score=refine_score)
+    rows, cols, dists = jaccard_pairs(encoding, -1.0, groups=groups)
+    refined, num_removed = refine_sparse(rows, cols, dists.to(torch.float32), raw, tight, params)
     return raw.cpu().numpy(), refined, num_removed

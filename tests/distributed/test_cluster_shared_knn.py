@@ -3,9 +3,8 @@
 import numpy as np
 import torch
 
-from cacl_dist.clustering.knn import knn_topk, knn_topk_unit
-from cacl_dist.clustering.unit_rows import UnitRows
-from cacl_dist.clustering.pseudo_labels import cluster_features
+from cacl_dist.clustering import ClusterParams, cluster, neighbours_of_rows
+from cacl_dist.clustering.knn import knn_topk
 from cacl_dist.distributed import comm
 from cacl_dist.memory import shard_bounds
 
@@ -21,17 +20,18 @@ def blobs(num=300, dim=16, centres=15, seed=21):
 
 def _shared_search(rank, world_size, feats):
     torch.set_num_threads(1)
+    params = ClusterParams(k1=20, k2=6, backend="torch")
     rows = shard_bounds(feats.shape[0], rank, world_size)
-    sims, idx = knn_topk_unit(UnitRows(feats), 20, rows=rows, block_size=64)
+    sims, idx = neighbours_of_rows(feats, params, rows, block_size=64)
     sims, idx = comm.all_gather_cat(sims), comm.all_gather_cat(idx)
-    result = cluster_features(feats, 20, 6, backend="torch", neighbours=(sims, idx)) if rank == 0 else None
+    result = cluster(feats, params, neighbours=(sims, idx)) if rank == 0 else None
     return sims, idx, result
 
 
 def test_three_ranks_sharing_the_search_equal_one_process():
     feats = blobs()
     expected_sims, expected_idx = knn_topk(feats, 20)
-    expected = cluster_features(feats.numpy(), 20, 6, backend="sklearn")
+    expected = cluster(feats.numpy(), ClusterParams(k1=20, k2=6, backend="sklearn"))
     results = run_gloo(_shared_search, 3, feats)
     for sims, idx, _ in results:
         assert torch.equal(idx, expected_idx)

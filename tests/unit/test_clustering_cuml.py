@@ -10,8 +10,8 @@ import torch
 from sklearn.cluster import DBSCAN as SklearnDBSCAN
 
 from cacl_dist.clustering import cuml_backend
-from cacl_dist.clustering.backends import resolve_backend
-from cacl_dist.clustering.pseudo_labels import cluster_features
+from cacl_dist.clustering.params import ClusterParams, resolve_backend
+from cacl_dist.clustering.pseudo_labels import cluster
 
 from .test_clustering_sparse import sphere_blobs
 
@@ -49,8 +49,8 @@ def stand_in_cuml(monkeypatch):
 @pytest.mark.parametrize("refine", [True, False])
 def test_cuml_hand_off_gives_the_reference_labels(stand_in_cuml, refine):
     feats = sphere_blobs(400, 16, 20, 1.0, seed=11)
-    ref = cluster_features(feats, 15, 4, refine=refine, backend="sklearn")
-    got = cluster_features(torch.from_numpy(feats).float(), 15, 4, refine=refine, backend="cuml")
+    ref = cluster(feats, ClusterParams(k1=15, k2=4, refine=refine, backend="sklearn"))
+    got = cluster(torch.from_numpy(feats).float(), ClusterParams(k1=15, k2=4, refine=refine, backend="cuml"))
     np.testing.assert_array_equal(got.labels, ref.labels)
     assert (got.num_raw_clusters, got.num_outliers, got.num_refined_away) == (
         ref.num_raw_clusters, ref.num_outliers, ref.num_refined_away)
@@ -63,13 +63,12 @@ def test_cuml_missing_is_a_clear_error(monkeypatch):
     with pytest.raises(ImportError, match=r"cacl_dist\[cuml\]"):
         cuml_backend.import_cuml()
     with pytest.raises(ValueError, match="clustering.backend=torch"):
-        resolve_backend("cuml", 1000, "cpu")
+        resolve_backend("cuml")
 
 
 def test_backend_auto_is_the_sparse_path_and_names_are_checked():
-    assert resolve_backend("auto", 1000, "cpu") == "torch"
-    assert resolve_backend("auto", 1_000_000, "cuda") == "torch"
-    assert resolve_backend("sklearn", 100_000, "cuda") == "sklearn"  # explicit choice wins
+    assert resolve_backend("auto") == "torch"  # whatever the number of points and the device
+    assert resolve_backend("sklearn") == "sklearn"  # explicit choice wins
     with pytest.raises(ValueError, match="'faiss'"):
         resolve_backend("faiss")
 
@@ -85,8 +84,8 @@ def test_dense_matrix_that_cannot_fit_is_refused(monkeypatch):
 @pytest.mark.skipif(not cuml_backend.cuml_available(), reason="needs CUDA and RAPIDS cuML")
 def test_cuml_on_gpu_equals_reference():
     feats = sphere_blobs(2000, 64, 100, 1.0, seed=12)
-    ref = cluster_features(feats, 20, 6, backend="sklearn")
-    got = cluster_features(torch.from_numpy(feats).float().cuda(), 20, 6, backend="cuml")
+    ref = cluster(feats, ClusterParams(k1=20, k2=6, backend="sklearn"))
+    got = cluster(torch.from_numpy(feats).float().cuda(), ClusterParams(k1=20, k2=6, backend="cuml"))
     from sklearn.metrics import adjusted_rand_score
     # cuML may settle a border point touching two clusters differently; nothing else may differ.
     assert adjusted_rand_score(ref.labels, got.labels) > 0.999

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from cacl_dist.clustering.dbscan import dbscan_precomputed
+from cacl_dist.clustering.params import ClusterParams
 from cacl_dist.clustering.refine import refine_clusters
+
+PAPER, OFFICIAL = ClusterParams(refine_score="paper"), ClusterParams(refine_score="official")
 
 
 def line_distances(positions):
@@ -96,11 +99,11 @@ def test_official_score_removes_the_largest_fragment():
     raw = np.array([2, 2, 2, 2, 2, 2, -1, 0, 0, 0])
     tight = np.array([0, 0, 0, 0, 1, 1, -1, 3, 3, 3])
 
-    paper, removed_paper = refine_clusters(dist, raw, tight, score="paper")
+    paper, removed_paper = refine_clusters(dist, raw, tight, PAPER)
     np.testing.assert_array_equal(paper, [-1, -1, -1, -1, -1, -1, -1, 0, 0, 0])
     assert removed_paper == 6
 
-    official, removed_official = refine_clusters(dist, raw, tight, score="official")
+    official, removed_official = refine_clusters(dist, raw, tight, OFFICIAL)
     np.testing.assert_array_equal(official, [-1, -1, -1, -1, 2, 2, -1, 0, 0, 0])
     assert removed_official == 4
     assert official.dtype == np.int64
@@ -115,10 +118,10 @@ def test_paper_keeps_what_official_removes():
     between = {frozenset(["A"]): 0.5, frozenset(["B"]): 0.5, frozenset(["A", "B"]): 0.4}
     dist = grouped_distances(groups, between, 4)
     raw, tight = np.zeros(4, dtype=int), np.array([0, 0, 1, 1])
-    np.testing.assert_array_equal(refine_clusters(dist, raw, tight, "paper")[0], [0, 0, 0, 0])
-    assert refine_clusters(dist, raw, tight, "paper")[1] == 0
-    np.testing.assert_array_equal(refine_clusters(dist, raw, tight, "official")[0], [-1] * 4)
-    assert refine_clusters(dist, raw, tight, "official")[1] == 4
+    np.testing.assert_array_equal(refine_clusters(dist, raw, tight, PAPER)[0], [0, 0, 0, 0])
+    assert refine_clusters(dist, raw, tight, PAPER)[1] == 0
+    np.testing.assert_array_equal(refine_clusters(dist, raw, tight, OFFICIAL)[0], [-1] * 4)
+    assert refine_clusters(dist, raw, tight, OFFICIAL)[1] == 4
 
 
 def test_three_sub_clusters_with_a_tight_outlier():
@@ -138,10 +141,10 @@ def test_three_sub_clusters_with_a_tight_outlier():
     dist = grouped_distances(groups, between, 8)
     raw = np.full(8, 5)
     tight = np.array([1, 1, 1, 1, 0, 0, 0, -1])
-    paper, removed = refine_clusters(dist, raw, tight, "paper")
+    paper, removed = refine_clusters(dist, raw, tight, PAPER)
     np.testing.assert_array_equal(paper, [5, 5, 5, 5, 5, 5, 5, -1])
     assert removed == 1
-    official, removed = refine_clusters(dist, raw, tight, "official")
+    official, removed = refine_clusters(dist, raw, tight, OFFICIAL)
     np.testing.assert_array_equal(official, [-1, -1, -1, -1, 5, 5, 5, 5])
     assert removed == 4
 
@@ -152,7 +155,7 @@ def test_each_tight_outlier_is_its_own_sub_cluster():
     # D({0}|C) = D({1}|C) = (0.1+0.9)/2 = 0.5 keep; D({2}|C) = 0.9 remove.
     # (Lumping the tight outliers into one sub-cluster would keep C whole.)
     dist = np.array([[0.0, 0.1, 0.9], [0.1, 0.0, 0.9], [0.9, 0.9, 0.0]])
-    refined, removed = refine_clusters(dist, [4, 4, 4], [-1, -1, -1], "paper")
+    refined, removed = refine_clusters(dist, [4, 4, 4], [-1, -1, -1], PAPER)
     np.testing.assert_array_equal(refined, [4, 4, -1])
     assert removed == 1
 
@@ -160,13 +163,13 @@ def test_each_tight_outlier_is_its_own_sub_cluster():
 def test_comparison_boundaries_paper_strict_official_inclusive():
     # paper, all distances 0.5 between two sub-clusters: D(C) = 0.5 = D(A|C) -> removed (<).
     flat = np.full((4, 4), 0.5) - 0.5 * np.eye(4)
-    refined, _ = refine_clusters(flat, [0, 0, 0, 0], [0, 0, 1, 1], "paper")
+    refined, _ = refine_clusters(flat, [0, 0, 0, 0], [0, 0, 1, 1], PAPER)
     np.testing.assert_array_equal(refined, [-1] * 4)
     # official: point 0 a tight outlier, B = {1,2}; d(0, B) = 0.5, d(1,2) = 0.125 (exact in
     # binary). D(C) = (2*0.125 + 4*0.5)/9 = 0.25; score({0}) = 0.5*1/2 = 0.25 -> kept (<=);
     # score(B) = 0.5*2/1 = 1.0 -> removed.
     dist = np.array([[0.0, 0.5, 0.5], [0.5, 0.0, 0.125], [0.5, 0.125, 0.0]])
-    refined, removed = refine_clusters(dist, [1, 1, 1], [-1, 0, 0], "official")
+    refined, removed = refine_clusters(dist, [1, 1, 1], [-1, 0, 0], OFFICIAL)
     np.testing.assert_array_equal(refined, [1, -1, -1])
     assert removed == 2
 
@@ -174,7 +177,7 @@ def test_comparison_boundaries_paper_strict_official_inclusive():
 def test_refine_validates_inputs():
     dist = np.zeros((3, 3))
     with pytest.raises(ValueError, match="score"):
-        refine_clusters(dist, [0, 0, 0], [0, 0, 0], score="median")
+        refine_clusters(dist, [0, 0, 0], [0, 0, 0], ClusterParams(refine_score="median"))
     with pytest.raises(ValueError, match="raw_labels"):
         refine_clusters(dist, [0, 0], [0, 0, 0])
     with pytest.raises(ValueError, match="tight_labels"):

@@ -1,5 +1,6 @@
 """The sparse "torch" clustering path equals the dense reference (METHOD section 4)."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -7,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from cacl_dist.clustering.backends import cluster_bank
 from cacl_dist.clustering.dbscan import dbscan_precomputed
 from cacl_dist.clustering.dbscan_sparse import connected_components, dbscan_sparse
 from cacl_dist.clustering.jaccard_reference import (
@@ -26,10 +26,11 @@ from cacl_dist.clustering.knn import (
     knn_topk,
     knn_topk_unit,
 )
-from cacl_dist.clustering.unit_rows import UnitRows
-from cacl_dist.clustering.pseudo_labels import cluster_features
+from cacl_dist.clustering.params import ClusterParams
+from cacl_dist.clustering.pseudo_labels import cluster
 from cacl_dist.clustering.refine import refine_clusters
 from cacl_dist.clustering.refine_sparse import refine_sparse
+from cacl_dist.clustering.unit_rows import UnitRows
 from cacl_dist.config import ClusteringConfig
 
 MINI_ROOT = str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "market1501-mini")
@@ -137,11 +138,11 @@ def test_precomputed_neighbours_are_checked():
     feats = torch.from_numpy(sphere_blobs(100, 8, 5, 0.8, seed=14)).float()
     sims, idx = knn_topk(feats, 10)
     with pytest.raises(ValueError, match=r"\(100, 10\)"):
-        cluster_features(feats, 10, 3, backend="torch", neighbours=(sims[:, :5], idx[:, :5]))
+        cluster(feats, ClusterParams(k1=10, k2=3, backend="torch"), neighbours=(sims[:, :5], idx[:, :5]))
     with pytest.raises(ValueError, match="sparse backends"):
-        cluster_features(feats.numpy(), 10, 3, backend="sklearn", neighbours=(sims, idx))
-    got = cluster_features(feats, 10, 3, backend="torch", neighbours=(sims, idx))
-    np.testing.assert_array_equal(got.labels, cluster_features(feats.numpy(), 10, 3).labels)
+        cluster(feats.numpy(), ClusterParams(k1=10, k2=3, backend="sklearn"), neighbours=(sims, idx))
+    got = cluster(feats, ClusterParams(k1=10, k2=3, backend="torch"), neighbours=(sims, idx))
+    np.testing.assert_array_equal(got.labels, cluster(feats.numpy(), ClusterParams(k1=10, k2=3, backend="sklearn")).labels)
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
@@ -295,12 +296,12 @@ def test_refine_sparse_equals_refine_clusters(score, seed):
     dist = jaccard_distance_reference(feats, 20, 6)
     raw = dbscan_precomputed(dist, 0.6, 4)
     tight = dbscan_precomputed(dist, 0.58, 4)
-    expected, expected_removed = refine_clusters(dist, raw, tight, score=score)
+    expected, expected_removed = refine_clusters(dist, raw, tight, ClusterParams(refine_score=score))
     # Only pairs with d < 1 are listed: the rest are 1 by construction of the sparse graph.
     keep = (dist < 1) & ~np.eye(len(feats), dtype=bool)
     rows, cols = np.nonzero(keep)
     got, removed = refine_sparse(torch.from_numpy(rows), torch.from_numpy(cols),
-                                 torch.from_numpy(dist[rows, cols]), raw, tight, score=score)
+                                 torch.from_numpy(dist[rows, cols]), raw, tight, ClusterParams(refine_score=score))
     np.testing.assert_array_equal(got, expected)
     assert removed == expected_removed
     assert expected_removed > 0 or seed == 0
@@ -308,11 +309,12 @@ def test_refine_sparse_equals_refine_clusters(score, seed):
 
 def test_refine_sparse_rejects_bad_score():
     with pytest.raises(ValueError, match="'best'"):
-        refine_sparse(torch.tensor([0]), torch.tensor([1]), torch.tensor([0.1]), [0, 0], [0, 0], "best")
+        refine_sparse(torch.tensor([0]), torch.tensor([1]), torch.tensor([0.1]), [0, 0], [0, 0],
+                      ClusterParams(refine_score="best"))
 
 
 @pytest.mark.parametrize("score", ["paper", "official"])
-def test_cluster_features_torch_equals_sklearn(score):
+def test_cluster_torch_equals_sklearn(score):
     cases = [
         (sphere_blobs(500, 32, 25, 1.0, seed=5), 20, 6, True),
         (sphere_blobs(400, 16, 40, 1.4, seed=6), 12, 1, True),
@@ -320,24 +322,24 @@ def test_cluster_features_torch_equals_sklearn(score):
         (sphere_blobs(300, 24, 15, 0.9, seed=8), 20, 6, False),
     ]
     for feats, k1, k2, refine in cases:
-        ref = cluster_features(feats, k1, k2, refine=refine, refine_score=score, backend="sklearn")
-        got = cluster_features(torch.from_numpy(feats).float(), k1, k2, refine=refine,
-                               refine_score=score, backend="torch")
+        params = ClusterParams(k1=k1, k2=k2, refine=refine, refine_score=score)
+        ref = cluster(feats, dataclasses.replace(params, backend="sklearn"))
+        got = cluster(torch.from_numpy(feats).float(), dataclasses.replace(params, backend="torch"))
         np.testing.assert_array_equal(got.labels, ref.labels)
         assert (got.num_clusters, got.num_raw_clusters, got.num_outliers, got.num_refined_away) == (
             ref.num_clusters, ref.num_raw_clusters, ref.num_outliers, ref.num_refined_away)
         assert got.backend == "torch"
 
 
-def test_cluster_bank_runs_the_configured_backend():
+def test_cluster_runs_the_configured_backend():
     feats = torch.from_numpy(sphere_blobs(200, 16, 8, 0.6, seed=9)).float()
     cfg = ClusteringConfig(k1=10, k2=3, backend="torch")
-    result = cluster_bank(feats, cfg)
+    result = cluster(feats, ClusterParams.from_config(cfg))
     assert result.backend == "torch"
-    ref = cluster_features(feats.numpy(), 10, 3, backend="sklearn")
+    ref = cluster(feats.numpy(), ClusterParams(k1=10, k2=3, backend="sklearn"))
     np.testing.assert_array_equal(result.labels, ref.labels)
     with pytest.raises(ValueError, match="'gpu'"):
-        cluster_features(feats, backend="gpu")
+        cluster(feats, ClusterParams(backend="gpu"))
 
 
 @pytest.mark.skipif(not os.path.isdir(MINI_ROOT), reason="market1501-mini is not available")
@@ -353,8 +355,9 @@ def test_real_features_market1501_mini():
         feats = extract_shard(model, records, 0, len(records), height=64, width=32, batch_size=200,
                               num_workers=0, device=torch.device("cpu"))
     for k1, k2, eps in ((20, 6, 0.6),):
-        ref = cluster_features(feats, k1, k2, eps=eps, eps_tight=eps - 0.02, backend="sklearn")
-        got = cluster_features(feats, k1, k2, eps=eps, eps_tight=eps - 0.02, backend="torch")
+        params = ClusterParams(k1=k1, k2=k2, eps=eps, eps_tight=eps - 0.02)
+        ref = cluster(feats, dataclasses.replace(params, backend="sklearn"))
+        got = cluster(feats, dataclasses.replace(params, backend="torch"))
         np.testing.assert_array_equal(got.labels, ref.labels)
         assert got.num_refined_away == ref.num_refined_away
 
@@ -371,9 +374,9 @@ def test_knn_on_gpu_equals_reference(precision):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("score", ["paper", "official"])
-def test_cluster_features_on_gpu_equals_reference(score):
+def test_cluster_on_gpu_equals_reference(score):
     feats = sphere_blobs(4000, 256, 230, 1.1, seed=16)
-    ref = cluster_features(feats, 30, 6, refine_score=score, backend="sklearn")
-    got = cluster_features(torch.from_numpy(feats).float().cuda(), 30, 6, refine_score=score, backend="torch")
+    ref = cluster(feats, ClusterParams(refine_score=score, backend="sklearn"))
+    got = cluster(torch.from_numpy(feats).float().cuda(), ClusterParams(refine_score=score, backend="torch"))
     np.testing.assert_array_equal(got.labels, ref.labels)
     assert got.num_refined_away == ref.num_refined_away
