@@ -1,8 +1,8 @@
 """Clustering benchmark: time and peak memory of pseudo labelling versus N, per backend.
 
-Each measurement runs `cluster_features` (k-reciprocal Jaccard k1=30, k2=6 -> DBSCAN eps 0.6,
-min_samples 4 -> refinement with eps_tight 0.58) on synthetic clustered features in its own
-subprocess, so peak memory is that run's alone:
+Each measurement runs `clustering.cluster` with the default `ClusterParams` (k-reciprocal
+Jaccard k1=30, k2=6 -> DBSCAN eps 0.6, min_samples 4 -> refinement with eps_tight 0.58) on
+synthetic clustered features in its own subprocess, so peak memory is that run's alone:
 
     N images of D=2048 dimensions, N/17 identities (Market-1501 has ~17 images per identity),
     each image its identity's unit centre plus Gaussian noise of a per-identity spread, 5% of
@@ -38,8 +38,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.machine import cpu_description, gpu_description  # noqa: E402
+from cacl_dist.clustering.names import BACKENDS  # noqa: E402  (imports nothing else)
 
-BACKENDS = ("sklearn", "torch", "cuml")
 DENSE_BYTES_PER_PAIR = 11  # measured peak of the reference: ~11 bytes per matrix entry
 
 
@@ -91,7 +91,7 @@ def run_one(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from cacl_dist.clustering.pseudo_labels import cluster_features
+    from cacl_dist.clustering import ClusterParams, cluster
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -110,7 +110,7 @@ def run_one(spec: dict) -> dict:
     else:
         base = peak_rss_bytes()
     wall, cpu = time.perf_counter(), time.process_time()
-    result = cluster_features(inputs, backend=spec["backend"], device=device if spec["backend"] != "sklearn" else None)
+    result = cluster(inputs, ClusterParams(backend=spec["backend"]))  # on the device of the inputs
     if on_cuda:
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -228,7 +228,7 @@ def plot(results: list[dict], path: Path, device: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
-    for backend in BACKENDS:
+    for backend in sorted(BACKENDS, key=lambda name: name != "sklearn"):  # the reference first
         rows = [r for r in results if r["backend"] == backend and "seconds" in r]
         if not rows:
             continue
