@@ -1,4 +1,4 @@
-"""Pseudo-label assembly: Jaccard distance -> DBSCAN -> refinement -> labels (METHOD section 4).
+"""Pseudo-label assembly: Jaccard distance -> DBSCAN -> refinement -> labels (docs/method.md section 4).
 
 :func:`cluster_features` runs the whole reference pipeline on one process and returns a
 :class:`ClusterResult`. Distribution (gathering the bank, broadcasting the labels) is the
