@@ -1,4 +1,4 @@
-"""CACL losses as pure tensor functions (METHOD.md section 5).
+"""CACL losses as pure tensor functions (docs/method.md section 5).
 
 Every loss is computed per sample and averaged over the batch given. Stop-gradients are
 applied here (``detach``): the gray features in the instance loss, and every cluster centre.

@@ -1,4 +1,4 @@
-"""Sharded instance memory banks and exact running cluster centres (METHOD.md section 3).
+"""Sharded instance memory banks and exact running cluster centres (docs/method.md section 3).
 
 Each process owns a contiguous block of rows of the N x D bank. After every step the
 caller gathers the global batch ``(indices, features)``; every rank updates the rows it

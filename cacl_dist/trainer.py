@@ -1,6 +1,6 @@
 """The CACL epoch loop: cluster -> train steps (with memory updates) -> evaluate -> checkpoint.
 
-Each step reads like the data flow in DESIGN.md:
+Each step reads like the data flow in docs/architecture.md section 3:
 1. rank 0 clusters the gathered branch-1 bank and broadcasts the labels;
 2. every rank sums its own bank rows per cluster, an all-reduce gives exact centres;
 3. the identity sampler plans the epoch's global batches, each rank loads its slice;

@@ -1,4 +1,4 @@
-"""DBSCAN on a precomputed distance matrix, scikit-learn backend (METHOD section 4.2).
+"""DBSCAN on a precomputed distance matrix, scikit-learn backend (docs/method.md section 4.2).
 
 Core points have at least ``min_samples`` points (themselves included, since d_ii = 0) within
 distance ``eps`` (inclusive). Clusters are the connected components of core points; a border

@@ -1,4 +1,4 @@
-"""Exact k-reciprocal Jaccard distance, written for clarity (METHOD section 4.1).
+"""Exact k-reciprocal Jaccard distance, written for clarity (docs/method.md section 4.1).
 
 This module is the oracle for faster implementations and is also used directly on small data.
 It builds dense N x N matrices, so memory grows as N^2 (peak about 2.6 GB at N = 13,000,

@@ -1,4 +1,4 @@
-"""Exact k-reciprocal Jaccard distance as a sparse pair list, never N x N (METHOD section 4.1).
+"""Exact k-reciprocal Jaccard distance as a sparse pair list, never N x N (docs/method.md section 4.1).
 
 Same math as :mod:`cacl_dist.clustering.jaccard_reference`, vectorised in torch (CPU or CUDA):
 

@@ -1,6 +1,6 @@
 """Blocked k-nearest-neighbour search by cosine similarity, in torch (CPU or CUDA).
 
-:func:`knn_topk` returns R(i) of METHOD section 4.1 for every point without an N x N matrix.
+:func:`knn_topk` returns R(i) of docs/method.md section 4.1 for every point without an N x N matrix.
 The order equals :func:`~cacl_dist.clustering.jaccard_reference.k_nearest_neighbours` on the
 reference's encoding distance 2 - 2 <x_i, x_j> (float64): the point itself first, then
 ascending distance, equal distances by ascending index.

@@ -1,4 +1,4 @@
-"""Pseudo labels from features: the one entry :func:`cluster` (METHOD section 4).
+"""Pseudo labels from features: the one entry :func:`cluster` (docs/method.md section 4).
 
 :func:`cluster` runs the pipeline of ``params.backend`` (the sparse path of
 :mod:`cacl_dist.clustering.torch_backend`, or the dense reference of

@@ -1,4 +1,4 @@
-"""Cluster refinement by over-segmentation (METHOD section 4.3).
+"""Cluster refinement by over-segmentation (docs/method.md section 4.3).
 
 A raw DBSCAN cluster C is split into sub-clusters by a tighter DBSCAN: the intersections of C
 with the tight clusters, plus one sub-cluster per point of C that is a tight outlier. Each

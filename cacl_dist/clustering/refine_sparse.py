@@ -1,4 +1,4 @@
-"""Cluster refinement from a sparse distance graph (METHOD section 4.3), no dense blocks.
+"""Cluster refinement from a sparse distance graph (docs/method.md section 4.3), no dense blocks.
 
 Same decisions as :func:`~cacl_dist.clustering.refine.refine_clusters`. The graph lists pairs
 i != j with their distance; every pair that is not listed has distance exactly 1 (for the

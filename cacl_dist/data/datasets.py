@@ -17,7 +17,7 @@ from cacl_dist.data.transforms import AugmentParams, eval_transform, load_image,
 
 
 class TwoViewDataset(Dataset):
-    """Items ``(index, aug_seed)`` -> ``(view_rgb, view_gray, index)`` (METHOD section 2)."""
+    """Items ``(index, aug_seed)`` -> ``(view_rgb, view_gray, index)`` (docs/method.md section 2)."""
 
     def __init__(self, records: Sequence[ImageRecord], params: AugmentParams):
         self.records = records

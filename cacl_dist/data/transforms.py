@@ -28,7 +28,7 @@ _LUMA = torch.tensor(LUMA_WEIGHTS).view(3, 1, 1)
 
 @dataclass
 class AugmentParams:
-    """Settings of the training augmentation (METHOD section 2)."""
+    """Settings of the training augmentation (docs/method.md section 2)."""
 
     height: int = 256
     width: int = 128

@@ -1,4 +1,4 @@
-"""Retrieval metrics for person re-identification (METHOD section 7, Market-1501 protocol).
+"""Retrieval metrics for person re-identification (docs/method.md section 7, Market-1501 protocol).
 
 Pure numpy (torch tensors are accepted and converted); nothing here talks to other processes.
 """
