@@ -1,0 +1,18 @@
+"""Typed run configuration: the schema, strict YAML loading, `--set` overrides and validation.
+
+- :mod:`.schema`: one dataclass per concern with a docstring under every field;
+- :mod:`.loading`: YAML and overrides in, type checks, YAML and the key reference out;
+- :mod:`.validation`: the cross-field rules, checked once where a config is read.
+"""
+
+from .loading import (apply_overrides, config_from_dict, describe, dump_yaml, load_config, parse_override,
+                      to_dict)
+from .schema import (AugmentConfig, CheckpointConfig, ClusteringConfig, Config, ConfigError, DataConfig,
+                     DistConfig, EvalConfig, LossConfig, MemoryConfig, ModelConfig, OptimConfig, RunConfig,
+                     SyntheticConfig, TrainConfig)
+from .validation import validate
+
+__all__ = ["AugmentConfig", "CheckpointConfig", "ClusteringConfig", "Config", "ConfigError", "DataConfig",
+           "DistConfig", "EvalConfig", "LossConfig", "MemoryConfig", "ModelConfig", "OptimConfig", "RunConfig",
+           "SyntheticConfig", "TrainConfig", "apply_overrides", "config_from_dict", "describe", "dump_yaml",
+           "load_config", "parse_override", "to_dict", "validate"]

@@ -1,0 +1,171 @@
+"""Reading a config: strict YAML, `key=value` overrides, type checks, and writing it back out.
+
+Unknown keys and values of the wrong type are errors that name the key. Runtime facts (world
+size, number of clusters) are never written back into the config.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .schema import Config, ConfigError
+from .validation import validate
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against a field annotation and return it (ints are accepted for floats)."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _merge(obj: Any, values: dict, prefix: str) -> None:
+    """Write a nested dict of values into dataclass `obj`, strictly."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {values!r}")
+    types = _field_types(type(obj))
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in types:
+            known = ", ".join(types)
+            raise ConfigError(f"unknown config key '{full}' (known keys here: {known})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, full + ".")
+        else:
+            setattr(obj, key, _coerce(value, types[key], full))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split 'a.b=value' into (['a', 'b'], parsed YAML value)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key.path=value (e.g. train.epochs=10)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    out: Any = value
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a Config from defaults, then a YAML file, then `key=value` overrides, and validate it."""
+    cfg = Config()
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file '{path}' does not exist; pass a YAML file such as configs/quickstart.yaml")
+        try:
+            values = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+        try:
+            _merge(cfg, values, "")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Apply `key.path=value` overrides to `cfg` in place, validate, and return it."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        _merge(cfg, _nest(keys, value), "")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(values: dict) -> Config:
+    """Rebuild a Config from `to_dict` output (e.g. the copy stored in a checkpoint)."""
+    cfg = Config()
+    _merge(cfg, values, "")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    """The config as plain nested dicts."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal under each field) of a dataclass."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = nxt.value.value
+    return docs
+
+
+def describe(cfg: Config | None = None) -> str:
+    """A reference of every key with its current value and docstring."""
+    cfg = cfg or Config()
+    lines: list[str] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        docs = _field_docs(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{prefix}{f.name}:  # {docs.get(f.name, '')}")
+                walk(value, prefix + f.name + ".")
+            else:
+                lines.append(f"  {prefix}{f.name} = {value!r}  # {docs.get(f.name, '')}")
+
+    walk(cfg, "")
+    return "\n".join(lines)
