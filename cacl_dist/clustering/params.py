@@ -42,7 +42,7 @@ def resolve_backend(name: str) -> str:
 
 @dataclass(frozen=True)
 class ClusterParams:
-    """What one clustering round computes (METHOD section 4); the defaults are the paper's.
+    """What one clustering round computes (docs/method.md section 4); the defaults are the paper's.
 
     Raises ValueError for an unknown choice name, or for ``eps_tight > eps`` with refinement.
     ``backend`` is a resolved name (never ``auto``); use :meth:`from_config` to resolve one.

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..clustering.names import BACKEND_CHOICES, OUTLIER_POLICIES, REFINE_SCORES
+from ..data.layouts import DATASET_NAMES
+
 
 @dataclass
 class RunConfig:
@@ -47,7 +50,7 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["market1501", "dukemtmc", "msmt17", "folder", "synthetic"] = "synthetic"
+    dataset: Literal[DATASET_NAMES] = "synthetic"
     """Dataset layout. 'folder' is a plain folder of unlabelled crops (training only)."""
     root: str = "data_cache/synthetic"
     """Dataset root folder. For 'synthetic' it is generated there when missing."""
@@ -117,11 +120,11 @@ class ClusteringConfig:
     """DBSCAN minimum neighbourhood size (a point counts itself)."""
     refine: bool = True
     """Run cluster refinement after DBSCAN."""
-    refine_score: Literal["paper", "official"] = "paper"
+    refine_score: Literal[REFINE_SCORES] = "paper"
     """Refinement rule: the paper's, or the authors' code's size-weighted score."""
-    outliers: Literal["singleton", "drop"] = "singleton"
+    outliers: Literal[OUTLIER_POLICIES] = "singleton"
     """Outliers and refined-away points: own singleton clusters (paper) or left out of the epoch."""
-    backend: Literal["auto", "torch", "sklearn", "cuml"] = "auto"
+    backend: Literal[BACKEND_CHOICES] = "auto"
     """Clustering implementation: 'torch' (sparse and exact, CPU or CUDA), 'sklearn' (the dense
     reference), 'cuml' (sparse graph + RAPIDS cuML DBSCAN on a dense GPU matrix; extra 'cuml');
     'auto' picks the fastest exact one available and the epoch log names it."""

@@ -10,8 +10,6 @@ import os
 import re
 from dataclasses import dataclass, field
 
-DATASET_NAMES = ("market1501", "dukemtmc", "msmt17", "folder", "synthetic")
-"""Names accepted by :func:`load_dataset`."""
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 """File extensions (lower case) treated as images."""
@@ -77,15 +75,7 @@ def load_dataset(name: str, root: str) -> ReidDataset:
         if name == "synthetic":
             hint = f" (create it with: python -m cacl_dist.data.synthetic --root {root})"
         raise FileNotFoundError(f"dataset root {root} for {name!r} does not exist or is not a folder{hint}")
-    if name in ("market1501", "synthetic"):
-        splits = _load_named_folders(name, root, _MARKET_PATTERN)
-    elif name == "dukemtmc":
-        splits = _load_named_folders(name, root, _DUKE_PATTERN)
-    elif name == "msmt17":
-        splits = _load_msmt17(root)
-    else:
-        splits = {"train": _load_plain_folder(root), "query": [], "gallery": []}
-    return ReidDataset(name=name, root=root, **splits)
+    return ReidDataset(name=name, root=root, **_LAYOUTS[name](name, root))
 
 
 def _list_images(folder: str) -> list[str]:
@@ -199,3 +189,21 @@ def _load_plain_folder(root: str) -> list[ImageRecord]:
             "point --root at a folder that contains person crops"
         )
     return [ImageRecord(p, -1, -1) for p in sorted(paths)]
+
+
+def _load_folder_layout(_name: str, root: str) -> dict[str, list[ImageRecord]]:
+    """A plain folder of unlabelled crops: training images only."""
+    return {"train": _load_plain_folder(root), "query": [], "gallery": []}
+
+
+_LAYOUTS = {
+    "market1501": lambda name, root: _load_named_folders(name, root, _MARKET_PATTERN),
+    "dukemtmc": lambda name, root: _load_named_folders(name, root, _DUKE_PATTERN),
+    "msmt17": lambda _name, root: _load_msmt17(root),
+    "folder": _load_folder_layout,
+    "synthetic": lambda name, root: _load_named_folders(name, root, _MARKET_PATTERN),
+}
+"""The dataset registry: layout name -> reader of its train / query / gallery splits."""
+
+DATASET_NAMES = tuple(_LAYOUTS)
+"""Names accepted by :func:`load_dataset` (and by the config's ``data.dataset``)."""
