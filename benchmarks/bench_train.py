@@ -115,7 +115,7 @@ def phase_breakdown(trainer, rgb, gray, indices, mine, steps: int) -> dict:
     """The step's phases one after another, synchronised between phases (same calls as train_step)."""
     from cacl_dist.distributed import comm
     from cacl_dist.losses import cacl_loss
-    from cacl_dist.performance import to_input
+    from cacl_dist.distributed.parallelize import to_input
 
     device, cfg = trainer.env.device, trainer.cfg
     totals = {k: 0.0 for k in ("forward", "losses", "backward", "gather+bank", "optimizer")}

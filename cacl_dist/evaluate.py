@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed.env import init_distributed, shutdown_distributed
         from .evaluation.evaluator import evaluate
         from .logging import setup_logging
-        from .performance import extraction_precision
+        from .precision import extraction_precision
 
         state, cfg, model = load_trained_model(args.checkpoint, args.config, args.overrides)
         env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)

@@ -7,7 +7,7 @@ from cacl_dist.clustering.knn import knn_topk, knn_topk_unit
 from cacl_dist.clustering.unit_rows import UnitRows
 from cacl_dist.clustering.pseudo_labels import cluster_features
 from cacl_dist.distributed import comm
-from cacl_dist.memory import shard_bounds
+from cacl_dist.distributed.sharding import shard_bounds
 
 from .harness import run_gloo
 
