@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -185,6 +186,11 @@ class Trainer:
         neighbours = (comm.all_gather_cat(sims), comm.all_gather_cat(idx))
         return neighbours, time.perf_counter() - start
 
+    def set_pseudo_labels(self, labels: torch.Tensor) -> None:
+        """Use `labels` (one per training image, -1 for outliers) from now on, with exact centres of the banks."""
+        self.labels = labels.to(self.env.device)
+        self.build_centres()
+
     def build_centres(self) -> None:
         """Per-cluster sums of each rank's own rows, all-reduced into exact centres."""
         assert self.labels is not None
@@ -235,26 +241,35 @@ class Trainer:
         return True
 
     def train_step(self, images_rgb: torch.Tensor, images_gray: torch.Tensor, global_indices: torch.Tensor,
-                   mine: slice, num_rounds: int | None = None) -> dict[str, torch.Tensor]:
+                   mine: slice, num_rounds: int | None = None,
+                   phase_done: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
         """One optimiser step on this rank's slice `mine` of the global batch, with the memory update.
 
         `global_indices` (on the device) are the dataset indices of the whole global batch, known
         from the epoch plan, so no indices travel between ranks and nothing waits for the device.
+        `phase_done(name)`, for profiling, is called after each phase: forward, losses, backward,
+        gather+bank, optimizer.
         """
         cfg, device = self.cfg, self.env.device
+        done = phase_done or (lambda phase: None)
         images_rgb = to_input(images_rgb, device, cfg.train.channels_last)
         images_gray = to_input(images_gray, device, cfg.train.channels_last)
         with self.precision.autocast():
             x, z = self.online(images_rgb)
             x_gray = self.branch_gray(images_gray)
+        done("forward")
         parts = cacl_loss(x, z, x_gray, self.labels[global_indices[mine]], self.centres_rgb.centres(),
                           self.centres_gray.centres(), tau=cfg.loss.tau, gamma=cfg.loss.focal_gamma,
                           valid_M=self.centres_rgb.valid(), validate=cfg.run.debug_checks)
+        done("losses")
         gathering = comm.all_gather_start(torch.cat([x, x_gray], dim=1).detach().float())
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(parts.total)  # DDP all-reduces and the gather overlap with this
+        done("backward")
         self.update_memory(gathering.wait(), global_indices, num_rounds)
+        done("gather+bank")
         self.precision.step(self.optimizer)
+        done("optimizer")
         return {"loss": parts.total, "instance": parts.instance, "inter": parts.inter,
                 "intra_rgb": parts.intra_rgb, "intra_gray": parts.intra_gray}
 
