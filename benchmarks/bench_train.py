@@ -96,8 +96,7 @@ def build_trainer(case: dict, runs_dir: Path):
     trainer.bank_rgb.load(torch.randn(num, dim, generator=gen).to(device))
     trainer.bank_gray.load(torch.randn(num, dim, generator=gen).to(device))
     num_clusters = max(1, num // 8)  # Market-1501 runs settle near 8 images per pseudo identity
-    trainer.labels = (torch.randperm(num, generator=gen) % num_clusters).to(device)
-    trainer.build_centres()
+    trainer.set_pseudo_labels(torch.randperm(num, generator=gen) % num_clusters)
     return trainer
 
 
@@ -112,12 +111,8 @@ def step_inputs(case: dict, num_train: int, device: torch.device):
 
 
 def phase_breakdown(trainer, rgb, gray, indices, mine, steps: int) -> dict:
-    """The step's phases one after another, synchronised between phases (same calls as train_step)."""
-    from cacl_dist.distributed import comm
-    from cacl_dist.losses import cacl_loss
-    from cacl_dist.performance import to_input
-
-    device, cfg = trainer.env.device, trainer.cfg
+    """Milliseconds per phase of ``Trainer.train_step``, synchronised after each phase."""
+    device = trainer.env.device
     totals = {k: 0.0 for k in ("forward", "losses", "backward", "gather+bank", "optimizer")}
     for _ in range(steps):
         _sync(device)
@@ -130,22 +125,7 @@ def phase_breakdown(trainer, rgb, gray, indices, mine, steps: int) -> dict:
             totals[name] += now - t
             t = now
 
-        a, b = to_input(rgb, device, cfg.train.channels_last), to_input(gray, device, cfg.train.channels_last)
-        with trainer.precision.autocast():
-            x, z = trainer.online(a)
-            x_gray = trainer.branch_gray(b)
-        lap("forward")
-        parts = cacl_loss(x, z, x_gray, trainer.labels[indices[mine]], trainer.centres_rgb.centres(),
-                          trainer.centres_gray.centres(), valid_M=trainer.centres_rgb.valid(), validate=False)
-        lap("losses")
-        gathering = comm.all_gather_start(torch.cat([x, x_gray], dim=1).detach().float())
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.precision.backward(parts.total)
-        lap("backward")
-        trainer.update_memory(gathering.wait(), indices, 1)
-        lap("gather+bank")
-        trainer.precision.step(trainer.optimizer)
-        lap("optimizer")
+        trainer.train_step(rgb, gray, indices, mine, 1, phase_done=lap)
     return {k: 1e3 * v / steps for k, v in totals.items()}
 
 

@@ -3,7 +3,8 @@
 A checkpoint is one `torch.save` file holding a dict with a format tag, the resolved config
 and every piece of training state. It is written to a temporary file in the same folder,
 flushed to disk and renamed over the target, so a kill at any moment leaves either the old
-or the new checkpoint, never half of one.
+or the new checkpoint, never half of one. :func:`load_trained_model` rebuilds the model a
+checkpoint was trained with, for evaluation and export.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .config import Config, apply_overrides, config_from_dict, load_config
+from .models.cacl import CACLModel, build_model
 
 FORMAT = "cacl_dist.checkpoint"
 FORMAT_VERSION = 1
@@ -69,6 +73,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint '{path}' has format version {state['format_version']}, newer than this cacl_dist "
             f"understands ({FORMAT_VERSION}); upgrade cacl_dist")
     return state
+
+
+def load_trained_model(checkpoint: str | Path, config: str | None,
+                       overrides: list[str]) -> tuple[dict[str, Any], Config, CACLModel]:
+    """Read a cacl_dist checkpoint and rebuild its model: returns (state, cfg, model).
+
+    The run's own config (stored in the checkpoint) is used unless `config` names a recipe;
+    `overrides` adjust either. A checkpoint that does not fit the resulting model is a
+    one-line ValueError naming the checkpoint.
+    """
+    state = load_checkpoint(checkpoint)
+    if config:
+        cfg = load_config(config, overrides)
+    elif isinstance(state.get("config"), dict):
+        cfg = apply_overrides(config_from_dict(state["config"]), overrides)
+    else:
+        raise ValueError(f"checkpoint '{checkpoint}' stores no config; pass the run's recipe with --config")
+    if "model" not in state:
+        raise ValueError(f"checkpoint '{checkpoint}' holds no model weights")
+    model = build_model(cfg.model.backbone, "none", cfg.model.pool, cfg.model.last_stride)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[1:] or [str(exc)])
+        first = detail if len(detail) <= 200 else detail[:200] + "..."
+        raise ValueError(f"checkpoint '{checkpoint}' does not fit model.backbone={cfg.model.backbone} "
+                         f"model.pool={cfg.model.pool} ({first}); drop the --set/--config that changed the "
+                         "model") from None
+    return state, cfg, model
 
 
 def find_resume(run_dir: str | Path) -> Path | None:

@@ -33,35 +33,3 @@ def run_main(body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print("interrupted; start the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
-
-
-def load_trained_model(checkpoint: str, config: str | None, overrides: list[str]):
-    """Read a cacl_dist checkpoint and rebuild its model: returns (state, cfg, model).
-
-    The run's own config (stored in the checkpoint) is used unless `config` names a recipe;
-    `overrides` adjust either. A checkpoint that does not fit the resulting model is a
-    one-line ValueError naming the checkpoint.
-    """
-    from . import checkpoint as ckpt
-    from .config import apply_overrides, config_from_dict, load_config
-    from .models.cacl import build_model
-
-    state = ckpt.load_checkpoint(checkpoint)
-    if config:
-        cfg = load_config(config, overrides)
-    elif isinstance(state.get("config"), dict):
-        cfg = apply_overrides(config_from_dict(state["config"]), overrides)
-    else:
-        raise ValueError(f"checkpoint '{checkpoint}' stores no config; pass the run's recipe with --config")
-    if "model" not in state:
-        raise ValueError(f"checkpoint '{checkpoint}' holds no model weights")
-    model = build_model(cfg.model.backbone, "none", cfg.model.pool, cfg.model.last_stride)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[1:] or [str(exc)])
-        first = detail if len(detail) <= 200 else detail[:200] + "..."
-        raise ValueError(f"checkpoint '{checkpoint}' does not fit model.backbone={cfg.model.backbone} "
-                         f"model.pool={cfg.model.pool} ({first}); drop the --set/--config that changed the "
-                         "model") from None
-    return state, cfg, model

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from .cli import add_config_args, load_trained_model, run_main
+from .cli import add_config_args, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,11 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        from .checkpoint import load_trained_model
         from .data.factory import prepare_dataset, resolve_pipeline
         from .distributed.env import init_distributed, shutdown_distributed
         from .evaluation.evaluator import evaluate
         from .logging import setup_logging
-        from .performance import extraction_precision
+        from .precision import extraction_precision
 
         state, cfg, model = load_trained_model(args.checkpoint, args.config, args.overrides)
         env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)

@@ -34,7 +34,8 @@ from typing import Any, Callable
 
 import torch
 
-from .cli import add_config_args, load_trained_model, run_main
+from .checkpoint import load_trained_model
+from .cli import add_config_args, run_main
 
 FORMATS: tuple[str, ...] = ("torchscript", "onnx", "state_dict")
 STATE_DICT_FORMAT = "cacl_dist.branch"

@@ -132,11 +132,6 @@ class LossParts:
     intra_rgb: torch.Tensor
     intra_gray: torch.Tensor
 
-    def as_floats(self) -> dict[str, float]:
-        """Detached Python floats of every part, for logging."""
-        names = ("total", "instance", "inter", "intra_rgb", "intra_gray")
-        return {name: float(getattr(self, name).detach()) for name in names}
-
 
 def cacl_loss(
     x_BD: torch.Tensor,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -26,16 +27,17 @@ from .batch_plan import check_batch_order, plan_global_batches
 from .data.factory import build_epoch_loader, prepare_dataset, resolve_pipeline
 from .data.layouts import ReidDataset
 from .distributed import comm
-from .distributed.ddp import wrap_ddp
 from .distributed.env import DistEnv
+from .distributed.parallelize import ParallelSettings, configure_backends, parallelize, prepare_model, to_input
+from .distributed.sharding import shard_bounds
 from .evaluation.evaluator import evaluate
 from .evaluation.extract import extract_shard
 from .logging import MetricsWriter, progress, setup_logging
 from .losses import cacl_loss
-from .memory import ClusterCentres, InstanceBank, shard_bounds
+from .memory import ClusterCentres, InstanceBank
 from .models.cacl import build_model
-from .performance import (StepPrecision, build_adam, configure_backends, describe_speed, extraction_precision,
-                          maybe_compile, prepare_model, to_input)
+from .optim import adam_kernel, build_optimizer
+from .precision import StepPrecision, extraction_precision
 
 
 class Trainer:
@@ -54,21 +56,16 @@ class Trainer:
         self._log_setup()
 
         torch.manual_seed(cfg.run.seed)
-        tc = cfg.train
-        configure_backends(env.device, tc.cudnn_benchmark)
-        self.precision = StepPrecision(tc.precision, env.device)
-        self.eval_precision = extraction_precision(cfg.eval.precision, tc.precision)
+        parallel = ParallelSettings.from_config(cfg)
+        configure_backends(env.device, parallel)
+        self.precision = StepPrecision(cfg.train.precision, env.device)
+        self.eval_precision = extraction_precision(cfg.eval.precision, cfg.train.precision)
         model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool, cfg.model.last_stride)
-        self.model = prepare_model(model.to(env.device), env.device, sync_bn=cfg.model.sync_bn,
-                                   channels_last=tc.channels_last, world_size=env.world_size)
-        # torch.compile splits DDP graphs at bucket boundaries; keep DDP's dynamic mode there.
-        ddp = dict(bucket_view=cfg.dist.ddp_bucket_view, static_graph=cfg.dist.ddp_static_graph and not tc.compile)
-        self.online = maybe_compile(wrap_ddp(self.model.online, env, **ddp), tc.compile)
-        self.branch_gray = maybe_compile(wrap_ddp(self.model.branch_gray, env, **ddp), tc.compile)
+        self.model = prepare_model(model.to(env.device), env, parallel)
+        self.online = parallelize(self.model.online, env, parallel)
+        self.branch_gray = parallelize(self.model.branch_gray, env, parallel)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_adam(params, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.implementation,
-                                    env.device)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.optim.step_size, cfg.optim.gamma)
+        self.optimizer, self.scheduler = build_optimizer(params, cfg.optim, env.device)
 
         num_train = len(self.dataset.train)
         self.shard = shard_bounds(num_train, env.rank, env.world_size)
@@ -84,7 +81,8 @@ class Trainer:
         self.global_step = 0
         self.eval_history: list[dict] = []
         self._stop_requested = False
-        self.log.info("step: %s", describe_speed(cfg, env.device))
+        self.log.info("step: precision %s (extraction %s), Adam %s, %s", cfg.train.precision, self.eval_precision,
+                      adam_kernel(cfg.optim.implementation, env.device), parallel.describe(env.device))
 
     # ----------------------------------------------------------------------------- run
     def fit(self) -> list[dict]:
@@ -184,6 +182,11 @@ class Trainer:
         neighbours = (comm.all_gather_cat(sims), comm.all_gather_cat(idx))
         return neighbours, time.perf_counter() - start
 
+    def set_pseudo_labels(self, labels: torch.Tensor) -> None:
+        """Use `labels` (one per training image, -1 for outliers) from now on, with exact centres of the banks."""
+        self.labels = labels.to(self.env.device)
+        self.build_centres()
+
     def build_centres(self) -> None:
         """Per-cluster sums of each rank's own rows, all-reduced into exact centres."""
         assert self.labels is not None
@@ -234,26 +237,35 @@ class Trainer:
         return True
 
     def train_step(self, images_rgb: torch.Tensor, images_gray: torch.Tensor, global_indices: torch.Tensor,
-                   mine: slice, num_rounds: int | None = None) -> dict[str, torch.Tensor]:
+                   mine: slice, num_rounds: int | None = None,
+                   phase_done: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
         """One optimiser step on this rank's slice `mine` of the global batch, with the memory update.
 
         `global_indices` (on the device) are the dataset indices of the whole global batch, known
         from the epoch plan, so no indices travel between ranks and nothing waits for the device.
+        `phase_done(name)`, for profiling, is called after each phase: forward, losses, backward,
+        gather+bank, optimizer.
         """
         cfg, device = self.cfg, self.env.device
+        done = phase_done or (lambda phase: None)
         images_rgb = to_input(images_rgb, device, cfg.train.channels_last)
         images_gray = to_input(images_gray, device, cfg.train.channels_last)
         with self.precision.autocast():
             x, z = self.online(images_rgb)
             x_gray = self.branch_gray(images_gray)
+        done("forward")
         parts = cacl_loss(x, z, x_gray, self.labels[global_indices[mine]], self.centres_rgb.centres(),
                           self.centres_gray.centres(), tau=cfg.loss.tau, gamma=cfg.loss.focal_gamma,
                           valid_M=self.centres_rgb.valid(), validate=cfg.run.debug_checks)
+        done("losses")
         gathering = comm.all_gather_start(torch.cat([x, x_gray], dim=1).detach().float())
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(parts.total)  # DDP all-reduces and the gather overlap with this
+        done("backward")
         self.update_memory(gathering.wait(), global_indices, num_rounds)
+        done("gather+bank")
         self.precision.step(self.optimizer)
+        done("optimizer")
         return {"loss": parts.total, "instance": parts.instance, "inter": parts.inter,
                 "intra_rgb": parts.intra_rgb, "intra_gray": parts.intra_gray}
 

@@ -18,7 +18,6 @@ d_ij = 1 exactly for every pair not returned, so the pair list is exact, not app
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from cacl_dist.clustering.jaccard_reference import check_k_parameters
@@ -321,11 +320,3 @@ def encode_features(units: UnitRows, k1: int, k2: int, block_size=None,
     sims = sims.to(device=units.device, dtype=torch.float64)
     neighbours = neighbours.to(device=units.device, dtype=torch.int64)
     return sparse_encoding(units, neighbours, k1, k2, budget, sims_NK=sims)
-
-
-def dense_from_pairs(rows, cols, dists, num_points: int) -> np.ndarray:
-    """(N, N) float64 matrix with the pairs filled in, 1 elsewhere and 0 on the diagonal (tests)."""
-    out = np.ones((num_points, num_points))
-    out[rows.cpu().numpy(), cols.cpu().numpy()] = dists.cpu().numpy()
-    np.fill_diagonal(out, 0.0)
-    return out

@@ -334,11 +334,6 @@ def generate_synthetic(
     return root
 
 
-def identity_specs(num_ids: int, seed: int = 0) -> list[IdentitySpec]:
-    """The specs of pids 1..num_ids, as :func:`generate_synthetic` draws them."""
-    return [make_identity(seed, pid) for pid in range(1, num_ids + 1)]
-
-
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point: ``python -m cacl_dist.data.synthetic --root DIR``."""
     parser = argparse.ArgumentParser(description="Write a synthetic person re-id dataset in Market-1501 layout.")

@@ -14,9 +14,10 @@ from torch import nn
 from ..data.datasets import build_eval_loader
 from ..data.layouts import ImageRecord
 from ..distributed import comm
+from ..distributed.parallelize import to_input
+from ..distributed.sharding import shard_bounds
 from ..logging import progress
-from ..memory import shard_bounds
-from ..performance import autocast, to_input
+from ..precision import autocast
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ import torch
 from cacl_dist.clustering import ClusterParams, cluster, neighbours_of_rows
 from cacl_dist.clustering.knn import knn_topk
 from cacl_dist.distributed import comm
-from cacl_dist.memory import shard_bounds
+from cacl_dist.distributed.sharding import shard_bounds
 
 from .harness import run_gloo
 

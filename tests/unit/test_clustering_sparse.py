@@ -19,7 +19,7 @@ from cacl_dist.clustering.jaccard_reference import (
     k_reciprocal_encoding,
     l2_normalise_rows,
 )
-from cacl_dist.clustering.jaccard_sparse import dense_from_pairs, jaccard_sparse
+from cacl_dist.clustering.jaccard_sparse import jaccard_sparse
 from cacl_dist.clustering.knn import (
     _low_precision_rank,
     error_bound,
@@ -32,6 +32,8 @@ from cacl_dist.clustering.refine import refine_clusters
 from cacl_dist.clustering.refine_sparse import refine_sparse
 from cacl_dist.clustering.unit_rows import UnitRows
 from cacl_dist.config import ClusteringConfig
+
+from tests.helpers.clustering import dense_from_pairs
 
 MINI_ROOT = str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "market1501-mini")
 

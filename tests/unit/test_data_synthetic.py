@@ -13,11 +13,12 @@ from cacl_dist.data.layouts import load_dataset
 from cacl_dist.data.synthetic import (
     SPLIT_FOLDERS,
     generate_synthetic,
-    identity_specs,
     make_camera,
     make_identity,
     render_person,
 )
+
+from tests.helpers.synthetic import identity_specs
 
 SMALL = dict(num_train_ids=5, num_test_ids=3, images_per_id=5, num_cameras=2, height=64, width=32)
 

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from cacl_dist.losses import cacl_loss, instance_loss, inter_view_loss, intra_view_loss
 from cacl_dist.models import CACLModel
 
+from tests.helpers.losses import loss_floats
+
 
 def test_instance_loss_by_hand():
     z = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
@@ -109,7 +111,7 @@ def test_cacl_loss_total_is_sum_of_parts():
     assert torch.allclose(parts.inter, inter_view_loss(z, centres_gray, labels))
     assert torch.allclose(parts.intra_rgb, intra_view_loss(x, centres, labels, tau=0.1, gamma=4.0))
     assert torch.allclose(parts.intra_gray, intra_view_loss(x_gray, centres_gray, labels, tau=0.1, gamma=4.0))
-    assert set(parts.as_floats()) == {"total", "instance", "inter", "intra_rgb", "intra_gray"}
+    assert set(loss_floats(parts)) == {"total", "instance", "inter", "intra_rgb", "intra_gray"}
 
 
 def _grad_norms(module: torch.nn.Module) -> float:

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cacl_dist.memory import ClusterCentres, InstanceBank, shard_bounds
+from cacl_dist.distributed.sharding import shard_bounds
+from cacl_dist.memory import ClusterCentres, InstanceBank
 
 
 @pytest.mark.parametrize("num_total, world_size", [(10, 1), (10, 3), (7, 4), (3, 5), (0, 2), (1000, 8), (1001, 8)])

@@ -12,10 +12,15 @@ import torch.nn.functional as F
 from cacl_dist.batch_plan import check_batch_order
 from cacl_dist.config import ConfigError, load_config
 from cacl_dist.distributed import comm
+from cacl_dist.distributed.env import DistEnv
+from cacl_dist.distributed.parallelize import ParallelSettings, prepare_model
 from cacl_dist.losses import cacl_loss
 from cacl_dist.memory import ClusterCentres, InstanceBank
 from cacl_dist.models.cacl import build_model
-from cacl_dist.performance import StepPrecision, adam_kernel, build_adam, extraction_precision, prepare_model
+from cacl_dist.optim import adam_kernel, build_adam
+from cacl_dist.precision import StepPrecision, extraction_precision
+
+from tests.helpers.losses import loss_floats
 
 CPU = torch.device("cpu")
 
@@ -67,7 +72,7 @@ def test_losses_without_validation_give_the_same_values():
     labels = torch.tensor([0, 1, 2, 3, 0, 1])
     a = cacl_loss(x, z, xg, labels, centres, centres, valid_M=torch.ones(4, dtype=torch.bool))
     b = cacl_loss(x, z, xg, labels, centres, centres, valid_M=torch.ones(4, dtype=torch.bool), validate=False)
-    assert a.as_floats() == b.as_floats()
+    assert loss_floats(a) == loss_floats(b)
     with pytest.raises(ValueError, match="must lie in"):
         cacl_loss(x, z, xg, labels + 1, centres, centres)
 
@@ -122,7 +127,8 @@ def test_prepare_model_channels_last_and_sync_bn_on_cpu_is_plain_bn(caplog):
     logger.addHandler(caplog.handler)
     try:
         with caplog.at_level(logging.INFO, logger="cacl_dist"):
-            model = prepare_model(build_model("resnet_tiny"), CPU, sync_bn=True, channels_last=True, world_size=2)
+            model = prepare_model(build_model("resnet_tiny"), DistEnv(0, 2, 0, CPU, "gloo"),
+                                  ParallelSettings(sync_bn=True, channels_last=True))
     finally:
         logger.removeHandler(caplog.handler)
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())

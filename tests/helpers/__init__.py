@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (nothing in cacl_dist uses them)."""
