@@ -42,10 +42,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.machine import cpu_description, gpu_description  # noqa: E402
-from cacl_dist.data.datasets import build_train_loader as build_tv_loader  # noqa: E402
+from cacl_dist.data.epoch_plan import plan_epoch  # noqa: E402
 from cacl_dist.data.layouts import load_dataset  # noqa: E402
 from cacl_dist.data.pipelines import dali as dali_pipeline  # noqa: E402
-from cacl_dist.data.sampler import IdentitySampler  # noqa: E402
+from cacl_dist.data.pipelines import torchvision as torchvision_pipeline  # noqa: E402
 from cacl_dist.data.transforms import AugmentParams  # noqa: E402
 
 
@@ -67,9 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_loader(name: str, records, params, plan, cores: int):
     if name == "torchvision":
-        return build_tv_loader(records, params, plan, 0, 1, num_workers=cores)
+        return torchvision_pipeline.train_loader(records, params, plan, num_workers=cores)
     device = "cuda:0" if name == "dali-gpu" else "cpu"
-    return dali_pipeline.build_train_loader(records, params, plan, 0, 1, num_threads=cores, device=device)
+    return dali_pipeline.train_loader(records, params, plan, num_workers=cores, device=device)
 
 
 def _cpu_seconds() -> float:
@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     records = load_dataset("market1501", args.root).train
     labels = np.unique([r.pid for r in records], return_inverse=True)[1]
     cams = np.array([r.camid for r in records])
-    plan = IdentitySampler(labels, cams, args.batch_size, 4, seed=0).plan(0, args.warmup + args.iters + 1)
+    plan = plan_epoch(labels, cams, epoch=0, num_iters=args.warmup + args.iters + 1, batch_size=args.batch_size,
+                      num_instances=4, seed=0, num_clusters=int(labels.max()) + 1)
     params = AugmentParams(height=args.height, width=args.width)
     names = ["torchvision"]
     if dali_pipeline.dali_available():

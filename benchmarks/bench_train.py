@@ -201,17 +201,18 @@ def data_pipeline_rate(height: int, width: int, batches: int = 6, batch: int = 3
         return None
     import numpy as np
 
-    from cacl_dist.data.datasets import build_train_loader
+    from cacl_dist.data.epoch_plan import plan_epoch
     from cacl_dist.data.layouts import load_dataset
-    from cacl_dist.data.sampler import IdentitySampler
+    from cacl_dist.data.pipelines import get_pipeline
     from cacl_dist.data.transforms import AugmentParams
 
     torch.set_num_threads(1)
     ds = load_dataset("market1501", str(MARKET_MINI))
     labels = np.array([r.pid for r in ds.train])
     _, labels = np.unique(labels, return_inverse=True)
-    plan = IdentitySampler(labels, None, batch, 4, 0).plan(0, batches + 1)
-    loader = build_train_loader(ds.train, AugmentParams(height=height, width=width), plan, 0, 1, 0, 0)
+    plan = plan_epoch(labels, None, epoch=0, num_iters=batches + 1, batch_size=batch, num_instances=4, seed=0,
+                      num_clusters=int(labels.max()) + 1)
+    loader = get_pipeline("torchvision").train_loader(ds.train, AugmentParams(height=height, width=width), plan)
     it = iter(loader)
     next(it)
     t = time.perf_counter()

@@ -26,25 +26,29 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        import dataclasses
+
         from .checkpoint import load_trained_model
-        from .data.factory import prepare_dataset, resolve_pipeline
+        from .data.factory import dataset_from_config, generate_if_synthetic
+        from .distributed import comm
         from .distributed.env import init_distributed, shutdown_distributed
         from .evaluation.evaluator import evaluate
+        from .evaluation.extract import ExtractionSettings
         from .logging import setup_logging
-        from .precision import extraction_precision
 
         state, cfg, model = load_trained_model(args.checkpoint, args.config, args.overrides)
         env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
         try:
             setup_logging(None, env.rank)
-            dataset = prepare_dataset(cfg, env)
+            if generate_if_synthetic(cfg, write=env.is_main):
+                comm.barrier()  # rank 0 wrote the images; the others wait before reading them
+            dataset = dataset_from_config(cfg)
             branch = model.inference_branch().to(env.device)
-            metrics = evaluate(branch, dataset, rank=env.rank, world_size=env.world_size, height=cfg.data.height,
-                               width=cfg.data.width, batch_size=cfg.eval.batch_size,
-                               num_workers=cfg.data.num_workers, device=env.device, rerank=cfg.eval.rerank,
-                               show_progress=env.is_main and cfg.run.progress,
-                               pipeline=resolve_pipeline(cfg.data.eval_pipeline, "data.eval_pipeline"),
-                               precision=extraction_precision(cfg.eval.precision, cfg.train.precision))
+            settings = ExtractionSettings.from_config(cfg, env.device, show_progress=env.is_main and cfg.run.progress)
+            settings = dataclasses.replace(settings, channels_last=False)  # the rebuilt branch is not NHWC
+            metrics = comm.broadcast_object(evaluate(branch, dataset, settings, rank=env.rank,
+                                                     world_size=env.world_size, rerank=cfg.eval.rerank),
+                                            src=0, what="evaluation metrics")
         finally:
             shutdown_distributed()
         if env.is_main:

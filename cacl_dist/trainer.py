@@ -23,21 +23,22 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import clustering
 from .config import Config, config_from_dict, dump_yaml, to_dict
-from .batch_plan import check_batch_order, plan_global_batches
-from .data.factory import build_epoch_loader, prepare_dataset, resolve_pipeline
+from .data.epoch_plan import check_batch_order
+from .data.factory import augment_params, dataset_from_config, generate_if_synthetic, training_plan
 from .data.layouts import ReidDataset
+from .data.pipelines import get_pipeline, resolve_pipeline
 from .distributed import comm
 from .distributed.env import DistEnv
 from .distributed.parallelize import ParallelSettings, configure_backends, parallelize, prepare_model, to_input
 from .distributed.sharding import shard_bounds
 from .evaluation.evaluator import evaluate
-from .evaluation.extract import extract_shard
+from .evaluation.extract import ExtractionSettings, extract_shard
 from .logging import MetricsWriter, progress, setup_logging
 from .losses import cacl_loss
 from .memory import ClusterCentres, InstanceBank
 from .models.cacl import build_model
 from .optim import adam_kernel, build_optimizer
-from .precision import StepPrecision, extraction_precision
+from .precision import StepPrecision
 
 
 class Trainer:
@@ -52,14 +53,16 @@ class Trainer:
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
-        self.dataset: ReidDataset = prepare_dataset(cfg, env)
+        if generate_if_synthetic(cfg, write=env.is_main):
+            comm.barrier()  # rank 0 wrote the images; the others wait before reading them
+        self.dataset: ReidDataset = dataset_from_config(cfg)
         self._log_setup()
 
         torch.manual_seed(cfg.run.seed)
         parallel = ParallelSettings.from_config(cfg)
         configure_backends(env.device, parallel)
         self.precision = StepPrecision(cfg.train.precision, env.device)
-        self.eval_precision = extraction_precision(cfg.eval.precision, cfg.train.precision)
+        self.extraction = ExtractionSettings.from_config(cfg, env.device, self.show_progress)
         model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool, cfg.model.last_stride)
         self.model = prepare_model(model.to(env.device), env, parallel)
         self.online = parallelize(self.model.online, env, parallel)
@@ -81,7 +84,7 @@ class Trainer:
         self.global_step = 0
         self.eval_history: list[dict] = []
         self._stop_requested = False
-        self.log.info("step: precision %s (extraction %s), Adam %s, %s", cfg.train.precision, self.eval_precision,
+        self.log.info("step: precision %s (extraction %s), Adam %s, %s", cfg.train.precision, self.extraction.precision,
                       adam_kernel(cfg.optim.implementation, env.device), parallel.describe(env.device))
 
     # ----------------------------------------------------------------------------- run
@@ -129,17 +132,13 @@ class Trainer:
     def init_memory(self) -> None:
         """Fill both banks with features of the plain training images (each rank its own rows)."""
         t0 = time.perf_counter()
-        common = dict(height=self.cfg.data.height, width=self.cfg.data.width, batch_size=self.cfg.eval.batch_size,
-                      num_workers=self.cfg.data.num_workers, device=self.env.device,
-                      show_progress=self.show_progress,
-                      pipeline=resolve_pipeline(self.cfg.data.eval_pipeline, "data.eval_pipeline"),
-                      precision=self.eval_precision, channels_last=self.cfg.train.channels_last)
         start, end = self.shard
-        feats = extract_shard(self.model.online.branch, self.dataset.train, start, end, desc="memory rgb", **common)
+        feats = extract_shard(self.model.online.branch, self.dataset.train, start, end, self.extraction,
+                              desc="memory rgb")
         self.bank_rgb.load(feats.to(self.env.device))
         gray = self.cfg.memory.init_gray_from == "gray"
-        feats = extract_shard(self.model.branch_gray, self.dataset.train, start, end, gray=gray,
-                              desc="memory gray", **common)
+        feats = extract_shard(self.model.branch_gray, self.dataset.train, start, end, self.extraction, gray=gray,
+                              desc="memory gray")
         self.bank_gray.load(feats.to(self.env.device))
         self.log.info("memory banks initialised: %d rows on this rank (of %d), %.1f s",
                       end - start, len(self.dataset.train), time.perf_counter() - t0)
@@ -202,22 +201,21 @@ class Trainer:
         """Run the remaining steps of the current epoch; False when stopped early on request."""
         cfg = self.cfg
         self._set_train_mode()
-        labels = self.labels.cpu().numpy()
-        loader = build_epoch_loader(cfg, self.dataset, labels, self.epoch, self.iter_in_epoch, self.env)
-        plan = plan_global_batches(labels, self.dataset, epoch=self.epoch, num_iters=cfg.train.iters_per_epoch,
-                                   batch_size=cfg.train.batch_size, num_instances=cfg.train.num_instances,
-                                   seed=cfg.run.seed, num_clusters=self.centres_rgb.num_clusters,
-                                   device=self.env.device)
-        share = cfg.train.batch_size // self.env.world_size
-        mine = slice(self.env.rank * share, (self.env.rank + 1) * share)
+        plan = training_plan(cfg, self.dataset, self.labels.cpu().numpy(), epoch=self.epoch,
+                             num_clusters=self.centres_rgb.num_clusters, rank=self.env.rank,
+                             world_size=self.env.world_size, device=self.env.device)
+        loader = get_pipeline(resolve_pipeline(cfg.data.pipeline)).train_loader(
+            self.dataset.train, augment_params(cfg), plan, self.iter_in_epoch, cfg.data.num_workers, self.env.device)
         running: dict[str, torch.Tensor] = {}
         count = 0
         t0 = time.perf_counter()
         steps = progress(loader, total=len(loader), desc=f"epoch {self.epoch + 1}", enabled=self.show_progress)
         for images_rgb, images_gray, indices in steps:
             it = self.iter_in_epoch
-            check_batch_order(indices, plan.indices[it, mine], force=cfg.run.debug_checks)
-            parts = self.train_step(images_rgb, images_gray, plan.indices_dev[it], mine, int(plan.max_repeats[it]))
+            if cfg.run.debug_checks:
+                check_batch_order(indices, plan.local_indices[it])
+            parts = self.train_step(images_rgb, images_gray, plan.indices_dev[it], plan.mine,
+                                    int(plan.max_repeats[it]))
             for name, value in parts.items():
                 running[name] = running.get(name, 0) + value.detach()
             count += 1
@@ -287,13 +285,9 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Evaluate branch 1 on query/gallery; record and return the metrics."""
-        cfg = self.cfg
-        metrics = evaluate(self.model.online.branch, self.dataset, rank=self.env.rank,
-                           world_size=self.env.world_size, height=cfg.data.height, width=cfg.data.width,
-                           batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
-                           device=self.env.device, rerank=cfg.eval.rerank, show_progress=self.show_progress,
-                           pipeline=resolve_pipeline(cfg.data.eval_pipeline, "data.eval_pipeline"),
-                           precision=self.eval_precision, channels_last=cfg.train.channels_last)
+        metrics = evaluate(self.model.online.branch, self.dataset, self.extraction, rank=self.env.rank,
+                           world_size=self.env.world_size, rerank=self.cfg.eval.rerank)
+        metrics = comm.broadcast_object(metrics, src=0, what="evaluation metrics")  # rank 0 scored them
         metrics = {"epoch": self.epoch, **metrics}
         self.eval_history.append(metrics)
         self.log.info("evaluation after %d epochs: mAP %.1f%%  rank-1 %.1f%%  rank-5 %.1f%%  rank-10 %.1f%%  "

@@ -1,6 +1,7 @@
-"""Data: dataset layouts, the synthetic generator, the identity sampler and input pipelines.
+"""Data: dataset layouts, the synthetic generator, the identity sampler, epoch plans and input pipelines.
 
-Import the submodules directly (``cacl_dist.data.layouts``, ``.sampler``, ``.transforms``,
-``.datasets``, ``.synthetic``, ``.view_params``, ``.pipelines.torchvision``, ``.pipelines.dali``);
-this package imports nothing heavy.
+Import the submodules directly (``cacl_dist.data.layouts``, ``.sampler``, ``.epoch_plan``,
+``.transforms``, ``.datasets``, ``.synthetic``, ``.view_params``, ``.factory``, and
+``.pipelines`` with its registry of the ``torchvision`` and ``dali`` pipelines); this package
+imports nothing heavy. Nothing in it talks to other processes: callers gather and wait.
 """

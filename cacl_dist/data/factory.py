@@ -1,68 +1,45 @@
-"""From config to data: dataset preparation (incl. the synthetic one) and per-epoch loaders."""
+"""From config to data: the synthetic dataset's images, the dataset, augmentation and the epoch plan.
+
+Nothing here talks to other processes: with several ranks the caller lets one rank write the
+synthetic images (:func:`generate_if_synthetic`) and makes the others wait before they load.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import logging
-from collections.abc import Iterable
 
 import numpy as np
+import torch
 
 from ..config import Config
-from ..distributed import comm
-from ..distributed.env import DistEnv
-from .datasets import build_train_loader
+from .epoch_plan import RankPlan, plan_epoch
 from .layouts import ReidDataset, load_dataset
-from .sampler import IdentitySampler
 from .transforms import AugmentParams
 
-log = logging.getLogger("cacl_dist")
+
+def generate_if_synthetic(cfg: Config, write: bool = True) -> bool:
+    """True when ``cfg`` uses the synthetic dataset; its images are written (if missing) when ``write``.
+
+    With several processes exactly one should write, and the others must wait for it before
+    :func:`dataset_from_config` reads the images.
+    """
+    if cfg.data.dataset != "synthetic":
+        return False
+    if write:
+        from .synthetic import generate_synthetic
+
+        generate_synthetic(cfg.data.root, **dataclasses.asdict(cfg.data.synthetic))
+    return True
 
 
-def prepare_dataset(cfg: Config, env: DistEnv) -> ReidDataset:
-    """Load the configured dataset; the synthetic one is generated first by rank 0 if needed."""
-    if cfg.data.dataset == "synthetic":
-        if env.is_main:
-            from .synthetic import generate_synthetic
-
-            generate_synthetic(cfg.data.root, **dataclasses.asdict(cfg.data.synthetic))
-        comm.barrier()
+def dataset_from_config(cfg: Config) -> ReidDataset:
+    """Load the configured dataset; ValueError when it has too few training images to cluster."""
     dataset = load_dataset(cfg.data.dataset, cfg.data.root)
     if len(dataset.train) <= cfg.clustering.k1:
         raise ValueError(
             f"dataset at '{cfg.data.root}' has {len(dataset.train)} training images, not more than "
             f"clustering.k1={cfg.clustering.k1}; use more images or a smaller clustering.k1")
     return dataset
-
-
-PIPELINES = ("dali", "torchvision")
-
-
-@functools.lru_cache(maxsize=None)
-def resolve_pipeline(name: str, key: str = "data.pipeline") -> str:
-    """Map the value ``name`` of config ``key`` to an available input pipeline; log the choice once.
-
-    'auto' takes DALI when it is installed (on the GPU, and also CPU-only, where it needs about
-    half the CPU time of the torchvision pipeline per sample; see benchmarks/bench_data.py),
-    else torchvision. An explicit 'dali' without DALI installed is an error that says how to
-    install it.
-    """
-    from .pipelines import dali
-
-    if name == "auto":
-        if dali.dali_available():
-            log.info("%s 'auto': NVIDIA DALI %s is installed, using the dali pipeline", key,
-                     dali.require_dali(key).__version__)
-            return "dali"
-        log.info("%s 'auto': NVIDIA DALI is not installed, using torchvision (`%s` for the faster dali "
-                 "pipeline)", key, dali.INSTALL_HINT)
-        return "torchvision"
-    if name not in PIPELINES:
-        raise ValueError(f"{key} '{name}' is not available; choose one of auto, {', '.join(PIPELINES)}")
-    if name == "dali":
-        dali.require_dali(key)
-    return name
 
 
 def augment_params(cfg: Config) -> AugmentParams:
@@ -78,23 +55,15 @@ def camera_ids(dataset: ReidDataset) -> np.ndarray | None:
     return None if (cams < 0).all() else cams
 
 
-def build_epoch_loader(cfg: Config, dataset: ReidDataset, labels: np.ndarray, epoch: int, start_iter: int,
-                       env: DistEnv) -> Iterable:
-    """This rank's loader for the remaining steps of `epoch` under the given pseudo labels.
-
-    It yields ``(views_rgb, views_gray, indices)``: from the torchvision pipeline on the CPU (the
-    trainer moves them), from the DALI pipeline already on ``env.device``.
-    """
-    if cfg.train.batch_size % env.world_size:
+def training_plan(cfg: Config, dataset: ReidDataset, labels: np.ndarray, *, epoch: int, num_clusters: int,
+                  rank: int, world_size: int, device: torch.device) -> RankPlan:
+    """The training plan of ``epoch`` under the pseudo ``labels`` (< ``num_clusters``) for ``rank``."""
+    if cfg.train.batch_size % world_size:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the world size "
-                         f"{env.world_size}; choose a global batch that splits evenly across ranks")
-    sampler = IdentitySampler(labels, camera_ids(dataset), cfg.train.batch_size, cfg.train.num_instances,
-                              cfg.run.seed)
-    plan = sampler.plan(epoch, cfg.train.iters_per_epoch)
-    if resolve_pipeline(cfg.data.pipeline) == "dali":
-        from .pipelines import dali
+                         f"{world_size}; choose a global batch that splits evenly across ranks")
+    return plan_epoch(labels, camera_ids(dataset), epoch=epoch, num_iters=cfg.train.iters_per_epoch,
+                      batch_size=cfg.train.batch_size, num_instances=cfg.train.num_instances, seed=cfg.run.seed,
+                      num_clusters=num_clusters, rank=rank, world_size=world_size, device=device)
 
-        return dali.build_train_loader(dataset.train, augment_params(cfg), plan, env.rank, env.world_size,
-                                       start_iter, num_threads=max(1, cfg.data.num_workers), device=env.device)
-    return build_train_loader(dataset.train, augment_params(cfg), plan, env.rank, env.world_size, start_iter,
-                              cfg.data.num_workers)
+
+__all__ = ["augment_params", "camera_ids", "dataset_from_config", "generate_if_synthetic", "training_plan"]

@@ -8,7 +8,7 @@ same-camera images, and only with replacement when the identity has fewer than
 stream is cut into ``num_iters`` global batches of ``batch_size``.
 
 Everything is drawn from ``(seed, epoch)``, never from the rank, so all ranks plan the same
-global batches and each takes its own slice with :func:`rank_slice`. The draws are vectorised
+global batches and each takes its own slice with :func:`rank_share`. The draws are vectorised
 over all blocks of all passes at once: the cost grows with ``num_iters * batch_size``, not with
 the dataset size.
 """
@@ -33,18 +33,17 @@ class EpochPlan:
         return int(self.indices.shape[0])
 
 
-def rank_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
-    """The contiguous share of ``rank`` along the last axis of ``batch`` (size B, B % world_size == 0)."""
+def rank_share(size: int, rank: int, world_size: int) -> slice:
+    """The columns of ``rank`` in a global batch of ``size``: a contiguous ``size // world_size``."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not valid for world size {world_size}; need 0 <= rank < world_size")
-    size = batch.shape[-1]
     if size % world_size:
         raise ValueError(
             f"the global batch size {size} is not divisible by the world size {world_size}; "
             "choose a batch size that is a multiple of the number of processes"
         )
     share = size // world_size
-    return batch[..., rank * share : (rank + 1) * share]
+    return slice(rank * share, (rank + 1) * share)
 
 
 class IdentitySampler:

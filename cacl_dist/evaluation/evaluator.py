@@ -5,33 +5,27 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..data.layouts import ReidDataset
-from ..distributed import comm
-from .extract import extract_all
+from .extract import ExtractionSettings, extract_all
 from .metrics import evaluate_ranking, pairwise_distance
 from .rerank import k_reciprocal_rerank
 
 
-def evaluate(model: nn.Module, dataset: ReidDataset, *, rank: int, world_size: int, height: int, width: int,
-             batch_size: int, num_workers: int, device: torch.device, rerank: bool = False,
-             show_progress: bool = False, pipeline: str = "torchvision", precision: str = "fp32",
-             channels_last: bool = False) -> dict:
-    """mAP, CMC rank-1/5/10 and mINP of `model` (images -> features); the same dict on every rank.
+def evaluate(model: nn.Module, dataset: ReidDataset, settings: ExtractionSettings, *, rank: int, world_size: int,
+             rerank: bool = False) -> dict | None:
+    """mAP, CMC rank-1/5/10 and mINP of `model` (images -> features) on rank 0; None on the other ranks.
 
-    ``pipeline`` ('torchvision' or 'dali') loads the query and gallery images; `precision` and
-    `channels_last` apply to feature extraction (see ``extract_shard``).
+    Every rank extracts its shard of the query and gallery images with ``settings`` (a collective
+    call); rank 0 ranks the gathered features. Callers that need the metrics on every rank
+    broadcast them.
     """
     if not dataset.has_eval:
         raise ValueError(f"dataset '{dataset.name}' at '{dataset.root}' has no query/gallery split to evaluate on")
     t0 = time.perf_counter()
     records = list(dataset.query) + list(dataset.gallery)
-    feats = extract_all(model, records, rank=rank, world_size=world_size, height=height, width=width,
-                        batch_size=batch_size, num_workers=num_workers, device=device,
-                        show_progress=show_progress, desc="evaluate", pipeline=pipeline,
-                        precision=precision, channels_last=channels_last)
+    feats = extract_all(model, records, settings, rank=rank, world_size=world_size, desc="evaluate")
     result: dict | None = None
     if rank == 0:
         num_query = len(dataset.query)
@@ -45,4 +39,4 @@ def evaluate(model: nn.Module, dataset: ReidDataset, *, rank: int, world_size: i
         result = {k: float(metrics[k]) for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
         result["num_valid_queries"] = int(metrics["num_valid_queries"])
         result["seconds"] = time.perf_counter() - t0
-    return comm.broadcast_object(result, src=0, what="evaluation metrics")
+    return result

@@ -1,55 +1,84 @@
 """Feature extraction with exact sharding: each rank takes a contiguous slice, no padding.
 
 Unlike a DistributedSampler, no sample is repeated to even out the shards, so the gathered
-features are exactly one row per image, in dataset order.
+features are exactly one row per image, in dataset order. :class:`ExtractionSettings` holds
+what stays the same across the extractions of a run (image size, batch, pipeline, precision).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 
-from ..data.datasets import build_eval_loader
 from ..data.layouts import ImageRecord
+from ..data.pipelines import PIPELINES, get_pipeline, resolve_pipeline
 from ..distributed import comm
 from ..distributed.parallelize import to_input
 from ..distributed.sharding import shard_bounds
 from ..logging import progress
-from ..precision import autocast
+from ..precision import autocast, extraction_precision
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    """How images become features: size, batch, loader, device and the forward pass's precision.
+
+    ``pipeline`` is a resolved pipeline name ('torchvision' or 'dali': DALI decodes, resizes
+    and normalises on ``device`` with ``num_workers`` threads instead of DataLoader workers).
+    ``precision`` ('fp32', 'bf16', 'fp16') is the autocast precision of the forward pass; with
+    large batches bf16 extraction is several times faster on tensor-core GPUs.
+    ``channels_last`` sends the images in NHWC order (for a model converted to channels-last).
+    """
+
+    height: int
+    width: int
+    batch_size: int
+    num_workers: int = 0
+    device: torch.device = torch.device("cpu")
+    pipeline: str = "torchvision"
+    precision: str = "fp32"
+    channels_last: bool = False
+    show_progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"extraction pipeline '{self.pipeline}' is not one of {', '.join(PIPELINES)}; "
+                             "resolve data.eval_pipeline first")
+        object.__setattr__(self, "device", torch.device(self.device))
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: torch.device, show_progress: bool = False) -> ExtractionSettings:
+        """The settings of a run: data.eval_pipeline resolved, eval.precision 'train' -> train.precision."""
+        return cls(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size,
+                   num_workers=cfg.data.num_workers, device=device,
+                   pipeline=resolve_pipeline(cfg.data.eval_pipeline, "data.eval_pipeline"),
+                   precision=extraction_precision(cfg.eval.precision, cfg.train.precision),
+                   channels_last=cfg.train.channels_last, show_progress=show_progress)
 
 
 @torch.no_grad()
-def extract_shard(model: nn.Module, records: Sequence[ImageRecord], start: int, end: int, *, height: int,
-                  width: int, batch_size: int, num_workers: int, device: torch.device, gray: bool = False,
-                  show_progress: bool = False, desc: str = "extract", pipeline: str = "torchvision",
-                  precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+def extract_shard(model: nn.Module, records: Sequence[ImageRecord], start: int, end: int,
+                  settings: ExtractionSettings, *, gray: bool = False, desc: str = "extract") -> torch.Tensor:
     """Features of records[start:end] (float32, on the CPU), in order; `model` maps images to features.
 
-    ``pipeline`` 'dali' decodes, resizes and normalises with NVIDIA DALI on ``device`` (with
-    ``num_workers`` threads) instead of torchvision DataLoader workers. `precision` ('fp32',
-    'bf16', 'fp16') is the autocast precision of the forward pass; with large batches bf16
-    extraction is several times faster on tensor-core GPUs. `channels_last` sends the images in
-    NHWC order (use it when the model was converted to channels-last).
+    ``gray`` feeds the gray version of every image; ``desc`` names the progress bar.
     """
+    s = settings
     was_training = model.training
     model.eval()
-    if pipeline == "dali":
-        from ..data.pipelines.dali import build_eval_loader as build_dali_eval_loader
-
-        loader = build_dali_eval_loader(list(records), height, width, batch_size, max(1, num_workers), gray=gray,
-                                        start=start, end=end, device=device)
-    elif pipeline == "torchvision":
-        loader = build_eval_loader(list(records), height, width, batch_size, num_workers, gray=gray,
-                                   start=start, end=end)
-    else:
-        raise ValueError(f"extraction pipeline '{pipeline}' is not one of dali, torchvision")
+    loader = get_pipeline(s.pipeline).eval_loader(list(records), s.height, s.width, s.batch_size, s.num_workers,
+                                                  gray=gray, start=start, end=end, device=s.device)
     chunks: list[torch.Tensor] = []
     try:
-        for images, _ in progress(loader, total=len(loader), desc=desc, enabled=show_progress):
-            with autocast(torch.device(device), precision):
-                feats = model(to_input(images, device, channels_last))
+        for images, _ in progress(loader, total=len(loader), desc=desc, enabled=s.show_progress):
+            with autocast(s.device, s.precision):
+                feats = model(to_input(images, s.device, s.channels_last))
             chunks.append(feats.float().cpu())
     finally:
         model.train(was_training)
@@ -58,15 +87,11 @@ def extract_shard(model: nn.Module, records: Sequence[ImageRecord], start: int, 
     return torch.cat(chunks)
 
 
-def extract_all(model: nn.Module, records: Sequence[ImageRecord], *, rank: int, world_size: int, height: int,
-                width: int, batch_size: int, num_workers: int, device: torch.device, gray: bool = False,
-                show_progress: bool = False, desc: str = "extract", pipeline: str = "torchvision",
-                precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+def extract_all(model: nn.Module, records: Sequence[ImageRecord], settings: ExtractionSettings, *, rank: int,
+                world_size: int, gray: bool = False, desc: str = "extract") -> torch.Tensor:
     """Features of every record on every rank: each rank extracts its shard, then all ranks gather."""
     start, end = shard_bounds(len(records), rank, world_size)
-    local = extract_shard(model, records, start, end, height=height, width=width, batch_size=batch_size,
-                          num_workers=num_workers, device=device, gray=gray, show_progress=show_progress,
-                          desc=desc, pipeline=pipeline, precision=precision, channels_last=channels_last)
+    local = extract_shard(model, records, start, end, settings, gray=gray, desc=desc)
     if local.numel() == 0:
         dim = _feature_dim(model)
         local = torch.zeros(0, dim)
@@ -81,3 +106,6 @@ def _feature_dim(model: nn.Module) -> int:
     if dim is None:
         raise ValueError("cannot tell the feature size of an empty shard; give the model a `dim` attribute")
     return int(dim)
+
+
+__all__ = ["ExtractionSettings", "extract_all", "extract_shard"]

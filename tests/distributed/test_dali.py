@@ -8,13 +8,17 @@ import torch
 pytest.importorskip("nvidia.dali")
 
 from cacl_dist.config import load_config  # noqa: E402
-from cacl_dist.data.factory import augment_params, build_epoch_loader, camera_ids  # noqa: E402
+from cacl_dist.data.epoch_plan import RankPlan  # noqa: E402
+from cacl_dist.data.factory import augment_params, camera_ids, training_plan  # noqa: E402
 from cacl_dist.data.layouts import load_dataset  # noqa: E402
 from cacl_dist.data.pipelines import dali as dp  # noqa: E402
-from cacl_dist.data.sampler import IdentitySampler, rank_slice  # noqa: E402
+from cacl_dist.data.pipelines import get_pipeline, resolve_pipeline  # noqa: E402
+from cacl_dist.data.sampler import IdentitySampler  # noqa: E402
 from cacl_dist.data.synthetic import generate_synthetic  # noqa: E402
 from cacl_dist.distributed import comm  # noqa: E402
 from cacl_dist.distributed.env import DistEnv  # noqa: E402
+
+from tests.helpers.plans import rank_slice  # noqa: E402
 
 from .harness import run_gloo  # noqa: E402
 
@@ -30,7 +34,11 @@ def _load_epoch(rank, world_size, root):
     cfg = load_config(None, OVERRIDES + [f"data.root={root}"])
     dataset = load_dataset("synthetic", root)
     env = DistEnv(rank, world_size, rank, torch.device("cpu"), "gloo")
-    loader = build_epoch_loader(cfg, dataset, _labels(len(dataset.train)), epoch=1, start_iter=0, env=env)
+    labels = _labels(len(dataset.train))
+    plan = training_plan(cfg, dataset, labels, epoch=1, num_clusters=int(labels.max()) + 1, rank=env.rank,
+                         world_size=env.world_size, device=env.device)
+    loader = get_pipeline(resolve_pipeline(cfg.data.pipeline)).train_loader(
+        dataset.train, augment_params(cfg), plan, 0, cfg.data.num_workers, env.device)
     assert isinstance(loader, dp.DaliLoader)
     steps = [(rgb, gray, index) for rgb, gray, index in loader]
     gathered = [comm.all_gather_cat(index) for _, _, index in steps]  # the global batch of each step
@@ -53,7 +61,7 @@ def test_each_rank_gets_its_slice_and_the_union_is_the_global_batch(tmp_path):
             assert gathered[it].tolist() == plan.indices[it].tolist()  # union over ranks = global batch
     # A sample's views do not depend on the rank layout: one process loading whole global batches
     # gives every rank's rows.
-    whole = list(dp.build_train_loader(dataset.train, augment_params(cfg), plan, 0, 1, num_threads=1))
+    whole = list(dp.train_loader(dataset.train, augment_params(cfg), RankPlan.build(plan, 0, 1), num_workers=1))
     for it, (rgb, gray, index) in enumerate(whole):
         for rank, (steps, _) in enumerate(results):
             rows = slice(4 * rank, 4 * rank + 4)

@@ -2,10 +2,12 @@ import torch
 
 from cacl_dist.data.layouts import load_dataset
 from cacl_dist.data.synthetic import generate_synthetic
-from cacl_dist.evaluation.extract import extract_all, extract_shard
+from cacl_dist.evaluation.extract import ExtractionSettings, extract_all, extract_shard
 from cacl_dist.models.cacl import Branch
 
 from .harness import run_gloo
+
+SETTINGS = ExtractionSettings(height=64, width=32, batch_size=7, num_workers=0, device=torch.device("cpu"))
 
 
 def _branch() -> Branch:
@@ -15,16 +17,14 @@ def _branch() -> Branch:
 
 def _extract(rank, world_size, root):
     records = load_dataset("synthetic", root).train
-    return extract_all(_branch(), records, rank=rank, world_size=world_size, height=64, width=32,
-                       batch_size=7, num_workers=0, device=torch.device("cpu"))
+    return extract_all(_branch(), records, SETTINGS, rank=rank, world_size=world_size)
 
 
 def test_sharded_extraction_equals_one_process(tmp_path):
     root = generate_synthetic(str(tmp_path / "data"), num_train_ids=5, num_test_ids=2, images_per_id=5,
                               num_cameras=2, height=64, width=32)  # 25 images: shards of 9, 8, 8
     records = load_dataset("synthetic", root).train
-    single = extract_shard(_branch(), records, 0, len(records), height=64, width=32, batch_size=7,
-                           num_workers=0, device=torch.device("cpu"))
+    single = extract_shard(_branch(), records, 0, len(records), SETTINGS)
     results = run_gloo(_extract, 3, root)
     for gathered in results:
         assert gathered.shape == (25, 128)  # exactly one row per image, no padding repeats

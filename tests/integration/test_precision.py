@@ -55,10 +55,9 @@ def assert_tracks(bf16: torch.Tensor, fp32: torch.Tensor) -> None:
 @pytest.fixture(scope="module")
 def crops(synthetic_root):
     """The tiny synthetic dataset, written once (the runs read its training folder directly)."""
-    from cacl_dist.data.factory import prepare_dataset
+    from cacl_dist.data.factory import generate_if_synthetic
 
-    prepare_dataset(load_config(None, tiny_overrides(synthetic_root / "prepare", synthetic_root)),
-                    DistEnv(0, 1, 0, torch.device("cpu"), None))
+    generate_if_synthetic(load_config(None, tiny_overrides(synthetic_root / "prepare", synthetic_root)))
     return synthetic_root
 
 

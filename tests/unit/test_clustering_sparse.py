@@ -347,15 +347,15 @@ def test_cluster_runs_the_configured_backend():
 @pytest.mark.skipif(not os.path.isdir(MINI_ROOT), reason="market1501-mini is not available")
 def test_real_features_market1501_mini():
     from cacl_dist.data.layouts import load_dataset
-    from cacl_dist.evaluation.extract import extract_shard
+    from cacl_dist.evaluation.extract import ExtractionSettings, extract_shard
     from cacl_dist.models.cacl import Branch
 
     torch.manual_seed(0)
     records = load_dataset("market1501", MINI_ROOT).train[:800]
     model = Branch("resnet_tiny")
     with torch.no_grad():
-        feats = extract_shard(model, records, 0, len(records), height=64, width=32, batch_size=200,
-                              num_workers=0, device=torch.device("cpu"))
+        settings = ExtractionSettings(height=64, width=32, batch_size=200, num_workers=0, device=torch.device("cpu"))
+        feats = extract_shard(model, records, 0, len(records), settings)
     for k1, k2, eps in ((20, 6, 0.6),):
         params = ClusterParams(k1=k1, k2=k2, eps=eps, eps_tight=eps - 0.02)
         ref = cluster(feats, dataclasses.replace(params, backend="sklearn"))

@@ -12,9 +12,10 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
-from cacl_dist.data.datasets import build_eval_loader as build_tv_eval_loader  # noqa: E402
+from cacl_dist.data.epoch_plan import RankPlan  # noqa: E402
 from cacl_dist.data.layouts import ImageRecord  # noqa: E402
 from cacl_dist.data.pipelines import dali as dp  # noqa: E402
+from cacl_dist.data.pipelines.torchvision import eval_loader as build_tv_eval_loader  # noqa: E402
 from cacl_dist.data.sampler import EpochPlan  # noqa: E402
 from cacl_dist.data.transforms import (  # noqa: E402
     IMAGENET_MEAN,
@@ -47,10 +48,10 @@ def _write_images(folder: Path, sizes, seed: int = 0) -> list[ImageRecord]:
     return records
 
 
-def _plan(indices: np.ndarray, seed: int = 0) -> EpochPlan:
+def _plan(indices: np.ndarray, seed: int = 0) -> RankPlan:
     indices = np.atleast_2d(indices).astype(np.int64)
     seeds = np.random.default_rng(seed).integers(0, 2**62, indices.shape)
-    return EpochPlan(indices=indices, aug_seeds=seeds)
+    return RankPlan.build(EpochPlan(indices=indices, aug_seeds=seeds), 0, 1)
 
 
 def _unnormalise(x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +62,7 @@ def test_without_randomness_dali_matches_torchvision(tmp_path):
     records = _write_images(tmp_path, SIZES)
     params = AugmentParams(height=32, width=16, flip_p=0.0, pad=0, erase_p=0.0)
     plan = _plan(np.arange(len(records)))
-    view_rgb, view_gray, index = next(iter(dp.build_train_loader(records, params, plan, 0, 1, num_threads=1)))
+    view_rgb, view_gray, index = next(iter(dp.train_loader(records, params, plan, num_workers=1)))
     assert view_rgb.shape == view_gray.shape == (6, 3, 32, 16) and view_rgb.dtype == torch.float32
     assert index.tolist() == list(range(6)) and index.dtype == torch.int64
     for i, (h, w) in enumerate(SIZES):
@@ -78,7 +79,7 @@ def test_random_views_apply_their_choices_exactly(tmp_path):
     records = _write_images(tmp_path, [(32, 16)] * 4)
     params = AugmentParams(height=32, width=16, pad=4)
     plan = _plan(np.tile(np.arange(4), 4).reshape(2, 8), seed=5)
-    batches = list(dp.build_train_loader(records, params, plan, 0, 1, num_threads=1))
+    batches = list(dp.train_loader(records, params, plan, num_workers=1))
     assert len(batches) == 2
     for it, (view_rgb, view_gray, index) in enumerate(batches):
         for view, out in ((0, view_rgb), (1, view_gray)):
@@ -92,7 +93,7 @@ def test_random_views_apply_their_choices_exactly(tmp_path):
 def test_gray_view_is_bt601_luma_in_three_equal_channels(tmp_path):
     records = _write_images(tmp_path, [(32, 16)])
     params = AugmentParams(height=32, width=16, flip_p=0.0, pad=0, erase_p=0.0)
-    _, view_gray, _ = next(iter(dp.build_train_loader(records, params, _plan(np.zeros(3)), 0, 1, num_threads=1)))
+    _, view_gray, _ = next(iter(dp.train_loader(records, params, _plan(np.zeros(3)), num_workers=1)))
     plain = _unnormalise(view_gray[0])
     assert torch.allclose(plain[0], plain[1], atol=1e-5) and torch.allclose(plain[0], plain[2], atol=1e-5)
     luma = to_gray(load_image(records[0].path).float() / 255.0)[0]
@@ -126,7 +127,7 @@ def test_rates_of_flip_crop_and_erasing(tmp_path):
     iters, batch = 16, 32
     plan = _plan(np.zeros((iters, batch)), seed=11)
     found = {0: [], 1: []}
-    for it, (view_1, view_2, _) in enumerate(dp.build_train_loader(records, params, plan, 0, 1, num_threads=2)):
+    for it, (view_1, view_2, _) in enumerate(dp.train_loader(records, params, plan, num_workers=2)):
         for view, out in ((0, view_1), (1, view_2)):
             choice = draw_view_batch(params, plan.aug_seeds[it], view)
             for i in range(batch):
@@ -149,42 +150,42 @@ def test_loader_is_deterministic_and_resumes_mid_epoch(tmp_path):
     records = _write_images(tmp_path, SIZES)
     params = AugmentParams(height=32, width=16, pad=4)
     plan = _plan((np.arange(18) % 6).reshape(3, 6), seed=3)
-    loader = dp.build_train_loader(records, params, plan, 0, 1, num_threads=2)
+    loader = dp.train_loader(records, params, plan, num_workers=2)
     first, second = list(loader), list(loader)
     assert len(loader) == 3 and len(first) == 3
     for a, b in zip(first, second):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
-    resumed = list(dp.build_train_loader(records, params, plan, 0, 1, start_iter=2, num_threads=1))
+    resumed = list(dp.train_loader(records, params, plan, start_iter=2, num_workers=1))
     assert len(resumed) == 1 and all(torch.equal(x, y) for x, y in zip(resumed[0], first[2]))
 
 
 def test_eval_loader_matches_torchvision_in_order(tmp_path):
     records = _write_images(tmp_path, SIZES + [(32, 16)])
-    dali_batches = list(dp.build_eval_loader(records, 32, 16, batch_size=3, num_threads=1, start=1, end=7))
+    dali_batches = list(dp.eval_loader(records, 32, 16, batch_size=3, num_workers=1, start=1, end=7))
     tv_batches = list(build_tv_eval_loader(records, 32, 16, batch_size=3, start=1, end=7))
     assert [b[1].tolist() for b in dali_batches] == [[1, 2, 3], [4, 5, 6]]
     dali_images, tv_images = torch.cat([b[0] for b in dali_batches]), torch.cat([b[0] for b in tv_batches])
     assert dali_images.shape == tv_images.shape == (6, 3, 32, 16)
     assert (dali_images - tv_images).abs().mean() < 0.6 * LEVEL
-    gray = next(iter(dp.build_eval_loader(records, 32, 16, batch_size=2, num_threads=1, gray=True)))[0]
+    gray = next(iter(dp.eval_loader(records, 32, 16, batch_size=2, num_workers=1, gray=True)))[0]
     tv_gray = next(iter(build_tv_eval_loader(records, 32, 16, batch_size=2, gray=True)))[0]
     assert (gray[0] - tv_gray[0]).abs().max() < 0.51 * LEVEL + 1e-5
-    assert list(dp.build_eval_loader(records, 32, 16, batch_size=4, start=3, end=3)) == []
+    assert list(dp.eval_loader(records, 32, 16, batch_size=4, start=3, end=3)) == []
 
 
 def test_extraction_through_dali_gives_the_same_features(tmp_path):
-    from cacl_dist.evaluation.extract import extract_shard
+    from cacl_dist.evaluation.extract import ExtractionSettings, extract_shard
     from cacl_dist.models.cacl import Branch
 
     records = _write_images(tmp_path, [(32, 16), (20, 10), (16, 8), (32, 16)], seed=4)
     torch.manual_seed(0)
     branch = Branch("resnet_tiny").eval()
     common = dict(height=32, width=16, batch_size=3, num_workers=0, device=torch.device("cpu"))
-    tv = extract_shard(branch, records, 0, 4, **common)
-    dali = extract_shard(branch, records, 0, 4, pipeline="dali", **common)
+    tv = extract_shard(branch, records, 0, 4, ExtractionSettings(**common))
+    dali = extract_shard(branch, records, 0, 4, ExtractionSettings(pipeline="dali", **common))
     torch.testing.assert_close(dali, tv, atol=1e-4, rtol=1e-4)  # upscaled and exact sizes: same pixels
     with pytest.raises(ValueError, match="extraction pipeline"):
-        extract_shard(branch, records, 0, 4, pipeline="opencv", **common)
+        extract_shard(branch, records, 0, 4, ExtractionSettings(pipeline="opencv", **common))
 
 
 def test_unreadable_image_is_named_and_never_hangs(tmp_path):
@@ -197,12 +198,14 @@ def test_unreadable_image_is_named_and_never_hangs(tmp_path):
         import numpy as np
         from cacl_dist.data.layouts import ImageRecord
         from cacl_dist.data.pipelines import dali as dp
+        from cacl_dist.data.epoch_plan import RankPlan
         from cacl_dist.data.sampler import EpochPlan
         from cacl_dist.data.transforms import AugmentParams
         records = [ImageRecord(path={str(good)!r}, pid=0, camid=0), ImageRecord(path={str(bad)!r}, pid=0, camid=0)]
-        plan = EpochPlan(indices=np.array([[0, 0], [0, 1], [0, 0]]), aug_seeds=np.zeros((3, 2), np.int64))
-        for loader in (dp.build_train_loader(records, AugmentParams(height=32, width=16), plan, 0, 1),
-                       dp.build_eval_loader(records, 32, 16, batch_size=2)):
+        plan = RankPlan.build(EpochPlan(indices=np.array([[0, 0], [0, 1], [0, 0]]),
+                                        aug_seeds=np.zeros((3, 2), np.int64)), 0, 1)
+        for loader in (dp.train_loader(records, AugmentParams(height=32, width=16), plan),
+                       dp.eval_loader(records, 32, 16, batch_size=2)):
             try:
                 list(loader)
             except ValueError as err:
@@ -226,7 +229,7 @@ def test_batched_erasing_equals_the_per_sample_loop():
 def test_device_must_be_cpu_or_cuda(tmp_path):
     records = _write_images(tmp_path, [(32, 16)])
     with pytest.raises(ValueError, match="CUDA or the CPU"):
-        dp.build_eval_loader(records, 32, 16, batch_size=1, device="meta")
+        dp.eval_loader(records, 32, 16, batch_size=1, device="meta")
 
 
 @pytest.mark.parametrize("device_id", [None, 0], ids=["cpu-only", "cuda"])
@@ -250,8 +253,8 @@ def test_gpu_pipeline_matches_the_cpu_pipeline(tmp_path):
     records = _write_images(tmp_path, SIZES)
     params = AugmentParams(height=32, width=16, pad=4)
     plan = _plan(np.arange(6), seed=2)
-    cpu = next(iter(dp.build_train_loader(records, params, plan, 0, 1, device="cpu")))
-    gpu = next(iter(dp.build_train_loader(records, params, plan, 0, 1, device="cuda:0")))
+    cpu = next(iter(dp.train_loader(records, params, plan, device="cpu")))
+    gpu = next(iter(dp.train_loader(records, params, plan, device="cuda:0")))
     assert all(t.device.type == "cuda" for t in gpu)
     for a, b in zip(cpu[:2], gpu[:2]):
         assert (a - b.cpu()).abs().mean() < 0.6 * LEVEL

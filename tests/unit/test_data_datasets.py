@@ -5,15 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cacl_dist.data.datasets import (
-    EvalDataset,
-    PlanBatchSampler,
-    TwoViewDataset,
-    build_eval_loader,
-    build_train_loader,
-)
+from cacl_dist.data.datasets import EvalDataset, TwoViewDataset
+from cacl_dist.data.epoch_plan import RankPlan
 from cacl_dist.data.layouts import ImageRecord
+from cacl_dist.data.pipelines import get_pipeline
 from cacl_dist.data.pipelines import torchvision as tv_pipeline
+from cacl_dist.data.pipelines.torchvision import PlanBatchSampler, eval_loader, train_loader
 from cacl_dist.data.sampler import EpochPlan, IdentitySampler
 from cacl_dist.data.transforms import AugmentParams, eval_transform, load_image, two_views
 
@@ -56,21 +53,21 @@ def test_eval_dataset_item(records):
 
 
 def test_plan_batch_sampler_slices_and_skips(plan):
-    sampler = PlanBatchSampler(plan, rank=1, world_size=2, start_iter=3)
+    sampler = PlanBatchSampler(RankPlan.build(plan, rank=1, world_size=2), start_iter=3)
     batches = list(sampler)
     assert len(sampler) == len(batches) == 2
     for it, batch in zip(range(3, 5), batches):
         assert batch == list(zip(plan.indices[it, 4:].tolist(), plan.aug_seeds[it, 4:].tolist()))
-    assert list(PlanBatchSampler(plan, 0, 1, start_iter=5)) == []
-    assert len(list(PlanBatchSampler(plan, 0, 4))) == 5
+    assert list(PlanBatchSampler(RankPlan.build(plan, 0, 1), start_iter=5)) == []
+    assert len(list(PlanBatchSampler(RankPlan.build(plan, 0, 4)))) == 5
     with pytest.raises(ValueError, match="start_iter=6"):
-        PlanBatchSampler(plan, 0, 1, start_iter=6)
+        PlanBatchSampler(RankPlan.build(plan, 0, 1), start_iter=6)
     with pytest.raises(ValueError, match="not divisible"):
-        PlanBatchSampler(plan, 0, 3)
+        PlanBatchSampler(RankPlan.build(plan, 0, 3))
 
 
 def test_train_loader_batches_match_the_plan(records, plan):
-    loader = build_train_loader(records, PARAMS, plan, rank=0, world_size=2, start_iter=1, num_workers=0)
+    loader = train_loader(records, PARAMS, RankPlan.build(plan, rank=0, world_size=2), start_iter=1, num_workers=0)
     batches = list(loader)
     assert len(batches) == 4
     for it, (views_rgb, views_gray, indices) in zip(range(1, 5), batches):
@@ -82,8 +79,8 @@ def test_train_loader_batches_match_the_plan(records, plan):
 
 
 def test_train_loader_is_identical_with_worker_processes(records, plan):
-    serial = list(build_train_loader(records, PARAMS, plan, 1, 2, 3, num_workers=0))
-    workers = list(build_train_loader(records, PARAMS, plan, 1, 2, 3, num_workers=2))
+    serial = list(train_loader(records, PARAMS, RankPlan.build(plan, 1, 2), 3, num_workers=0))
+    workers = list(train_loader(records, PARAMS, RankPlan.build(plan, 1, 2), 3, num_workers=2))
     assert len(serial) == len(workers) == 2
     for a, b in zip(serial, workers):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
@@ -92,22 +89,22 @@ def test_train_loader_is_identical_with_worker_processes(records, plan):
 def test_train_loader_rejects_plan_for_other_records(records):
     bad = EpochPlan(indices=np.array([[0, 12]], dtype=np.int64), aug_seeds=np.zeros((1, 2), dtype=np.int64))
     with pytest.raises(ValueError, match="12 training records"):
-        build_train_loader(records, PARAMS, bad, 0, 1, 0, 0)
+        train_loader(records, PARAMS, RankPlan.build(bad, 0, 1), 0, 0)
 
 
 def test_eval_loader_range_keeps_global_indices(records):
-    loader = build_eval_loader(records, 32, 16, batch_size=4, num_workers=0, start=3, end=9)
+    loader = eval_loader(records, 32, 16, batch_size=4, num_workers=0, start=3, end=9)
     batches = list(loader)
     assert [b[1].tolist() for b in batches] == [[3, 4, 5, 6], [7, 8]]
     assert batches[0][0].shape == (4, 3, 32, 16)
     assert torch.equal(batches[1][0][1], eval_transform(load_image(records[8].path), 32, 16))
-    everything = list(build_eval_loader(records, 32, 16, batch_size=5, num_workers=0, gray=True))
+    everything = list(eval_loader(records, 32, 16, batch_size=5, num_workers=0, gray=True))
     assert torch.cat([b[1] for b in everything]).tolist() == list(range(12))
     with pytest.raises(ValueError, match="end=13"):
-        build_eval_loader(records, 32, 16, batch_size=4, num_workers=0, start=2, end=13)
+        eval_loader(records, 32, 16, batch_size=4, num_workers=0, start=2, end=13)
 
 
-def test_torchvision_pipeline_exports_the_builders():
+def test_torchvision_pipeline_is_in_the_registry():
     assert tv_pipeline.NAME == "torchvision"
-    assert tv_pipeline.build_train_loader is build_train_loader
-    assert tv_pipeline.build_eval_loader is build_eval_loader
+    assert get_pipeline("torchvision").train_loader is train_loader
+    assert get_pipeline("torchvision").eval_loader is eval_loader

@@ -4,8 +4,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
-from cacl_dist.data.sampler import EpochPlan, IdentitySampler, rank_slice
+from cacl_dist.data.epoch_plan import RankPlan, check_batch_order, plan_epoch
+from cacl_dist.data.sampler import EpochPlan, IdentitySampler
+from tests.helpers.plans import rank_slice
 
 
 def _random_labels(num_images=600, num_ids=80, num_cams=6, seed=0):
@@ -159,3 +162,30 @@ def test_picks_are_uniform_over_the_identity():
     assert np.abs(anchors / 2000 - 0.1).max() < 0.025
     assert np.abs(picks / 6000 - 0.1).max() < 0.015
     assert all(len(set(b)) == 4 for b in blocks.tolist())
+
+
+def test_rank_plan_holds_the_sampler_plan_and_this_ranks_share():
+    labels, cams = _random_labels()
+    sampled = IdentitySampler(labels, cams, 32, 4, seed=2).plan(1, 5)
+    for rank in range(4):
+        plan = plan_epoch(labels, cams, epoch=1, num_iters=5, batch_size=32, num_instances=4, seed=2,
+                          num_clusters=80, rank=rank, world_size=4)
+        np.testing.assert_array_equal(plan.indices, sampled.indices)
+        np.testing.assert_array_equal(plan.aug_seeds, sampled.aug_seeds)
+        np.testing.assert_array_equal(plan.indices_dev.numpy(), sampled.indices)
+        np.testing.assert_array_equal(plan.local_indices, rank_slice(sampled.indices, rank, 4))
+        np.testing.assert_array_equal(plan.local_seeds, rank_slice(sampled.aug_seeds, rank, 4))
+        assert plan.mine == slice(8 * rank, 8 * rank + 8) and plan.num_iters == 5
+    repeats = [max(Counter(row).values()) for row in sampled.indices.tolist()]
+    assert plan.max_repeats.tolist() == repeats
+    top = int(labels[sampled.indices].max())  # a planned label that is one too large for top clusters
+    with pytest.raises(ValueError, match=rf"outside \[0, {top}\)"):
+        plan_epoch(labels, cams, epoch=1, num_iters=5, batch_size=32, num_instances=4, seed=2, num_clusters=top)
+    with pytest.raises(ValueError, match="not divisible"):
+        RankPlan.build(sampled, 0, 3)
+
+
+def test_batch_order_check_names_the_plan():
+    check_batch_order(torch.tensor([4, 2]), np.array([4, 2]))
+    with pytest.raises(RuntimeError, match="epoch plan"):
+        check_batch_order(torch.tensor([2, 4]), np.array([4, 2]))

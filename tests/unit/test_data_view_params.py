@@ -1,10 +1,12 @@
 """Batch-drawn augmentation choices (the DALI pipeline's randomness) and the pipeline choice."""
 
+import typing
+
 import numpy as np
 import pytest
 
-from cacl_dist.config import ConfigError, load_config
-from cacl_dist.data import factory, view_params
+from cacl_dist.config import ConfigError, DataConfig, load_config
+from cacl_dist.data import pipelines, view_params
 from cacl_dist.data.pipelines import dali as dali_pipeline
 from cacl_dist.data.transforms import AugmentParams
 from cacl_dist.data.view_params import draw_view_batch, sample_uniforms
@@ -91,22 +93,35 @@ def test_view_converts_one_sample_to_view_params():
 @pytest.fixture
 def no_dali(monkeypatch):
     monkeypatch.setattr(dali_pipeline, "dali_available", lambda: False)
-    factory.resolve_pipeline.cache_clear()
+    pipelines.resolve_pipeline.cache_clear()
     yield
-    factory.resolve_pipeline.cache_clear()
+    pipelines.resolve_pipeline.cache_clear()
 
 
 def test_auto_falls_back_to_torchvision_and_explicit_dali_names_the_extra(no_dali, monkeypatch):
     lines = []
-    monkeypatch.setattr(factory.log, "info", lambda msg, *args: lines.append(msg % args))
-    assert factory.resolve_pipeline("auto") == "torchvision"
-    assert factory.resolve_pipeline("auto") == "torchvision"
+    monkeypatch.setattr(pipelines.log, "info", lambda msg, *args: lines.append(msg % args))
+    assert pipelines.resolve_pipeline("auto") == "torchvision"
+    assert pipelines.resolve_pipeline("auto") == "torchvision"
     assert len(lines) == 1 and "using torchvision" in lines[0] and "pip install cacl_dist[dali]" in lines[0]
     with pytest.raises(ValueError, match=r"data\.pipeline is 'dali'.*pip install cacl_dist\[dali\]"):
-        factory.resolve_pipeline("dali")
+        pipelines.resolve_pipeline("dali")
     with pytest.raises(ValueError, match=r"data\.eval_pipeline is 'dali'"):
-        factory.resolve_pipeline("dali", "data.eval_pipeline")
-    assert factory.resolve_pipeline("torchvision") == "torchvision"
+        pipelines.resolve_pipeline("dali", "data.eval_pipeline")
+    assert pipelines.resolve_pipeline("torchvision") == "torchvision"
+
+
+def test_registry_returns_each_pipeline_module():
+    assert pipelines.get_pipeline("dali") is dali_pipeline
+    assert pipelines.get_pipeline("torchvision").NAME == "torchvision"
+    with pytest.raises(ValueError, match="'opencv' is not one of dali, torchvision"):
+        pipelines.get_pipeline("opencv")
+
+
+def test_config_offers_the_registered_pipelines():
+    hints = typing.get_type_hints(DataConfig)
+    for key in ("pipeline", "eval_pipeline"):
+        assert typing.get_args(hints[key]) == ("auto", *pipelines.PIPELINES), key
 
 
 def test_config_accepts_the_pipelines():

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cacl_dist.batch_plan import check_batch_order
+from cacl_dist.data.epoch_plan import check_batch_order
 from cacl_dist.config import ConfigError, load_config
 from cacl_dist.distributed import comm
 from cacl_dist.distributed.env import DistEnv

@@ -1,2 +1,83 @@
-"""Input pipelines that turn an epoch plan into batches: ``torchvision`` (everywhere) and ``dali``
-(NVIDIA DALI on the GPU or the CPU, an optional extra imported only when used)."""
+"""Input pipelines that turn an epoch plan or a record range into batches, behind one interface.
+
+``torchvision`` runs everywhere (PIL decoding, DataLoader workers); ``dali`` uses NVIDIA DALI on
+the GPU or the CPU (an optional extra, imported only when used). :func:`resolve_pipeline` maps
+a config value ('auto', 'dali', 'torchvision') to an available pipeline, :func:`get_pipeline`
+returns its module, which offers :class:`Pipeline`'s two loaders:
+
+* ``train_loader(...)`` yields ``(views_rgb B x 3 x H x W, views_gray, indices int64 B)``, this
+  rank's share of every global batch of the plan from ``start_iter`` on;
+* ``eval_loader(...)`` yields ``(images, global indices)`` over ``records[start:end]`` in order.
+
+torchvision batches come on the CPU (the caller moves them); DALI batches are on ``device``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from cacl_dist.data.epoch_plan import RankPlan
+    from cacl_dist.data.layouts import ImageRecord
+    from cacl_dist.data.transforms import AugmentParams
+
+PIPELINES = ("dali", "torchvision")
+
+log = logging.getLogger("cacl_dist")
+
+
+class Pipeline(Protocol):
+    """What every pipeline module offers."""
+
+    NAME: str
+
+    def train_loader(self, records: Sequence[ImageRecord], params: AugmentParams, plan: RankPlan,
+                     start_iter: int = 0, num_workers: int = 0, device: torch.device | str = "cpu") -> Iterable:
+        """This rank's training batches of ``plan`` from ``start_iter`` on (``len`` = batches left)."""
+
+    def eval_loader(self, records: Sequence[ImageRecord], height: int, width: int, batch_size: int,
+                    num_workers: int = 0, gray: bool = False, start: int = 0, end: int | None = None,
+                    device: torch.device | str = "cpu") -> Iterable:
+        """Resized, normalised (optionally gray) images of ``records[start:end]`` in order."""
+
+
+def get_pipeline(name: str) -> Pipeline:
+    """The module of pipeline ``name`` (one of :data:`PIPELINES`; resolve 'auto' first)."""
+    if name not in PIPELINES:
+        raise ValueError(f"input pipeline '{name}' is not one of {', '.join(PIPELINES)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+@functools.lru_cache(maxsize=None)
+def resolve_pipeline(name: str, key: str = "data.pipeline") -> str:
+    """Map the value ``name`` of config ``key`` to an available input pipeline; log the choice once.
+
+    'auto' takes DALI when it is installed (on the GPU, and also CPU-only, where it needs about
+    half the CPU time of the torchvision pipeline per sample; see benchmarks/bench_data.py),
+    else torchvision. An explicit 'dali' without DALI installed is an error that says how to
+    install it.
+    """
+    from . import dali
+
+    if name == "auto":
+        if dali.dali_available():
+            log.info("%s 'auto': NVIDIA DALI %s is installed, using the dali pipeline", key,
+                     dali.require_dali(key).__version__)
+            return "dali"
+        log.info("%s 'auto': NVIDIA DALI is not installed, using torchvision (`%s` for the faster dali "
+                 "pipeline)", key, dali.INSTALL_HINT)
+        return "torchvision"
+    if name not in PIPELINES:
+        raise ValueError(f"{key} '{name}' is not available; choose one of auto, {', '.join(PIPELINES)}")
+    if name == "dali":
+        dali.require_dali(key)
+    return name
+
+
+__all__ = ["PIPELINES", "Pipeline", "get_pipeline", "resolve_pipeline"]

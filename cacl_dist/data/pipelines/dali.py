@@ -1,7 +1,7 @@
 """The "dali" pipeline: NVIDIA DALI decodes and augments the two views, on the GPU or the CPU.
 
-One DALI pipeline per rank and epoch. DALI's file reader reads this rank's slice of every
-global batch of the :class:`~cacl_dist.data.sampler.EpochPlan` in plan order, with the dataset
+One DALI pipeline per rank and epoch. DALI's file reader reads this rank's share of every
+global batch of the :class:`~cacl_dist.data.epoch_plan.RankPlan` in plan order, with the dataset
 indices as labels, in its own threads; an external source feeds the augmentation choices of
 both views (drawn on the host from each sample's seed in the plan, a batch at a time, see
 :mod:`cacl_dist.data.view_params`). DALI does the pixel work: decoding (``mixed`` on the GPU,
@@ -28,8 +28,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from cacl_dist.data.epoch_plan import RankPlan
 from cacl_dist.data.layouts import ImageRecord
-from cacl_dist.data.sampler import EpochPlan, rank_slice
+from cacl_dist.data.pipelines.checks import check_eval_inputs, check_train_inputs
 from cacl_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentParams, load_image
 from cacl_dist.data.view_params import draw_view_batch
 
@@ -250,20 +251,17 @@ def view_inputs(params: AugmentParams, aug_seeds: np.ndarray, view: int) -> tupl
     return ([start, mirror] if params.pad > 0 else [mirror]), choice.erase
 
 
-def build_train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: EpochPlan, rank: int,
-                       world_size: int, start_iter: int = 0, num_threads: int = 2,
-                       device: torch.device | str = "cpu") -> DaliLoader:
-    """This rank's batches ``(views_rgb B x 3 x H x W, views_gray, indices)`` on ``device`` (DALI)."""
+def train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: RankPlan, start_iter: int = 0,
+                 num_workers: int = 0, device: torch.device | str = "cpu") -> DaliLoader:
+    """This rank's batches ``(views_rgb B x 3 x H x W, views_gray, indices)`` on ``device`` (DALI).
+
+    ``num_workers`` is the number of DALI threads (at least one).
+    """
     dali = require_dali()
     device = torch.device(device)
-    if plan.indices.size and (int(plan.indices.min()) < 0 or int(plan.indices.max()) >= len(records)):
-        raise ValueError(
-            f"the epoch plan indexes images {int(plan.indices.min())}..{int(plan.indices.max())} but there are "
-            f"{len(records)} training records; build the sampler from labels of this record list")
-    if not 0 <= start_iter <= plan.num_iters:
-        raise ValueError(f"start_iter={start_iter} is outside the plan's 0..{plan.num_iters} iterations")
-    indices = rank_slice(plan.indices, rank, world_size)[start_iter:]
-    seeds = rank_slice(plan.aug_seeds, rank, world_size)[start_iter:]
+    check_train_inputs(plan, len(records), start_iter)
+    indices = plan.local_indices[start_iter:]
+    seeds = plan.local_seeds[start_iter:]
     device_id = _device_id(device)
 
     flat = indices.reshape(-1)
@@ -282,24 +280,23 @@ def build_train_loader(records: Sequence[ImageRecord], params: AugmentParams, pl
 
     def build(source):  # the graph draws nothing itself: all choices come from the source
         return _train_pipeline(dali, files, flat.tolist(), source, params, int(indices.shape[1]),
-                               max(1, num_threads), device_id)
+                               max(1, num_workers), device_id)
 
     per_batch = int(indices.shape[1]) if indices.ndim == 2 else 0
     return DaliLoader(build, lambda: _ChoiceSource(int(indices.shape[0]), batch), int(indices.shape[0]), device,
                       finish, lambda i: files[i * per_batch : (i + 1) * per_batch])
 
 
-def build_eval_loader(records: Sequence[ImageRecord], height: int, width: int, batch_size: int,
-                      num_threads: int = 2, gray: bool = False, start: int = 0, end: int | None = None,
-                      device: torch.device | str = "cpu") -> DaliLoader:
-    """Batches ``(images, global indices)`` over ``records[start:end]`` in order: resize, normalise (DALI)."""
+def eval_loader(records: Sequence[ImageRecord], height: int, width: int, batch_size: int, num_workers: int = 0,
+                gray: bool = False, start: int = 0, end: int | None = None,
+                device: torch.device | str = "cpu") -> DaliLoader:
+    """Batches ``(images, global indices)`` over ``records[start:end]`` in order: resize, normalise (DALI).
+
+    ``num_workers`` is the number of DALI threads (at least one).
+    """
     dali = require_dali()
     device = torch.device(device)
-    end = len(records) if end is None else end
-    if not 0 <= start <= end <= len(records):
-        raise ValueError(f"eval range start={start} end={end} must satisfy 0 <= start <= end <= {len(records)}")
-    if batch_size < 1:
-        raise ValueError(f"eval batch_size={batch_size} must be at least 1")
+    end = check_eval_inputs(len(records), batch_size, start, end)
     files = [records[j].path for j in range(start, end)]
     num_batches = -(-(end - start) // batch_size)
     device_id = _device_id(device)
@@ -312,11 +309,11 @@ def build_eval_loader(records: Sequence[ImageRecord], height: int, width: int, b
 
     def build(_source):
         return _eval_pipeline(dali, files, list(range(start, end)), height, width, gray, batch_size,
-                              max(1, num_threads), device_id)
+                              max(1, num_workers), device_id)
 
     return DaliLoader(build, lambda: None, num_batches, device, finish,
                       lambda i: files[i * batch_size : (i + 1) * batch_size])
 
 
-__all__ = ["NAME", "INSTALL_HINT", "DaliLoader", "dali_available", "require_dali", "build_train_loader",
-           "build_eval_loader", "view_inputs"]
+__all__ = ["NAME", "INSTALL_HINT", "DaliLoader", "dali_available", "eval_loader", "require_dali", "train_loader",
+           "view_inputs"]

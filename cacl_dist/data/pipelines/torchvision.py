@@ -1,11 +1,73 @@
 """The "torchvision" pipeline: PIL decoding and tensor augmentation in DataLoader workers.
 
-It runs everywhere (CPU or GPU hosts); :mod:`cacl_dist.data.pipelines.dali` is the DALI
-counterpart with the same output contract.
+It runs everywhere (CPU or GPU hosts) and yields batches on the CPU; the caller moves them to
+its device. :mod:`cacl_dist.data.pipelines.dali` is the DALI counterpart with the same output
+contract. Training reads a :class:`~cacl_dist.data.epoch_plan.RankPlan`: the rank iterates over
+its own share of each global batch, and every image is augmented from the seed the plan gave it.
 """
 
-from cacl_dist.data.datasets import build_eval_loader, build_train_loader
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from cacl_dist.data.datasets import EvalDataset, TwoViewDataset
+from cacl_dist.data.epoch_plan import RankPlan
+from cacl_dist.data.layouts import ImageRecord
+from cacl_dist.data.pipelines.checks import check_eval_inputs, check_start_iter, check_train_inputs
+from cacl_dist.data.transforms import AugmentParams
 
 NAME = "torchvision"
 
-__all__ = ["NAME", "build_eval_loader", "build_train_loader"]
+
+class PlanBatchSampler:
+    """Yields this rank's ``(index, aug_seed)`` pairs for iterations ``start_iter .. num_iters - 1``."""
+
+    def __init__(self, plan: RankPlan, start_iter: int = 0):
+        check_start_iter(plan, start_iter)
+        self.indices = plan.local_indices
+        self.aug_seeds = plan.local_seeds
+        self.start_iter = int(start_iter)
+
+    def __len__(self) -> int:
+        return self.indices.shape[0] - self.start_iter
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for it in range(self.start_iter, self.indices.shape[0]):
+            yield list(zip(self.indices[it].tolist(), self.aug_seeds[it].tolist()))
+
+
+def train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: RankPlan, start_iter: int = 0,
+                 num_workers: int = 0, device: torch.device | str = "cpu") -> DataLoader:
+    """Loader of this rank's training batches ``(views_rgb B x 3 x H x W, views_gray, indices int64 B)``.
+
+    The batches stay on the CPU whatever ``device`` is (pinned when CUDA is available).
+    """
+    check_train_inputs(plan, len(records), start_iter)
+    return DataLoader(
+        TwoViewDataset(records, params),
+        batch_sampler=PlanBatchSampler(plan, start_iter),
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+
+
+def eval_loader(records: Sequence[ImageRecord], height: int, width: int, batch_size: int, num_workers: int = 0,
+                gray: bool = False, start: int = 0, end: int | None = None,
+                device: torch.device | str = "cpu") -> DataLoader:
+    """Loader over ``records[start:end]`` in order, yielding ``(images, global indices)`` on the CPU."""
+    end = check_eval_inputs(len(records), batch_size, start, end)
+    return DataLoader(
+        EvalDataset(records, height, width, gray),
+        batch_size=batch_size,
+        sampler=range(start, end),
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+
+
+__all__ = ["NAME", "PlanBatchSampler", "eval_loader", "train_loader"]
