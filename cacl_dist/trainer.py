@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import clustering
-from .config import Config, config_from_dict, dump_yaml, to_dict
+from . import clustering, run_log
+from .config import Config, dump_yaml, to_dict
 from .data.epoch_plan import check_batch_order
 from .data.factory import augment_params, dataset_from_config, generate_if_synthetic, training_plan
 from .data.layouts import ReidDataset
@@ -56,7 +56,9 @@ class Trainer:
         if generate_if_synthetic(cfg, write=env.is_main):
             comm.barrier()  # rank 0 wrote the images; the others wait before reading them
         self.dataset: ReidDataset = dataset_from_config(cfg)
-        self._log_setup()
+        self.train_pipeline = get_pipeline(resolve_pipeline(cfg.data.pipeline))
+        self.cluster_params = clustering.ClusterParams.from_config(cfg.clustering)  # resolves the backend
+        run_log.log_setup(self.log, cfg, env, self.dataset, self.train_pipeline.NAME, self.cluster_params.backend)
 
         torch.manual_seed(cfg.run.seed)
         parallel = ParallelSettings.from_config(cfg)
@@ -105,7 +107,8 @@ class Trainer:
             if self._eval_due():
                 self.evaluate()
             self.save(keep=self._keep_due())
-        self._log_summary()
+        if self.env.is_main:
+            run_log.log_summary(self.log, self.eval_history)
         self.metrics.close()
         return self.eval_history
 
@@ -157,13 +160,9 @@ class Trainer:
                                                      "num_refined_away", "backend", "seconds")}
             stats["seconds"] += knn_seconds  # the neighbour search shared by all ranks
         self.cluster_stats = comm.broadcast_object(stats, src=0, what="clustering statistics")
-        self.labels = labels.to(self.env.device)
-        self.build_centres()
-        s = self.cluster_stats
-        self.log.info("epoch %d clustering [%s]: %d clusters (%d raw), %d outliers, %d refined away, %.2f s",
-                      self.epoch + 1, s["backend"], s["num_clusters"], s["num_raw_clusters"], s["num_outliers"],
-                      s["num_refined_away"], s["seconds"])
-        self.metrics.write("cluster", self.global_step, epoch=self.epoch + 1, **s)
+        self.set_pseudo_labels(labels)
+        run_log.log_clustering(self.log, self.epoch + 1, self.cluster_stats)
+        self.metrics.write("cluster", self.global_step, epoch=self.epoch + 1, **self.cluster_stats)
         return result
 
     def _shared_neighbours(self, feats: torch.Tensor) -> tuple:
@@ -204,7 +203,7 @@ class Trainer:
         plan = training_plan(cfg, self.dataset, self.labels.cpu().numpy(), epoch=self.epoch,
                              num_clusters=self.centres_rgb.num_clusters, rank=self.env.rank,
                              world_size=self.env.world_size, device=self.env.device)
-        loader = get_pipeline(resolve_pipeline(cfg.data.pipeline)).train_loader(
+        loader = self.train_pipeline.train_loader(
             self.dataset.train, augment_params(cfg), plan, self.iter_in_epoch, cfg.data.num_workers, self.env.device)
         running: dict[str, torch.Tensor] = {}
         count = 0
@@ -290,9 +289,7 @@ class Trainer:
         metrics = comm.broadcast_object(metrics, src=0, what="evaluation metrics")  # rank 0 scored them
         metrics = {"epoch": self.epoch, **metrics}
         self.eval_history.append(metrics)
-        self.log.info("evaluation after %d epochs: mAP %.1f%%  rank-1 %.1f%%  rank-5 %.1f%%  rank-10 %.1f%%  "
-                      "mINP %.1f%%", self.epoch, 100 * metrics["mAP"], 100 * metrics["rank1"],
-                      100 * metrics["rank5"], 100 * metrics["rank10"], 100 * metrics["mINP"])
+        run_log.log_evaluation(self.log, metrics)
         self.metrics.write("eval", self.global_step, **metrics)
         return metrics
 
@@ -344,7 +341,9 @@ class Trainer:
                 f"{source} was trained on {state['num_train']} images but the dataset at '{self.dataset.root}' "
                 f"has {len(self.dataset.train)}; point data.root at the original dataset or use a new "
                 "run.output_dir")
-        self._warn_config_changes(state["config"], source)
+        changed = run_log.changed_keys(state["config"], self.cfg)
+        if changed:
+            self.log.warning("resuming %s with changed config keys: %s", source, ", ".join(changed))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -393,40 +392,8 @@ class Trainer:
                            images_per_s=images_per_s, **row)
         if not all(math.isfinite(v) for v in values):
             raise FloatingPointError(f"non-finite loss at step {self.global_step}: {row}; lower optim.lr")
-        self.log.info("epoch %d [%d/%d] loss %.4f (instance %.4f inter %.4f intra rgb %.4f gray %.4f) "
-                      "lr %.2e %.0f img/s", self.epoch + 1, self.iter_in_epoch, self.cfg.train.iters_per_epoch,
-                      row["loss"], row["instance"], row["inter"], row["intra_rgb"], row["intra_gray"], lr,
-                      images_per_s)
-
-    def _warn_config_changes(self, stored: dict, source: str) -> None:
-        old, new = to_dict(config_from_dict(stored)), to_dict(self.cfg)
-        changed = [f"{section}.{key}" for section in new for key in new[section]
-                   if old.get(section, {}).get(key) != new[section][key]]
-        if changed:
-            self.log.warning("resuming %s with changed config keys: %s", source, ", ".join(changed))
-
-    def _log_setup(self) -> None:
-        cfg, env = self.cfg, self.env
-        per_rank = cfg.train.batch_size // env.world_size
-        self.log.info("dataset %s at %s: %d train, %d query, %d gallery images", self.dataset.name,
-                      self.dataset.root, len(self.dataset.train), len(self.dataset.query),
-                      len(self.dataset.gallery))
-        self.log.info("world size %d on %s (%s); global batch %d, %d per rank; input pipeline %s", env.world_size,
-                      env.device, env.backend or "single process", cfg.train.batch_size, per_rank,
-                      resolve_pipeline(cfg.data.pipeline))
-        self.cluster_params = clustering.ClusterParams.from_config(cfg.clustering)  # resolves the backend; fails early
-        self.log.info("clustering: backend %s (%s) on rank 0's %s", self.cluster_params.backend,
-                      cfg.clustering.backend, env.device)
-        if per_rank < 16:
-            self.log.warning("per-rank batch is %d (< 16): BatchNorm statistics over so few images change "
-                             "accuracy; keep 16-64 per GPU and scale optim.lr with the global batch", per_rank)
-
-    def _log_summary(self) -> None:
-        if len(self.eval_history) >= 1 and self.env.is_main:
-            first, last = self.eval_history[0], self.eval_history[-1]
-            self.log.info("done: mAP %.1f%% -> %.1f%%, rank-1 %.1f%% -> %.1f%% (epoch %d -> %d)",
-                          100 * first["mAP"], 100 * last["mAP"], 100 * first["rank1"], 100 * last["rank1"],
-                          first["epoch"], last["epoch"])
+        run_log.log_losses(self.log, self.epoch + 1, self.iter_in_epoch, self.cfg.train.iters_per_epoch, row, lr,
+                           images_per_s)
 
 
 __all__ = ["Trainer"]
