@@ -12,6 +12,9 @@ from typing import Literal
 
 from ..clustering.names import BACKEND_CHOICES, OUTLIER_POLICIES, REFINE_SCORES
 from ..data.layouts import DATASET_NAMES
+from ..data.pipelines import PIPELINES
+
+PIPELINE_CHOICES = ("auto", *PIPELINES)
 
 
 @dataclass
@@ -60,10 +63,10 @@ class DataConfig:
     """Network input width in pixels."""
     num_workers: int = 4
     """DataLoader worker processes per rank (0 loads in the main process); DALI threads (at least 1)."""
-    pipeline: Literal["auto", "dali", "torchvision"] = "auto"
+    pipeline: Literal[PIPELINE_CHOICES] = "auto"
     ("Training input pipeline: 'dali' (NVIDIA DALI on the GPU, or CPU-only; `pip install cacl_dist[dali]`), "
      "'torchvision' (PIL in DataLoader workers), or 'auto': dali when DALI is installed, else torchvision.")
-    eval_pipeline: Literal["auto", "dali", "torchvision"] = "torchvision"
+    eval_pipeline: Literal[PIPELINE_CHOICES] = "torchvision"
     ("Pipeline of feature extraction (memory initialisation, evaluation; resize + normalise only): "
      "dali, torchvision, or auto as for data.pipeline.")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
