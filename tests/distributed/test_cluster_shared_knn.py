@@ -8,7 +8,7 @@ from cacl_dist.clustering.knn import knn_topk
 from cacl_dist.distributed import comm
 from cacl_dist.distributed.sharding import shard_bounds
 
-from .harness import run_gloo
+from tests.helpers.gloo import run_gloo
 
 
 def blobs(num=300, dim=16, centres=15, seed=21):

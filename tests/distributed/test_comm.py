@@ -2,7 +2,7 @@ import torch
 
 from cacl_dist.distributed import comm
 
-from .harness import run_gloo
+from tests.helpers.gloo import run_gloo
 
 
 def test_collectives_are_identity_in_one_process():

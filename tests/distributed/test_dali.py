@@ -20,7 +20,7 @@ from cacl_dist.distributed.env import DistEnv  # noqa: E402
 
 from tests.helpers.plans import rank_slice  # noqa: E402
 
-from .harness import run_gloo  # noqa: E402
+from tests.helpers.gloo import run_gloo  # noqa: E402
 
 OVERRIDES = ["data.pipeline=dali", "data.height=32", "data.width=16", "augment.pad=2", "train.batch_size=12",
              "train.num_instances=3", "train.iters_per_epoch=3", "data.num_workers=1", "run.seed=4"]

@@ -5,7 +5,7 @@ from cacl_dist.data.synthetic import generate_synthetic
 from cacl_dist.evaluation.extract import ExtractionSettings, extract_all, extract_shard
 from cacl_dist.models.cacl import Branch
 
-from .harness import run_gloo
+from tests.helpers.gloo import run_gloo
 
 SETTINGS = ExtractionSettings(height=64, width=32, batch_size=7, num_workers=0, device=torch.device("cpu"))
 

@@ -9,7 +9,7 @@ import pytest
 from cacl_dist.checkpoint import load_checkpoint
 from cacl_dist.logging import read_metrics
 
-from .conftest import run_cli, tiny_overrides
+from tests.helpers.runs import run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow
 

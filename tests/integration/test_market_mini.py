@@ -11,7 +11,7 @@ from cacl_dist.distributed.env import DistEnv
 from cacl_dist.logging import read_metrics
 from cacl_dist.trainer import Trainer
 
-from .conftest import MARKET_MINI
+from tests.helpers.runs import MARKET_MINI
 
 pytestmark = pytest.mark.skipif(not MARKET_MINI.is_dir(), reason=f"{MARKET_MINI} is absent")
 

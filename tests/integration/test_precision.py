@@ -11,8 +11,8 @@ from cacl_dist.distributed.env import DistEnv
 from cacl_dist.logging import read_metrics
 from cacl_dist.trainer import Trainer
 
-from .conftest import tiny_overrides
-from .test_training import assert_same_state
+from tests.helpers.runs import tiny_overrides
+from tests.helpers.runs import assert_same_state
 
 #: Tolerances of bf16 against fp32 (same seed, same data, same pseudo labels). The two runs drift
 #: apart step by step as any perturbed training does, so single steps are compared only at the

@@ -20,9 +20,9 @@ import torch
 from cacl_dist.checkpoint import load_checkpoint
 from cacl_dist.logging import read_metrics
 
-from .conftest import REPO, tiny_overrides
+from tests.helpers.runs import REPO, tiny_overrides
 from .slurm_cluster import PARTITION, ClusterUnavailable, LocalSlurm
-from .test_training import assert_same_state
+from tests.helpers.runs import assert_same_state
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -13,40 +13,9 @@ import torch
 
 from cacl_dist.checkpoint import load_checkpoint
 from cacl_dist.config import load_config
-from cacl_dist.distributed.env import DistEnv
 from cacl_dist.logging import read_metrics
-from cacl_dist.trainer import Trainer
 
-from .conftest import REPO, run_cli, tiny_overrides
-
-CPU = DistEnv(0, 1, 0, torch.device("cpu"), None)
-
-
-def fit(run_dir, data_dir, **extra):
-    cfg = load_config(None, tiny_overrides(run_dir, data_dir, **extra))
-    trainer = Trainer(cfg, CPU)
-    trainer.fit()
-    return trainer
-
-
-def set_args(run_dir, data_dir, **extra) -> list[str]:
-    return ["--set=" + o for o in tiny_overrides(run_dir, data_dir, **extra)]
-
-
-def assert_same_state(a: dict, b: dict, exact: bool = True, atol: float = 0.0) -> None:
-    assert a["epoch"] == b["epoch"] and a["global_step"] == b["global_step"]
-    assert torch.equal(a["labels"], b["labels"])
-    for key in a["model"]:
-        if exact:
-            assert torch.equal(a["model"][key], b["model"][key]), key
-        else:
-            torch.testing.assert_close(a["model"][key], b["model"][key], atol=atol, rtol=0)
-    for bank in ("bank_rgb", "bank_gray"):
-        if exact:
-            assert torch.equal(a[bank], b[bank]), bank
-        else:
-            torch.testing.assert_close(a[bank], b[bank], atol=atol, rtol=0)
-
+from tests.helpers.runs import REPO, assert_same_state, fit, run_cli, set_args, tiny_overrides
 
 def test_fit_trains_clusters_evaluates_and_checkpoints(tmp_path, synthetic_root):
     trainer = fit(tmp_path / "run", synthetic_root)
@@ -110,24 +79,6 @@ def test_kill_mid_epoch_and_resume_matches_straight_run(tmp_path, synthetic_root
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert_same_state(a, b, exact=True)
-
-
-def test_two_gloo_processes_match_one_process(tmp_path, synthetic_root):
-    """Same global batch on 1 and 2 processes: same losses, banks and labels (BatchNorm frozen)."""
-    extra = {"model.frozen_bn": True, "eval.at_start": False, "eval.every_epochs": 0}
-    one = run_cli("cacl_dist.train", set_args(tmp_path / "one", synthetic_root, **extra))
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = run_cli("cacl_dist.train", set_args(tmp_path / "two", synthetic_root, **extra), torchrun_procs=2)
-    assert two.returncode == 0, two.stderr[-3000:] + two.stdout[-3000:]
-    assert "world size 2" in two.stdout
-    losses_one = [r["loss"] for r in read_metrics(tmp_path / "one", "train")]
-    losses_two = [r["loss"] for r in read_metrics(tmp_path / "two", "train")]
-    assert len(losses_one) == len(losses_two) == 6
-    torch.testing.assert_close(torch.tensor(losses_two), torch.tensor(losses_one), atol=1e-4, rtol=1e-4)
-    a = load_checkpoint(tmp_path / "one" / "last.pt")
-    b = load_checkpoint(tmp_path / "two" / "last.pt")
-    assert b["world_size"] == 2
-    assert_same_state(a, b, exact=False, atol=1e-4)
 
 
 def test_evaluate_cli_reproduces_the_last_evaluation(tmp_path, synthetic_root):

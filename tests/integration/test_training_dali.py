@@ -10,7 +10,7 @@ pytest.importorskip("nvidia.dali")
 from cacl_dist.checkpoint import load_checkpoint  # noqa: E402
 from cacl_dist.data.pipelines.dali import DaliLoader  # noqa: E402
 
-from .test_training import assert_same_state, fit  # noqa: E402
+from tests.helpers.runs import assert_same_state, fit  # noqa: E402
 
 DALI = {"data.pipeline": "dali", "data.eval_pipeline": "dali", "data.num_workers": 1}
 

@@ -7,7 +7,7 @@ from scipy.spatial.distance import cdist
 
 from cacl_dist.evaluation.metrics import pairwise_distance
 from cacl_dist.evaluation.rerank import k_reciprocal_rerank
-from tests.unit.test_clustering_jaccard import brute_force_jaccard
+from tests.unit.clustering.test_jaccard import brute_force_jaccard
 
 
 def features(num_query, num_gallery, dim, seed):

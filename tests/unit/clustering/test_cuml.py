@@ -13,7 +13,7 @@ from cacl_dist.clustering import cuml_backend
 from cacl_dist.clustering.params import ClusterParams, resolve_backend
 from cacl_dist.clustering.pseudo_labels import cluster
 
-from .test_clustering_sparse import sphere_blobs
+from .test_sparse import sphere_blobs
 
 
 class _StandInDBSCAN:

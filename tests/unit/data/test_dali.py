@@ -28,7 +28,7 @@ from cacl_dist.data.transforms import (  # noqa: E402
 )
 from cacl_dist.data.view_params import draw_view_batch  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 LEVEL = 1.0 / 255.0 / min(IMAGENET_STD)  # one uint8 level after normalisation, at most

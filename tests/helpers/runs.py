@@ -1,4 +1,4 @@
-"""Tiny end-to-end configurations shared by the training tests."""
+"""Tiny end-to-end runs shared by the training tests: configs, the command line, state comparison."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import torch
+
+from cacl_dist.config import load_config
+from cacl_dist.distributed.env import DistEnv
+from cacl_dist.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 MARKET_MINI = REPO.parent / "shared" / "data" / "market1501-mini"
@@ -37,7 +41,7 @@ def run_cli(module: str, args: list[str], env_extra: dict | None = None, timeout
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env.update(env_extra or {})
     if torchrun_procs:
-        from tests.distributed.harness import free_port
+        from tests.helpers.gloo import free_port
 
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun_procs}",
                "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", module, *args]
@@ -46,7 +50,30 @@ def run_cli(module: str, args: list[str], env_extra: dict | None = None, timeout
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="session")
-def synthetic_root(tmp_path_factory) -> Path:
-    """One shared tiny synthetic dataset (written once per test session)."""
-    return tmp_path_factory.mktemp("synthetic")
+CPU = DistEnv(0, 1, 0, torch.device("cpu"), None)
+
+
+def fit(run_dir, data_dir, **extra):
+    cfg = load_config(None, tiny_overrides(run_dir, data_dir, **extra))
+    trainer = Trainer(cfg, CPU)
+    trainer.fit()
+    return trainer
+
+
+def set_args(run_dir, data_dir, **extra) -> list[str]:
+    return ["--set=" + o for o in tiny_overrides(run_dir, data_dir, **extra)]
+
+
+def assert_same_state(a: dict, b: dict, exact: bool = True, atol: float = 0.0) -> None:
+    assert a["epoch"] == b["epoch"] and a["global_step"] == b["global_step"]
+    assert torch.equal(a["labels"], b["labels"])
+    for key in a["model"]:
+        if exact:
+            assert torch.equal(a["model"][key], b["model"][key]), key
+        else:
+            torch.testing.assert_close(a["model"][key], b["model"][key], atol=atol, rtol=0)
+    for bank in ("bank_rgb", "bank_gray"):
+        if exact:
+            assert torch.equal(a[bank], b[bank]), bank
+        else:
+            torch.testing.assert_close(a[bank], b[bank], atol=atol, rtol=0)

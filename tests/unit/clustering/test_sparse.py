@@ -35,7 +35,7 @@ from cacl_dist.config import ClusteringConfig
 
 from tests.helpers.clustering import dense_from_pairs
 
-MINI_ROOT = str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "market1501-mini")
+MINI_ROOT = str(Path(__file__).resolve().parents[3].parent / "shared" / "data" / "market1501-mini")
 
 
 @pytest.fixture(autouse=True, scope="module")

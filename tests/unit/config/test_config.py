@@ -5,7 +5,7 @@ import pytest
 
 from cacl_dist.config import Config, ConfigError, config_from_dict, describe, dump_yaml, load_config, to_dict
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 
 

@@ -17,7 +17,7 @@ from launch import slurm as launcher
 from launch.plan import build_runs, check_world_size, parse_sweep
 from launch.task import TimeLimitWatch, master_port, restart_count, torch_env
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
 
 SINFO = """\

@@ -10,7 +10,7 @@ from PIL import Image
 
 from cacl_dist.data.layouts import DATASET_NAMES, ImageRecord, load_dataset
 
-MARKET_MINI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "market1501-mini"
+MARKET_MINI = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "market1501-mini"
 
 
 def _touch_image(path: Path) -> None:

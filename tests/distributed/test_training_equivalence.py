@@ -1,0 +1,27 @@
+"""The same CACL run on one process and on several gloo processes ends in the same state."""
+
+from __future__ import annotations
+
+import torch
+
+from cacl_dist.checkpoint import load_checkpoint
+from cacl_dist.logging import read_metrics
+from tests.helpers.runs import assert_same_state, run_cli, set_args
+
+
+def test_two_gloo_processes_match_one_process(tmp_path, synthetic_root):
+    """Same global batch on 1 and 2 processes: same losses, banks and labels (BatchNorm frozen)."""
+    extra = {"model.frozen_bn": True, "eval.at_start": False, "eval.every_epochs": 0}
+    one = run_cli("cacl_dist.train", set_args(tmp_path / "one", synthetic_root, **extra))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_cli("cacl_dist.train", set_args(tmp_path / "two", synthetic_root, **extra), torchrun_procs=2)
+    assert two.returncode == 0, two.stderr[-3000:] + two.stdout[-3000:]
+    assert "world size 2" in two.stdout
+    losses_one = [r["loss"] for r in read_metrics(tmp_path / "one", "train")]
+    losses_two = [r["loss"] for r in read_metrics(tmp_path / "two", "train")]
+    assert len(losses_one) == len(losses_two) == 6
+    torch.testing.assert_close(torch.tensor(losses_two), torch.tensor(losses_one), atol=1e-4, rtol=1e-4)
+    a = load_checkpoint(tmp_path / "one" / "last.pt")
+    b = load_checkpoint(tmp_path / "two" / "last.pt")
+    assert b["world_size"] == 2
+    assert_same_state(a, b, exact=False, atol=1e-4)

@@ -1,0 +1,1 @@
+"""Unit tests of launch/ (SLURM submission through submitit)."""
