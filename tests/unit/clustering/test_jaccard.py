@@ -1,4 +1,4 @@
-"""Tests for the exact k-reciprocal Jaccard distance (METHOD section 4.1)."""
+"""Tests for the exact k-reciprocal Jaccard distance (docs/method.md section 4.1)."""
 
 import itertools
 import math

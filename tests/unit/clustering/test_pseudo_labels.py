@@ -1,4 +1,4 @@
-"""Tests for pseudo-label assembly (METHOD section 4.4-4.5)."""
+"""Tests for pseudo-label assembly (docs/method.md section 4.4-4.5)."""
 
 import numpy as np
 import pytest

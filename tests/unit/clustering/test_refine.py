@@ -1,4 +1,4 @@
-"""Tests for DBSCAN on precomputed distances and for cluster refinement (METHOD 4.2, 4.3)."""
+"""Tests for DBSCAN on precomputed distances and for cluster refinement (docs/method.md sections 4.2, 4.3)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The sparse "torch" clustering path equals the dense reference (METHOD section 4)."""
+"""The sparse "torch" clustering path equals the dense reference (docs/method.md section 4)."""
 
 import dataclasses
 import os

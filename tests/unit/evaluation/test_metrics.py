@@ -1,4 +1,4 @@
-"""Tests for retrieval metrics (METHOD section 7, Market-1501 protocol)."""
+"""Tests for retrieval metrics (docs/method.md section 7, Market-1501 protocol)."""
 
 import numpy as np
 import pytest
