@@ -58,17 +58,40 @@ def error_bound(precision: str, dim: int) -> float:
     return before_output + u_out * (1 + before_output)
 
 
+def _has_fp32_precision(matmul) -> bool:
+    """Whether the cuBLAS settings offer ``fp32_precision`` (torch >= 2.9)."""
+    try:
+        matmul.fp32_precision
+    except AttributeError:
+        return False
+    return True
+
+
 @contextmanager
 def _matmul_precision(allow_tf32: bool):
-    """Set TF32 as asked and switch off reduced-precision bfloat16 reductions for a block."""
+    """Set TF32 as asked and switch off reduced-precision bfloat16 reductions for a block.
+
+    torch >= 2.9 sets TF32 through ``fp32_precision`` ("tf32" or "ieee"); there the legacy
+    ``allow_tf32`` raises once anything used the new setting, so only the new one is touched.
+    Older torch has only ``allow_tf32``. The previous settings are restored on exit.
+    """
     matmul = torch.backends.cuda.matmul
-    saved = (matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction)
-    matmul.allow_tf32 = allow_tf32
-    matmul.allow_bf16_reduced_precision_reduction = False
+    new_api = _has_fp32_precision(matmul)
+    saved_tf32 = matmul.fp32_precision if new_api else matmul.allow_tf32
+    saved_bf16 = matmul.allow_bf16_reduced_precision_reduction
     try:
+        if new_api:
+            matmul.fp32_precision = "tf32" if allow_tf32 else "ieee"
+        else:
+            matmul.allow_tf32 = allow_tf32
+        matmul.allow_bf16_reduced_precision_reduction = False
         yield
     finally:
-        matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction = saved
+        if new_api:
+            matmul.fp32_precision = saved_tf32
+        else:
+            matmul.allow_tf32 = saved_tf32
+        matmul.allow_bf16_reduced_precision_reduction = saved_bf16
 
 
 def _block_pairs(num_points: int, block_size: int, start: int, stop: int) -> list:
