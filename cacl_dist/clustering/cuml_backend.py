@@ -47,16 +47,35 @@ def dense_bytes(num_points: int) -> int:
     return 4 * num_points * num_points
 
 
+def release_cache(device: torch.device) -> None:
+    """Hand torch's cached but unused GPU memory back to the driver, so that cuML can use it."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def available_bytes(device: torch.device) -> int:
+    """Bytes a new allocation on the CUDA ``device`` can use: the driver's free memory plus what
+    torch holds reserved without using it (blocks :func:`release_cache` could not return)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(free) + max(0, int(cached))
+
+
 def check_fits(num_points: int, device: torch.device) -> None:
-    """Raise ValueError when the dense matrix cannot fit in the free memory of ``device``."""
+    """Raise ValueError when the dense matrix cannot fit in the available memory of ``device``.
+
+    Releases torch's cache first: without that the N x N matrix of a previous call, freed but
+    still cached by torch, would look used to the driver.
+    """
     if device.type != "cuda":
         return
-    free, _ = torch.cuda.mem_get_info(device)
+    release_cache(device)
+    available = available_bytes(device)
     need = dense_bytes(num_points)
-    if need > 0.8 * free:
+    if need > 0.8 * available:
         raise ValueError(
             f"clustering.backend 'cuml' needs a dense {num_points} x {num_points} float32 matrix "
-            f"({need / 2**30:.1f} GiB) but {device} has {free / 2**30:.1f} GiB free; use "
+            f"({need / 2**30:.1f} GiB) but {device} has {available / 2**30:.1f} GiB available; use "
             "clustering.backend=torch (sparse, exact, no N x N matrix)."
         )
 
@@ -76,5 +95,7 @@ def dbscan_cuml(rows, cols, dists32, num_points: int, eps: float, min_samples: i
     model = cuml.cluster.DBSCAN(eps=float(eps), min_samples=int(min_samples), metric="precomputed",
                                 output_type="cupy")
     labels = model.fit_predict(cupy.from_dlpack(dense))
-    del dense
-    return torch.from_dlpack(labels).to(device=device, dtype=torch.int64)
+    labels = torch.from_dlpack(labels).to(device=device, dtype=torch.int64)
+    del dense, model
+    release_cache(device)  # the freed N x N matrix must not stay cached for the next call
+    return labels

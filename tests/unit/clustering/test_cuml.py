@@ -73,12 +73,65 @@ def test_backend_auto_is_the_sparse_path_and_names_are_checked():
         resolve_backend("faiss")
 
 
+class FakeGpuMemory:
+    """torch.cuda's memory functions on a GPU of ``total`` bytes: freed tensors stay reserved
+    (cached by torch, used as far as the driver knows) until ``empty_cache``."""
+
+    def __init__(self, total, allocated, releases=True):
+        self.total, self.allocated, self.reserved = total, allocated, allocated
+        self.releases, self.emptied = releases, 0
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (self.total - self.reserved, self.total))
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: self.reserved)
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: self.allocated)
+        monkeypatch.setattr(torch.cuda, "empty_cache", self.empty_cache)
+        return self
+
+    def empty_cache(self):
+        self.emptied += 1
+        if self.releases:
+            self.reserved = self.allocated
+
+    def use_and_free(self, nbytes):
+        """A tensor of ``nbytes`` allocated and deleted: its memory stays cached."""
+        self.reserved = max(self.reserved, self.allocated + nbytes)
+
+
+GIB = 2 ** 30
+CUDA0 = torch.device("cuda", 0)
+
+
 def test_dense_matrix_that_cannot_fit_is_refused(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 80 * 2**30))
+    FakeGpuMemory(80 * GIB, 79 * GIB).install(monkeypatch)
     with pytest.raises(ValueError, match="backend=torch"):
-        cuml_backend.check_fits(100_000, torch.device("cuda", 0))  # 37 GiB > 1 GiB free
-    cuml_backend.check_fits(10_000, torch.device("cuda", 0))  # 0.4 GiB fits
+        cuml_backend.check_fits(100_000, CUDA0)  # 37 GiB > 1 GiB free
+    cuml_backend.check_fits(10_000, CUDA0)  # 0.4 GiB fits
     assert cuml_backend.dense_bytes(1000) == 4_000_000
+
+
+@pytest.mark.parametrize("releases", [True, False])
+def test_memory_cached_by_the_first_dbscan_counts_as_available(monkeypatch, releases):
+    # The raw DBSCAN's 37 GiB matrix, freed but cached by torch, must not make the tight DBSCAN
+    # (same N) look too large: the check releases the cache and counts reserved-but-unused bytes.
+    memory = FakeGpuMemory(80 * GIB, 10 * GIB, releases=releases).install(monkeypatch)
+    num_points = 100_000
+    cuml_backend.check_fits(num_points, CUDA0)
+    memory.use_and_free(cuml_backend.dense_bytes(num_points))
+    assert torch.cuda.mem_get_info(CUDA0)[0] < 35 * GIB  # what the driver alone reports
+    cuml_backend.check_fits(num_points, CUDA0)
+    assert memory.emptied == 2
+    memory.allocated = memory.reserved = 50 * GIB  # live tensors are not available
+    with pytest.raises(ValueError, match="30.0 GiB available"):
+        cuml_backend.check_fits(num_points, CUDA0)
+
+
+def test_cache_is_released_on_cuda_only(monkeypatch):
+    memory = FakeGpuMemory(80 * GIB, 10 * GIB).install(monkeypatch)
+    cuml_backend.release_cache(torch.device("cpu"))
+    assert memory.emptied == 0
+    cuml_backend.release_cache(CUDA0)
+    assert memory.emptied == 1
 
 
 @pytest.mark.skipif(not cuml_backend.cuml_available(), reason="needs CUDA and RAPIDS cuML")
