@@ -16,6 +16,10 @@ Precisions:
   (:func:`error_bound`) proves that no point outside its candidates can enter its top k;
   the other rows are recomputed in float64. The ranks are therefore the float64 ranks in
   every mode.
+
+Block and strip sizes come from a memory budget per device type
+(:func:`~cacl_dist.clustering.blocks.plan_blocks`); a float64 strip is ranked in place, so it
+costs 8 bytes per entry and nothing else of size rows x N.
 """
 
 from contextlib import contextmanager
@@ -23,6 +27,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from cacl_dist.clustering.blocks import plan_blocks
 from cacl_dist.clustering.unit_rows import UnitRows
 
 PRECISIONS = ("auto", "float64", "float32", "tfloat32", "bfloat16")
@@ -235,18 +240,6 @@ def _rank_block_candidates(dist_BW, cand_BW, k):
     return torch.gather(cand_BW, 1, where), where
 
 
-def default_block_size(device, precision: str, num_points: int) -> int:
-    """Rows per block of the neighbour search on ``device``.
-
-    Low precision multiplies square blocks (block x block); float64 multiplies block x N
-    strips, kept to about 4M entries on a CPU.
-    """
-    on_cuda = torch.device(device).type == "cuda"
-    if precision in LOW_PRECISION:
-        return 16384 if on_cuda else 2048
-    return 4096 if on_cuda else max(1, (1 << 22) // max(1, num_points))
-
-
 def knn_topk(feats_ND, k: int, block_size=None, precision: str = "auto",
              margin: int = 32, device=None) -> tuple:
     """Return (sims_NK, idx_NK): the k nearest points of every point by cosine similarity.
@@ -254,7 +247,9 @@ def knn_topk(feats_ND, k: int, block_size=None, precision: str = "auto",
     Args:
         feats_ND: (N, D) numpy array or torch tensor; rows are L2-normalised here.
         k: neighbours per point, the point itself included (at rank 0); 1 <= k <= N.
-        block_size: rows per block (default: :func:`default_block_size`).
+        block_size: rows per block: of the square low-precision blocks, or of the float64
+            strips for ``precision="float64"`` (default: planned from a memory budget by
+            :func:`~cacl_dist.clustering.blocks.plan_blocks`).
         precision: ``"float64"``; ``"float32"``, ``"tfloat32"`` or ``"bfloat16"`` (candidates
             in that precision, re-scored in float64, see the module docstring); ``"auto"``:
             tfloat32 on CUDA, float32 otherwise.
@@ -285,8 +280,9 @@ def knn_topk_unit(units: UnitRows, k: int, block_size=None,
         raise ValueError(f"rows must be (start, stop) with 0 <= start <= stop <= {num_points}, got {rows!r}.")
     if precision == "auto":
         precision = "tfloat32" if units.device.type == "cuda" else "float32"
+    plan = plan_blocks(num_points, units.dim, units.device.type, precision, tile=units.tile)
     if block_size is None:
-        block_size = default_block_size(units.device, precision, num_points)
+        block_size = plan.search
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}.")
     if start == stop:
@@ -295,7 +291,7 @@ def knn_topk_unit(units: UnitRows, k: int, block_size=None,
     if precision in LOW_PRECISION:
         idx, sims, exact = _low_precision_rank(units, k, margin, precision, block_size, start, stop)
         redo = torch.nonzero(~exact).flatten()
-        strip = default_block_size(units.device, "float64", num_points)
+        strip = plan.strip
     else:
         idx = torch.empty((stop - start, k), dtype=torch.int64, device=units.device)
         sims = torch.empty((stop - start, k), dtype=torch.float64, device=units.device)
@@ -303,23 +299,30 @@ def knn_topk_unit(units: UnitRows, k: int, block_size=None,
         strip = block_size
     for lo in range(0, redo.numel(), strip):  # float64 strips against all points
         local = redo[lo:lo + strip]
-        block_sims = units.similarity_rows(local + start)
-        idx[local] = _rank_rows(2.0 - 2.0 * block_sims, local + start, k)
-        sims[local] = torch.gather(block_sims, 1, idx[local])
+        idx[local], sims[local] = _rank_rows(units.similarity_rows(local + start), local + start, k,
+                                             min(units.tile, num_points))
     return sims, idx
 
 
-def _rank_rows(dist_RN: torch.Tensor, rows_R: torch.Tensor, k: int) -> torch.Tensor:
-    """Return the (R, k) indices of the k smallest entries of each row, self first.
+def _rank_rows(sims_RN: torch.Tensor, rows_R: torch.Tensor, k: int, chunk: int) -> tuple:
+    """Rank the strip ``sims_RN`` (similarities of points ``rows_R`` to all N points).
 
-    ``dist_RN`` holds the distances of points ``rows_R`` to all N points and is modified in
-    place (self set to -inf). Ties are broken by ascending index: every entry at or below the
-    k-th smallest value is a candidate, and the candidates are sorted stably by index and
-    then by value.
+    Returns (idx_RK, sims_RK): the k smallest distances 2 - 2 s of each row, self first, ties
+    by ascending index, and their similarities. Works in place (self is set to +inf in
+    ``sims_RN``) and never holds a second R x N array: the distance is a non-increasing
+    function of s, so the k-th smallest distance is that of the k-th largest s, the entries
+    at or below it (the candidates, ties included) are the largest values of s, and only they
+    are turned into distances, compared ``chunk`` columns at a time.
     """
-    local = torch.arange(rows_R.shape[0], device=dist_RN.device)
-    dist_RN[local, rows_R] = -torch.inf
-    kth = torch.topk(dist_RN, k, dim=1, largest=False, sorted=True).values[:, -1:]
-    num_candidates = int((dist_RN <= kth).sum(dim=1).max())
-    values, index = torch.topk(dist_RN, num_candidates, dim=1, largest=False, sorted=False)
-    return _rank_block_candidates(values, index, k)[0]
+    local = torch.arange(rows_R.shape[0], device=sims_RN.device)
+    own = sims_RN[local, rows_R].clone()
+    sims_RN[local, rows_R] = torch.inf  # distance -inf: self comes first
+    kth = 2.0 - 2.0 * torch.topk(sims_RN, k, dim=1, sorted=True).values[:, -1:]
+    count = torch.zeros(rows_R.shape[0], dtype=torch.int64, device=sims_RN.device)
+    for lo in range(0, sims_RN.shape[1], chunk):
+        count += ((2.0 - 2.0 * sims_RN[:, lo:lo + chunk]) <= kth).sum(dim=1)
+    values, index = torch.topk(sims_RN, int(count.max()), dim=1, sorted=False)
+    idx, where = _rank_block_candidates(2.0 - 2.0 * values, index, k)
+    sims = torch.gather(values, 1, where)
+    sims[:, 0] = own
+    return idx, sims
