@@ -6,6 +6,9 @@ owns and returns the row changes (deltas), the caller sums the deltas over ranks
 rank adds them to float64 per-cluster sums. The centres (sums / counts) then equal the
 mean of the current bank rows at every step without an all-reduce of the M x D centres.
 
+The float64 sums add in a fixed order on every device (:func:`cacl_dist.reduce.index_add_`;
+CUDA's atomic ``index_add_`` would not), so a run repeats bit for bit.
+
 This module holds no communication code: the caller gathers and all-reduces.
 """
 
@@ -13,6 +16,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from cacl_dist.reduce import index_add_
+
+# Bank rows converted to float64 at a time when summing centres (128 MB of float64).
+SUM_CHUNK_ENTRIES = 1 << 24
 
 
 def _occurrence_B(indices_B: torch.Tensor) -> torch.Tensor:
@@ -200,7 +208,10 @@ class ClusterCentres:
             )
         keep_S = labels_S >= 0
         sums_MD = torch.zeros(num_clusters, bank.dim, device=device, dtype=torch.float64)
-        sums_MD.index_add_(0, labels_S[keep_S], bank.rows[keep_S].double())
+        step = max(1, SUM_CHUNK_ENTRIES // bank.dim)
+        for lo in range(0, bank.num_rows, step):  # row order kept: chunks add one after the other
+            keep = keep_S[lo:lo + step]
+            index_add_(sums_MD, labels_S[lo:lo + step][keep], bank.rows[lo:lo + step][keep].double())
         counts_M = torch.bincount(labels_S[keep_S], minlength=num_clusters)
         return sums_MD, counts_M
 
@@ -232,7 +243,7 @@ class ClusterCentres:
         # Unlabelled rows add a zero row to cluster 0 instead of being selected out (no host sync).
         keep_B1 = (labels_B >= 0)[:, None]
         deltas = torch.where(keep_B1, delta_BD.to(self.sums_MD.device, torch.float64), 0.0)
-        self.sums_MD.index_add_(0, labels_B.clamp(min=0), deltas)
+        index_add_(self.sums_MD, labels_B.clamp(min=0), deltas)
 
     def centres(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Cluster means ``(M, D)`` of the bank rows; empty clusters are zero."""

@@ -23,6 +23,7 @@ import torch
 from cacl_dist.clustering.jaccard_reference import check_k_parameters
 from cacl_dist.clustering.knn import knn_topk_unit
 from cacl_dist.clustering.unit_rows import UnitRows
+from cacl_dist.reduce import index_add_
 
 # Entries of the per-block temporaries: small on CPU (cache-resident blocks are several times
 # faster there), large on CUDA (fewer kernel launches).
@@ -144,8 +145,7 @@ def sparse_encoding(units: UnitRows, neighbours_NK: torch.Tensor, k1: int, k2: i
     row_max = torch.full((num_points,), -torch.inf, dtype=torch.float64, device=rows.device)
     row_max.scatter_reduce_(0, rows, logits, reduce="amax")
     weights = torch.exp(logits - row_max[rows])
-    row_sum = torch.zeros(num_points, dtype=torch.float64, device=rows.device)
-    row_sum.index_add_(0, rows, weights)
+    row_sum = index_add_(torch.zeros(num_points, dtype=torch.float64, device=rows.device), rows, weights)
     values = weights / row_sum[rows]
     crow = _csr_from_sorted_rows(rows, num_points)
     if k2 == 1:
@@ -169,8 +169,8 @@ def _query_expansion(encoding: SparseEncoding, heads_NK2: torch.Tensor, budget: 
         )
         keys = owner * num_points + encoding.cols[pos]
         unique_keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-        summed = torch.zeros(unique_keys.shape[0], dtype=torch.float64, device=pos.device)
-        summed.index_add_(0, inverse, encoding.values[pos] * (1.0 / k2))
+        summed = index_add_(torch.zeros(unique_keys.shape[0], dtype=torch.float64, device=pos.device),
+                            inverse, encoding.values[pos] * (1.0 / k2))
         out_rows.append(unique_keys // num_points)
         out_cols.append(unique_keys % num_points)
         out_values.append(summed)
@@ -257,8 +257,9 @@ def _jaccard_block(encoding, lo, hi, later_start, later_len, col_rows, col_value
     minima = torch.minimum(torch.repeat_interleave(own_values, lengths), col_values[pos])
     flat = torch.repeat_interleave(local_rows, lengths) * width + partners
     overlap = torch.zeros((hi - lo) * width, dtype=torch.float64, device=flat.device)
-    # Contributions of a pair arrive in ascending column order, as in the reference.
-    overlap.index_add_(0, flat, minima)
+    # Contributions of a pair arrive in ascending column order and are added in that order, as
+    # in the reference (on every device: see cacl_dist.reduce).
+    index_add_(overlap, flat, minima)
     nz = torch.nonzero(overlap).flatten()
     s = overlap[nz]
     dists = torch.clamp(1.0 - s / (2.0 - s), min=0.0)

@@ -11,7 +11,8 @@ cluster C with sub-clusters C_j:
 - sum from C_j to C \\ C_j = (listed distances from C_j to the rest of C)
   + (|C_j| |C \\ C_j| - their number) * 1.
 
-All sums are scatter-adds over the edge list in float64. The reference sums the same float32
+All sums are scatter-adds over the edge list in float64, in edge order on every device
+(:func:`cacl_dist.reduce.index_add_`). The reference sums the same float32
 distances in another order, so a decision can differ only when a score equals D(C) to within
 float64 rounding (about 1e-16 relative).
 """
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from cacl_dist.clustering.params import ClusterParams
+from cacl_dist.reduce import index_add_
 
 
 def sub_cluster_ids(raw: torch.Tensor, tight: torch.Tensor) -> torch.Tensor:
@@ -82,11 +84,10 @@ def refine_sparse(rows, cols, dists, raw_labels, tight_labels, params: ClusterPa
 
     inside = (raw[rows] == raw[cols]) & (raw[rows] >= 0) & (rows != cols)
     r, c, d = rows[inside], cols[inside], dists[inside]
-    pair_sum = torch.zeros(num_clusters, dtype=torch.float64, device=device).index_add_(0, raw[r], d)
+    pair_sum = index_add_(torch.zeros(num_clusters, dtype=torch.float64, device=device), raw[r], d)
     pair_count = torch.bincount(raw[r], minlength=num_clusters).to(torch.float64)
     cross = sub[r] != sub[c]
-    cross_sum = torch.zeros(num_subs, dtype=torch.float64, device=device).index_add_(
-        0, sub[r][cross], d[cross])
+    cross_sum = index_add_(torch.zeros(num_subs, dtype=torch.float64, device=device), sub[r][cross], d[cross])
     cross_count = torch.bincount(sub[r][cross], minlength=num_subs).to(torch.float64)
 
     ordered_pairs = cluster_size * (cluster_size - 1)

@@ -27,9 +27,9 @@ def test_shard_bounds_rejects_bad_rank():
         shard_bounds(10, 0, 0)
 
 
-def _bank(num_total: int, dim: int, start: int, end: int, seed: int) -> InstanceBank:
+def _bank(num_total: int, dim: int, start: int, end: int, seed: int, device="cpu") -> InstanceBank:
     generator = torch.Generator().manual_seed(seed)
-    bank = InstanceBank(num_total, dim, start, end)
+    bank = InstanceBank(num_total, dim, start, end, device=device)
     bank.load(torch.randn(end - start, dim, generator=generator))
     return bank
 
@@ -158,3 +158,44 @@ def test_state_dict_round_trip():
     state = centres.state_dict()
     centres.apply_delta(torch.tensor([0]), torch.ones(1, 3, dtype=torch.float64))
     assert not torch.equal(state["sums"], centres.sums_MD)
+
+
+def _centres_after_steps(world_size: int, seed: int, device="cpu") -> ClusterCentres:
+    """Centres built from sharded banks and moved by 30 steps of updates (duplicates included)."""
+    generator = torch.Generator().manual_seed(seed)
+    num_total, dim, num_clusters = 37, 6, 9
+    labels = torch.randint(-1, num_clusters - 1, (num_total,), generator=generator)
+    banks = [_bank(num_total, dim, *shard_bounds(num_total, rank, world_size), seed=seed * 10 + rank, device=device)
+             for rank in range(world_size)]
+    sums, counts = zip(*(ClusterCentres.local_sums(bank, labels.to(device), num_clusters) for bank in banks))
+    centres = ClusterCentres(sum(sums), sum(counts))
+    for _ in range(30):
+        batch = torch.randint(0, num_total, (8,), generator=generator)
+        deltas = 10.0 ** torch.randint(-8, 8, (8, dim), generator=generator).double() * torch.randn(
+            8, dim, generator=generator, dtype=torch.float64)  # many magnitudes: the order shows
+        centres.apply_delta(labels[batch].to(device), deltas.to(device))
+    return centres
+
+
+def test_ordered_sums_and_chunks_give_the_same_centres_bit_for_bit(monkeypatch):
+    from cacl_dist import memory, reduce
+
+    expected = _centres_after_steps(2, seed=5)
+    calls = []
+    original = reduce.ordered_index_add_
+    monkeypatch.setattr(reduce, "adds_unordered", lambda device: True)  # the CUDA path, on the CPU
+    monkeypatch.setattr(reduce, "ordered_index_add_", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(memory, "SUM_CHUNK_ENTRIES", 20)  # local sums in chunks of 3 rows
+    got = _centres_after_steps(2, seed=5)
+    assert len(calls) > 30
+    assert torch.equal(got.sums_MD.view(torch.int64), expected.sums_MD.view(torch.int64))
+    assert torch.equal(got.counts_M, expected.counts_M)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_centres_repeat_bit_for_bit_and_equal_the_cpu():
+    expected = _centres_after_steps(3, seed=6)
+    first, second = (_centres_after_steps(3, seed=6, device="cuda") for _ in range(2))
+    assert torch.equal(first.sums_MD.view(torch.int64), second.sums_MD.view(torch.int64))
+    assert torch.equal(first.sums_MD.cpu().view(torch.int64), expected.sums_MD.view(torch.int64))

@@ -134,6 +134,7 @@ def test_cache_is_released_on_cuda_only(monkeypatch):
     assert memory.emptied == 1
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not cuml_backend.cuml_available(), reason="needs CUDA and RAPIDS cuML")
 def test_cuml_on_gpu_equals_reference():
     feats = sphere_blobs(2000, 64, 100, 1.0, seed=12)

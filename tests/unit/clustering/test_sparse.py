@@ -315,15 +315,19 @@ def test_refine_sparse_rejects_bad_score():
                       ClusterParams(refine_score="best"))
 
 
-@pytest.mark.parametrize("score", ["paper", "official"])
-def test_cluster_torch_equals_sklearn(score):
-    cases = [
+def cluster_cases():
+    """(features, k1, k2, refine) of the whole-pipeline comparisons."""
+    return [
         (sphere_blobs(500, 32, 25, 1.0, seed=5), 20, 6, True),
         (sphere_blobs(400, 16, 40, 1.4, seed=6), 12, 1, True),
         (np.random.default_rng(7).normal(size=(200, 8)), 10, 3, True),
         (sphere_blobs(300, 24, 15, 0.9, seed=8), 20, 6, False),
     ]
-    for feats, k1, k2, refine in cases:
+
+
+@pytest.mark.parametrize("score", ["paper", "official"])
+def test_cluster_torch_equals_sklearn(score):
+    for feats, k1, k2, refine in cluster_cases():
         params = ClusterParams(k1=k1, k2=k2, refine=refine, refine_score=score)
         ref = cluster(feats, dataclasses.replace(params, backend="sklearn"))
         got = cluster(torch.from_numpy(feats).float(), dataclasses.replace(params, backend="torch"))
@@ -344,8 +348,8 @@ def test_cluster_runs_the_configured_backend():
         cluster(feats, ClusterParams(backend="gpu"))
 
 
-@pytest.mark.skipif(not os.path.isdir(MINI_ROOT), reason="market1501-mini is not available")
-def test_real_features_market1501_mini():
+def market_mini_features():
+    """Features of 800 Market-1501-mini training images from an untrained tiny ResNet."""
     from cacl_dist.data.layouts import load_dataset
     from cacl_dist.evaluation.extract import ExtractionSettings, extract_shard
     from cacl_dist.models.cacl import Branch
@@ -355,7 +359,12 @@ def test_real_features_market1501_mini():
     model = Branch("resnet_tiny")
     with torch.no_grad():
         settings = ExtractionSettings(height=64, width=32, batch_size=200, num_workers=0, device=torch.device("cpu"))
-        feats = extract_shard(model, records, 0, len(records), settings)
+        return extract_shard(model, records, 0, len(records), settings)
+
+
+@pytest.mark.skipif(not os.path.isdir(MINI_ROOT), reason="market1501-mini is not available")
+def test_real_features_market1501_mini():
+    feats = market_mini_features()
     for k1, k2, eps in ((20, 6, 0.6),):
         params = ClusterParams(k1=k1, k2=k2, eps=eps, eps_tight=eps - 0.02)
         ref = cluster(feats, dataclasses.replace(params, backend="sklearn"))
@@ -364,6 +373,7 @@ def test_real_features_market1501_mini():
         assert got.num_refined_away == ref.num_refined_away
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["tfloat32", "float32", "bfloat16", "float64"])
 def test_knn_on_gpu_equals_reference(precision):
@@ -374,6 +384,7 @@ def test_knn_on_gpu_equals_reference(precision):
     np.testing.assert_array_equal(idx.cpu().numpy(), expected)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("score", ["paper", "official"])
 def test_cluster_on_gpu_equals_reference(score):
