@@ -158,3 +158,14 @@ def test_state_dict_round_trip():
     state = centres.state_dict()
     centres.apply_delta(torch.tensor([0]), torch.ones(1, 3, dtype=torch.float64))
     assert not torch.equal(state["sums"], centres.sums_MD)
+
+
+def test_centres_load_onto_the_requested_device():
+    """A resumed run puts the centres on its own device, wherever the placeholder was built."""
+    state = ClusterCentres(torch.ones(2, 3, dtype=torch.float64), torch.tensor([1, 2])).state_dict()
+    centres = ClusterCentres(torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1))
+    centres.load_state_dict(state, device="meta")
+    assert centres.sums_MD.device.type == "meta" and centres.counts_M.device.type == "meta"
+    assert centres.sums_MD.shape == (2, 3) and centres.sums_MD.dtype == torch.float64
+    centres.load_state_dict(state)  # default: stay where they are
+    assert centres.sums_MD.device.type == "meta"
