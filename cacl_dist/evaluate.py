@@ -46,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             branch = model.inference_branch().to(env.device)
             settings = ExtractionSettings.from_config(cfg, env.device, show_progress=env.is_main and cfg.run.progress)
             settings = dataclasses.replace(settings, channels_last=False)  # the rebuilt branch is not NHWC
-            metrics = comm.broadcast_object(evaluate(branch, dataset, settings, rank=env.rank,
-                                                     world_size=env.world_size, rerank=cfg.eval.rerank),
-                                            src=0, what="evaluation metrics")
+            scored = comm.run_everywhere(lambda: evaluate(branch, dataset, settings, rank=env.rank,
+                                                          world_size=env.world_size, rerank=cfg.eval.rerank),
+                                         "the evaluation (scored on rank 0)")  # a failure stops every rank
+            metrics = comm.broadcast_object(scored, src=0, what="evaluation metrics")
         finally:
             shutdown_distributed()
         if env.is_main:

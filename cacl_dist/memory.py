@@ -259,12 +259,13 @@ class ClusterCentres:
         """Sums and counts, for checkpoints."""
         return {"sums": self.sums_MD.clone(), "counts": self.counts_M.clone()}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore sums and counts saved by :meth:`state_dict`."""
+    def load_state_dict(self, state: dict, device: torch.device | str | None = None) -> None:
+        """Restore sums and counts saved by :meth:`state_dict`, onto ``device`` (default: where they are now)."""
         sums, counts = state["sums"], state["counts"]
         if sums.dim() != 2 or counts.shape != (sums.shape[0],):
             raise ValueError(
                 f"centre state must hold sums M x D and counts (M,), got {tuple(sums.shape)} and {tuple(counts.shape)}"
             )
-        self.sums_MD = sums.to(device=self.sums_MD.device, dtype=torch.float64).clone()
-        self.counts_M = counts.to(device=self.sums_MD.device, dtype=torch.long).clone()
+        device = self.sums_MD.device if device is None else torch.device(device)
+        self.sums_MD = sums.to(device=device, dtype=torch.float64).clone()
+        self.counts_M = counts.to(device=device, dtype=torch.long).clone()

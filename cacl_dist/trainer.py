@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import clustering, run_log
-from .config import Config, dump_yaml, to_dict
+from . import clustering, run_log, training_state
+from .config import Config, dump_yaml
 from .data.epoch_plan import check_batch_order
 from .data.factory import augment_params, dataset_from_config, generate_if_synthetic, training_plan
 from .data.layouts import ReidDataset
@@ -56,7 +56,7 @@ class Trainer:
         if generate_if_synthetic(cfg, write=env.is_main):
             comm.barrier()  # rank 0 wrote the images; the others wait before reading them
         self.dataset: ReidDataset = dataset_from_config(cfg)
-        self.train_pipeline = get_pipeline(resolve_pipeline(cfg.data.pipeline))
+        self.train_pipeline = get_pipeline(resolve_pipeline(cfg.data.pipeline, device=env.device))
         self.cluster_params = clustering.ClusterParams.from_config(cfg.clustering)  # resolves the backend
         run_log.log_setup(self.log, cfg, env, self.dataset, self.train_pipeline.NAME, self.cluster_params.backend)
 
@@ -147,36 +147,38 @@ class Trainer:
                       end - start, len(self.dataset.train), time.perf_counter() - t0)
 
     def cluster(self) -> clustering.ClusterResult | None:
-        """Pseudo labels for the coming epoch from the branch-1 bank, and exact centres."""
-        feats = comm.all_gather_cat(self.bank_rgb.rows)
-        neighbours, knn_seconds = self._shared_neighbours(feats)
-        result = clustering.cluster(feats, self.cluster_params, neighbours) if self.env.is_main else None
-        labels = torch.from_numpy(result.labels) if result is not None else \
-            torch.zeros(len(self.dataset.train), dtype=torch.int64)
-        labels = comm.broadcast_tensor(labels, src=0, what="pseudo labels")
-        stats = None
-        if result is not None:
-            stats = {k: getattr(result, k) for k in ("num_clusters", "num_raw_clusters", "num_outliers",
-                                                     "num_refined_away", "backend", "seconds")}
+        """Pseudo labels for the coming epoch from the branch-1 bank, and exact centres.
+
+        Rank 0 clusters (the result on rank 0, None elsewhere); a failure there reaches every rank
+        at once and all of them raise it (``comm.run_on_main``).
+        """
+        shared = self.env.world_size > 1 and self.cfg.clustering.shard_knn and self.cluster_params.takes_neighbours
+        rows = self.bank_rgb.rows
+        feats = comm.all_gather_cat(rows) if shared else comm.gather_cat(rows, dst=0)  # whole bank (rank 0)
+        neighbours, knn_seconds = self._shared_neighbours(feats) if shared else (None, 0.0)
+        results: list[clustering.ClusterResult] = []
+
+        def on_main() -> tuple:
+            results.append(clustering.cluster(feats, self.cluster_params, neighbours))
+            stats = {k: getattr(results[0], k) for k in ("num_clusters", "num_raw_clusters", "num_outliers",
+                                                         "num_refined_away", "backend", "seconds")}
             stats["seconds"] += knn_seconds  # the neighbour search shared by all ranks
-        self.cluster_stats = comm.broadcast_object(stats, src=0, what="clustering statistics")
-        self.set_pseudo_labels(labels)
+            return results[0].labels, stats
+
+        labels, self.cluster_stats = comm.run_on_main(on_main, "the pseudo labels (clustering on rank 0)")
+        self.set_pseudo_labels(torch.as_tensor(labels, dtype=torch.int64))
         run_log.log_clustering(self.log, self.epoch + 1, self.cluster_stats)
         self.metrics.write("cluster", self.global_step, epoch=self.epoch + 1, **self.cluster_stats)
-        return result
+        return results[0] if results else None
 
     def _shared_neighbours(self, feats: torch.Tensor) -> tuple:
         """Every rank searches the k1 nearest neighbours of its share of the rows; all gather them.
 
-        Returns ((sims, idx), seconds), or (None, 0.0) when rank 0 searches alone (one process,
-        the dense backend, or clustering.shard_knn false).
+        Returns ((sims, idx), seconds).
         """
-        params = self.cluster_params
-        if self.env.world_size == 1 or not self.cfg.clustering.shard_knn or not params.takes_neighbours:
-            return None, 0.0
         start = time.perf_counter()
         rows = shard_bounds(feats.shape[0], self.env.rank, self.env.world_size)
-        sims, idx = clustering.neighbours_of_rows(feats, params, rows)
+        sims, idx = clustering.neighbours_of_rows(feats, self.cluster_params, rows)
         neighbours = (comm.all_gather_cat(sims), comm.all_gather_cat(idx))
         return neighbours, time.perf_counter() - start
 
@@ -283,9 +285,10 @@ class Trainer:
         self.centres_gray.apply_delta(batch_labels, deltas[:, dim:], validate=check)
 
     def evaluate(self) -> dict:
-        """Evaluate branch 1 on query/gallery; record and return the metrics."""
-        metrics = evaluate(self.model.online.branch, self.dataset, self.extraction, rank=self.env.rank,
-                           world_size=self.env.world_size, rerank=self.cfg.eval.rerank)
+        """Evaluate branch 1 on query/gallery; record and return the metrics (a failure stops every rank)."""
+        metrics = comm.run_everywhere(lambda: evaluate(
+            self.model.online.branch, self.dataset, self.extraction, rank=self.env.rank,
+            world_size=self.env.world_size, rerank=self.cfg.eval.rerank), "the evaluation (scored on rank 0)")
         metrics = comm.broadcast_object(metrics, src=0, what="evaluation metrics")  # rank 0 scored them
         metrics = {"epoch": self.epoch, **metrics}
         self.eval_history.append(metrics)
@@ -295,22 +298,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        """Everything a resumed run needs; the banks are gathered whole (collective call)."""
-        return {
-            "config": to_dict(self.cfg),
-            "epoch": self.epoch, "iter_in_epoch": self.iter_in_epoch, "global_step": self.global_step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "grad_scaler": self.precision.state_dict(),
-            "bank_rgb": comm.all_gather_cat(self.bank_rgb.rows).cpu(),
-            "bank_gray": comm.all_gather_cat(self.bank_gray.rows).cpu(),
-            "labels": None if self.labels is None else self.labels.cpu(),
-            "centres_rgb": None if self.centres_rgb is None else self.centres_rgb.state_dict(),
-            "centres_gray": None if self.centres_gray is None else self.centres_gray.state_dict(),
-            "cluster_stats": self.cluster_stats, "eval_history": self.eval_history,
-            "rng": ckpt.rng_state(), "world_size": self.env.world_size,
-            "num_train": len(self.dataset.train),
-        }
+        """Everything a resumed run needs (collective call); the banks are gathered whole to rank 0 only."""
+        return training_state.gather_state(self)
 
     def save(self, keep: bool = False) -> None:
         """Atomically write last.pt (rank 0) after gathering the state from every rank."""
@@ -324,45 +313,20 @@ class Trainer:
         comm.barrier()
 
     def resume(self) -> bool:
-        """Restore the run folder's last checkpoint if there is one; True when resumed."""
-        path = ckpt.find_resume(self.run_dir)
+        """Restore the run folder's last checkpoint if rank 0 finds one (every rank follows); True when resumed."""
+        path = training_state.shared_resume_path(self.run_dir)
         if path is None:
             return False
-        state = ckpt.load_checkpoint(path)
+        state = comm.run_everywhere(lambda: training_state.read_when_visible(path), f"reading {path}")
         self.load_state_dict(state, source=str(path))
         self.log.info("resumed from %s: %d epochs done, step %d of epoch %d", path, self.epoch,
                       self.iter_in_epoch, self.epoch + 1)
         return True
 
     def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
-        """Restore what `state_dict` produced; the banks are re-sharded for this world size."""
-        if state["num_train"] != len(self.dataset.train):
-            raise ValueError(
-                f"{source} was trained on {state['num_train']} images but the dataset at '{self.dataset.root}' "
-                f"has {len(self.dataset.train)}; point data.root at the original dataset or use a new "
-                "run.output_dir")
-        changed = run_log.changed_keys(state["config"], self.cfg)
-        if changed:
-            self.log.warning("resuming %s with changed config keys: %s", source, ", ".join(changed))
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.precision.load_state_dict(state.get("grad_scaler"))
-        start, end = self.shard
-        self.bank_rgb.load(state["bank_rgb"][start:end], normalize=False)
-        self.bank_gray.load(state["bank_gray"][start:end], normalize=False)
-        self.labels = None if state["labels"] is None else state["labels"].to(self.env.device)
-        for name in ("centres_rgb", "centres_gray"):
-            centres = None
-            if state[name] is not None:
-                centres = ClusterCentres(torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1))
-                centres.load_state_dict(state[name])
-            setattr(self, name, centres)
-        self.cluster_stats = state["cluster_stats"]
-        self.eval_history = list(state["eval_history"])
-        self.epoch, self.iter_in_epoch = state["epoch"], state["iter_in_epoch"]
-        self.global_step = state["global_step"]
-        ckpt.set_rng_state(state["rng"])
+        """Restore what `state_dict` produced: banks re-sharded for this world size, labels and centres on
+        this rank's device."""
+        training_state.restore_state(self, state, source)
 
     # ----------------------------------------------------------------------------- helpers
     def _set_train_mode(self) -> None:

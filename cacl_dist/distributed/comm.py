@@ -1,15 +1,25 @@
 """Collectives that are the identity in a single process.
 
 Math modules never call these; the trainer gathers and reduces, then passes tensors in.
+
+Small control messages (objects, the outcome of rank-0-only work) travel over the *control
+group*: the default group under gloo, a gloo side group under NCCL (set up by
+``env.init_distributed``). Gloo honours the process-group timeout (``dist.timeout_min``) with
+a Python error, which is turned into one naming what the rank waited for; NCCL's watchdog
+would instead abort the process without saying which phase hung.
 """
 
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
+
+_control_group = None  # a gloo group beside an NCCL default group; None: the default group
 
 
 def is_distributed() -> bool:
@@ -104,23 +114,131 @@ def broadcast_tensor(tensor: torch.Tensor, src: int = 0, what: str = "a tensor")
     try:
         dist.broadcast(buf, src=src)
     except RuntimeError as exc:
-        raise RuntimeError(
-            f"rank {rank()} gave up waiting for {what} from rank {src}: {exc}. Rank {src} failed or is "
-            "slower than dist.timeout_min allows; check its log, or raise dist.timeout_min") from exc
+        raise _gave_up(what, src, exc) from exc
     return buf.to(tensor.device)
 
 
+def gather_cat(tensor: torch.Tensor, dst: int = 0, device: torch.device | str | None = None) -> torch.Tensor | None:
+    """On rank `dst`: every rank's tensor concatenated along dim 0 in rank order (rows may differ per
+    rank), on `device` (default: the input's device). None on the other ranks.
+
+    Unlike :func:`all_gather_cat` only rank `dst` receives the rows, so the others never hold the
+    whole tensor (e.g. both memory banks when a checkpoint is written).
+    """
+    out_device = tensor.device if device is None else torch.device(device)
+    if not is_distributed():
+        return tensor.to(out_device)
+    dev = _comm_device(tensor)
+    local = tensor.detach().to(dev).contiguous()
+    size = torch.tensor([local.shape[0]], device=dev, dtype=torch.int64)
+    sizes = [torch.zeros_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    counts = [int(s.item()) for s in sizes]
+    padded = local.new_zeros((max(counts),) + tuple(local.shape[1:]))
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in counts] if rank() == dst else None
+    dist.gather(padded, parts, dst=dst)
+    if parts is None:
+        return None
+    return torch.cat([p[:n].to(out_device) for p, n in zip(parts, counts)], dim=0)
+
+
+def set_control_group(group) -> None:
+    """Use `group` (a gloo process group) for control messages; None: the default group."""
+    global _control_group
+    _control_group = group
+
+
+def _gave_up(what: str, src: int | None, exc: BaseException) -> RuntimeError:
+    """The error of a rank that waited longer than the timeout (`src` None: for any other rank)."""
+    who = f"rank {src}" if src is not None else "the other ranks"
+    detail = " ".join(str(exc).split())
+    return RuntimeError(
+        f"rank {rank()} gave up waiting for {what} from {who}: {detail}. {who.capitalize()} failed or "
+        f"{'is' if src is not None else 'are'} slower than dist.timeout_min allows; check the logs, or raise "
+        "dist.timeout_min")
+
+
 def broadcast_object(obj: Any, src: int = 0, what: str = "an object") -> Any:
-    """Rank `src`'s picklable object on every rank."""
+    """Rank `src`'s picklable object on every rank (over the control group; fails loudly on timeout).
+
+    Tensors inside `obj` should be on the CPU: a CUDA tensor would arrive on the same device
+    index on every rank.
+    """
     if not is_distributed():
         return obj
-    payload = pickle.dumps(obj) if rank() == src else b""
-    length = broadcast_tensor(torch.tensor([len(payload)], dtype=torch.int64), src, what)
-    data = torch.zeros(int(length.item()), dtype=torch.uint8)
-    if rank() == src:
-        data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-    data = broadcast_tensor(data, src, what)
-    return pickle.loads(data.numpy().tobytes())
+    box = [obj if rank() == src else None]
+    try:
+        dist.broadcast_object_list(box, src=src, group=_control_group)
+    except RuntimeError as exc:
+        raise _gave_up(what, src, exc) from exc
+    return box[0]
+
+
+def _failure(exc: Exception) -> tuple[type, str]:
+    """(exception class, message) of a failure, as it travels to the other ranks."""
+    cls = type(exc)
+    try:
+        pickle.loads(pickle.dumps(cls))
+    except Exception:  # a class the other ranks cannot import: they raise a RuntimeError
+        cls = RuntimeError
+    return cls, str(exc)
+
+
+def _rebuild(cls: type, message: str) -> Exception:
+    """The failure of another rank as an exception of the same class and message (else RuntimeError)."""
+    try:
+        exc = cls(message)
+        if isinstance(exc, Exception) and str(exc) == message:
+            return exc
+    except Exception:
+        pass
+    return RuntimeError(message)
+
+
+def run_everywhere(fn: Callable[[], T], what: str) -> T:
+    """Every rank runs `fn`; if it raised on any rank, every rank raises that failure.
+
+    Returns this rank's own result. The first failing rank (lowest number) decides the error:
+    that rank re-raises its own exception, the others an exception of the same class and
+    message, so all ranks stop at the same point with the same one-line message instead of
+    some of them waiting in the next collective until the timeout. `fn` may itself hold
+    collectives that every rank joins. `what` names the phase in the timeout message.
+    """
+    if not is_distributed():
+        return fn()
+    result, error, failure = None, None, None
+    try:
+        result = fn()
+    except Exception as exc:  # shared with the other ranks below
+        error, failure = exc, _failure(exc)
+    outcomes: list = [None] * world_size()
+    try:
+        dist.all_gather_object(outcomes, failure, group=_control_group)
+    except RuntimeError as exc:
+        if error is not None:
+            raise error
+        raise _gave_up(what, 0 if rank() != 0 else None, exc) from exc
+    for failed_rank, outcome in enumerate(outcomes):
+        if outcome is not None:
+            if failed_rank == rank():
+                raise error
+            raise _rebuild(*outcome)
+    return result
+
+
+def run_on_main(fn: Callable[[], T], what: str) -> T:
+    """Rank 0 runs `fn` (which must hold no collective) and every rank returns its result.
+
+    A failure on rank 0 reaches every rank at once and all of them raise it (same class and
+    message); a rank 0 that hangs makes the others give up after ``dist.timeout_min`` with an
+    error naming `what`. The result travels pickled over the control group, so tensors in it
+    should be on the CPU.
+    """
+    if not is_distributed():
+        return fn()
+    result = run_everywhere(lambda: fn() if rank() == 0 else None, what)
+    return broadcast_object(result, src=0, what=what)
 
 
 def barrier() -> None:

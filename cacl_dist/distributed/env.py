@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from . import comm
+
 log = logging.getLogger("cacl_dist")
 
 
@@ -44,7 +46,11 @@ def _env_int(name: str, default: int) -> int:
 
 
 def pick_device(preference: str, local_rank: int) -> torch.device:
-    """Resolve 'auto' | 'cpu' | 'cuda' to a concrete device for this process."""
+    """Resolve 'auto' | 'cpu' | 'cuda' to a concrete device for this process.
+
+    The local rank picks the GPU, modulo the number of visible GPUs: processes share a GPU when
+    there are more of them than GPUs, which only gloo allows (``check_gpus_per_node``).
+    """
     if preference == "cpu":
         return torch.device("cpu")
     has_cuda = torch.cuda.is_available()
@@ -55,8 +61,31 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def check_gpus_per_node(backend: str, local_world_size: int, local_rank: int) -> None:
+    """NCCL needs one GPU per process: more processes on a node than visible GPUs is a one-line ValueError.
+
+    gloo may share a GPU between processes (``pick_device`` maps the local rank modulo the GPU
+    count), which is useful for testing a multi-process run on a one-GPU machine.
+    """
+    if backend != "nccl":
+        return
+    gpus = torch.cuda.device_count()
+    procs = max(local_world_size, local_rank + 1)
+    if procs > gpus:
+        raise ValueError(
+            f"{procs} processes on this node (--nproc_per_node / LOCAL_WORLD_SIZE) but only {gpus} GPU(s) "
+            f"visible: NCCL needs one GPU per process; start at most --nproc_per_node={gpus}, or set "
+            "dist.backend=gloo to share a GPU between processes for testing")
+
+
 def init_distributed(device: str = "auto", backend: str = "auto", timeout_min: float = 30.0) -> DistEnv:
-    """Create the process group when WORLD_SIZE > 1 and return this process's DistEnv."""
+    """Create the process group when WORLD_SIZE > 1 and return this process's DistEnv.
+
+    Under NCCL a gloo side group with the same timeout carries the small control messages of the
+    rank-0-only phases (see ``comm.run_on_main``), so a rank that waits for rank 0 gives up after
+    ``timeout_min`` with an error naming what it waited for, instead of being aborted by NCCL's
+    watchdog without one.
+    """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -67,15 +96,19 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_min: f
         backend = "nccl" if dev.type == "cuda" else "gloo"
     if backend == "nccl" and dev.type != "cuda":
         raise ValueError("dist.backend is 'nccl' but training runs on the CPU; use dist.backend=gloo or auto")
+    check_gpus_per_node(backend, _env_int("LOCAL_WORLD_SIZE", local_rank + 1), local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(minutes=timeout_min))
+        timeout = datetime.timedelta(minutes=timeout_min)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
+        if backend == "nccl":
+            comm.set_control_group(dist.new_group(backend="gloo", timeout=timeout))
     return DistEnv(rank, world_size, local_rank, dev, backend)
 
 
 def shutdown_distributed() -> None:
     """Destroy the process group if one exists."""
+    comm.set_control_group(None)
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from cacl_dist.distributed import comm
@@ -63,3 +64,102 @@ def test_waiting_for_labels_fails_loudly_after_the_timeout():
     assert results[0] == "rank 0 gave nothing"
     assert "rank 1 gave up waiting for pseudo labels from rank 0" in results[1]
     assert "dist.timeout_min" in results[1]
+
+
+def test_new_collectives_are_identity_in_one_process():
+    t = torch.arange(6.0).reshape(3, 2)
+    assert torch.equal(comm.gather_cat(t), t) and comm.gather_cat(t, device="meta").device.type == "meta"
+    assert comm.run_on_main(lambda: 7, "seven") == 7
+    assert comm.run_everywhere(lambda: "mine", "a phase") == "mine"
+    with pytest.raises(KeyError):
+        comm.run_on_main(lambda: {}["missing"], "a lookup")
+
+
+class _ClusteringFailed(ValueError):
+    pass
+
+
+def _outcome(fn):
+    try:
+        return fn()
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+
+
+def _rank0_only_work(rank, world_size):
+    """The rank-0-only helpers in three processes: gather to rank 0, results and failures shared."""
+    rows = torch.full((rank + 1, 2), float(rank))  # unequal sizes per rank
+
+    def clustering():
+        if rank != 0:
+            raise AssertionError("only rank 0 runs fn")
+        raise _ClusteringFailed("DBSCAN found no neighbours; lower clustering.eps")
+
+    def reading():
+        if rank == 2:
+            raise FileNotFoundError(f"rank {rank} cannot read the checkpoint")
+        return rank * 10
+
+    return {
+        "gathered": comm.gather_cat(rows, dst=0), "all_gathered": comm.all_gather_cat(rows),
+        "metrics": comm.run_on_main(lambda: {"mAP": 0.5, "rank": rank}, "evaluation metrics"),
+        "own": comm.run_everywhere(lambda: rank, "a phase"),
+        "rank0_failed": _outcome(lambda: comm.run_on_main(clustering, "the pseudo labels")),
+        "rank2_failed": _outcome(lambda: comm.run_everywhere(reading, "reading the checkpoint")),
+    }
+
+
+@pytest.fixture(scope="module")
+def three_ranks():
+    """One run of three gloo processes; the process-group timeout is long, so a failure that did not
+    travel would show as a hang (the harness gives up long before the timeout)."""
+    return run_gloo(_rank0_only_work, 3, timeout=120.0, pg_timeout=600.0)
+
+
+def test_gather_to_rank0_matches_all_gather_there_and_leaves_the_others_empty(three_ranks):
+    assert torch.equal(three_ranks[0]["gathered"], three_ranks[0]["all_gathered"])
+    assert three_ranks[1]["gathered"] is None and three_ranks[2]["gathered"] is None
+
+
+def test_rank0_result_reaches_every_rank_and_each_keeps_its_own(three_ranks):
+    assert [r["metrics"] for r in three_ranks] == [{"mAP": 0.5, "rank": 0}] * 3
+    assert [r["own"] for r in three_ranks] == [0, 1, 2]
+
+
+def test_a_failure_on_rank0_reaches_every_rank_with_the_same_message(three_ranks):
+    message = "DBSCAN found no neighbours; lower clustering.eps"
+    assert [r["rank0_failed"] for r in three_ranks] == [("_ClusteringFailed", message)] * 3
+
+
+def test_a_failure_on_any_rank_stops_every_rank(three_ranks):
+    assert [r["rank2_failed"] for r in three_ranks] == [("FileNotFoundError", "rank 2 cannot read the checkpoint")] * 3
+
+
+def test_a_failure_whose_class_cannot_travel_arrives_as_a_runtime_error_with_its_message():
+    class Local(Exception):
+        pass
+
+    assert comm._failure(ValueError("bad eps")) == (ValueError, "bad eps")
+    rebuilt = comm._rebuild(*comm._failure(Local("no neighbours")))
+    assert type(rebuilt) is RuntimeError and str(rebuilt) == "no neighbours"
+    rebuilt = comm._rebuild(*comm._failure(KeyError("labels")))  # str(KeyError) quotes: not the same message
+    assert type(rebuilt) is RuntimeError and str(rebuilt) == "'labels'"
+
+
+def _rank0_hangs(rank, world_size):
+    import time
+
+    def fn():
+        time.sleep(8)  # stands in for a clustering run that hangs
+        return "late"
+
+    try:
+        return comm.run_on_main(fn, "the pseudo labels (clustering on rank 0)")
+    except RuntimeError as exc:
+        return str(exc)
+
+
+def test_waiting_for_a_hanging_rank0_names_the_phase():
+    results = run_gloo(_rank0_hangs, 2, pg_timeout=2.0)
+    assert "rank 1 gave up waiting for the pseudo labels (clustering on rank 0) from rank 0" in results[1]
+    assert "dist.timeout_min" in results[1] and "\n" not in results[1]

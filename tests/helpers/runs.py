@@ -18,9 +18,14 @@ MARKET_MINI = REPO.parent / "shared" / "data" / "market1501-mini"
 
 
 def tiny_overrides(run_dir: Path, data_dir: Path, **extra: object) -> list[str]:
-    """A few-second CACL run: 96 synthetic training images, resnet_tiny at 64x32."""
+    """A few-second CACL run: 96 synthetic training images, resnet_tiny at 64x32.
+
+    The runs are pinned to the CPU (``run.device=cpu``), so the bit-for-bit comparisons between
+    them hold on a machine with a GPU as well.
+    """
     values = {
         "run.output_dir": str(run_dir), "run.progress": False, "run.log_every": 1, "run.seed": 3,
+        "run.device": "cpu",
         "data.dataset": "synthetic", "data.root": str(data_dir), "data.height": 64, "data.width": 32,
         "data.num_workers": 0, "data.pipeline": "torchvision",  # the reference pipeline, installed or not
         "data.synthetic.num_train_ids": 16, "data.synthetic.num_test_ids": 6,

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not MARKET_MINI.is_dir(), reason=f"{MARKET_MINI}
 
 def test_train_a_few_steps_and_evaluate_on_market_mini(tmp_path):
     cfg = load_config(None, [
-        f"run.output_dir={tmp_path / 'run'}", "run.progress=false", "run.log_every=2",
+        f"run.output_dir={tmp_path / 'run'}", "run.progress=false", "run.log_every=2", "run.device=cpu",
         "data.dataset=market1501", f"data.root={MARKET_MINI}", "data.height=64", "data.width=32",
         "data.num_workers=2", "augment.pad=4", "model.backbone=resnet_tiny", "model.pretrained=none",
         "train.epochs=1", "train.iters_per_epoch=4", "train.batch_size=32", "eval.batch_size=256",

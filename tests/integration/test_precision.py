@@ -24,7 +24,7 @@ MEAN_RTOL = 0.02
 
 
 def fit(run_dir, data_dir, device="cpu", **extra):
-    cfg = load_config(None, tiny_overrides(run_dir, data_dir, **extra))
+    cfg = load_config(None, tiny_overrides(run_dir, data_dir, **{"run.device": device, **extra}))
     trainer = Trainer(cfg, DistEnv(0, 1, 0, torch.device(device), None))
     trainer.fit()
     return trainer

@@ -15,7 +15,7 @@ from cacl_dist.checkpoint import load_checkpoint
 from cacl_dist.config import load_config
 from cacl_dist.logging import read_metrics
 
-from tests.helpers.runs import REPO, assert_same_state, fit, run_cli, set_args, tiny_overrides
+from tests.helpers.runs import CPU, REPO, assert_same_state, fit, run_cli, set_args, tiny_overrides
 
 def test_fit_trains_clusters_evaluates_and_checkpoints(tmp_path, synthetic_root):
     trainer = fit(tmp_path / "run", synthetic_root)
@@ -137,3 +137,20 @@ def test_plain_folder_of_crops_trains_without_evaluation(tmp_path, synthetic_roo
     assert trainer.eval_history == []  # no query/gallery split: nothing to evaluate
     assert len(read_metrics(tmp_path / "run", "train")) == 3
     assert load_checkpoint(tmp_path / "run" / "last.pt")["labels"].shape == (96,)
+
+
+def test_resume_restores_labels_and_centres_onto_the_run_device(tmp_path, synthetic_root):
+    """Centres built on the CPU are moved to the trainer's device when a checkpoint is loaded
+    (the 'meta' device stands in for a GPU: only where the tensors live is checked)."""
+    from cacl_dist.distributed.env import DistEnv
+    from cacl_dist.trainer import Trainer
+
+    trainer = Trainer(load_config(None, tiny_overrides(tmp_path / "run", synthetic_root)), CPU)
+    trainer.init_memory()
+    trainer.cluster()
+    state = trainer.state_dict()
+    trainer.env = DistEnv(0, 1, 0, torch.device("meta"), None)
+    trainer.load_state_dict(state)
+    assert trainer.labels.device.type == "meta"
+    for centres in (trainer.centres_rgb, trainer.centres_gray):
+        assert centres.sums_MD.device.type == "meta" and centres.counts_M.device.type == "meta"

@@ -199,3 +199,14 @@ def test_cuda_centres_repeat_bit_for_bit_and_equal_the_cpu():
     first, second = (_centres_after_steps(3, seed=6, device="cuda") for _ in range(2))
     assert torch.equal(first.sums_MD.view(torch.int64), second.sums_MD.view(torch.int64))
     assert torch.equal(first.sums_MD.cpu().view(torch.int64), expected.sums_MD.view(torch.int64))
+
+
+def test_centres_load_onto_the_requested_device():
+    """A resumed run puts the centres on its own device, wherever the placeholder was built."""
+    state = ClusterCentres(torch.ones(2, 3, dtype=torch.float64), torch.tensor([1, 2])).state_dict()
+    centres = ClusterCentres(torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1))
+    centres.load_state_dict(state, device="meta")
+    assert centres.sums_MD.device.type == "meta" and centres.counts_M.device.type == "meta"
+    assert centres.sums_MD.shape == (2, 3) and centres.sums_MD.dtype == torch.float64
+    centres.load_state_dict(state)  # default: stay where they are
+    assert centres.sums_MD.device.type == "meta"

@@ -55,20 +55,54 @@ def get_pipeline(name: str) -> Pipeline:
 
 
 @functools.lru_cache(maxsize=None)
-def resolve_pipeline(name: str, key: str = "data.pipeline") -> str:
+def _dali_fails_on(device: torch.device) -> str | None:
+    """Why DALI cannot run a pipeline on the CUDA ``device`` (one line), or None when it can; tried once."""
+    from . import dali
+
+    try:
+        dali.probe(device)
+    except Exception as exc:  # any failure means: do not take DALI for 'auto'
+        lines = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {lines[-1] if lines else ''}".strip()
+    return None
+
+
+def _cuda_device(device: torch.device | str | None) -> torch.device | None:
+    """The CUDA device the pipeline would run on: ``device`` if it is CUDA, the current one when
+    ``device`` is None and CUDA is available, else None."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def resolve_pipeline(name: str, key: str = "data.pipeline", device: torch.device | str | None = None) -> str:
     """Map the value ``name`` of config ``key`` to an available input pipeline; log the choice once.
 
     'auto' takes DALI when it is installed (on the GPU, and also CPU-only, where it needs about
     half the CPU time of the torchvision pipeline per sample; see benchmarks/bench_data.py),
-    else torchvision. An explicit 'dali' without DALI installed is an error that says how to
-    install it.
+    else torchvision. On a CUDA ``device`` (None: the current one, when CUDA is available)
+    'auto' first runs a one-sample DALI pipeline there and falls back to torchvision, with one
+    log line, when DALI cannot run on this driver. An explicit 'dali' without DALI installed is
+    an error that says how to install it.
     """
     from . import dali
 
     if name == "auto":
         if dali.dali_available():
-            log.info("%s 'auto': NVIDIA DALI %s is installed, using the dali pipeline", key,
-                     dali.require_dali(key).__version__)
+            version = dali.require_dali(key).__version__
+            cuda = _cuda_device(device)
+            failure = _dali_fails_on(cuda) if cuda is not None else None
+            if failure is not None:
+                log.warning("%s 'auto': NVIDIA DALI %s cannot run on %s (%s), using torchvision; for a CUDA 12 "
+                            "driver install `%s`", key, version, cuda, failure, dali.INSTALL_HINT_CUDA12)
+                return "torchvision"
+            log.info("%s 'auto': NVIDIA DALI %s is installed, using the dali pipeline", key, version)
             return "dali"
         log.info("%s 'auto': NVIDIA DALI is not installed, using torchvision (`%s` for the faster dali "
                  "pipeline)", key, dali.INSTALL_HINT)

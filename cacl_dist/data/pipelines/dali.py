@@ -36,6 +36,7 @@ from cacl_dist.data.view_params import draw_view_batch
 
 NAME = "dali"
 INSTALL_HINT = "pip install cacl_dist[dali]"
+INSTALL_HINT_CUDA12 = "pip install cacl_dist[dali-cu12]"
 PREFETCH = 2
 
 
@@ -55,6 +56,25 @@ def require_dali(key: str = "data.pipeline"):
         raise ValueError(f"{key} is 'dali' but NVIDIA DALI is not installed; run `{INSTALL_HINT}` "
                          f"(or set {key} to auto or torchvision)")
     return importlib.import_module("nvidia.dali")
+
+
+def probe(device: torch.device | str) -> None:
+    """Build and run a one-sample pipeline on ``device``; raises what DALI raises when it cannot run here.
+
+    A DALI wheel built for a newer CUDA than the driver supports imports fine and fails only
+    when a pipeline is built on the GPU; ``resolve_pipeline`` calls this once to find out.
+    """
+    dali = require_dali()
+    device_id = _device_id(torch.device(device))
+    pipe = dali.Pipeline(batch_size=1, num_threads=1, device_id=device_id, seed=0, exec_dynamic=True)
+    with pipe:
+        value = dali.fn.random.uniform(shape=[1], seed=0)
+        pipe.set_outputs(value.gpu() if device_id is not None else value)
+    try:
+        pipe.build()
+        pipe.run()
+    finally:
+        del pipe
 
 
 def _device_id(device: torch.device) -> int | None:
@@ -119,11 +139,22 @@ def _eval_pipeline(dali, files: list[str], labels: list[int], height: int, width
     return pipe
 
 
+@functools.lru_cache(maxsize=None)
+def _luma_affine(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(-mean / std, 1 / std) of the ImageNet channels as 1 x 3 x 1 x 1 tensors on ``device``.
+
+    Built once per device: a tensor made from Python numbers on a CUDA device is a blocking
+    host-to-device copy, which every batch would otherwise pay.
+    """
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (-mean / std).to(device), (1.0 / std).to(device)
+
+
 def _normalise_luma(luma: torch.Tensor) -> torch.Tensor:
     """B x 1 x H x W luma in [0, 1] -> B x 3 x H x W, each channel normalised with its mean/std."""
-    mean = torch.tensor(IMAGENET_MEAN, device=luma.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=luma.device).view(1, 3, 1, 1)
-    return torch.addcmul(-mean / std, luma, 1.0 / std)
+    shift, scale = _luma_affine(luma.device)
+    return torch.addcmul(shift, luma, scale)
 
 
 def _erase_(views: torch.Tensor, boxes: np.ndarray, vectorised: bool | None = None) -> torch.Tensor:
@@ -169,11 +200,24 @@ class _ChoiceSource:
         return inputs
 
 
+def _output_stream(device: torch.device):
+    """The CUDA stream DALI binds its outputs to: torch's current stream on ``device``; None on the CPU.
+
+    With a stream, ``pipe.run`` returns as soon as the batch is scheduled (no host wait): DALI
+    makes the stream wait for the batch, and the buffers are freed in that stream's order, after
+    the torch kernels queued on it have read them. Without one (the CPU pipeline) outputs are
+    ready when ``run`` returns.
+    """
+    return torch.cuda.current_stream(device) if device.type == "cuda" else None
+
+
 def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     """A dense DALI TensorList as a torch tensor on ``device``, shared through DLPack without a copy.
 
     With ``exec_dynamic`` the buffer belongs to the returned tensor, so later runs of the pipeline
-    do not overwrite it; GPU outputs stay on the GPU, CPU outputs are moved to ``device``.
+    do not overwrite it; GPU outputs stay on the GPU, CPU outputs are moved to ``device``. The
+    DLPack export is told torch's current stream on ``device`` (``torch.from_dlpack`` passes it),
+    the stream the outputs are already bound to, so it adds no wait.
     """
     from nvidia.dali.backend import TensorGPU
 
@@ -217,7 +261,7 @@ class DaliLoader:
                 raise self._error(err, 0, self._num_batches) from err
             for step in range(self._num_batches):
                 try:
-                    outputs = pipe.run()
+                    outputs = pipe.run(_output_stream(self.device))
                 except (RuntimeError, StopIteration) as err:  # the failing batch or one read ahead
                     raise self._error(err, step, step + PREFETCH + 2) from err
                 meta = source.in_flight.popleft() if source is not None else None
@@ -315,5 +359,5 @@ def eval_loader(records: Sequence[ImageRecord], height: int, width: int, batch_s
                       lambda i: files[i * batch_size : (i + 1) * batch_size])
 
 
-__all__ = ["NAME", "INSTALL_HINT", "DaliLoader", "dali_available", "eval_loader", "require_dali", "train_loader",
-           "view_inputs"]
+__all__ = ["NAME", "INSTALL_HINT", "INSTALL_HINT_CUDA12", "DaliLoader", "dali_available", "eval_loader", "probe",
+           "require_dali", "train_loader", "view_inputs"]

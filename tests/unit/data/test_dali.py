@@ -232,6 +232,52 @@ def test_device_must_be_cpu_or_cuda(tmp_path):
         dp.eval_loader(records, 32, 16, batch_size=1, device="meta")
 
 
+def test_luma_normalisation_builds_its_constants_once_per_device(monkeypatch):
+    """After the first batch no tensor is made from Python numbers (on CUDA a blocking copy per batch)."""
+    luma = torch.rand(2, 1, 4, 3)
+    first = dp._normalise_luma(luma)
+    assert torch.allclose(first, (luma.expand(-1, 3, -1, -1) - MEAN) / STD, atol=1e-6)
+
+    def no_new_tensors(*args, **kwargs):
+        raise AssertionError("torch.tensor called for a batch")
+
+    monkeypatch.setattr(torch, "tensor", no_new_tensors)
+    assert torch.equal(dp._normalise_luma(luma), first)
+
+
+class _RecordingPipe:
+    """Stands in for a built DALI pipeline: records the arguments of every run."""
+
+    def __init__(self, runs: list):
+        self.runs = runs
+
+    def build(self):
+        pass
+
+    def run(self, *args):
+        self.runs.append(args)
+        return [torch.zeros(1)]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:1"])
+def test_outputs_are_bound_to_torchs_current_stream_on_cuda(monkeypatch, device):
+    """On a CUDA device the pipeline runs on torch's current stream there (no host wait, buffers
+    freed in that stream's order); on the CPU it runs host-synchronously as before."""
+    device = torch.device(device)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda dev: ("current stream of", dev))
+    monkeypatch.setattr(dp, "_to_torch", lambda output, dev: output)
+    runs: list = []
+    loader = dp.DaliLoader(lambda source: _RecordingPipe(runs), lambda: None, 3, device,
+                           lambda tensors, step, meta: step, lambda i: [])
+    assert list(loader) == [0, 1, 2]
+    expected = ("current stream of", device) if device.type == "cuda" else None
+    assert [args[0] if args else None for args in runs] == [expected] * 3
+
+
+def test_probe_runs_a_one_sample_pipeline_on_the_cpu():
+    dp.probe("cpu")  # raises when DALI cannot run here
+
+
 @pytest.mark.parametrize("device_id", [None, 0], ids=["cpu-only", "cuda"])
 def test_graph_puts_the_pixel_work_on_the_pipeline_device(device_id):
     """The graph is only defined, never built, so the CUDA variant needs no GPU: with a device the

@@ -3,6 +3,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from cacl_dist.config import ConfigError, load_config
 from cacl_dist.data import pipelines, view_params
@@ -122,3 +123,42 @@ def test_config_accepts_the_pipelines():
     assert cfg.data.pipeline == "dali" and cfg.data.eval_pipeline == "auto"
     with pytest.raises(ConfigError, match="data.pipeline"):
         load_config(None, ["data.pipeline=opencv"])
+
+
+@pytest.fixture
+def dali_that_cannot_run_on_this_driver(monkeypatch):
+    """DALI imports, but building a pipeline on the GPU fails (e.g. a CUDA 13 wheel on a CUDA 12 driver)."""
+    import types
+
+    probes = []
+
+    def probe(device):
+        probes.append(device)
+        raise RuntimeError("CUDA error\ncudaErrorInsufficientDriver: CUDA driver version is insufficient")
+
+    monkeypatch.setattr(dali_pipeline, "dali_available", lambda: True)
+    monkeypatch.setattr(dali_pipeline, "require_dali", lambda key="data.pipeline": types.SimpleNamespace(
+        __version__="2.4.0"))
+    monkeypatch.setattr(dali_pipeline, "probe", probe)
+    pipelines.resolve_pipeline.cache_clear()
+    pipelines._dali_fails_on.cache_clear()
+    yield probes
+    pipelines.resolve_pipeline.cache_clear()
+    pipelines._dali_fails_on.cache_clear()
+
+
+def test_auto_falls_back_to_torchvision_when_dali_cannot_run_on_the_gpu(dali_that_cannot_run_on_this_driver,
+                                                                          monkeypatch):
+    lines = []
+    monkeypatch.setattr(pipelines.log, "warning", lambda msg, *args: lines.append(msg % args))
+    cuda = torch.device("cuda", 0)
+    assert pipelines.resolve_pipeline("auto", device=cuda) == "torchvision"
+    assert pipelines.resolve_pipeline("auto", "data.eval_pipeline", device=cuda) == "torchvision"
+    assert dali_that_cannot_run_on_this_driver == [cuda]  # probed once per device
+    assert len(lines) == 2 and "\n" not in lines[0]
+    assert "cannot run on cuda:0" in lines[0] and "CUDA driver version is insufficient" in lines[0]
+    assert "pip install cacl_dist[dali-cu12]" in lines[0] and "using torchvision" in lines[0]
+    # The CPU pipeline needs no probe; an explicit 'dali' is taken as asked.
+    assert pipelines.resolve_pipeline("auto", device=torch.device("cpu")) == "dali"
+    assert pipelines.resolve_pipeline("dali", device=cuda) == "dali"
+    assert dali_that_cannot_run_on_this_driver == [cuda]
