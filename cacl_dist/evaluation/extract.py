@@ -57,7 +57,7 @@ class ExtractionSettings:
         """The settings of a run: data.eval_pipeline resolved, eval.precision 'train' -> train.precision."""
         return cls(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size,
                    num_workers=cfg.data.num_workers, device=device,
-                   pipeline=resolve_pipeline(cfg.data.eval_pipeline, "data.eval_pipeline"),
+                   pipeline=resolve_pipeline(cfg.data.eval_pipeline, "data.eval_pipeline", device),
                    precision=extraction_precision(cfg.eval.precision, cfg.train.precision),
                    channels_last=cfg.train.channels_last, show_progress=show_progress)
 
