@@ -306,7 +306,8 @@ def measure_all(args, case_list: list[dict], data: list[str]) -> list[dict]:
         if left is not None and left < 10:
             result = {**case, "error": "skipped: the time budget (--budget-s) was spent"}
         else:
-            result = run_case_subprocess(case, args, args.case_timeout if left is None else min(args.case_timeout, left))
+            limit = args.case_timeout if left is None else min(args.case_timeout, left)
+            result = run_case_subprocess(case, args, limit)
         result.pop("data_overrides", None)
         results.append(result)
         print(f"{case['device']:4s} {case['backbone']:11s} {case['height']}x{case['width']} b{case['batch']:<4d} "

@@ -56,19 +56,30 @@ class Part:
     limit_s: float
     dry_limit_s: float
     minimum_s: float
+    dry_title: str = ""  # what the part does in a dry run, where it differs
+
+    def describe(self, dry_run: bool) -> str:
+        """The title for this mode."""
+        return self.dry_title if dry_run and self.dry_title else self.title
 
 
 PARTS = [
     Part("env", "versions, GPU name, memory, driver", "system:part_env", 60, 60, 10),
     Part("data", "the data folder (--data, or a synthetic set)", "system:part_data", 60, 60, 5),
-    Part("tests", "pytest -m gpu and the CUDA-only tests", "system:part_tests", 100, 150, 20),
+    Part("tests", "pytest -m gpu and the CUDA-only tests", "system:part_tests", 100, 150, 20,
+         "pytest -m gpu and the CUDA-only tests (skipped on a CPU)"),
     Part("collectives", "one-rank NCCL group: collectives, DDP, fused Adam, fp16", "collectives:part_collectives",
-         60, 90, 15),
-    Part("two_process", "2 gloo processes on the GPU == 1 process", "training:part_two_process", 100, 150, 30),
-    Part("resume", "ResNet-50 x 2 bf16 + channels-last, SIGTERM, resume", "training:part_resume", 150, 150, 45),
-    Part("clustering", "clustering on CUDA, N = 12,936 ... 1,000,000", "benches:part_clustering", 180, 150, 45),
-    Part("throughput", "full-step images/s and MFU, ResNet-50 x 2", "benches:part_throughput", 180, 150, 45),
-    Part("dali", "DALI two-view rate on the GPU", "benches:part_dali", 60, 60, 5),
+         60, 90, 15, "one-rank gloo group: collectives, DDP, Adam, fp16"),
+    Part("two_process", "2 gloo processes on the GPU == 1 process", "training:part_two_process", 100, 150, 30,
+         "2 gloo processes on the CPU == 1 process"),
+    Part("resume", "ResNet-50 x 2 bf16 + channels-last, SIGTERM, resume", "training:part_resume", 150, 150, 45,
+         "resnet_tiny x 2 bf16 + channels-last, SIGTERM, resume"),
+    Part("clustering", "clustering on CUDA, N = 12,936 ... 1,000,000", "benches:part_clustering", 180, 150, 45,
+         "clustering on the CPU, N = 1,000 and 2,000"),
+    Part("throughput", "full-step images/s and MFU, ResNet-50 x 2", "benches:part_throughput", 180, 150, 45,
+         "full-step images/s and MFU, resnet_tiny x 2"),
+    Part("dali", "DALI two-view rate on the GPU", "benches:part_dali", 60, 60, 5,
+         "DALI two-view rate, CPU-only pipeline"),
 ]
 BUDGET_S = {"gpu": 540.0, "dry": 600.0}
 SUMMARY_RESERVE_S = 5.0
@@ -205,9 +216,10 @@ def main(argv=None) -> int:
                                                 f"{part.minimum_s:.0f} s", "details": [], "data": {}, "commands": [],
                    "files": [], "seconds": 0.0, "limit": max(0.0, timeout)}
         else:
-            print(f"[{time.time() - t_start:5.0f} s] {part.name}: {part.title} (limit {timeout:.0f} s) ...", flush=True)
+            print(f"[{time.time() - t_start:5.0f} s] {part.name}: {part.describe(args.dry_run)} "
+                  f"(limit {timeout:.0f} s) ...", flush=True)
             row = run_part(part, ctx, timeout)
-        row.update(name=part.name, title=part.title)
+        row.update(name=part.name, title=part.describe(args.dry_run))
         if part.name == "env" and row["data"].get("versions"):
             env = row["data"]
             if not args.dry_run:
@@ -222,7 +234,8 @@ def main(argv=None) -> int:
     gpu = (env or {}).get("gpu", {})
     header = (f"{gpu.get('name', 'no GPU')}" + (f", {gpu['memory_gib']:.1f} GiB, driver {gpu.get('driver', '?')}"
                                                  if gpu.get("memory_gib") else "")
-              + (f"; torch {env['versions']['torch']}" if env else "") + (" (DRY RUN on the CPU)" if args.dry_run else ""))
+              + (f"; torch {env['versions']['torch']}" if env else "")
+              + (" (DRY RUN on the CPU)" if args.dry_run else ""))
     total = time.time() - t_start
     summary = results / f"gpu_acceptance_{ctx.tag}.md"
     summary.write_text(summary_markdown(rows, header, env, ctx.harness_command, total, budget))

@@ -40,7 +40,8 @@ def part_clustering(ctx: Context) -> dict:
         return result("fail", f"no results: {failed_because(finished)}", [f"```\n{finished.tail()}\n```"],
                       commands=[finished.command])
     rows, problems = report["results"], []
-    table = ["| N | backend | device | time s | peak memory | clusters | vs dense reference |", "|---|---|---|---|---|---|---|"]
+    table = ["| N | backend | device | time s | peak memory | clusters | vs dense reference |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("skip") or "error" in r:
             reason = r.get("skip") or r["error"]
@@ -62,7 +63,8 @@ def part_clustering(ctx: Context) -> dict:
     if finished.returncode != 0:
         problems.append(f"bench_cluster.py: {failed_because(finished)}")
     torch_rows = {r["n"]: r for r in rows if r["backend"] == "torch" and "seconds" in r}
-    summary = ", ".join(f"N={n:,} {r['seconds']:.1f} s / {fmt_gib(r['peak_extra_bytes'])}" for n, r in torch_rows.items())
+    summary = ", ".join(f"N={n:,} {r['seconds']:.1f} s / {fmt_gib(r['peak_extra_bytes'])}"
+                        for n, r in torch_rows.items())
     summary = (summary + "; labels equal the reference up to N=" + f"{REFERENCE_UP_TO[mode]:,}") if not problems else \
         "; ".join(problems)
     details = [f"Full results: [{stem}.md]({stem}.md). Peak memory: extra CUDA memory allocated during the run "
@@ -93,8 +95,9 @@ def part_throughput(ctx: Context) -> dict:
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
         note = r.get("error", "")
         if "images_per_s" in r:
-            table.append(f"| {r['variant']} | {r['images_per_s']:.0f} | {r['step_ms_median']:.1f} | {mfu} | "
-                         f"{r.get('max_memory_gib', 0):.1f} GiB | |")
+            memory = f"{r['max_memory_gib']:.1f} GiB" if "max_memory_gib" in r else "-"
+            table.append(f"| {r['variant']} | {r['images_per_s']:.0f} | {r['step_ms_median']:.1f} | {mfu} "
+                         f"| {memory} | |")
             parts.append(f"{r['variant']} {r['images_per_s']:.0f} img/s" + (f" (MFU {mfu})" if "mfu" in r else ""))
         else:
             table.append(f"| {r['variant']} | - | - | - | - | {note} |")
@@ -107,12 +110,22 @@ def part_throughput(ctx: Context) -> dict:
         problems.append(f"bench_train.py: {failed_because(finished)}")
     case = rows[0] if rows else {}
     details = [f"{case.get('backbone', '?')} x 2 at {case.get('height', '?')}x{case.get('width', '?')}, global batch "
-               f"{case.get('batch', '?')} on {case.get('device', '?')}; full results: [{stem}.md]({stem}.md). MFU uses "
-               f"the datasheet peak of {report['machine'].get('gpu_peak_entry') or 'this CPU (measured matmul rate)'}.",
+               f"{case.get('batch', '?')} on {case.get('device', '?')}; full results: [{stem}.md]({stem}.md). MFU: "
+               f"{_mfu_reference(report)}.",
                "", *table]
     summary = "; ".join(problems) if problems else ", ".join(parts)
     return result("fail" if problems else "pass", summary, details, {"results": rows}, [finished.command],
                   [f"{stem}.{ext}" for ext in ("md", "json", "png")])
+
+
+def _mfu_reference(report: dict) -> str:
+    """What the MFU column divides by."""
+    machine = report["machine"]
+    if any(r["device"] == "cuda" for r in report["results"]):
+        entry = machine.get("gpu_peak_entry")
+        return (f"counted FLOPs/s over the datasheet dense peak of the {entry} (TF32 for fp32, bf16 for bf16)" if entry
+                else "none: this GPU's peak is not listed in benchmarks/scaling_model.py")
+    return f"counted FLOPs/s over this CPU's measured fp32 matmul rate ({machine['cpu_matmul_gflops']:.0f} GFLOP/s)"
 
 
 def part_dali(ctx: Context) -> dict:
@@ -131,7 +144,8 @@ def part_dali(ctx: Context) -> dict:
         return result("fail", f"bench_data.py: {failed_because(finished)}", [f"```\n{finished.tail()}\n```"],
                       commands=[finished.command])
     rate = report["results"][pipeline]["median"]
-    details = [f"- {pipeline}: {rate:.0f} two-view samples/s at {report['meta']['size'][0]}x{report['meta']['size'][1]}, "
+    height, width = report["meta"]["size"]
+    details = [f"- {pipeline}: {rate:.0f} two-view samples/s at {height}x{width}, "
                f"batch {report['meta']['batch_size']}; full results: [{stem}.md]({stem}.md)"]
     return result("pass", f"{pipeline}: {rate:.0f} two-view samples/s", details, {"samples_per_s": rate},
                   [finished.command], [f"{stem}.{ext}" for ext in ("md", "json", "png")])

@@ -119,8 +119,9 @@ def _ddp_check(torch, device) -> tuple[list[str], list[str], dict]:
         problems.append(f"non-finite losses {ddp['losses']} or scale {ddp['scale']}")
     if moved == 0:
         problems.append("the parameters did not move in 4 steps (every step skipped by the scaler?)")
+    kernel = "fused" if ddp["fused"] else "foreach" if ddp["foreach"] else "for-loop"
     lines = [f"- DDP over the one-rank group, static graph {ddp['static_graph']}, gradient as bucket view "
-             f"{ddp['bucket_view']}; Adam kernel: {'fused' if ddp['fused'] else 'foreach' if ddp['foreach'] else 'for-loop'}"
+             f"{ddp['bucket_view']}; Adam kernel: {kernel}"
              f"; fp16 autocast with GradScaler (final scale {ddp['scale']:.0f})",
              f"- 4 steps of resnet_tiny's two branches, DDP vs unwrapped: losses differ by {loss_diff:.2e}, "
              f"parameters by {diff:.2e} (limit 1e-5); largest parameter change {moved:.2e}",
@@ -164,7 +165,8 @@ def part_collectives(ctx: Context) -> dict:
                 ok, note = False, f"{type(exc).__name__}: {str(exc)[:150]}"
             ms = 1e3 * (time.perf_counter() - t0)
             timings[name] = ms
-            rows.append(f"| {name} | {'ok' if ok else 'WRONG ' + (note or 'result differs from the input')} | {ms:.1f} |")
+            verdict = "ok" if ok else "WRONG " + (note or "result differs from the input")
+            rows.append(f"| {name} | {verdict} | {ms:.1f} |")
             if not ok:
                 problems.append(name)
             print(f"{name}: {'ok' if ok else 'FAILED ' + note} ({ms:.1f} ms)", flush=True)
@@ -178,7 +180,8 @@ def part_collectives(ctx: Context) -> dict:
                "path (see the module docstring of benchmarks/acceptance/collectives.py).", "", *rows, "", *ddp_lines]
     details += [f"- problem: {p}" for p in ddp_problems]
     summary = (f"{ctx.backend}: {len(timings) - (len(problems) - len(ddp_problems))}/{len(timings)} collectives ok; "
-               f"DDP static graph + bucket view == plain, {'fused' if ddp_data['fused'] else 'foreach'} Adam, fp16 scaler")
+               f"DDP static graph + bucket view == plain, {'fused' if ddp_data['fused'] else 'foreach'} Adam, "
+               "fp16 scaler")
     if problems:
         summary = f"{ctx.backend}: failed: {'; '.join(problems)}"
     return result("fail" if problems else "pass", summary, details, {"timings_ms": timings, **ddp_data})

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -109,21 +110,35 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 def run(ctx: Context, cmd: list[str], timeout: float | None = None, env_extra: dict | None = None,
         margin: float = 5.0) -> Finished:
-    """Run `cmd` to the end, within `timeout` and `margin` seconds before the part's deadline."""
+    """Run `cmd` to the end, within `timeout` and `margin` seconds before the part's deadline.
+
+    Its output is echoed line by line (into the part's log, so a part stopped from outside still
+    shows where it was) and kept for the caller.
+    """
     limit = ctx.left() - margin if timeout is None else min(timeout, ctx.left() - margin)
     t0 = time.time()
     if limit <= 0:
         return Finished(show(cmd), None, "not started: no time left", 0.0, True)
     proc = start(ctx, cmd, env_extra)
+    lines: list[str] = []
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     try:
-        output, _ = proc.communicate(timeout=limit)
+        proc.wait(timeout=limit)
         timed_out = False
     except subprocess.TimeoutExpired:
         stop_group(proc)
-        output, _ = proc.communicate()
+        proc.wait()
         timed_out = True
-    finished = Finished(show(cmd), proc.returncode, output or "", time.time() - t0, timed_out)
-    sys.stdout.write(finished.output)
+    reader.join(timeout=10)
+    finished = Finished(show(cmd), proc.returncode, "".join(lines), time.time() - t0, timed_out)
     print(f"[exit {finished.returncode}{', timed out' if timed_out else ''}, {finished.seconds:.1f} s]", flush=True)
     return finished
 

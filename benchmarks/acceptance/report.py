@@ -16,8 +16,8 @@ def machine_lines(env: dict | None) -> list[str]:
     v, m, gpu = env["versions"], env["machine"], env.get("gpu", {})
     gpu_text = (f"{gpu['name']}, {gpu['memory_gib']:.1f} GiB, compute capability {gpu['capability']}, driver "
                 f"{gpu.get('driver', '?')}" if gpu.get("name") else "no CUDA device")
-    others = ", ".join(f"{k} {v[k]}" for k in ("torchvision", "numpy", "scipy", "sklearn", "cupy", "nvidia.dali", "cuml")
-                       if k in v)
+    shown = ("torchvision", "numpy", "scipy", "sklearn", "cupy", "nvidia.dali", "cuml")
+    others = ", ".join(f"{k} {v[k]}" for k in shown if k in v)
     return [f"- Hardware: {m['cpu']}; GPU: {gpu_text}",
             f"- Versions: Python {v['python']}, torch {v['torch']} (CUDA {v['torch CUDA']}, cuDNN {v['cuDNN']}, "
             f"NCCL {v['NCCL']}); {others}",
@@ -77,6 +77,6 @@ def summary_markdown(rows: list[dict], header: str, env: dict | None, harness_co
              "| part | what | result | time s | limit s | summary | files |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         files = " ".join(f"[{f.rsplit('.', 1)[1]}]({f})" for f in r.get("written", []) + r.get("files", []))
-        lines.append(f"| {r['name']} | {r['title']} | **{MARK[r['status']]}** | {r['seconds']:.0f} | {r['limit']:.0f} | "
-                     f"{r['summary']} | {files} |")
+        lines.append(f"| {r['name']} | {r['title']} | **{MARK[r['status']]}** | {r['seconds']:.0f} "
+                     f"| {r['limit']:.0f} | {r['summary']} | {files} |")
     return "\n".join(lines) + "\n"

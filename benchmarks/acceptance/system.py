@@ -72,12 +72,14 @@ def part_env(ctx: Context) -> dict:
                 "torch CUDA": torch.version.cuda or "none (CPU build)",
                 "cuDNN": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none"}
     try:
-        versions["NCCL"] = ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else "-"
-    except (AttributeError, RuntimeError):
+        nccl = torch.cuda.nccl.version() if torch.cuda.is_available() else "-"
+        versions["NCCL"] = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl)
+    except (AttributeError, RuntimeError, TypeError):
         versions["NCCL"] = "unknown"
     versions.update({module: module_version(module, dist) for module, dist in MODULES})
     source = Path(cacl_dist.__file__).resolve()
-    machine = {"cpu": cpu_description(with_memory=True), "os": platform.platform(), "commit": git_commit(Path(ctx.repo)),
+    machine = {"cpu": cpu_description(with_memory=True), "os": platform.platform(),
+               "commit": git_commit(Path(ctx.repo)),
                "cacl_dist": f"{getattr(cacl_dist, '__version__', '?')} from {source.parent}"}
     problems = []
     if Path(ctx.repo).resolve() not in source.parents:

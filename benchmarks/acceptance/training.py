@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import Context, failed_because, free_port, result, run, set_args, show, start
+from .common import Context, failed_because, free_port, result, run, set_args, show, start, stop_group
 
 STOPPED_EXIT_CODE = 3  # cacl_dist.train's exit status after a checkpoint on SIGTERM
 
@@ -60,7 +60,8 @@ def part_two_process(ctx: Context) -> dict:
     losses = [[r["loss"] for r in read_metrics(work / name, "train")] for name in ("one", "two")]
     a, b = (load_checkpoint(work / name / "last.pt") for name in ("one", "two"))
     diffs = {"loss": max((abs(x - y) for x, y in zip(*losses)), default=float("inf")),
-             "bank_rgb": _max_diff(a["bank_rgb"], b["bank_rgb"]), "bank_gray": _max_diff(a["bank_gray"], b["bank_gray"]),
+             "bank_rgb": _max_diff(a["bank_rgb"], b["bank_rgb"]),
+             "bank_gray": _max_diff(a["bank_gray"], b["bank_gray"]),
              "model": max(_max_diff(a["model"][k], b["model"][k]) for k in a["model"])}
     labels_equal = torch.equal(a["labels"], b["labels"])
     limit = 1e-4  # the same tolerance as tests/distributed/test_training_equivalence.py on the CPU
@@ -162,22 +163,28 @@ def part_resume(ctx: Context) -> dict:
     run_dir.mkdir(parents=True)
     t0 = time.time()
     first = start(ctx, cmd, log=run_dir.parent / "resume_first_run.log")
-    started = _wait_for_training(first, run_dir / "metrics.jsonl", max(1.0, ctx.left() * 0.6))
+    wait_s = max(1.0, ctx.left() * 0.6)
+    started = _wait_for_training(first, run_dir / "metrics.jsonl", wait_s)
+    ended_early = first.poll() is not None
     if started:
         first.send_signal(signal.SIGTERM)
+    else:
+        stop_group(first)
     try:
         first.wait(timeout=max(1.0, ctx.left() * 0.5))
     except subprocess.TimeoutExpired:
-        os.killpg(first.pid, signal.SIGKILL)
+        stop_group(first)
         first.wait()
     first_s = time.time() - t0
     first_log = (run_dir.parent / "resume_first_run.log").read_text()
     print(first_log[-4000:])
     if not started or first.returncode != STOPPED_EXIT_CODE:
-        why = ("it ended before logging a training step" if not started else
+        why = (f"it ended (exit status {first.returncode}) before logging a training step" if ended_early else
+               f"no training step logged within {wait_s:.0f} s, stopped" if not started else
                f"exit status {first.returncode} after SIGTERM, expected {STOPPED_EXIT_CODE}")
-        return result("fail", f"first run: {why}: {first_log.strip().splitlines()[-1][:200] if first_log.strip() else ''}",
-                      [f"```\n{chr(10).join(first_log.strip().splitlines()[-20:])}\n```"], commands=[show(cmd)])
+        lines = first_log.strip().splitlines()
+        return result("fail", f"first run: {why}: {lines[-1][:200] if lines else '(no output)'}",
+                      ["```", *lines[-20:], "```"], commands=[show(cmd)])
     saved = load_checkpoint(run_dir / "last.pt")
     stop = {"epoch": saved["epoch"], "iter_in_epoch": saved["iter_in_epoch"], "global_step": saved["global_step"]}
     second = run(ctx, cmd)
@@ -196,13 +203,15 @@ def part_resume(ctx: Context) -> dict:
     rates = [r["images_per_s"] for r in train[1:]] or [r["images_per_s"] for r in train]
     data = {"stop": stop, "first_run_s": first_s, "second_run_s": second.seconds, "eval": evals[-1] if evals else None,
             "images_per_s_median": sorted(rates)[len(rates) // 2] if rates else None,
-            "cluster_seconds": [c.get("seconds") for c in clusters], "num_clusters": [c.get("num_clusters") for c in clusters],
+            "cluster_seconds": [c.get("seconds") for c in clusters],
+            "num_clusters": [c.get("num_clusters") for c in clusters],
             "pretrained": keys.get("model.pretrained", "none")}
     details = [f"- schedule: {keys['train.epochs']} epochs x {keys['train.iters_per_epoch']} steps, global batch "
                f"{keys.get('train.batch_size', 64)}, {keys.get('model.backbone', 'resnet50')} x 2 at "
                f"{keys.get('data.height', 256)}x{keys.get('data.width', 128)}, bf16 autocast + channels-last, "
                f"weights {data['pretrained']}, evaluation after the last epoch; data `{ctx.data}`",
-               f"- first run: SIGTERM after its first logged step; exit status {first.returncode} after {first_s:.0f} s, "
+               f"- first run: SIGTERM after its first logged step; exit status {first.returncode} after "
+               f"{first_s:.0f} s, "
                f"checkpoint at epoch {stop['epoch'] + 1} step {stop['iter_in_epoch']}",
                f"- second run (same command): exit status {second.returncode} after {second.seconds:.0f} s"
                + (", resumed" if "resumed from" in second.output else ""),
@@ -211,7 +220,8 @@ def part_resume(ctx: Context) -> dict:
                    data["cluster_seconds"], data["num_clusters"]) if s is not None)]
     if evals:
         e = evals[-1]
-        details.append(f"- evaluation after {e['epoch']} epochs: mAP {100 * e['mAP']:.1f}%, rank-1 {100 * e['rank1']:.1f}%")
+        details.append(f"- evaluation after {e['epoch']} epochs: mAP {100 * e['mAP']:.1f}%, "
+                       f"rank-1 {100 * e['rank1']:.1f}%")
     details += [f"- problem: {p}" for p in problems]
     if second.returncode != 0:
         details += ["```", second.tail(20), "```"]
