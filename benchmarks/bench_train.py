@@ -334,13 +334,15 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not cuda:
         raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu or auto")
     load_before = load_average()
+    case_list = cases(args, cuda)
+    on_cpu = any(c["device"] == "cpu" for c in case_list)  # the CPU peak is measured only when it is needed
     machine = {"cpu": cpu_description(), "gpu": gpu_description(),
                "torch": torch.__version__, "python": platform.python_version(), "load_before": load_before,
-               "cpu_matmul_gflops": cpu_matmul_gflops(args.threads),
-               "cpu_matmul_bf16_gflops": cpu_matmul_gflops(args.threads, torch.bfloat16)}
+               "cpu_matmul_gflops": cpu_matmul_gflops(args.threads) if on_cpu else None,
+               "cpu_matmul_bf16_gflops": cpu_matmul_gflops(args.threads, torch.bfloat16) if on_cpu else None}
     data = prepare_data(args)
     pipeline = data_pipeline_rate(args.data, 256, 128)
-    results = measure_all(args, cases(args, cuda), data)
+    results = measure_all(args, case_list, data)
     flops = {}
     for r in results:
         if "flops_per_step" in r:
