@@ -81,6 +81,7 @@ PARTS = [
     Part("dali", "DALI two-view rate on the GPU", "benches:part_dali", 60, 60, 5,
          "DALI two-view rate, CPU-only pipeline"),
 ]
+NEEDS_DATA = ("resume", "throughput", "dali")
 BUDGET_S = {"gpu": 540.0, "dry": 600.0}
 SUMMARY_RESERVE_S = 5.0
 
@@ -184,6 +185,18 @@ def plan_timeout(part: Part, later: list[Part], dry_run: bool, deadline: float) 
     return min(part.dry_limit_s if dry_run else part.limit_s, deadline - time.time() - reserve)
 
 
+def not_run_because(part: Part, timeout: float, ctx: Context, env: dict | None, done: list[dict]) -> str | None:
+    """Why `part` is not started (no time left, no CUDA device, no data folder), or None."""
+    if timeout < part.minimum_s:
+        return f"{max(0.0, timeout):.0f} s left of the budget, it needs {part.minimum_s:.0f} s"
+    env_done = any(row["name"] == "env" for row in done)
+    if not ctx.dry_run and env_done and not ((env or {}).get("gpu") or {}).get("cuda_available"):
+        return "torch sees no CUDA device (on a machine without a GPU use --dry-run)"
+    if part.name in NEEDS_DATA and not ctx.data:
+        return "no data folder (the data part failed)"
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.run_part:
@@ -211,9 +224,9 @@ def main(argv=None) -> int:
     rows, env = [], None
     for i, part in enumerate(parts):
         timeout = plan_timeout(part, parts[i + 1:], args.dry_run, deadline)
-        if timeout < part.minimum_s:
-            row = {"status": "fail", "summary": f"not run: {max(0.0, timeout):.0f} s left of the budget, it needs "
-                                                f"{part.minimum_s:.0f} s", "details": [], "data": {}, "commands": [],
+        reason = not_run_because(part, timeout, ctx, env, rows)
+        if reason:
+            row = {"status": "fail", "summary": f"not run: {reason}", "details": [], "data": {}, "commands": [],
                    "files": [], "seconds": 0.0, "limit": max(0.0, timeout)}
         else:
             print(f"[{time.time() - t_start:5.0f} s] {part.name}: {part.describe(args.dry_run)} "

@@ -171,7 +171,11 @@ def part_collectives(ctx: Context) -> dict:
                 problems.append(name)
             print(f"{name}: {'ok' if ok else 'FAILED ' + note} ({ms:.1f} ms)", flush=True)
         comm.is_distributed = original
-        ddp_lines, ddp_problems, ddp_data = _ddp_check(torch, device)
+        try:
+            ddp_lines, ddp_problems, ddp_data = _ddp_check(torch, device)
+        except Exception as exc:  # reported with the collectives' results instead of losing them
+            ddp_lines, ddp_data = [], {"fused": False}
+            ddp_problems = [f"DDP / Adam / fp16 check raised {type(exc).__name__}: {str(exc)[:300]}"]
     finally:
         comm.is_distributed = original
         dist.destroy_process_group()
