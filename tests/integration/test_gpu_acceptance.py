@@ -22,7 +22,7 @@ def test_dry_run_passes_every_part_and_writes_the_files(tmp_path):
     """`bash scripts/gpu_acceptance.sh --dry-run` runs every part on the CPU and writes its results."""
     env = dict(os.environ, PYTHON=sys.executable)
     proc = subprocess.run(["bash", "scripts/gpu_acceptance.sh", "--dry-run", "--out", str(tmp_path)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=900)
+                          env=env, capture_output=True, text=True, timeout=1300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     summary = json.loads((tmp_path / "gpu_acceptance_dry_run_cpu.json").read_text())
     statuses = {p["name"]: p["status"] for p in summary["parts"]}
