@@ -17,7 +17,12 @@ Labels of every backend are compared with the reference's where both ran (adjust
     python3 benchmarks/bench_cluster.py --device cuda --sizes 12936 32621 100000 300000 1000000
     python3 benchmarks/bench_cluster.py --threads 1 --sizes 12936   # one intra-op thread
 
-Writes <out>/bench_cluster_<device>.{json,md,png}.
+With `--device-features-from N` runs of N or more images draw the features with torch on the
+measuring device instead of numpy (the same recipe, other random numbers; a million rows take
+seconds instead of a minute). `--timeout-s` limits each measurement, `--budget-s` the whole run
+(measurements that no longer fit are reported as skipped).
+
+Writes <out>/<stem>.{json,md,png}, by default <out>/bench_cluster_<device>.*.
 """
 
 from __future__ import annotations
@@ -56,7 +61,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="skip the dense reference above this estimated peak (default: 60%% of RAM)")
     parser.add_argument("--max-cpu-n", type=int, default=100_000,
                         help="largest N run on the CPU (time grows as N^2)")
+    parser.add_argument("--device-features-from", type=int, default=None, metavar="N",
+                        help="draw the features of runs with N or more images with torch on --device")
+    parser.add_argument("--timeout-s", type=float, default=None, help="time limit of each measurement")
+    parser.add_argument("--budget-s", type=float, default=None, help="start no measurement after this many seconds")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--stem", default=None, help="file name of the results (default bench_cluster_<device>)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one measurement (JSON spec)
     return parser.parse_args(argv)
 
@@ -81,6 +91,28 @@ def clustered_features(num_points: int, dim: int, seed: int = 0):
     return feats
 
 
+def clustered_features_torch(num_points: int, dim: int, device: str, seed: int = 0):
+    """The same recipe as :func:`clustered_features`, drawn by torch on `device` (other random numbers)."""
+    import torch
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    num_ids = max(1, num_points // 17)
+    centres = torch.randn(num_ids, dim, generator=gen, device=device)
+    centres /= centres.norm(dim=1, keepdim=True)
+    spread = 0.8 + 0.6 * torch.rand(num_ids, generator=gen, device=device)
+    owner = torch.randint(0, num_ids, (num_points,), generator=gen, device=device)
+    feats = torch.randn(num_points, dim, generator=gen, device=device)
+    clean = torch.rand(num_points, generator=gen, device=device) >= 0.05
+    chunk = 1 << 16
+    for start in range(0, num_points, chunk):  # chunks: no second N x D tensor of centres
+        rows = slice(start, start + chunk)
+        keep = clean[rows, None]
+        scale = torch.where(keep, spread[owner[rows], None] / dim**0.5, torch.ones_like(keep, dtype=feats.dtype))
+        feats[rows] = feats[rows] * scale + centres[owner[rows]] * keep
+    feats /= feats.norm(dim=1, keepdim=True)
+    return feats
+
+
 def peak_rss_bytes() -> int:
     import resource
 
@@ -95,13 +127,15 @@ def run_one(spec: dict) -> dict:
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    feats = clustered_features(spec["n"], spec["dim"])
     device = torch.device(spec["device"])
     on_cuda = device.type == "cuda"
-    if spec["backend"] == "sklearn":
-        inputs = feats
+    if spec.get("features_device"):
+        feats = clustered_features_torch(spec["n"], spec["dim"], spec["features_device"])
+        inputs = feats.cpu().numpy() if spec["backend"] == "sklearn" else feats.to(device)
+        del feats
     else:
-        inputs = torch.from_numpy(feats).to(device)
+        feats = clustered_features(spec["n"], spec["dim"])
+        inputs = feats if spec["backend"] == "sklearn" else torch.from_numpy(feats).to(device)
         del feats
     if on_cuda:
         torch.cuda.synchronize()
@@ -131,6 +165,7 @@ def plan(args) -> list[dict]:
     sizes = args.sizes or ([10_000, 12_936, 33_000, 100_000] if args.device == "cpu"
                            else [10_000, 12_936, 32_621, 100_000, 300_000, 1_000_000])
     backends = args.backends or (["sklearn", "torch"] + (["cuml"] if args.device == "cuda" else []))
+    cuml_ok = "cuml" not in backends or cuml_importable()
     max_dense = (args.max_dense_gb * 2**30) if args.max_dense_gb else 0.6 * total_ram_bytes()
     runs = []
     for n in sizes:
@@ -138,23 +173,37 @@ def plan(args) -> list[dict]:
             reason = None
             if backend == "sklearn" and DENSE_BYTES_PER_PAIR * n * n > max_dense:
                 reason = f"dense reference needs ~{DENSE_BYTES_PER_PAIR * n * n / 2**30:.0f} GiB"
+            elif backend == "cuml" and not cuml_ok:
+                reason = "RAPIDS cuML is not installed"
             elif backend == "cuml" and 4 * n * n > 0.8 * 80 * 2**30:
                 reason = "dense N x N float32 matrix exceeds GPU memory"
             elif args.device == "cpu" and backend != "sklearn" and n > args.max_cpu_n:
                 reason = f"N > --max-cpu-n {args.max_cpu_n}"
+            on_device = args.device_features_from is not None and n >= args.device_features_from
             runs.append({"n": n, "backend": backend, "device": args.device if backend != "sklearn" else "cpu",
-                         "dim": args.dim, "threads": args.threads, "skip": reason})
+                         "dim": args.dim, "threads": args.threads, "skip": reason,
+                         "features_device": args.device if on_device else None})
     return runs
 
 
-def measure(spec: dict, tmp: Path) -> dict:
+def cuml_importable() -> bool:
+    """True when RAPIDS cuML can be imported (looked up without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("cuml") is not None
+
+
+def measure(spec: dict, tmp: Path, timeout: float | None = None) -> dict:
     spec = dict(spec, labels_path=str(tmp / f"labels_{spec['backend']}_{spec['n']}.npy"))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(spec)]
     env = dict(os.environ)
     if spec["threads"]:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(spec["threads"])
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**spec, "error": f"did not finish within {timeout:.0f} s"}
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
         return {**spec, "error": tail[0]}
@@ -201,7 +250,8 @@ def markdown(results: list[dict], meta: dict) -> str:
              "| refined away | vs reference |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        head = f"| {r['n']:,} | {r['backend']} | {r['device']} "
+        drawn = " (torch-drawn features)" if r.get("features_device") else ""
+        head = f"| {r['n']:,}{drawn} | {r['backend']} | {r['device']} "
         if r.get("skip"):
             lines.append(head + f"| skipped: {r['skip']} | | | | | | |")
             continue
@@ -257,14 +307,18 @@ def main(argv=None) -> None:
         raise SystemExit("--device cuda: no CUDA device is visible")
     runs = plan(args)
     load_before = round(os.getloadavg()[0], 2)
-    results = []
+    results, start = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for spec in runs:
+            left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - start)
+            if not spec["skip"] and left is not None and left < 5:
+                spec = dict(spec, skip="the time budget (--budget-s) was spent")
             if spec["skip"]:
                 print(f"N={spec['n']:>9,} {spec['backend']:>7}: skipped ({spec['skip']})", flush=True)
                 results.append(spec)
                 continue
-            result = measure(spec, Path(tmp))
+            limits = [t for t in (args.timeout_s, left) if t is not None]
+            result = measure(spec, Path(tmp), min(limits) if limits else None)
             results.append(result)
             if "error" in result:
                 print(f"N={spec['n']:>9,} {spec['backend']:>7}: FAILED {result['error']}", flush=True)
@@ -284,7 +338,7 @@ def main(argv=None) -> None:
             "command": "python3 benchmarks/bench_cluster.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     out = REPO / args.out
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"bench_cluster_{args.device}"
+    stem = out / (args.stem or f"bench_cluster_{args.device}")
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(results, meta))
     plot(results, stem.with_suffix(".png"), args.device)

@@ -1,6 +1,6 @@
 """Input pipeline throughput: two-view training samples per second, torchvision vs DALI.
 
-Decodes real JPEGs (Market-1501 layout, default ../shared/data/market1501-mini), plans global
+Decodes real JPEGs (a Market-1501 layout folder given by --root), plans global
 batches with the identity sampler (true identities as labels, one process, rank 0 of 1) and
 iterates each pipeline's training loader, which emits the RGB view, the grayscale view and the
 indices, at 256 x 128 with the default augmentation (flip, pad 10 + crop, erasing):
@@ -13,10 +13,11 @@ A sample is one image turned into both views. Each measurement skips `--warmup` 
 times `--iters` batches; it is repeated `--repeats` times (alternating the pipelines) and the
 median is reported.
 
-    python3 benchmarks/bench_data.py                      # ~2 min on 2 cores
-    python3 benchmarks/bench_data.py --cores 4 --iters 40
+    python3 benchmarks/bench_data.py --root /data/market1501-mini     # ~2 min on 2 cores
+    python3 benchmarks/bench_data.py --root DIR --cores 4 --iters 40
+    python3 benchmarks/bench_data.py --root DIR --pipelines dali-gpu  # only some pipelines
 
-Writes <out>/bench_data.{json,md,png}.
+Writes <out>/<stem>.{json,md,png} (default benchmarks/results/bench_data.*).
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ from cacl_dist.data.transforms import AugmentParams  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=str(REPO.parent / "shared" / "data" / "market1501-mini"),
-                        help="Market-1501 layout dataset with real JPEGs")
+    parser.add_argument("--root", required=True, help="Market-1501 layout dataset with real JPEGs")
+    parser.add_argument("--pipelines", nargs="+", choices=["torchvision", "dali-cpu", "dali-gpu"], default=None,
+                        help="pipelines to measure (default: torchvision, plus DALI CPU and GPU where available)")
     parser.add_argument("--cores", type=int, default=2, help="worker processes / DALI threads")
     parser.add_argument("--batch-size", type=int, default=64, help="samples per batch (one rank)")
     parser.add_argument("--iters", type=int, default=20, help="timed batches per measurement")
@@ -61,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--out", default="benchmarks/results", help="folder for the result files")
+    parser.add_argument("--stem", default="bench_data", help="file name of the results, without extension")
     parser.add_argument("--note", default="", help="a sentence about the conditions, added to the report")
     return parser.parse_args(argv)
 
@@ -116,7 +119,7 @@ def write_results(args, results: dict, out: Path, load_before: float) -> None:
             "commit": commit, "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "load_average_1m_before": round(load_before, 2), "load_average_1m_after": round(load[0], 2),
             "cores": args.cores, "batch_size": args.batch_size, "iters": args.iters, "size": [args.height, args.width]}
-    (out / "bench_data.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    (out / f"{args.stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
 
     base = results.get("torchvision", {}).get("median")
     base_cpu = results.get("torchvision", {}).get("cpu_ms_per_sample")
@@ -154,10 +157,10 @@ def write_results(args, results: dict, out: Path, load_before: float) -> None:
         f"- Date: {meta['date']}; 1-minute load average before -> after the runs: "
         f"{meta['load_average_1m_before']} -> {meta['load_average_1m_after']} (on {os.cpu_count()} cores)",
         "",
-        "![samples per second](bench_data.png)",
+        f"![samples per second]({args.stem}.png)",
         "",
     ]
-    (out / "bench_data.md").write_text("\n".join(text))
+    (out / f"{args.stem}.md").write_text("\n".join(text))
 
     import matplotlib
 
@@ -174,7 +177,7 @@ def write_results(args, results: dict, out: Path, load_before: float) -> None:
     fig.suptitle(f"{args.height}x{args.width}, {args.cores} cores, batch {args.batch_size} "
                  f"(load {load_before:.1f} -> {load[0]:.1f})")
     fig.tight_layout()
-    fig.savefig(out / "bench_data.png", dpi=120)
+    fig.savefig(out / f"{args.stem}.png", dpi=120)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,11 +190,12 @@ def main(argv: list[str] | None = None) -> None:
     plan = plan_epoch(labels, cams, epoch=0, num_iters=args.warmup + args.iters + 1, batch_size=args.batch_size,
                       num_instances=4, seed=0, num_clusters=int(labels.max()) + 1)
     params = AugmentParams(height=args.height, width=args.width)
-    names = ["torchvision"]
-    if dali_pipeline.dali_available():
-        names.append("dali-cpu")
-        if torch.cuda.is_available():
-            names.append("dali-gpu")
+    names = args.pipelines or ["torchvision"] + (["dali-cpu"] if dali_pipeline.dali_available() else []) + (
+        ["dali-gpu"] if dali_pipeline.dali_available() and torch.cuda.is_available() else [])
+    if any(n.startswith("dali") for n in names) and not dali_pipeline.dali_available():
+        raise SystemExit("--pipelines: DALI is not installed (pip install -e '.[dali]'); measure torchvision only")
+    if "dali-gpu" in names and not torch.cuda.is_available():
+        raise SystemExit("--pipelines dali-gpu: no CUDA device is visible")
     runs: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     for rep in range(args.repeats):

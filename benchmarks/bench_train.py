@@ -4,7 +4,8 @@ The step measured is the trainer's own ``Trainer.train_step``: both branches for
 grayscale views), the four losses, backward, the Adam step, the gather of (x, x~) and the
 update of both memory banks and the running centres. Inputs are random tensors already in
 memory (the input pipeline is measured on its own, on real JPEGs); the banks have the size of
-the market1501-mini training split, labels are random over a Market-like number of clusters.
+the training split of the dataset (`--data`, else a small synthetic set), labels are random over
+a Market-like number of clusters.
 
 Per device, backbone/resolution and batch, for fp32 / bf16 / bf16 + channels-last / + compile:
   images/s    images (each with both views) per second of the full step
@@ -16,11 +17,14 @@ Per device, backbone/resolution and batch, for fp32 / bf16 / bf16 + channels-las
 Then estimates (no GPU needed): bytes per step, 1 -> 8 GPUs and multi-node scaling from stated
 bandwidths (benchmarks/scaling_model.py), and the end-to-end Market-1501 schedule method.
 
-    python3 benchmarks/bench_train.py            # the CPU set here; with CUDA also the GPU set
-    python3 benchmarks/bench_train.py --quick    # fewer steps and cases (smoke run)
+    python3 benchmarks/bench_train.py --data /data/market1501-mini   # CPU set; with CUDA also the GPU set
+    python3 benchmarks/bench_train.py --quick     # smoke run: ~3 min on one GPU (GPU cases only there)
+    python3 benchmarks/bench_train.py --device cpu --backbone resnet_tiny --size 64 32 --batches 16 \\
+        --variants fp32 bf16+cl --steps 2 --warmup 1                  # one explicit grid
 
 Every case runs in its own subprocess (a fresh process per precision/compile setting, with a
-time limit). Writes benchmarks/results/bench_train.{json,md,png}.
+time limit; `--budget-s` stops starting cases when the total time is spent). Writes
+<out>/<stem>.{json,md,png} (default benchmarks/results/bench_train.*).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -44,10 +49,9 @@ for path in (REPO, REPO / "benchmarks"):
 import torch  # noqa: E402
 
 from bench_train_report import fmt, markdown, plot  # noqa: E402
-from machine import cpu_description, gpu_description  # noqa: E402
-from scaling_model import GPU_PEAK_TFLOPS, LINKS, comm_bytes, scaling_estimate, schedule_method  # noqa: E402
+from machine import cpu_description, cpu_matmul_gflops, git_commit, gpu_description, load_average  # noqa: E402
+from scaling_model import GPU_PEAK_TFLOPS, estimates, gpu_peak_key  # noqa: E402
 
-MARKET_MINI = REPO.parent / "shared" / "data" / "market1501-mini"
 VARIANTS = {  # name -> (train.precision, channels_last, compile)
     "fp32": ("fp32", False, False),
     "bf16": ("bf16", False, False),
@@ -58,10 +62,22 @@ VARIANTS = {  # name -> (train.precision, channels_last, compile)
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="Market-1501 layout folder (bank size, input-pipeline rate); default: a small "
+                                  "synthetic set written under --runs-dir, and no input-pipeline rate")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--stem", default="bench_train", help="file name of the results, without extension")
     p.add_argument("--runs-dir", default="benchmarks/.runs/bench_train")
-    p.add_argument("--quick", action="store_true", help="fewer steps and cases")
+    p.add_argument("--quick", action="store_true", help="fewer steps and cases (with CUDA: the GPU cases only)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: the CPU set, plus the GPU set when CUDA is present (only the GPU set with --quick)")
+    p.add_argument("--backbone", help="measure one explicit grid of this backbone (with --size, --batches, ...)")
+    p.add_argument("--size", type=int, nargs=2, default=[256, 128], metavar=("H", "W"), help="grid input size")
+    p.add_argument("--batches", type=int, nargs="+", default=[64], help="grid global batches")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None, help="grid variants")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per grid case")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per grid case")
     p.add_argument("--case-timeout", type=float, default=900.0, help="seconds allowed per case")
+    p.add_argument("--budget-s", type=float, default=None, help="start no case after this many seconds in total")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads per case")
     p.add_argument("--report-only", action="store_true", help="rewrite the markdown and plot from the JSON")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case (JSON) and print JSON
@@ -74,16 +90,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def data_overrides(data: str | None, runs_dir: Path) -> list[str]:
+    """Config overrides of the dataset: the Market-layout folder `data`, else the synthetic set in `runs_dir`."""
+    if data:
+        return ["data.dataset=market1501", f"data.root={data}"]
+    return ["data.dataset=synthetic", f"data.root={runs_dir / 'synthetic'}"]
+
+
 def build_trainer(case: dict, runs_dir: Path):
-    """A real Trainer on market1501-mini (or synthetic data) with random banks, labels and centres."""
+    """A real Trainer on the case's dataset with random banks, labels and centres."""
     from cacl_dist.config import load_config
     from cacl_dist.distributed.env import DistEnv
     from cacl_dist.trainer import Trainer
 
     precision, channels_last, compile_ = VARIANTS[case["variant"]]
-    data = (["data.dataset=market1501", f"data.root={MARKET_MINI}"] if MARKET_MINI.is_dir()
-            else ["data.dataset=synthetic", f"data.root={runs_dir / 'synthetic'}"])
-    overrides = data + [
+    overrides = case["data_overrides"] + [
         f"run.output_dir={runs_dir / 'run'}", "run.progress=false", f"model.backbone={case['backbone']}",
         "model.pretrained=none", f"data.height={case['height']}", f"data.width={case['width']}",
         f"train.batch_size={case['batch']}", f"train.precision={precision}", "eval.precision=fp32",
@@ -106,8 +127,11 @@ def step_inputs(case: dict, num_train: int, device: torch.device):
     rgb, gray = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
     if device.type == "cuda":
         rgb, gray = rgb.pin_memory(), gray.pin_memory()
-    indices = torch.randperm(num_train, generator=gen)[: case["batch"]].to(device)
-    return rgb, gray, indices, slice(0, case["batch"])
+    if num_train >= case["batch"]:
+        indices = torch.randperm(num_train, generator=gen)[: case["batch"]]
+    else:  # a bank smaller than the batch (tiny smoke runs): rows repeat
+        indices = torch.arange(case["batch"]) % num_train
+    return rgb, gray, indices.to(device), slice(0, case["batch"])
 
 
 def phase_breakdown(trainer, rgb, gray, indices, mine, steps: int) -> dict:
@@ -138,20 +162,21 @@ def run_case(case: dict, runs_dir: Path) -> dict:
     device = torch.device(case["device"])
     trainer = build_trainer(case, runs_dir)
     rgb, gray, indices, mine = step_inputs(case, len(trainer.dataset.train), device)
+    rounds = int(torch.bincount(indices.cpu()).max())  # the most repeats of one bank row in the batch
     out = dict(case)
     if not VARIANTS[case["variant"]][2]:  # FLOPs of the eager step (the compiled one does the same maths)
         with FlopCounterMode(display=False) as counter:
-            trainer.train_step(rgb, gray, indices, mine, 1)
+            trainer.train_step(rgb, gray, indices, mine, rounds)
         out["flops_per_step"] = int(counter.get_total_flops())
     t0 = time.perf_counter()
     for _ in range(case["warmup"]):
-        trainer.train_step(rgb, gray, indices, mine, 1)
+        trainer.train_step(rgb, gray, indices, mine, rounds)
     _sync(device)
     out["warmup_s"] = time.perf_counter() - t0
     times = []
     for _ in range(case["steps"]):
         t = time.perf_counter()
-        trainer.train_step(rgb, gray, indices, mine, 1)
+        trainer.train_step(rgb, gray, indices, mine, rounds)
         _sync(device)
         times.append(time.perf_counter() - t)
     times.sort()
@@ -168,36 +193,35 @@ def run_case(case: dict, runs_dir: Path) -> dict:
     return out
 
 
-def run_case_subprocess(case: dict, args) -> dict:
+def run_case_subprocess(case: dict, args, timeout: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(case), "--runs-dir",
            str(Path(args.runs_dir) / f"{case['device']}_{case['backbone']}_{case['batch']}_{case['variant']}")]
     env = dict(os.environ, OMP_NUM_THREADS=str(case["threads"]))
     try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.case_timeout)
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {**case, "error": f"did not finish within {args.case_timeout:.0f} s"}
+        return {**case, "error": f"did not finish within {timeout:.0f} s"}
     if proc.returncode != 0:
         return {**case, "error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr.strip() else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-# ----------------------------------------------------------------------------------------- machine
-def cpu_matmul_gflops(threads: int, dtype=torch.float32, size: int = 1536, repeats: int = 5) -> float:
-    """Best-of rate of a large matmul with `threads` threads: the CPU 'peak' used for MFU here."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * size**3 / best / 1e9
+# ----------------------------------------------------------------------------------------- inputs
+def prepare_data(args) -> list[str]:
+    """The dataset overrides every case uses; writes the synthetic set once when no --data is given."""
+    if args.data:
+        if not Path(args.data).is_dir():
+            raise SystemExit(f"--data {args.data}: not a folder; give a Market-1501 layout folder or leave it out")
+        return data_overrides(str(Path(args.data).resolve()), Path(args.runs_dir))
+    from cacl_dist.data.synthetic import generate_synthetic
+
+    generate_synthetic(str(Path(args.runs_dir).resolve() / "synthetic"))
+    return data_overrides(None, Path(args.runs_dir).resolve())
 
 
-def data_pipeline_rate(height: int, width: int, batches: int = 6, batch: int = 32) -> dict | None:
-    """Decode + two-view augmentation on real JPEGs in the main process (one core): images/s."""
-    if not MARKET_MINI.is_dir():
+def data_pipeline_rate(root: str | None, height: int, width: int, batches: int = 6, batch: int = 32) -> dict | None:
+    """Decode + two-view augmentation on the JPEGs of `root` in the main process (one core): images/s."""
+    if not root:
         return None
     import numpy as np
 
@@ -207,7 +231,7 @@ def data_pipeline_rate(height: int, width: int, batches: int = 6, batch: int = 3
     from cacl_dist.data.transforms import AugmentParams
 
     torch.set_num_threads(1)
-    ds = load_dataset("market1501", str(MARKET_MINI))
+    ds = load_dataset("market1501", str(root))
     labels = np.array([r.pid for r in ds.train])
     _, labels = np.unique(labels, return_inverse=True)
     plan = plan_epoch(labels, None, epoch=0, num_iters=batches + 1, batch_size=batch, num_instances=4, seed=0,
@@ -222,49 +246,41 @@ def data_pipeline_rate(height: int, width: int, batches: int = 6, batch: int = 3
     return {"images_per_s_per_core": rate, "height": height, "width": width, "views_per_image": 2}
 
 
-def load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
 # ----------------------------------------------------------------------------------------- plan
-def cases(quick: bool, threads: int) -> list[dict]:
-    steps, warmup = (2, 1) if quick else (4, 1)
+def _case(device, backbone, height, width, batch, variant, steps, warmup, threads) -> dict:
+    return dict(device=device, backbone=backbone, height=height, width=width, batch=batch, variant=variant,
+                steps=steps, warmup=warmup, threads=threads)
+
+
+def cases(args, cuda: bool) -> list[dict]:
+    """The cases to measure: an explicit grid (--backbone), or the default CPU and GPU sets."""
+    device = args.device if args.device != "auto" else ("cuda" if cuda else "cpu")
+    if args.backbone:
+        steps, warmup = args.steps or (4 if args.quick else 10), args.warmup or (1 if args.quick else 3)
+        return [_case(device, args.backbone, *args.size, batch, variant, steps, warmup, args.threads)
+                for batch in args.batches for variant in (args.variants or list(VARIANTS))]
     out = []
-    tiny_batches = (64,) if quick else (64, 128)
-    tiny_variants = list(VARIANTS) if not quick else ["fp32", "bf16"]
-    for batch in tiny_batches:
-        for variant in tiny_variants:
-            if variant.endswith("compile") and batch != 64:
-                continue
-            out.append(dict(device="cpu", backbone="resnet_tiny", height=128, width=64, batch=batch,
-                            variant=variant, steps=steps, warmup=warmup + (1 if "compile" in variant else 0),
-                            threads=threads))
-    for variant in ("fp32",) if quick else ("fp32", "bf16+cl"):
-        out.append(dict(device="cpu", backbone="resnet50", height=256, width=128, batch=8, variant=variant,
-                        steps=2, warmup=1, threads=threads))
-    if torch.cuda.is_available():
-        for batch in (64, 128, 256):
-            for variant in VARIANTS:
-                out.append(dict(device="cuda", backbone="resnet50", height=256, width=128, batch=batch,
-                                variant=variant, steps=20, warmup=5 if "compile" not in variant else 10,
-                                threads=threads))
+    if args.device in ("auto", "cpu") and not (args.quick and cuda and args.device == "auto"):
+        steps, warmup = (2, 1) if args.quick else (4, 1)
+        for batch in (64,) if args.quick else (64, 128):
+            for variant in (["fp32", "bf16"] if args.quick else list(VARIANTS)):
+                if variant.endswith("compile") and batch != 64:
+                    continue
+                out.append(_case("cpu", "resnet_tiny", 128, 64, batch, variant, steps,
+                                 warmup + (1 if "compile" in variant else 0), args.threads))
+        for variant in ("fp32",) if args.quick else ("fp32", "bf16+cl"):
+            out.append(_case("cpu", "resnet50", 256, 128, 8, variant, 2, 1, args.threads))
+    if cuda and args.device in ("auto", "cuda"):
+        steps, warmup = (10, 3) if args.quick else (20, 5)
+        for batch in (64,) if args.quick else (64, 128, 256):
+            for variant in args.variants or list(VARIANTS):
+                out.append(_case("cuda", "resnet50", 256, 128, batch, variant, steps,
+                                 warmup if "compile" not in variant else 2 * warmup, args.threads))
     return out
 
 
-
 # ----------------------------------------------------------------------------------------- report
-def add_mfu(result: dict, flops: dict, cpu_peak_gflops: float, gpu_name: str | None) -> None:
+def add_mfu(result: dict, flops: dict, cpu_peak_gflops: float, gpu_key: str | None) -> None:
     """MFU = counted step FLOPs x steps/s over the peak (GPU datasheet or the CPU matmul rate)."""
     key = (result["device"], result["backbone"], result["height"], result["width"], result["batch"])
     if "error" in result or key not in flops:
@@ -273,51 +289,32 @@ def add_mfu(result: dict, flops: dict, cpu_peak_gflops: float, gpu_name: str | N
     result["achieved_gflops"] = achieved
     if result["device"] == "cpu":
         result["mfu"] = achieved / cpu_peak_gflops
-    elif gpu_name in GPU_PEAK_TFLOPS:
+    elif gpu_key is not None:
         precision = VARIANTS[result["variant"]][0]
-        peak = GPU_PEAK_TFLOPS[gpu_name]["tf32" if precision == "fp32" else precision]
+        peak = GPU_PEAK_TFLOPS[gpu_key]["tf32" if precision == "fp32" else precision]
         result["mfu"] = achieved / (peak * 1e3)
+        result["peak_tflops"] = peak
 
 
-def gpu_name() -> str | None:
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(0)
-    for known in GPU_PEAK_TFLOPS:
-        if all(part in name for part in known.split()):
-            return known
-    return name
-
-
-def estimates(results: list[dict]) -> dict:
-    """Communication bytes, scaling and schedule estimates for ResNet-50 x 2 at 256x128."""
-    r50 = next((r for r in results if r["backbone"] == "resnet50" and "num_params" in r), None)
-    if r50 is None:
-        return {}
-    num_params, dim = r50["num_params"], r50["dim"]
-    flops_per_image = r50["flops_per_step"] / r50["batch"]
-    gpu = [r for r in results if r["device"] == "cuda" and r["backbone"] == "resnet50" and "images_per_s" in r]
-    best_gpu = max(gpu, key=lambda r: r["images_per_s"]) if gpu else None
-    # Assumed one-GPU rate when none is measured: sustained bf16 FLOP/s of MLPerf-class ResNet-50 training.
-    assumed_tflops = 170.0
-    rate = best_gpu["images_per_s"] if best_gpu else assumed_tflops * 1e12 / flops_per_image
-    bd = (best_gpu or r50).get("breakdown_ms", {})
-    bwd_fraction = bd.get("backward", 2.0) / max(sum(bd.values()), 1e-9) if bd else 0.6
-    scaling = {
-        "paper global batch 64 split over the GPUs (strong scaling)":
-            scaling_estimate(1.0 / rate, bwd_fraction, num_params, dim, global_batch=64),
-        "64 images per GPU (weak scaling, global batch and lr grow)":
-            scaling_estimate(1.0 / rate, bwd_fraction, num_params, dim, per_gpu_batch=64),
-    }
-    return {
-        "num_params": num_params, "dim": dim, "flops_per_image": flops_per_image,
-        "comm_bytes_global_batch_64": comm_bytes(num_params, 64, dim),
-        "one_gpu_images_per_s": rate, "one_gpu_rate_source": "measured" if best_gpu else
-        f"assumed: {assumed_tflops:.0f} TFLOP/s sustained (MLPerf-class ResNet-50 on one H100) / counted FLOPs",
-        "backward_fraction": bwd_fraction, "scaling": scaling, "links_GBps": LINKS,
-        "schedule_measured": schedule_method(best_gpu["images_per_s"] if best_gpu else None),
-        "schedule_if": {str(r): schedule_method(r) for r in (2000, 3500, 5000)},
-    }
+def measure_all(args, case_list: list[dict], data: list[str]) -> list[dict]:
+    """Run every case in its own subprocess, within --case-timeout each and --budget-s in total."""
+    start, results = time.perf_counter(), []
+    for case in case_list:
+        case = dict(case, data_overrides=data)
+        left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - start)
+        t = time.perf_counter()
+        if left is not None and left < 10:
+            result = {**case, "error": "skipped: the time budget (--budget-s) was spent"}
+        else:
+            limit = args.case_timeout if left is None else min(args.case_timeout, left)
+            result = run_case_subprocess(case, args, limit)
+        result.pop("data_overrides", None)
+        results.append(result)
+        print(f"{case['device']:4s} {case['backbone']:11s} {case['height']}x{case['width']} b{case['batch']:<4d} "
+              f"{case['variant']:16s} {fmt(result.get('images_per_s'), '8.1f')} img/s  "
+              f"{fmt(result.get('step_ms_median'), '8.0f')} ms/step  {result.get('error', '')}"
+              f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+    return results
 
 
 def main(argv=None) -> int:
@@ -327,45 +324,46 @@ def main(argv=None) -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    stem = out / args.stem
     if args.report_only:
-        report = json.loads((out / "bench_train.json").read_text())
-        (out / "bench_train.md").write_text(markdown(report))
-        plot(report, out / "bench_train.png")
+        report = json.loads(stem.with_suffix(".json").read_text())
+        stem.with_suffix(".md").write_text(markdown(report))
+        plot(report, stem.with_suffix(".png"))
         return 0
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
+        raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu or auto")
     load_before = load_average()
+    case_list = cases(args, cuda)
+    on_cpu = any(c["device"] == "cpu" for c in case_list)  # the CPU peak is measured only when it is needed
     machine = {"cpu": cpu_description(), "gpu": gpu_description(),
                "torch": torch.__version__, "python": platform.python_version(), "load_before": load_before,
-               "cpu_matmul_gflops": cpu_matmul_gflops(args.threads),
-               "cpu_matmul_bf16_gflops": cpu_matmul_gflops(args.threads, torch.bfloat16)}
-    data = data_pipeline_rate(256, 128)
-    results = []
-    for case in cases(args.quick, args.threads):
-        t = time.perf_counter()
-        result = run_case_subprocess(case, args)
-        results.append(result)
-        print(f"{case['device']:4s} {case['backbone']:11s} {case['height']}x{case['width']} b{case['batch']:<4d} "
-              f"{case['variant']:16s} {fmt(result.get('images_per_s'), '8.1f')} img/s  "
-              f"{fmt(result.get('step_ms_median'), '8.0f')} ms/step  {result.get('error', '')}"
-              f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+               "cpu_matmul_gflops": cpu_matmul_gflops(args.threads) if on_cpu else None,
+               "cpu_matmul_bf16_gflops": cpu_matmul_gflops(args.threads, torch.bfloat16) if on_cpu else None}
+    data = prepare_data(args)
+    pipeline = data_pipeline_rate(args.data, 256, 128)
+    results = measure_all(args, case_list, data)
     flops = {}
     for r in results:
         if "flops_per_step" in r:
             flops[(r["device"], r["backbone"], r["height"], r["width"], r["batch"])] = r["flops_per_step"]
-    name = gpu_name()
+    gpu_key = gpu_peak_key(machine["gpu"])
+    machine["gpu_peak_entry"] = gpu_key
     for r in results:
-        add_mfu(r, flops, machine["cpu_matmul_gflops"], name)
+        add_mfu(r, flops, machine["cpu_matmul_gflops"], gpu_key)
     machine["load_after"] = load_average()
-    report = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
-              "command": "python3 benchmarks/bench_train.py" + (" --quick" if args.quick else ""),
-              "threads": args.threads, "machine": machine, "data_pipeline": data, "results": results,
+    argv_text = shlex.join(sys.argv[1:] if argv is None else argv)
+    report = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(REPO),
+              "command": f"python3 benchmarks/bench_train.py {argv_text}".strip(), "stem": args.stem,
+              "threads": args.threads, "data": args.data or "synthetic", "machine": machine,
+              "data_pipeline": pipeline, "results": results,
               "flops_per_image": {f"{k[0]}/{k[1]}/{k[2]}x{k[3]}/{k[4]}": v / k[4] / 1e9 for k, v in flops.items()},
               "estimates": estimates(results)}
-    (out / "bench_train.json").write_text(json.dumps(report, indent=1))
-    (out / "bench_train.md").write_text(markdown(report))
-    plotted = plot(report, out / "bench_train.png")
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    stem.with_suffix(".md").write_text(markdown(report))
+    plotted = plot(report, stem.with_suffix(".png"))
     print(markdown(report))
-    print(f"wrote {out / 'bench_train.json'}, {out / 'bench_train.md'}" + (f", {out / 'bench_train.png'}" if plotted
-                                                                            else " (no matplotlib: no plot)"))
+    print(f"wrote {stem}.json, .md" + (", .png" if plotted else " (no matplotlib: no plot)"))
     return 0
 
 

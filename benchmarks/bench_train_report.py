@@ -11,15 +11,23 @@ def fmt(value, spec=".1f", missing="-") -> str:
 
 def markdown(report: dict) -> str:
     m = report["machine"]
+    devices = {r["device"] for r in report["results"]}
     lines = ["# Training-step throughput of the full CACL step", "",
              f"Date {report['date']}, commit {report['commit']}, torch {m['torch']}, Python {m['python']}.",
              f"Hardware: {m['cpu']}; GPU: {m['gpu'] or 'none (no GPU was available: GPU rows not measured)'}.",
-             f"**The machine was shared with other jobs** (load average {fmt(m['load_before'], '.1f')} before, "
-             f"{fmt(m['load_after'], '.1f')} after), so CPU numbers are lower bounds and noisy.",
-             f"CPU MFU reference: best large fp32 matmul on {report['threads']} threads = "
-             f"{m['cpu_matmul_gflops']:.1f} GFLOP/s (bf16 matmul {m['cpu_matmul_bf16_gflops']:.1f} GFLOP/s: "
-             "this CPU has no bf16 units, so bf16 autocast is emulated and slower here).", "",
-             f"Command: `{report['command']}`", "",
+             f"Load average {fmt(m['load_before'], '.1f')} before, {fmt(m['load_after'], '.1f')} after (other "
+             "jobs on the machine make CPU numbers lower bounds and noisy).",
+             f"Bank size and input-pipeline JPEGs from: {report.get('data', 'market1501-mini')}."]
+    if "cpu" in devices:
+        lines.append(f"CPU MFU reference: best large fp32 matmul on {report['threads']} threads = "
+                     f"{m['cpu_matmul_gflops']:.1f} GFLOP/s (bf16 matmul {m['cpu_matmul_bf16_gflops']:.1f} GFLOP/s; "
+                     "where it is far below fp32 the CPU has no bf16 units and bf16 autocast is emulated).")
+    if "cuda" in devices:
+        entry = m.get("gpu_peak_entry")
+        lines.append(f"GPU MFU reference: the datasheet dense peak of the {entry} (TF32 for fp32 rows, bf16 for bf16 "
+                     "rows)." if entry else "GPU MFU: this GPU's peak is not listed in scaling_model.GPU_PEAK_TFLOPS, "
+                     "so no MFU is given.")
+    lines += ["", f"Command: `{report['command']}`", "",
              "## Full step (both branches, losses, backward, Adam, bank + centre update)", "",
              "| device | backbone | input | batch | variant | images/s | step ms | GFLOP/img | MFU | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -41,7 +49,7 @@ def markdown(report: dict) -> str:
                          f"{bd['losses']:.1f} | {bd['backward']:.0f} | {bd['gather+bank']:.1f} | {bd['optimizer']:.1f} |")
     data = report.get("data_pipeline")
     if data:
-        lines += ["", f"Input pipeline (torchvision, decode + two augmented views of real Market JPEGs at "
+        lines += ["", f"Input pipeline (torchvision, decode + two augmented views of the dataset's JPEGs at "
                   f"{data['height']}x{data['width']}, one core): **{data['images_per_s_per_core']:.0f} images/s "
                   f"per core**; feeding 3,500 images/s takes about {3500 / data['images_per_s_per_core']:.0f} "
                   "such cores (or the DALI pipeline on the GPU)."]
@@ -63,13 +71,15 @@ def estimate_markdown(est: dict) -> list[str]:
              "", f"One-GPU rate used: {est['one_gpu_images_per_s']:.0f} images/s ({est['one_gpu_rate_source']}). "
              f"Links: NVLink {est['links_GBps']['nvlink_h100_sxm']:.0f} GB/s per direction inside a node "
              f"(H100 SXM), 400 Gb/s InfiniBand ({est['links_GBps']['ib_ndr_400g']:.0f} GB/s) per GPU between nodes, "
-             "80% of link bandwidth achieved, gradient all-reduce hidden behind up to 80% of backward.", "",
-             "Where the assumed rate comes from: MLPerf-class ResNet-50 training on an H100 runs at roughly "
-             "6-7 thousand 224x224 images/s (about 24.6 GFLOP per image forward + backward), i.e. about 170 "
-             "TFLOP/s or 17% of the bf16 dense peak. Dividing by the counted CACL FLOPs per image gives the "
-             "rate above; the real step (two backbones, last stride 1, a memory-bank update) may run below it. "
-             "The per-image compute rate is assumed to hold at every per-GPU batch, which is optimistic for "
-             "8 or fewer images per GPU.", ""]
+             "80% of link bandwidth achieved, gradient all-reduce hidden behind up to 80% of backward.", ""]
+    if not est.get("one_gpu_rate_measured"):
+        lines += ["Where the assumed rate comes from: MLPerf-class ResNet-50 training on an H100 runs at roughly "
+                  "6-7 thousand 224x224 images/s (about 24.6 GFLOP per image forward + backward), i.e. about 170 "
+                  "TFLOP/s or 17% of the bf16 dense peak. Dividing by the counted CACL FLOPs per image gives the "
+                  "rate above; the real step (two backbones, last stride 1, a memory-bank update) may run below it.",
+                  ""]
+    lines += ["The per-image compute rate is assumed to hold at every per-GPU batch, which is optimistic for "
+              "8 or fewer images per GPU.", ""]
     for name, rows in est["scaling"].items():
         lines += [f"Estimate, {name}:", "",
                   "| GPUs | nodes | per GPU | global batch | grad all-reduce ms | gather ms | delta ms | exposed comm ms | "
@@ -84,8 +94,10 @@ def estimate_markdown(est: dict) -> list[str]:
               f"Method: total = {sm['trained_images']:,} trained images / step images/s + 80 x clustering time "
               f"+ ({sm['evaluations']} evaluations x 19,281 query/gallery images + 2 x 12,936 bank-initialisation "
               "images) / extraction images/s. Clustering runs on the bank (no re-extraction per epoch).", "",
-              f"On one H100: **not measured** (no GPU was available; total "
-              f"{'not measured' if sm['total_s'] is None else fmt(sm['total_s'] / 60, '.1f') + ' min'}). "
+              (f"Training time alone at the measured one-GPU rate: {fmt(sm['train_s'] / 60, '.1f')} min "
+               "(clustering and extraction rates are not measured here, so no total). "
+               if est.get("one_gpu_rate_measured") else
+               "On one GPU: **not measured** (no GPU was available). ") +
               "Training time alone at assumed step rates:", "",
               "| step images/s | training minutes |", "|---|---|"]
     for rate, sched in est["schedule_if"].items():

@@ -1,7 +1,8 @@
 """Analytic models used by bench_train.py: communication per step, multi-GPU scaling, schedule time.
 
-Everything here is an estimate from counted bytes, counted FLOPs and stated bandwidths; nothing
-is measured on a GPU. The assumptions are spelled out next to each number.
+Everything here is an estimate from counted bytes, counted FLOPs and stated bandwidths (plus, in
+`estimates`, the one-GPU step rate when bench_train measured one). The assumptions are spelled
+out next to each number.
 """
 
 from __future__ import annotations
@@ -13,6 +14,26 @@ GPU_PEAK_TFLOPS = {
     "H200": {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4},
     "A100": {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0},
 }
+
+
+def gpu_peak_key(device_name: str | None) -> str | None:
+    """The GPU_PEAK_TFLOPS entry of a CUDA device name, or None when its peak is not listed.
+
+    torch reports e.g. 'NVIDIA H100 80GB HBM3' (SXM), 'NVIDIA H100 PCIe', 'NVIDIA H200',
+    'NVIDIA A100-SXM4-80GB'; the H100 NVL and other parts have other peaks and are not listed.
+    """
+    if not device_name:
+        return None
+    name = device_name.upper()
+    if "H100" in name:
+        if "PCIE" in name:
+            return "H100 PCIe"
+        return "H100 SXM" if ("SXM" in name or "HBM3" in name) else None
+    if "H200" in name:
+        return "H200"
+    if "A100" in name:
+        return "A100"
+    return None
 
 #: Link bandwidths used by the scaling model, GB/s per GPU per direction (stated assumptions).
 LINKS = {
@@ -109,3 +130,43 @@ def schedule_method(images_per_s: float | None, epochs: int = 80, iters: int = 4
     total = None if any(p is None for p in parts) else sum(parts)
     return {"trained_images": images, "train_s": train_s, "clustering_s": cluster_total,
             "extraction_s": extract_s, "total_s": total, "evaluations": evals}
+
+
+#: Sustained bf16 FLOP/s assumed for one GPU when none was measured: MLPerf-class ResNet-50
+#: training on one H100 (about 6-7 thousand 224x224 images/s at ~24.6 GFLOP per image).
+ASSUMED_GPU_TFLOPS = 170.0
+
+
+def estimates(results: list[dict]) -> dict:
+    """Communication bytes, scaling and schedule estimates for ResNet-50 x 2 from bench_train results.
+
+    Uses the fastest measured GPU case as the one-GPU rate, or ASSUMED_GPU_TFLOPS over the counted
+    FLOPs per image when no GPU case ran; {} when no ResNet-50 case gave a FLOP count.
+    """
+    r50 = next((r for r in results if r["backbone"] == "resnet50" and "flops_per_step" in r), None)
+    if r50 is None:
+        return {}
+    num_params, dim = r50["num_params"], r50["dim"]
+    flops_per_image = r50["flops_per_step"] / r50["batch"]
+    gpu = [r for r in results if r["device"] == "cuda" and r["backbone"] == "resnet50" and "images_per_s" in r]
+    best_gpu = max(gpu, key=lambda r: r["images_per_s"]) if gpu else None
+    rate = best_gpu["images_per_s"] if best_gpu else ASSUMED_GPU_TFLOPS * 1e12 / flops_per_image
+    breakdown = (best_gpu or r50).get("breakdown_ms") or {}
+    bwd_fraction = breakdown["backward"] / max(sum(breakdown.values()), 1e-9) if breakdown else 0.6
+    scaling = {
+        "paper global batch 64 split over the GPUs (strong scaling)":
+            scaling_estimate(1.0 / rate, bwd_fraction, num_params, dim, global_batch=64),
+        "64 images per GPU (weak scaling, global batch and lr grow)":
+            scaling_estimate(1.0 / rate, bwd_fraction, num_params, dim, per_gpu_batch=64),
+    }
+    source = (f"measured: {best_gpu['variant']} at batch {best_gpu['batch']}" if best_gpu else
+              f"assumed: {ASSUMED_GPU_TFLOPS:.0f} TFLOP/s sustained (MLPerf-class ResNet-50 on one H100) / "
+              "counted FLOPs")
+    return {
+        "num_params": num_params, "dim": dim, "flops_per_image": flops_per_image,
+        "comm_bytes_global_batch_64": comm_bytes(num_params, 64, dim),
+        "one_gpu_images_per_s": rate, "one_gpu_rate_measured": best_gpu is not None,
+        "one_gpu_rate_source": source, "backward_fraction": bwd_fraction, "scaling": scaling, "links_GBps": LINKS,
+        "schedule_measured": schedule_method(best_gpu["images_per_s"] if best_gpu else None),
+        "schedule_if": {str(r): schedule_method(r) for r in (2000, 3500, 5000)},
+    }

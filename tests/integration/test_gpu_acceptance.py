@@ -1,0 +1,64 @@
+"""The GPU acceptance harness: its dry run on the CPU passes every part, and a hung part is stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.acceptance.report import screen
+from benchmarks.gpu_acceptance import PARTS, Part, plan_timeout, run_isolated
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_dry_run_passes_every_part_and_writes_the_files(tmp_path):
+    """`bash scripts/gpu_acceptance.sh --dry-run` runs every part on the CPU and writes its results."""
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.run(["bash", "scripts/gpu_acceptance.sh", "--dry-run", "--out", str(tmp_path)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=1300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "gpu_acceptance_dry_run_cpu.json").read_text())
+    statuses = {p["name"]: p["status"] for p in summary["parts"]}
+    assert set(statuses) == {p.name for p in PARTS}
+    assert all(s in ("pass", "skip") for s in statuses.values()), statuses
+    for name in ("env", "collectives", "two_process", "resume", "clustering", "throughput"):
+        assert statuses[name] == "pass", name
+        assert (tmp_path / f"acceptance_{name}_dry_run_cpu.md").is_file()
+    for bench in ("bench_cluster", "bench_train"):
+        assert (tmp_path / f"{bench}_dry_run_cpu.json").is_file()
+    assert "passed" in proc.stdout and "PASS" in (tmp_path / "gpu_acceptance_dry_run_cpu.md").read_text()
+    assert not (REPO / "benchmarks" / "results" / "gpu_acceptance_dry_run_cpu.md").exists()
+
+
+def test_a_hung_command_is_stopped_with_everything_it_started(tmp_path):
+    """A part that hangs, and the processes it started, are killed when its time is up."""
+    marker = tmp_path / "child_pid"
+    script = ("import subprocess, sys, time; "
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+              f"open({str(marker)!r}, 'w').write(str(child.pid)); time.sleep(120)")
+    t0 = time.time()
+    code, timed_out, seconds = run_isolated([sys.executable, "-c", script], 3.0, tmp_path / "log.txt")
+    assert timed_out and code is None and time.time() - t0 < 60
+    child = int(marker.read_text())
+    time.sleep(0.5)
+    assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text().lower()
+
+
+def test_time_limits_keep_the_minimum_of_the_later_parts():
+    """A part's limit shrinks so the parts after it can still start; the summary names every part."""
+    first = Part("a", "first", "x:y", limit_s=100, dry_limit_s=100, minimum_s=5)
+    later = [Part("b", "second", "x:y", 100, 100, 30), Part("c", "third", "x:y", 100, 100, 20)]
+    assert plan_timeout(first, later, False, time.time() + 1000) == pytest.approx(100, abs=1)
+    assert plan_timeout(first, later, False, time.time() + 100) == pytest.approx(100 - 50 - 5, abs=1)
+    rows = [{"name": "a", "status": "pass", "summary": "ok", "seconds": 1, "limit": 2},
+            {"name": "b", "status": "fail", "summary": "x" * 400, "seconds": 3, "limit": 4}]
+    text = screen(rows, "header", 4, 10, Path("summary.md"))
+    assert "1 passed, 1 failed, 0 skipped" in text and len(text.splitlines()) == 5
+    assert max(len(line) for line in text.splitlines()) < 200
