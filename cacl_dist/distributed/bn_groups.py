@@ -61,7 +61,8 @@ class BNGroupLayout:
 
     def describe(self) -> str:
         """One log line: the group and how this world size realises it."""
-        per = f"{self.per_process} images per process on {self.world_size} process(es)"
+        processes = "1 process" if self.world_size == 1 else f"{self.world_size} processes"
+        per = f"{self.per_process} images per process on {processes}"
         if self.mode == "per-process":
             return (f"BatchNorm statistics over each process's batch ({per}; model.bn_group_size 0): they change "
                     "with the number of processes; set model.bn_group_size to fix them")
