@@ -37,9 +37,16 @@ class GroupReducer(Protocol):
         """Replace `tensor` in place by its sum over the processes of the group."""
 
 
-def _reduce_dims(x_G: torch.Tensor) -> tuple[int, ...]:
-    """Dimensions of a ``(G, m, C, *spatial)`` view that one group's statistics run over."""
-    return (1,) + tuple(range(3, x_G.dim()))
+def _stack_groups(t_G: torch.Tensor) -> torch.Tensor:
+    """``(G, m, C, *spatial)`` -> ``(m, G*C, *spatial)``: every group's channels as channels of one batch.
+
+    BatchNorm kernels then compute per-group statistics as per-channel ones. A view for ``G == 1``,
+    a copy otherwise.
+    """
+    groups, per_group, channels = t_G.shape[:3]
+    if groups == 1:
+        return t_G[0]
+    return t_G.transpose(0, 1).reshape(per_group, groups * channels, *t_G.shape[3:])
 
 
 def _per_channel(stat_GC: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -50,26 +57,27 @@ def _per_channel(stat_GC: torch.Tensor, ndim: int) -> torch.Tensor:
 class _GroupBatchNormFn(torch.autograd.Function):
     """Normalise each group of a ``(G, m, C, *spatial)`` view with its own statistics.
 
-    With a reducer (``G == 1``), the per-channel count, sum and sum of squares are summed over the
-    group's processes in the forward (float64, so the variance does not lose digits to the
-    mean), and the per-channel sums of ``dy`` and ``dy * (x - mean)`` in the backward. Returns
-    ``(y, mean_GC, var_GC)``: the output in the input's dtype and the float32 group statistics
-    (biased variance), the latter without gradient.
+    Per-group means, variances and gradient sums come from PyTorch's BatchNorm kernels run on the
+    groups stacked as channels. With a reducer (``G == 1``), the per-channel count, sum and sum of
+    squares are summed over the group's processes in the forward (in float64, from each process's
+    mean and variance, so the variance does not lose digits to the mean), and the per-channel sums
+    of ``dy`` and ``dy * xhat`` in the backward. Returns ``(y, mean_GC, var_GC)``: the output in the
+    input's dtype and the float32 group statistics (biased variance), the latter without gradient.
     """
 
     @staticmethod
     def forward(ctx, x_G, weight, bias, eps: float, reducer):
-        dims = _reduce_dims(x_G)
+        groups, channels, ndim = x_G.shape[0], x_G.shape[2], x_G.dim()
         x32 = x_G.float()
-        var_GC, mean_GC = torch.var_mean(x32, dim=dims, correction=0)
-        count = x_G.numel() // (x_G.shape[0] * x_G.shape[2])
+        mean, var = torch.batch_norm_update_stats(_stack_groups(x32), None, None, 0.0)
+        mean_GC, var_GC = mean.view(groups, channels), var.view(groups, channels)
+        count = x_G.numel() // (groups * channels)
         if reducer is not None:
-            assert x_G.shape[0] == 1, "a synchronised group is the whole per-process batch"
+            assert groups == 1, "a synchronised group is the whole per-process batch"
             n = float(count)
-            mean64, var64 = mean_GC[0].double(), var_GC[0].double()
+            mean64, var64 = mean.double(), var.double()
             sums = torch.cat([mean64.new_full((1,), n), n * mean64, n * (var64 + mean64 * mean64)])
             reducer.all_reduce(sums)
-            channels = mean64.numel()
             total = sums[0]
             mean64 = sums[1:1 + channels] / total
             var64 = (sums[1 + channels:] / total - mean64 * mean64).clamp_min(0.0)
@@ -80,9 +88,9 @@ class _GroupBatchNormFn(torch.autograd.Function):
         shift_GC = -mean_GC * scale_GC
         if bias is not None:
             shift_GC = shift_GC + bias.float()
-        y_G = (x32 * _per_channel(scale_GC, x_G.dim()) + _per_channel(shift_GC, x_G.dim())).to(x_G.dtype)
+        y_G = torch.addcmul(_per_channel(shift_GC, ndim), x32, _per_channel(scale_GC, ndim)).to(x_G.dtype)
         ctx.save_for_backward(x_G, weight, mean_GC, invstd_GC)
-        ctx.count, ctx.reducer = count, reducer
+        ctx.count, ctx.reducer, ctx.eps = count, reducer, eps
         ctx.mark_non_differentiable(mean_GC, var_GC)
         return y_G, mean_GC, var_GC
 
@@ -90,25 +98,29 @@ class _GroupBatchNormFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy_G, _grad_mean, _grad_var):
         x_G, weight, mean_GC, invstd_GC = ctx.saved_tensors
-        dims, ndim = _reduce_dims(x_G), x_G.dim()
-        dy32 = dy_G.float()
-        xmu = x_G.float() - _per_channel(mean_GC, ndim)
-        sum_dy_GC = dy32.sum(dim=dims)
-        sum_dy_xmu_GC = (dy32 * xmu).sum(dim=dims)
+        groups, channels, ndim = x_G.shape[0], x_G.shape[2], x_G.dim()
+        x32, dy32 = x_G.float(), dy_G.float()
+        _, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+            _stack_groups(dy32), _stack_groups(x32), None, None, None, mean_GC.reshape(-1), invstd_GC.reshape(-1),
+            True, ctx.eps, [False, True, True])
+        sum_dy_xhat_GC, sum_dy_GC = sum_dy_xhat.view(groups, channels), sum_dy.view(groups, channels)
         grad_weight = grad_bias = None
         if weight is not None and ctx.needs_input_grad[1]:
-            grad_weight = (sum_dy_xmu_GC * invstd_GC).sum(0).to(weight.dtype)
+            grad_weight = sum_dy_xhat_GC.sum(0).to(weight.dtype)
         if ctx.needs_input_grad[2]:
             grad_bias = sum_dy_GC.sum(0).to(dy_G.dtype)
         if ctx.reducer is not None:  # the input gradient needs the sums of the whole group
-            both = torch.cat([sum_dy_GC, sum_dy_xmu_GC], dim=1)
+            both = torch.cat([sum_dy_GC, sum_dy_xhat_GC], dim=1)
             ctx.reducer.all_reduce(both)
-            sum_dy_GC, sum_dy_xmu_GC = both.chunk(2, dim=1)
-        mean_dy = _per_channel(sum_dy_GC / ctx.count, ndim)
-        proj = _per_channel(sum_dy_xmu_GC / ctx.count * invstd_GC * invstd_GC, ndim)
+            sum_dy_GC, sum_dy_xhat_GC = both.chunk(2, dim=1)
+        # grad_x = scale * (dy - mean(dy) - xhat * mean(dy * xhat)), xhat = (x - mean) * invstd,
+        # written as scale * dy + slope * x + offset: two fused passes over the batch
         scale_GC = invstd_GC if weight is None else invstd_GC * weight.float()
-        grad_x = ((dy32 - mean_dy - xmu * proj) * _per_channel(scale_GC, ndim)).to(x_G.dtype)
-        return grad_x, grad_weight, grad_bias, None, None
+        slope_GC = -scale_GC * invstd_GC * (sum_dy_xhat_GC / ctx.count)
+        offset_GC = -scale_GC * (sum_dy_GC / ctx.count) - slope_GC * mean_GC
+        grad_x = torch.addcmul(_per_channel(offset_GC, ndim), x32, _per_channel(slope_GC, ndim))
+        grad_x.addcmul_(dy32, _per_channel(scale_GC, ndim))
+        return grad_x.to(x_G.dtype), grad_weight, grad_bias, None, None
 
 
 def _group_batch_norm_synced(x_G, weight, bias, eps, reducer):
