@@ -100,14 +100,15 @@ def run_case(case: dict, args, runs_dir: Path) -> dict:
     indices = torch.randperm(num, generator=gen)[: args.batch]
     share = args.batch // env.world_size
     mine = slice(env.rank * share, (env.rank + 1) * share)
-    times = []
+    wall, cpu = [], []
     for step in range(args.warmup + args.steps):
         comm.barrier()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         trainer.train_step(rgb[mine], gray[mine], indices, mine, 1)
         if step >= args.warmup:
-            times.append(time.perf_counter() - t)
-    return {**case, "step_ms": [1e3 * t for t in times], "per_process": share, "bank_rows": num}
+            wall.append(1e3 * (time.perf_counter() - t))
+            cpu.append(1e3 * (time.process_time() - c))
+    return {**case, "step_ms": wall, "cpu_ms": cpu, "per_process": share, "bank_rows": num}
 
 
 def run_case_subprocess(case: dict, args) -> dict:
@@ -144,12 +145,14 @@ def summarise(results: list[dict], batch: int) -> list[dict]:
     rows = []
     for case in cases(batch):
         runs = [r for r in results if r["procs"] == case["procs"] and r["group"] == case["group"]]
-        median = statistics.median([t for r in runs for t in r["step_ms"]])
-        rows.append({**case, "label": label(case, batch), "step_ms_median": median,
+        rows.append({**case, "label": label(case, batch),
+                     "step_ms_median": statistics.median([t for r in runs for t in r["step_ms"]]),
+                     "cpu_ms_median": statistics.median([t for r in runs for t in r["cpu_ms"]]),
                      "repeat_medians": [statistics.median(r["step_ms"]) for r in runs]})
     for row in rows:
         base = next(r for r in rows if r["procs"] == row["procs"] and r["group"] == 0)
         row["ratio"] = row["step_ms_median"] / base["step_ms_median"]
+        row["cpu_ratio"] = row["cpu_ms_median"] / base["cpu_ms_median"]
     return rows
 
 
@@ -163,15 +166,19 @@ def write_results(args, rows: list[dict], meta: dict) -> None:
         f"`Trainer.train_step` of {args.backbone} at {args.height}x{args.width}, global batch {args.batch}, "
         f"{args.threads} torch thread(s) per process, CPU, gloo between processes. Median wall time per step "
         f"of rank 0 over {args.repeats} interleaved repeats of {args.steps} steps (after {args.warmup} warm-up "
-        "steps); the ratio is to the case without groups on the same number of processes.",
+        "steps), and rank 0's CPU time per step (less sensitive to other load on the machine; time spent "
+        "waiting in a collective is not in it); the ratios are to the case without groups on the same number "
+        "of processes.",
         "",
-        "| processes | bn_group_size | realised as | ms / step (median) | repeat medians | ratio |",
-        "|---|---|---|---|---|---|",
+        "| processes | bn_group_size | realised as | wall ms / step (median) | repeat medians | wall ratio | "
+        "CPU ms / step | CPU ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         how = row["label"].split("(")[-1].rstrip(")") if row["group"] else "BatchNorm per process"
         lines.append(f"| {row['procs']} | {row['group']} | {how} | {row['step_ms_median']:.1f} | "
-                     f"{', '.join(f'{v:.1f}' for v in row['repeat_medians'])} | {row['ratio']:.2f}x |")
+                     f"{', '.join(f'{v:.1f}' for v in row['repeat_medians'])} | {row['ratio']:.2f}x | "
+                     f"{row['cpu_ms_median']:.1f} | {row['cpu_ratio']:.2f}x |")
     lines += ["", args.note, ""] if args.note else [""]
     lines += ["```bash", meta["command"], "```", "",
               f"- Hardware: {meta['hardware']}",
@@ -211,9 +218,10 @@ def main(argv=None) -> None:
             print(f"repeat {repeat + 1}: {label(case, args.batch):40s} "
                   f"{statistics.median(result['step_ms']):8.1f} ms/step", flush=True)
     rows = summarise(results, args.batch)
-    print(f"{'case':40s} {'ms/step':>9s} {'ratio':>6s}")
+    print(f"{'case':40s} {'ms/step':>9s} {'ratio':>6s} {'CPU ms':>8s} {'ratio':>6s}")
     for row in rows:
-        print(f"{row['label']:40s} {row['step_ms_median']:9.1f} {row['ratio']:5.2f}x")
+        print(f"{row['label']:40s} {row['step_ms_median']:9.1f} {row['ratio']:5.2f}x {row['cpu_ms_median']:8.1f} "
+              f"{row['cpu_ratio']:5.2f}x")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     meta = {"command": "python3 benchmarks/bench_bn_groups.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "hardware": cpu_description(with_memory=True), "torch": torch.__version__,
