@@ -25,6 +25,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shlex
 import socket
 import statistics
 import subprocess
@@ -223,7 +224,8 @@ def main(argv=None) -> None:
         print(f"{row['label']:40s} {row['step_ms_median']:9.1f} {row['ratio']:5.2f}x {row['cpu_ms_median']:8.1f} "
               f"{row['cpu_ratio']:5.2f}x")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    meta = {"command": "python3 benchmarks/bench_bn_groups.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    meta = {"command": shlex.join(["python3", "benchmarks/bench_bn_groups.py",
+                                   *(argv if argv is not None else sys.argv[1:])]),
             "hardware": cpu_description(with_memory=True), "torch": torch.__version__,
             "python": platform.python_version(), "commit": commit.stdout.strip() or "unknown",
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
