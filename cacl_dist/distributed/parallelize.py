@@ -4,13 +4,12 @@ One place for the layout of the two branches: BatchNorm statistics groups (ghost
 BatchNorm, `model.bn_group_size` and `model.sync_bn`, see bn_groups.py), channels-last memory
 format (of the model and of its input batches), cuDNN autotuning, DDP wrapping and torch.compile.
 The BatchNorm groups fix what the model computes on any number of processes; everything else
-changes speed, not values. GPU-only options fall back with one log line on the CPU, and DDP is
-skipped in a single process.
+changes speed, not values. cuDNN autotuning does nothing on the CPU, and DDP is skipped in a
+single process.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -20,8 +19,6 @@ from torch.nn.parallel import DistributedDataParallel
 from .bn_groups import BNGroupLayout, bn_group_layout, group_reducer
 from .env import DistEnv
 from .group_bn import convert_to_group_bn
-
-log = logging.getLogger("cacl_dist")
 
 
 @dataclass(frozen=True)
@@ -45,8 +42,8 @@ class ParallelSettings:
         """Read the settings from a cacl_dist Config."""
         return cls(sync_bn=cfg.model.sync_bn, bn_group_size=cfg.model.bn_group_size,
                    global_batch=cfg.train.batch_size, channels_last=cfg.train.channels_last,
-                   compile=cfg.train.compile, cudnn_benchmark=cfg.train.cudnn_benchmark, ddp_bucket_view=cfg.dist.ddp_bucket_view,
-                   ddp_static_graph=cfg.dist.ddp_static_graph)
+                   compile=cfg.train.compile, cudnn_benchmark=cfg.train.cudnn_benchmark,
+                   ddp_bucket_view=cfg.dist.ddp_bucket_view, ddp_static_graph=cfg.dist.ddp_static_graph)
 
     def bn_layout(self, world_size: int) -> BNGroupLayout:
         """How the BatchNorm statistics group is realised on `world_size` processes (ValueError if it cannot be)."""

@@ -87,7 +87,8 @@ def test_every_field_is_documented():
 
 @pytest.mark.parametrize("overrides, needle", [
     (["model.bn_group_size=-16"], "must not be negative"),
-    (["model.bn_group_size=18", "train.batch_size=36", "train.num_instances=4"], "not a multiple of train.num_instances"),
+    (["model.bn_group_size=18", "train.batch_size=36", "train.num_instances=4"],
+     "not a multiple of train.num_instances"),
     (["model.bn_group_size=24", "train.batch_size=64"], "does not divide train.batch_size"),
     (["model.bn_group_size=16", "model.sync_bn=true"], "set one of them"),
 ])
