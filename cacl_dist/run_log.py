@@ -10,21 +10,25 @@ import logging
 
 from .config import Config, config_from_dict, to_dict
 from .data.layouts import ReidDataset
+from .distributed.bn_groups import bn_group_layout
 from .distributed.env import DistEnv
 
 
 def log_setup(log: logging.Logger, cfg: Config, env: DistEnv, dataset: ReidDataset, pipeline: str,
               cluster_backend: str) -> None:
-    """Dataset sizes, world size and batch split, input pipeline and clustering backend."""
+    """Dataset sizes, world size and batch split, input pipeline, clustering backend and BatchNorm groups.
+
+    Raises ValueError (one line) when model.bn_group_size does not fit this world size.
+    """
     per_rank = cfg.train.batch_size // env.world_size
     log.info("dataset %s at %s: %d train, %d query, %d gallery images", dataset.name, dataset.root,
              len(dataset.train), len(dataset.query), len(dataset.gallery))
     log.info("world size %d on %s (%s); global batch %d, %d per rank; input pipeline %s", env.world_size,
              env.device, env.backend or "single process", cfg.train.batch_size, per_rank, pipeline)
     log.info("clustering: backend %s (%s) on rank 0's %s", cluster_backend, cfg.clustering.backend, env.device)
-    if per_rank < 16:
-        log.warning("per-rank batch is %d (< 16): BatchNorm statistics over so few images change "
-                    "accuracy; keep 16-64 per GPU and scale optim.lr with the global batch", per_rank)
+    layout = bn_group_layout(cfg.model.bn_group_size, cfg.train.batch_size, env.world_size, cfg.model.sync_bn)
+    few = layout.mode == "per-process" and per_rank < 16  # statistics over so few images cost accuracy
+    log.log(logging.WARNING if few else logging.INFO, "%s", layout.describe())
 
 
 def log_losses(log: logging.Logger, epoch: int, step: int, num_steps: int, row: dict, lr: float,

@@ -28,6 +28,7 @@ from .data.factory import augment_params, dataset_from_config, generate_if_synth
 from .data.layouts import ReidDataset
 from .data.pipelines import get_pipeline, resolve_pipeline
 from .distributed import comm
+from .distributed.bn_groups import broadcast_bn_buffers
 from .distributed.env import DistEnv
 from .distributed.parallelize import ParallelSettings, configure_backends, parallelize, prepare_model, to_input
 from .distributed.sharding import shard_bounds
@@ -286,6 +287,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Evaluate branch 1 on query/gallery; record and return the metrics (a failure stops every rank)."""
+        broadcast_bn_buffers(self.model)  # every rank extracts its shard with rank 0's running statistics
         metrics = comm.run_everywhere(lambda: evaluate(
             self.model.online.branch, self.dataset, self.extraction, rank=self.env.rank,
             world_size=self.env.world_size, rerank=self.cfg.eval.rerank), "the evaluation (scored on rank 0)")

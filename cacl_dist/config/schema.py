@@ -97,8 +97,14 @@ class ModelConfig:
     """Stride of the last ResNet stage (1 keeps a finer feature map, as re-ID does)."""
     frozen_bn: bool = False
     """Keep every BatchNorm in eval mode during training (running statistics frozen)."""
+    bn_group_size: int = 0
+    """Images per BatchNorm statistics group in training: runs of this many consecutive images of the
+    global batch are normalised together, the same on any number of processes (ghost BatchNorm inside a
+    process, synchronised over consecutive ranks when a process holds fewer). A multiple of
+    train.num_instances dividing train.batch_size; 0: each process's batch (changes with the process count)."""
     sync_bn: bool = False
-    """Synchronise BatchNorm statistics across GPUs (SyncBatchNorm); on the CPU plain BatchNorm is used."""
+    """One BatchNorm statistics group for the whole global batch, synchronised over all processes
+    (gloo or NCCL); not combined with bn_group_size."""
 
 
 @dataclass

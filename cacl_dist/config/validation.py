@@ -43,6 +43,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'train.batch_size': {cfg.train.batch_size} is not a multiple of "
             f"train.num_instances ({cfg.train.num_instances})")
+    _validate_bn_group(cfg)
+
+
+def _validate_bn_group(cfg: Config) -> None:
+    """model.bn_group_size: whole identity blocks, a divisor of the global batch, not with sync_bn."""
+    group, batch, k = cfg.model.bn_group_size, cfg.train.batch_size, cfg.train.num_instances
+    if group < 0:
+        raise ConfigError(f"config key 'model.bn_group_size': must not be negative, got {group}")
+    if group == 0:
+        return
+    if cfg.model.sync_bn:
+        raise ConfigError(f"config keys 'model.sync_bn' and 'model.bn_group_size' ({group}): sync_bn makes the "
+                          "whole batch one group; set one of them")
+    if group % k:
+        raise ConfigError(f"config key 'model.bn_group_size': {group} is not a multiple of train.num_instances "
+                          f"({k}); a group must hold whole identity blocks")
+    if batch % group:
+        raise ConfigError(f"config key 'model.bn_group_size': {group} does not divide train.batch_size ({batch}); "
+                          "choose a divisor of the global batch")
 
 
 __all__ = ["validate"]

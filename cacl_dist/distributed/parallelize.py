@@ -1,30 +1,36 @@
 """How the model runs on this process's device and across processes.
 
-One place for the layout of the two branches: SyncBatchNorm, channels-last memory format (of
-the model and of its input batches), cuDNN autotuning, DDP wrapping and torch.compile. All of
-it changes speed, not values; GPU-only options fall back with one log line on the CPU, and DDP
-is skipped in a single process.
+One place for the layout of the two branches: BatchNorm statistics groups (ghost or synchronised
+BatchNorm, `model.bn_group_size` and `model.sync_bn`, see bn_groups.py), channels-last memory
+format (of the model and of its input batches), cuDNN autotuning, DDP wrapping and torch.compile.
+The BatchNorm groups fix what the model computes on any number of processes; everything else
+changes speed, not values. cuDNN autotuning does nothing on the CPU, and DDP is skipped in a
+single process.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .bn_groups import BNGroupLayout, bn_group_layout, group_reducer
 from .env import DistEnv
-
-log = logging.getLogger("cacl_dist")
+from .group_bn import convert_to_group_bn
 
 
 @dataclass(frozen=True)
 class ParallelSettings:
-    """The layout keys of a run (train.* and dist.*), as requested in the config."""
+    """The layout keys of a run (model.sync_bn / bn_group_size, train.* and dist.*), as requested in the config.
+
+    `global_batch` is train.batch_size, which the BatchNorm groups split over the processes.
+    """
 
     sync_bn: bool = False
+    bn_group_size: int = 0
+    global_batch: int = 0
     channels_last: bool = False
     compile: bool = False
     cudnn_benchmark: bool = True
@@ -34,9 +40,14 @@ class ParallelSettings:
     @classmethod
     def from_config(cls, cfg) -> ParallelSettings:
         """Read the settings from a cacl_dist Config."""
-        return cls(sync_bn=cfg.model.sync_bn, channels_last=cfg.train.channels_last, compile=cfg.train.compile,
-                   cudnn_benchmark=cfg.train.cudnn_benchmark, ddp_bucket_view=cfg.dist.ddp_bucket_view,
-                   ddp_static_graph=cfg.dist.ddp_static_graph)
+        return cls(sync_bn=cfg.model.sync_bn, bn_group_size=cfg.model.bn_group_size,
+                   global_batch=cfg.train.batch_size, channels_last=cfg.train.channels_last,
+                   compile=cfg.train.compile, cudnn_benchmark=cfg.train.cudnn_benchmark,
+                   ddp_bucket_view=cfg.dist.ddp_bucket_view, ddp_static_graph=cfg.dist.ddp_static_graph)
+
+    def bn_layout(self, world_size: int) -> BNGroupLayout:
+        """How the BatchNorm statistics group is realised on `world_size` processes (ValueError if it cannot be)."""
+        return bn_group_layout(self.bn_group_size, self.global_batch, world_size, self.sync_bn)
 
     @property
     def static_graph(self) -> bool:
@@ -58,12 +69,15 @@ def configure_backends(device: torch.device, settings: ParallelSettings) -> None
 
 
 def prepare_model(model: nn.Module, env: DistEnv, settings: ParallelSettings) -> nn.Module:
-    """Convert BatchNorm to SyncBatchNorm (CUDA, several processes) and set the memory format in place."""
-    if settings.sync_bn:
-        if env.device.type != "cuda":
-            log.info("model.sync_bn needs CUDA; training on %s with plain BatchNorm", env.device)
-        elif env.world_size > 1:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    """Realise the BatchNorm statistics groups and set the memory format, in place.
+
+    Ghost groups or groups synchronised over a process subgroup replace the BatchNorm layers by
+    GroupBatchNorm (same parameters and buffers); plain and per-process groups keep them.
+    Creating the subgroups is collective: every rank calls this.
+    """
+    layout = settings.bn_layout(env.world_size)
+    if layout.converts:
+        model = convert_to_group_bn(model, layout.groups_per_process, group_reducer(layout, env.rank))
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -32,6 +32,7 @@ def tiny_overrides(run_dir: Path, data_dir: Path, **extra: object) -> list[str]:
         "data.synthetic.images_per_id": 6, "data.synthetic.num_cameras": 3,
         "data.synthetic.height": 64, "data.synthetic.width": 32,
         "augment.pad": 4, "model.backbone": "resnet_tiny", "model.pretrained": "none",
+        "model.bn_group_size": 0,  # BatchNorm over each process's batch, whatever the recipe sets
         "clustering.k1": 8, "clustering.k2": 3, "clustering.min_samples": 3,
         "train.epochs": 2, "train.iters_per_epoch": 3, "train.batch_size": 16, "train.num_instances": 4,
         "eval.every_epochs": 1, "eval.batch_size": 64,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pytest
 import torch
@@ -13,6 +11,7 @@ from cacl_dist.data.epoch_plan import check_batch_order
 from cacl_dist.config import ConfigError, load_config
 from cacl_dist.distributed import comm
 from cacl_dist.distributed.env import DistEnv
+from cacl_dist.distributed.group_bn import GroupBatchNorm
 from cacl_dist.distributed.parallelize import ParallelSettings, prepare_model
 from cacl_dist.losses import cacl_loss
 from cacl_dist.memory import ClusterCentres, InstanceBank
@@ -122,19 +121,16 @@ def test_adam_kernels_resolve_and_agree():
     torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-7)
 
 
-def test_prepare_model_channels_last_and_sync_bn_on_cpu_is_plain_bn(caplog):
-    logger = logging.getLogger("cacl_dist")
-    logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.INFO, logger="cacl_dist"):
-            model = prepare_model(build_model("resnet_tiny"), DistEnv(0, 2, 0, CPU, "gloo"),
-                                  ParallelSettings(sync_bn=True, channels_last=True))
-    finally:
-        logger.removeHandler(caplog.handler)
-    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
-    assert "plain BatchNorm" in caplog.text
+def test_prepare_model_channels_last_and_sync_bn_on_cpu_synchronises_all_ranks():
+    model = prepare_model(build_model("resnet_tiny"), DistEnv(0, 2, 0, CPU, "gloo"),
+                          ParallelSettings(sync_bn=True, channels_last=True, global_batch=32))
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert layers and all(isinstance(m, GroupBatchNorm) and m.reducer.size == 2 for m in layers)
     conv = model.online.branch.backbone.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
+    single = prepare_model(build_model("resnet_tiny"), DistEnv(0, 1, 0, CPU, None),
+                           ParallelSettings(sync_bn=True, global_batch=32))
+    assert not any(isinstance(m, GroupBatchNorm) for m in single.modules())  # one process: plain BatchNorm
 
 
 def test_config_keys_for_speed_are_validated():

@@ -83,3 +83,22 @@ def test_every_field_is_documented():
     # every leaf line carries a non-empty description
     leaves = [line for line in text.splitlines() if " = " in line]
     assert leaves and all(line.split("  # ", 1)[1].strip() for line in leaves)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["model.bn_group_size=-16"], "must not be negative"),
+    (["model.bn_group_size=18", "train.batch_size=36", "train.num_instances=4"],
+     "not a multiple of train.num_instances"),
+    (["model.bn_group_size=24", "train.batch_size=64"], "does not divide train.batch_size"),
+    (["model.bn_group_size=16", "model.sync_bn=true"], "set one of them"),
+])
+def test_bn_group_size_is_checked_when_the_config_is_read(overrides, needle):
+    with pytest.raises(ConfigError, match=needle) as info:
+        load_config(None, overrides)
+    assert "model.bn_group_size" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_recipes_set_the_published_batchnorm_group():
+    for name in ("market1501", "dukemtmc", "msmt17"):
+        assert load_config(str(ROOT / "configs" / f"{name}.yaml")).model.bn_group_size == 16
+    assert Config().model.bn_group_size == 0  # built-in default: each process's batch, as before

@@ -1,0 +1,1 @@
+"""Unit tests of cacl_dist.distributed (single process)."""
