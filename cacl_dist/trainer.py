@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import clustering, run_log
+from . import clustering, pseudo_label_log, run_log
 from .config import Config, dump_yaml, to_dict
 from .data.epoch_plan import check_batch_order
 from .data.factory import augment_params, dataset_from_config, generate_if_synthetic, training_plan
@@ -159,6 +159,7 @@ class Trainer:
             stats = {k: getattr(result, k) for k in ("num_clusters", "num_raw_clusters", "num_outliers",
                                                      "num_refined_away", "backend", "seconds")}
             stats["seconds"] += knn_seconds  # the neighbour search shared by all ranks
+            stats.update(pseudo_label_log.record_round(self.run_dir, self.epoch + 1, result, self.dataset.train))
         self.cluster_stats = comm.broadcast_object(stats, src=0, what="clustering statistics")
         self.set_pseudo_labels(labels)
         run_log.log_clustering(self.log, self.epoch + 1, self.cluster_stats)

@@ -122,3 +122,12 @@ def test_cluster_rejects_bad_options(kwargs, option):
     feats, _ = sphere_blobs(num_blobs=2, per_blob=20, dim=8, spread=0.3, seed=2)
     with pytest.raises(ValueError, match=option):
         cluster(feats, ClusterParams(k1=5, k2=2, **kwargs))
+
+
+def test_cluster_result_carries_the_raw_dbscan_labels():
+    feats, _ = sphere_blobs(num_blobs=4, per_blob=30, dim=16, spread=0.6, seed=2)
+    result = cluster(feats, reference())
+    raw = result.raw_labels
+    assert raw.shape == result.labels.shape and raw.dtype == np.int64
+    assert np.unique(raw[raw >= 0]).size == result.num_raw_clusters
+    assert np.count_nonzero(raw == -1) == result.num_outliers
