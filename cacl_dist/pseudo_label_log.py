@@ -1,12 +1,14 @@
 """Every clustering round kept in the run folder: the pseudo labels, and their quality when identities are known.
 
-Rank 0 calls :func:`record_round` after each clustering. It writes
-``RUN/pseudo_labels/epoch_EEE.npy`` (the pseudo labels the epoch trains on, int32, -1 only for
-points left out by ``clustering.outliers: drop``) and ``epoch_EEE_raw.npy`` (the DBSCAN labels
-before refinement, -1 for outliers). When every training image has a known identity (Market-1501,
-DukeMTMC-reID, MSMT17, the synthetic set, custom lists with pids; training never reads them) it
-returns the pairwise precision/recall/F-score, ARI and NMI of both labellings against the
-identities (:mod:`cacl_dist.evaluation.cluster_quality`), which the trainer logs with the round.
+Rank 0 calls :func:`record_round` after each clustering. It writes, as int32 arrays in the order
+of the training images, ``RUN/pseudo_labels/epoch_EEE.npy`` (the pseudo labels the epoch trains
+on, -1 only for points left out by ``clustering.outliers: drop``), ``epoch_EEE_raw.npy`` (the
+DBSCAN labels before refinement, -1 for outliers) and ``epoch_EEE_refined.npy`` (after
+refinement: the raw id of kept points, -1 for outliers and removed points). When every training
+image has a known identity (Market-1501, DukeMTMC-reID, MSMT17, the synthetic set, custom lists
+with pids; training never reads them) it returns the pairwise precision/recall/F-score, ARI and
+NMI of the pseudo labels and of the raw DBSCAN clusters against the identities
+(:mod:`cacl_dist.evaluation.cluster_quality`), which the trainer logs with the round.
 """
 
 from __future__ import annotations
@@ -25,9 +27,14 @@ LABEL_DIR = "pseudo_labels"
 _NAME = re.compile(r"^epoch_(\d+)\.npy$")
 
 
-def label_path(run_dir: str | Path, epoch: int, raw: bool = False) -> Path:
-    """Where the pseudo labels (or, with ``raw``, the DBSCAN labels) of ``epoch`` (1-based) are stored."""
-    suffix = "_raw" if raw else ""
+STAGES = ("pseudo", "raw", "refined")
+"""What a stored labelling is: the pseudo labels, the raw DBSCAN labels, the refined labels."""
+
+
+def label_path(run_dir: str | Path, epoch: int, stage: str = "pseudo") -> Path:
+    """Where the labels of ``stage`` (one of :data:`STAGES`) of ``epoch`` (1-based) are stored."""
+    assert stage in STAGES, stage
+    suffix = "" if stage == "pseudo" else f"_{stage}"
     return Path(run_dir) / LABEL_DIR / f"epoch_{epoch:03d}{suffix}.npy"
 
 
@@ -62,8 +69,10 @@ def record_round(run_dir: str | Path, epoch: int, result, records: Sequence) -> 
     folder = Path(run_dir) / LABEL_DIR
     folder.mkdir(parents=True, exist_ok=True)
     _save(label_path(run_dir, epoch), result.labels)
-    if result.raw_labels is not None:
-        _save(label_path(run_dir, epoch, raw=True), result.raw_labels)
+    for stage in ("raw", "refined"):
+        labels = getattr(result, f"{stage}_labels")
+        if labels is not None:
+            _save(label_path(run_dir, epoch, stage), labels)
     identities = true_identities(records)
     if identities is None or len(identities) != len(result.labels):
         return {}
@@ -78,17 +87,19 @@ def saved_epochs(run_dir: str | Path) -> list[int]:
     return sorted(int(m.group(1)) for m in map(_NAME.match, os.listdir(folder)) if m)
 
 
-def load_round(run_dir: str | Path, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(pseudo labels, raw DBSCAN labels or None) of ``epoch`` as int64 arrays."""
+def load_round(run_dir: str | Path, epoch: int) -> dict[str, np.ndarray]:
+    """The stored labellings of ``epoch`` by stage ('pseudo' always; 'raw', 'refined' when stored), int64."""
     path = label_path(run_dir, epoch)
     if not path.is_file():
         have = saved_epochs(run_dir)
         listed = f"stored epochs: {', '.join(map(str, have))}" if have else "none are stored"
         raise FileNotFoundError(f"no pseudo labels for epoch {epoch} at {path} ({listed})")
-    raw_path = label_path(run_dir, epoch, raw=True)
-    raw = np.load(raw_path).astype(np.int64) if raw_path.is_file() else None
-    return np.load(path).astype(np.int64), raw
+    stages = {}
+    for stage in STAGES:
+        if label_path(run_dir, epoch, stage).is_file():
+            stages[stage] = np.load(label_path(run_dir, epoch, stage)).astype(np.int64)
+    return stages
 
 
-__all__ = ["LABEL_DIR", "QUALITY_KEYS", "label_path", "load_round", "quality_stats", "record_round",
+__all__ = ["LABEL_DIR", "QUALITY_KEYS", "STAGES", "label_path", "load_round", "quality_stats", "record_round",
            "saved_epochs", "true_identities"]

@@ -40,6 +40,9 @@ class ClusterResult:
     """Wall-clock time of the whole round."""
     raw_labels: np.ndarray | None = None
     """(N,) int64 DBSCAN labels at ``eps`` before refinement, -1 for outliers (cluster ids as DBSCAN numbered them)."""
+    refined_labels: np.ndarray | None = None
+    """(N,) int64 labels after refinement, before numbering: the raw id for kept points, -1 for outliers and
+    for the points refinement removed."""
 
 
 def assign_labels(refined_labels: np.ndarray, params: ClusterParams = ClusterParams()) -> np.ndarray:
@@ -98,4 +101,5 @@ def cluster(feats, params: ClusterParams, neighbours=None) -> ClusterResult:
         backend=params.backend,
         seconds=time.perf_counter() - start,
         raw_labels=np.asarray(raw, dtype=np.int64),
+        refined_labels=np.asarray(refined, dtype=np.int64),
     )
