@@ -91,13 +91,13 @@ def ranked_main(args: argparse.Namespace) -> int:
     num_query = len(dataset.query)
     q, g = feats[:num_query], feats[num_query:]
     dist = k_reciprocal_rerank(q, g) if cfg.eval.rerank else pairwise_distance(q, g)
-    chosen = choose_queries(dist, dataset.query, dataset.gallery, args.num_queries, args.select)
+    chosen = choose_queries(dist, dataset.query, dataset.gallery, args.num_queries, args.select, cfg.run.progress)
     topk = min(args.topk, len(dataset.gallery))
     ranked = rank_queries(dist, dataset.query, dataset.gallery, chosen, topk)
     out = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent / "ranked"
     title = (f"{dataset.name}: {args.checkpoint} (epoch {state.get('epoch', '?')}), top {topk} of "
              f"{len(dataset.gallery)} gallery images, {'re-ranked' if cfg.eval.rerank else 'Euclidean'} distance")
-    index = write_pictures(out, ranked, dataset.query, dataset.gallery, title, topk)
+    index = write_pictures(out, ranked, dataset.query, dataset.gallery, title, topk, cfg.run.progress)
     aps = [r.ap for r in ranked if r.ap is not None]
     mean = f", mean AP {np.mean(aps):.3f}" if aps else ""
     print(f"wrote {len(ranked)} ranked lists ({args.select}{mean}) to {out}; open {index}")

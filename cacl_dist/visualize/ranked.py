@@ -19,6 +19,7 @@ import numpy as np
 
 from ..data.layouts import ImageRecord
 from ..evaluation.metrics import evaluate_ranking, stable_argsort_rows
+from ..logging import progress
 from . import draw
 
 SELECTIONS = ("spread", "worst", "best")
@@ -76,7 +77,7 @@ def rank_queries(dist: np.ndarray, query: Sequence[ImageRecord], gallery: Sequen
 
 
 def choose_queries(dist: np.ndarray, query: Sequence[ImageRecord], gallery: Sequence[ImageRecord], num: int,
-                   selection: str = "spread") -> list[int]:
+                   selection: str = "spread", show_progress: bool = False) -> list[int]:
     """``num`` query indices: evenly spread over the list, or the worst / best by AP (no-match queries last)."""
     if selection not in SELECTIONS:
         raise ValueError(f"--select '{selection}' is not one of {', '.join(SELECTIONS)}")
@@ -86,7 +87,8 @@ def choose_queries(dist: np.ndarray, query: Sequence[ImageRecord], gallery: Sequ
         return sorted(set(np.linspace(0, total - 1, num).round().astype(int).tolist()))
     g_pids = np.array([r.pid for r in gallery], dtype=np.int64)
     g_cams = np.array([r.camid for r in gallery], dtype=np.int64)
-    aps = [query_ap(dist[q], r.pid, r.camid, g_pids, g_cams) for q, r in enumerate(query)]
+    aps = [query_ap(dist[q], r.pid, r.camid, g_pids, g_cams)
+           for q, r in progress(enumerate(query), total=total, desc="AP per query", enabled=show_progress)]
     scored = [q for q in range(total) if aps[q] is not None]
     scored.sort(key=lambda q: (aps[q], q) if selection == "worst" else (-aps[q], q))
     return scored[:num]
@@ -119,11 +121,11 @@ def picture_name(ranked: RankedQuery) -> str:
 
 
 def write_pictures(out_dir: str | Path, ranked: Sequence[RankedQuery], query: Sequence[ImageRecord],
-                   gallery: Sequence[ImageRecord], title: str, topk: int) -> Path:
+                   gallery: Sequence[ImageRecord], title: str, topk: int, show_progress: bool = False) -> Path:
     """One PNG per query, ``ranked.json`` and ``index.html`` in ``out_dir``; returns the index path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for item in ranked:
+    for item in progress(ranked, total=len(ranked), desc="pictures", enabled=show_progress):
         image, _ = render(item, query, gallery, topk)
         draw.save_png(image, out_dir / picture_name(item))
     rows = [{**asdict(item), "picture": picture_name(item), "query_path": query[item.query].path,
