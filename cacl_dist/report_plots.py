@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .report import CLUSTER_KEYS, EVAL_KEYS, LOSS_KEYS, QUALITY_KEYS, of_kind  # noqa: E402
 
@@ -29,6 +30,12 @@ def _series(rows: list[dict], x_key: str, y_key: str, scale: float = 1.0) -> tup
     return xs, ys
 
 
+def _by_epoch(ax) -> None:
+    """Whole-number ticks on an epoch axis."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(fig, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -42,6 +49,7 @@ def plot_evaluation(evals: list[dict], path: Path) -> str:
     for key, label in EVAL_KEYS:
         xs, ys = _series(evals, "epoch", key, 100.0)
         ax.plot(xs, ys, marker="o", label=label)
+    _by_epoch(ax)
     ax.set_xlabel("epochs trained")
     ax.set_ylabel("%")
     ax.set_title("evaluation")
@@ -69,7 +77,8 @@ def plot_clustering(cluster: list[dict], path: Path) -> str:
     for key, label in CLUSTER_KEYS:
         xs, ys = _series(cluster, "epoch", key)
         ax.plot(xs, ys, marker=".", label=label)
-    ax.set_xlabel("epoch")
+    _by_epoch(ax)
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("count")
     ax.set_title("clustering")
     ax.grid(alpha=0.3)
@@ -86,7 +95,7 @@ def plot_quality(cluster: list[dict], path: Path) -> str:
             xs, ys = _series(cluster, "epoch", f"{prefix}_{key}")
             if xs:
                 ax.plot(xs, ys, style, color=colour, marker=".", label=f"{label}, {name}")
-    ax.set_xlabel("epoch")
+    _by_epoch(ax)
     ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
     ax.set_title("pseudo labels vs true identities")
     ax.grid(alpha=0.3)
@@ -99,10 +108,12 @@ def plot_speed(train: list[dict], cluster: list[dict], path: Path) -> str:
     fig, (left, right) = plt.subplots(1, 2, figsize=(SIZE[0] * 1.5, SIZE[1]))
     left.plot(*_series(train, "step", "images_per_s"), linewidth=1.0)
     left.set_xlabel("step")
+    left.set_ylim(bottom=0)
     left.set_title("training images/s")
     left.grid(alpha=0.3)
     right.plot(*_series(cluster, "epoch", "seconds"), marker=".")
-    right.set_xlabel("epoch")
+    _by_epoch(right)
+    right.set_ylim(bottom=0)
     right.set_title("clustering seconds")
     right.grid(alpha=0.3)
     return _save(fig, path)
