@@ -153,7 +153,7 @@ def test_report_on_a_finished_a_running_and_a_resumed_run(run, tmp_path, synthet
 
 
 def test_extracted_features_equal_evaluation_features(run, tmp_path, synthetic_root, capsys):
-    from cacl_dist.export import export_torchscript
+    from cacl_dist.export import branch_metadata, export_state_dict, export_torchscript
     from cacl_dist.extract import main as extract
 
     run_dir, trainer = run
@@ -167,7 +167,7 @@ def test_extracted_features_equal_evaluation_features(run, tmp_path, synthetic_r
     np.testing.assert_allclose(data["features"], expected, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(data["features"], axis=1), 1.0, atol=1e-5)
 
-    _, _, model = load_trained_model(checkpoint, None, [])
+    _, cfg, model = load_trained_model(checkpoint, None, [])
     export_torchscript(model.inference_branch().eval(), tmp_path / "branch.ts", 64, 32)
     assert extract(["--checkpoint", str(tmp_path / "branch.ts"), "--images", str(synthetic_root / "query"),
                     "--output", str(tmp_path / "ts.npz")]) == 2  # no input size: one-line error
@@ -175,6 +175,12 @@ def test_extracted_features_equal_evaluation_features(run, tmp_path, synthetic_r
     assert extract(["--checkpoint", str(tmp_path / "branch.ts"), "--height", "64", "--width", "32",
                     "--images", str(synthetic_root / "query"), "--output", str(tmp_path / "ts.npz")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "ts.npz")["features"], expected, atol=1e-5)
+
+    branch = model.inference_branch().eval()
+    export_state_dict(branch, tmp_path / "branch.pt", branch_metadata(cfg, branch.dim, 64, 32))
+    assert extract(["--checkpoint", str(tmp_path / "branch.pt"), "--images", str(synthetic_root / "query"),
+                    "--output", str(tmp_path / "sd.npz")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "sd.npz")["features"], expected, atol=1e-5)
 
 
 def test_search_returns_the_nearest_neighbours(run, tmp_path, synthetic_root, capsys):
