@@ -88,7 +88,7 @@ def plot_clustering(cluster: list[dict], path: Path) -> str:
 
 def plot_quality(cluster: list[dict], path: Path) -> str:
     """Pairwise F, ARI and NMI of the pseudo labels (solid) and raw DBSCAN clusters (dashed) per epoch."""
-    fig, ax = plt.subplots(figsize=SIZE)
+    fig, ax = plt.subplots(figsize=(SIZE[0], SIZE[1] + 0.8))
     for index, (key, label) in enumerate(QUALITY_KEYS):
         colour = f"C{index}"
         for prefix, style, name in (("pseudo", "-", "pseudo labels"), ("raw", "--", "raw DBSCAN")):
@@ -99,7 +99,7 @@ def plot_quality(cluster: list[dict], path: Path) -> str:
     ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
     ax.set_title("pseudo labels vs true identities")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", ncol=2)
+    ax.legend(fontsize="small", ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))  # below: lines stay visible
     return _save(fig, path)
 
 
