@@ -40,10 +40,20 @@ def log_losses(log: logging.Logger, epoch: int, step: int, num_steps: int, row: 
 
 
 def log_clustering(log: logging.Logger, epoch: int, stats: dict) -> None:
-    """One line per clustering round: backend, clusters, outliers, refined-away points, seconds."""
-    log.info("epoch %d clustering [%s]: %d clusters (%d raw), %d outliers, %d refined away, %.2f s", epoch,
+    """One line per clustering round: backend, clusters, outliers, refined-away points, seconds.
+
+    When `stats` carries the pseudo-label quality (``pseudo_fscore`` ...), the line ends with the
+    pairwise F-score (precision, recall), ARI and NMI of the pseudo labels and of the raw clusters.
+    """
+    quality = ""
+    for prefix, name in (("pseudo", "pseudo labels"), ("raw", "raw DBSCAN")):
+        if f"{prefix}_fscore" in stats:
+            quality += (f"; {name} vs identities: F {stats[f'{prefix}_fscore']:.3f} "
+                        f"(P {stats[f'{prefix}_precision']:.3f} R {stats[f'{prefix}_recall']:.3f}) "
+                        f"ARI {stats[f'{prefix}_ari']:.3f} NMI {stats[f'{prefix}_nmi']:.3f}")
+    log.info("epoch %d clustering [%s]: %d clusters (%d raw), %d outliers, %d refined away, %.2f s%s", epoch,
              stats["backend"], stats["num_clusters"], stats["num_raw_clusters"], stats["num_outliers"],
-             stats["num_refined_away"], stats["seconds"])
+             stats["num_refined_away"], stats["seconds"], quality)
 
 
 def log_evaluation(log: logging.Logger, metrics: dict) -> None:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import clustering, run_log, training_state
+from . import clustering, pseudo_label_log, run_log, training_state
 from .config import Config, dump_yaml
 from .data.epoch_plan import check_batch_order
 from .data.factory import augment_params, dataset_from_config, generate_if_synthetic, training_plan
@@ -164,6 +164,7 @@ class Trainer:
             stats = {k: getattr(results[0], k) for k in ("num_clusters", "num_raw_clusters", "num_outliers",
                                                          "num_refined_away", "backend", "seconds")}
             stats["seconds"] += knn_seconds  # the neighbour search shared by all ranks
+            stats.update(pseudo_label_log.record_round(self.run_dir, self.epoch + 1, results[0], self.dataset.train))
             return results[0].labels, stats
 
         labels, self.cluster_stats = comm.run_on_main(on_main, "the pseudo labels (clustering on rank 0)")

@@ -8,6 +8,8 @@ sharing the neighbour search, broadcasting the labels) is the caller's job; noth
 to other processes.
 """
 
+from __future__ import annotations
+
 import time
 from dataclasses import dataclass
 
@@ -36,6 +38,11 @@ class ClusterResult:
     """Name of the backend that computed distances and clusters."""
     seconds: float
     """Wall-clock time of the whole round."""
+    raw_labels: np.ndarray | None = None
+    """(N,) int64 DBSCAN labels at ``eps`` before refinement, -1 for outliers (cluster ids as DBSCAN numbered them)."""
+    refined_labels: np.ndarray | None = None
+    """(N,) int64 labels after refinement, before numbering: the raw id for kept points, -1 for outliers and
+    for the points refinement removed."""
 
 
 def assign_labels(refined_labels: np.ndarray, params: ClusterParams = ClusterParams()) -> np.ndarray:
@@ -93,4 +100,6 @@ def cluster(feats, params: ClusterParams, neighbours=None) -> ClusterResult:
         num_refined_away=int(num_removed),
         backend=params.backend,
         seconds=time.perf_counter() - start,
+        raw_labels=np.asarray(raw, dtype=np.int64),
+        refined_labels=np.asarray(refined, dtype=np.int64),
     )

@@ -54,9 +54,10 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     dataset: Literal[DATASET_NAMES] = "synthetic"
-    """Dataset layout. 'folder' is a plain folder of unlabelled crops (training only)."""
+    """Dataset layout. 'folder' is a plain folder of unlabelled crops (training only); 'custom' reads
+    list files train.txt (+ query.txt, gallery.txt to evaluate) of 'path pid camera' lines under root."""
     root: str = "data_cache/synthetic"
-    """Dataset root folder. For 'synthetic' it is generated there when missing."""
+    """Dataset root folder. For 'synthetic' it is generated there when missing; for 'custom' it holds the lists."""
     height: int = 256
     """Network input height in pixels."""
     width: int = 128

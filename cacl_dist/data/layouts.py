@@ -1,4 +1,11 @@
-"""Dataset layouts on disk: Market-1501, DukeMTMC-reID, MSMT17 (v1/v2), a plain folder, synthetic.
+"""Dataset layouts on disk: Market-1501, DukeMTMC-reID, MSMT17 (v1/v2), a plain folder, synthetic, custom lists.
+
+The 'custom' layout reads list files under the root: ``train.txt`` (required) and, to evaluate,
+``query.txt`` and ``gallery.txt``. Each line is ``path pid camera`` (whitespace-separated; the
+path is relative to the list's folder or absolute and may contain spaces; ``#`` starts a comment
+line). Cameras are any integers >= 0 (used as ids). Training images may carry pid or camera -1
+(unknown): training never reads the pids, they only score the pseudo labels. Query and gallery
+need both, since evaluation removes same-pid same-camera gallery items per query.
 
 Every loader returns a :class:`ReidDataset` whose splits are lists of :class:`ImageRecord`
 sorted by path, so that the index of an image is the same on every rank and every run.
@@ -196,12 +203,66 @@ def _load_folder_layout(_name: str, root: str) -> dict[str, list[ImageRecord]]:
     return {"train": _load_plain_folder(root), "query": [], "gallery": []}
 
 
+CUSTOM_LISTS = (("train", "train.txt"), ("query", "query.txt"), ("gallery", "gallery.txt"))
+"""The list files of the 'custom' layout under data.root: train.txt (required), query.txt + gallery.txt."""
+_CUSTOM_LINE_HELP = "'path pid camera', e.g. 'images/0001_a.jpg 1 0' (path relative to the list's folder)"
+
+
+def _parse_custom_line(list_path: str, line_no: int, line: str, split: str) -> ImageRecord:
+    """One ``path pid camera`` line of a custom list; the path may contain spaces."""
+    fields = line.rsplit(None, 2)
+    where = f"custom: {list_path} line {line_no}"
+    if len(fields) != 3 or not all(f.lstrip("-").isdigit() for f in fields[1:]):
+        raise ValueError(f"{where} is {line.strip()!r}; expected {_CUSTOM_LINE_HELP}")
+    rel, pid, cam = fields[0], int(fields[1]), int(fields[2])
+    low = -1 if split == "train" else 0  # -1 = unknown, only for training images
+    if pid < low or cam < low:
+        raise ValueError(f"{where} has pid {pid} / camera {cam}; {split} images need pid >= {low} and "
+                         f"camera >= {low}" + (" (-1 marks an unknown one)" if low < 0 else ""))
+    path = os.path.normpath(os.path.join(os.path.dirname(list_path), os.path.expanduser(rel)))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{where} names {path}, which does not exist")
+    if not path.lower().endswith(IMAGE_EXTENSIONS):
+        raise ValueError(f"{where} names {path}, which is not an image ({', '.join(IMAGE_EXTENSIONS)})")
+    return ImageRecord(path, pid, cam)
+
+
+def _read_custom_list(list_path: str, split: str) -> list[ImageRecord]:
+    """The records of one custom list file (blank lines and lines starting with '#' are skipped)."""
+    records = []
+    with open(list_path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                records.append(_parse_custom_line(list_path, line_no, line, split))
+    if not records:
+        raise ValueError(f"custom: {list_path} lists no images; expected lines {_CUSTOM_LINE_HELP}")
+    return sorted(records, key=lambda r: r.path)
+
+
+def _load_custom(_name: str, root: str) -> dict[str, list[ImageRecord]]:
+    """Your own labelled data: train.txt, and optionally query.txt + gallery.txt, under ``root``."""
+    paths = {split: os.path.join(root, fname) for split, fname in CUSTOM_LISTS}
+    if not os.path.isfile(paths["train"]):
+        raise FileNotFoundError(f"custom: expected the list file {paths['train']} with lines {_CUSTOM_LINE_HELP}")
+    has = {split: os.path.isfile(paths[split]) for split in ("query", "gallery")}
+    if has["query"] != has["gallery"]:
+        present, missing = ("query", "gallery") if has["query"] else ("gallery", "query")
+        raise FileNotFoundError(f"custom: {paths[present]} exists but {paths[missing]} does not; evaluation "
+                                "needs both (or remove both to train only)")
+    splits = {"train": _read_custom_list(paths["train"], "train"), "query": [], "gallery": []}
+    if has["query"]:
+        splits["query"] = _read_custom_list(paths["query"], "query")
+        splits["gallery"] = _read_custom_list(paths["gallery"], "gallery")
+    return splits
+
+
 _LAYOUTS = {
     "market1501": lambda name, root: _load_named_folders(name, root, _MARKET_PATTERN),
     "dukemtmc": lambda name, root: _load_named_folders(name, root, _DUKE_PATTERN),
     "msmt17": lambda _name, root: _load_msmt17(root),
     "folder": _load_folder_layout,
     "synthetic": lambda name, root: _load_named_folders(name, root, _MARKET_PATTERN),
+    "custom": _load_custom,
 }
 """The dataset registry: layout name -> reader of its train / query / gallery splits."""
 

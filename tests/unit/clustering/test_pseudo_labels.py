@@ -122,3 +122,16 @@ def test_cluster_rejects_bad_options(kwargs, option):
     feats, _ = sphere_blobs(num_blobs=2, per_blob=20, dim=8, spread=0.3, seed=2)
     with pytest.raises(ValueError, match=option):
         cluster(feats, ClusterParams(k1=5, k2=2, **kwargs))
+
+
+def test_cluster_result_carries_the_raw_and_refined_labels():
+    feats, _ = sphere_blobs(num_blobs=4, per_blob=30, dim=16, spread=0.8, seed=2)
+    result = cluster(feats, reference(k1=10, k2=3))
+    assert result.num_outliers > 0 and result.num_refined_away > 0
+    raw = result.raw_labels
+    assert raw.shape == result.labels.shape and raw.dtype == np.int64
+    assert np.unique(raw[raw >= 0]).size == result.num_raw_clusters
+    assert np.count_nonzero(raw == -1) == result.num_outliers
+    refined = result.refined_labels
+    assert np.count_nonzero((raw >= 0) & (refined == -1)) == result.num_refined_away
+    assert np.array_equal(refined[refined >= 0], raw[refined >= 0])

@@ -31,7 +31,7 @@ def _make_market(root: Path) -> None:
 
 
 def test_dataset_names_cover_all_layouts():
-    assert set(DATASET_NAMES) == {"market1501", "dukemtmc", "msmt17", "folder", "synthetic"}
+    assert set(DATASET_NAMES) == {"market1501", "dukemtmc", "msmt17", "folder", "synthetic", "custom"}
 
 
 def test_market_layout_parses_pids_cameras_and_drops_junk(tmp_path):
