@@ -124,7 +124,14 @@ class ClusteringConfig:
     refine: bool = True
     """Run cluster refinement after DBSCAN."""
     refine_score: Literal[REFINE_SCORES] = "paper"
-    """Refinement rule: the paper's, or the authors' code's size-weighted score."""
+    """Refinement rule (docs/method.md section 4.3): 'official' is the authors' released code (SIC.py: a per-point
+    score of each tight cluster against the raw cluster's mean distance, point by point); 'paper' keeps a
+    sub-cluster iff its mean distance to the rest of the cluster is below the cluster's mean pair distance (a
+    cluster of exactly two tight sub-clusters then dissolves whole); 'paper_all' measures a sub-cluster's
+    distance to all other members of the cluster, its own included."""
+    ratio_cluster: float = 1.0
+    """refine_score 'official' only: a point stays when ratio_cluster x score(its tight cluster) <= the raw
+    cluster's mean distance (the released code's --ratio_cluster, 1.0); must be positive."""
     outliers: Literal[OUTLIER_POLICIES] = "singleton"
     """Outliers and refined-away points: own singleton clusters (paper) or left out of the epoch."""
     backend: Literal[BACKEND_CHOICES] = "auto"

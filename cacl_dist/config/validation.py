@@ -15,6 +15,7 @@ def validate(cfg: Config) -> None:
         "clustering.min_samples": cfg.clustering.min_samples, "eval.batch_size": cfg.eval.batch_size,
         "run.log_every": cfg.run.log_every, "optim.step_size": cfg.optim.step_size,
         "dist.timeout_min": cfg.dist.timeout_min, "loss.tau": cfg.loss.tau,
+        "clustering.ratio_cluster": cfg.clustering.ratio_cluster,
     }
     for key, value in positive.items():
         if value <= 0:
