@@ -12,6 +12,7 @@ from typing import Literal
 
 from ..clustering.names import BACKEND_CHOICES, OUTLIER_POLICIES, REFINE_SCORES
 from ..data.layouts import DATASET_NAMES
+from ..data.names import ERASE_FILLS, ERASE_RATIO_SAMPLINGS, INTERPOLATIONS, SAMPLERS
 from ..data.pipelines import PIPELINES
 
 PIPELINE_CHOICES = ("auto", *PIPELINES)
@@ -61,6 +62,9 @@ class DataConfig:
     """Network input height in pixels."""
     width: int = 128
     """Network input width in pixels."""
+    resize_interpolation: Literal[INTERPOLATIONS] = "bilinear"
+    """Filter that resizes every image to height x width (training views, memory initialisation, evaluation;
+    antialiased when shrinking): 'bilinear', or 'bicubic' as the released code does."""
     num_workers: int = 4
     """DataLoader worker processes per rank (0 loads in the main process); DALI threads (at least 1)."""
     pipeline: Literal[PIPELINE_CHOICES] = "auto"
@@ -81,6 +85,20 @@ class AugmentConfig:
     """Zero padding in pixels before the random crop back to the input size."""
     erase_p: float = 0.5
     """Probability of random erasing, per view."""
+    erase_area_min: float = 0.02
+    """Smallest erased area, as a fraction of the image (the rectangle's area is uniform in [min, max])."""
+    erase_area_max: float = 0.4
+    """Largest erased area, as a fraction of the image."""
+    erase_ratio_min: float = 0.3
+    """Smallest aspect ratio h / w of the erased rectangle (up to 100 draws until one fits)."""
+    erase_ratio_max: float = 3.3
+    """Largest aspect ratio h / w of the erased rectangle (the released code: 1 / 0.3 = 3.3333333333333335)."""
+    erase_ratio_sampling: Literal[ERASE_RATIO_SAMPLINGS] = "log_uniform"
+    """How the aspect ratio is drawn in [min, max]: 'log_uniform' (r and 1/r equally likely) or 'uniform'
+    (the released code)."""
+    erase_fill: Literal[ERASE_FILLS] = "zero"
+    """Value of the erased pixels in the normalised tensor: 'zero' (the ImageNet mean colour), or
+    'imagenet_mean': the numbers 0.485 / 0.456 / 0.406 per channel, as the released code writes them."""
     gray_second_view: bool = True
     """Convert the second view to grayscale (CACL). False gives a plain two-RGB-view ablation."""
 

@@ -46,7 +46,10 @@ def augment_params(cfg: Config) -> AugmentParams:
     """The two-view augmentation settings of a config."""
     a = cfg.augment
     return AugmentParams(height=cfg.data.height, width=cfg.data.width, flip_p=a.flip_p, pad=a.pad,
-                         erase_p=a.erase_p, gray_second_view=a.gray_second_view)
+                         erase_p=a.erase_p, erase_scale=(a.erase_area_min, a.erase_area_max),
+                         erase_ratio=(a.erase_ratio_min, a.erase_ratio_max), gray_second_view=a.gray_second_view,
+                         erase_ratio_sampling=a.erase_ratio_sampling, erase_fill=a.erase_fill,
+                         interpolation=cfg.data.resize_interpolation)
 
 
 def camera_ids(dataset: ReidDataset) -> np.ndarray | None:
