@@ -65,7 +65,8 @@ class Trainer:
         configure_backends(env.device, parallel)
         self.precision = StepPrecision(cfg.train.precision, env.device)
         self.extraction = ExtractionSettings.from_config(cfg, env.device, self.show_progress)
-        model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool, cfg.model.last_stride)
+        model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool, cfg.model.last_stride,
+                            cfg.model.predictor_init)
         self.model = prepare_model(model.to(env.device), env, parallel)
         self.online = parallelize(self.model.online, env, parallel)
         self.branch_gray = parallelize(self.model.branch_gray, env, parallel)

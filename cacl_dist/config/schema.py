@@ -113,6 +113,9 @@ class ModelConfig:
     """Global pooling of the last feature map."""
     last_stride: int = 1
     """Stride of the last ResNet stage (1 keeps a finer feature map, as re-ID does)."""
+    predictor_init: Literal["default", "kaiming"] = "default"
+    """Initialisation of the predictor's Linear layer: PyTorch's default, or 'kaiming' (Kaiming normal weight
+    with fan-out, zero bias) as the released code does."""
     frozen_bn: bool = False
     """Keep every BatchNorm in eval mode during training (running statistics frozen)."""
     sync_bn: bool = False
