@@ -198,6 +198,11 @@ class TrainConfig:
     """Global batch (all ranks together), in images; each image gives both views."""
     num_instances: int = 4
     """Images per pseudo identity in a batch."""
+    sampler: Literal[SAMPLERS] = "cacl"
+    """Identity sampler: 'cacl' takes distinct other-camera, then same-camera images (replacement only for
+    identities with fewer than num_instances images) and streams the passes into batches; 'released' (the
+    authors' code) draws num_instances - 1 other-camera images with replacement when fewer than num_instances
+    exist, and drops every pass's last partial batch."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Autocast precision of the forward pass: fp32 (off), bf16 (GPUs from A100 on), or fp16 with a
     gradient scaler (saved in checkpoints). Losses, banks and centres always stay in float32/float64."""

@@ -66,7 +66,8 @@ def training_plan(cfg: Config, dataset: ReidDataset, labels: np.ndarray, *, epoc
                          f"{world_size}; choose a global batch that splits evenly across ranks")
     return plan_epoch(labels, camera_ids(dataset), epoch=epoch, num_iters=cfg.train.iters_per_epoch,
                       batch_size=cfg.train.batch_size, num_instances=cfg.train.num_instances, seed=cfg.run.seed,
-                      num_clusters=num_clusters, rank=rank, world_size=world_size, device=device)
+                      num_clusters=num_clusters, rank=rank, world_size=world_size, device=device,
+                      sampler=cfg.train.sampler)
 
 
 __all__ = ["augment_params", "camera_ids", "dataset_from_config", "generate_if_synthetic", "training_plan"]
