@@ -109,7 +109,9 @@ class Trainer:
                 self.evaluate()
             self.save(keep=self._keep_due())
         if self.env.is_main:
-            run_log.log_summary(self.log, self.eval_history)
+            summary = run_log.log_summary(self.log, self.eval_history)
+            if summary is not None:  # metrics.jsonl: first, last and best evaluation
+                self.metrics.write("summary", self.global_step, **summary)
         self.metrics.close()
         return self.eval_history
 
