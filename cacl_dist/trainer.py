@@ -108,10 +108,8 @@ class Trainer:
             if self._eval_due():
                 self.evaluate()
             self.save(keep=self._keep_due())
-        if self.env.is_main:
-            summary = run_log.log_summary(self.log, self.eval_history)
-            if summary is not None:  # metrics.jsonl: first, last and best evaluation
-                self.metrics.write("summary", self.global_step, **summary)
+        if self.env.is_main and (summary := run_log.log_summary(self.log, self.eval_history)) is not None:
+            self.metrics.write("summary", self.global_step, **summary)  # first, last and best evaluation
         self.metrics.close()
         return self.eval_history
 
