@@ -42,8 +42,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config keys 'augment.erase_area_min' ({a.erase_area_min}) and 'augment.erase_area_max' "
                           f"({a.erase_area_max}): need 0 < erase_area_min <= erase_area_max <= 1")
     if not 0.0 < a.erase_ratio_min <= a.erase_ratio_max:
-        raise ConfigError(f"config keys 'augment.erase_ratio_min' ({a.erase_ratio_min}) and "
-                          f"'augment.erase_ratio_max' ({a.erase_ratio_max}): need 0 < erase_ratio_min <= erase_ratio_max")
+        raise ConfigError(f"config keys 'augment.erase_ratio_min' ({a.erase_ratio_min}) and 'augment.erase_ratio_max' "
+                          f"({a.erase_ratio_max}): need 0 < erase_ratio_min <= erase_ratio_max")
     if cfg.optim.implementation == "fused" and cfg.run.device == "cpu":
         raise ConfigError("config key 'optim.implementation': 'fused' Adam needs CUDA but run.device is 'cpu'; "
                           "use foreach or auto")

@@ -186,7 +186,8 @@ def test_predictor_init_kaiming_fan_out_with_zero_bias():
     assert abs(float(kaiming.weight.std()) - 0.0625) < 0.002 and abs(float(kaiming.weight.mean())) < 0.001
     torch.manual_seed(0)
     default = Predictor(512).linear  # PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)): std 0.0255
-    assert abs(float(default.weight.std()) - 1 / (512 ** 0.5 * 3 ** 0.5)) < 0.001 and bool(default.bias.abs().gt(0).any())
+    assert abs(float(default.weight.std()) - 1 / (512 ** 0.5 * 3 ** 0.5)) < 0.001
+    assert bool(default.bias.abs().gt(0).any())
     model = build_model("resnet_tiny", predictor_init="kaiming")
     assert torch.equal(model.online.predictor.linear.bias, torch.zeros(128))
     with pytest.raises(ValueError, match="predictor init"):
