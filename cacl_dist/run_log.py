@@ -63,13 +63,34 @@ def log_evaluation(log: logging.Logger, metrics: dict) -> None:
              100 * metrics["rank10"], 100 * metrics["mINP"])
 
 
-def log_summary(log: logging.Logger, eval_history: list[dict]) -> None:
-    """The final line: first and last evaluation of the run (nothing without evaluations)."""
+def eval_summary(eval_history: list[dict]) -> dict | None:
+    """The first, the last and the best evaluation of a run (None without evaluations).
+
+    ``first_*``: the first evaluation (the untrained model with ``eval.at_start``); ``last_*``:
+    the final one; ``best_*``: the one with the highest mAP among the evaluations after training
+    began (epoch >= 1; all of them if there is none), the earliest on ties: the number the
+    released code reports.
+    """
     if not eval_history:
-        return
+        return None
     first, last = eval_history[0], eval_history[-1]
-    log.info("done: mAP %.1f%% -> %.1f%%, rank-1 %.1f%% -> %.1f%% (epoch %d -> %d)", 100 * first["mAP"],
-             100 * last["mAP"], 100 * first["rank1"], 100 * last["rank1"], first["epoch"], last["epoch"])
+    trained = [m for m in eval_history if m["epoch"] >= 1] or eval_history
+    best = max(trained, key=lambda m: m["mAP"])  # max keeps the first of equal values
+    return {"first_mAP": first["mAP"], "first_rank1": first["rank1"], "first_epoch": first["epoch"],
+            "last_mAP": last["mAP"], "last_rank1": last["rank1"], "last_epoch": last["epoch"],
+            "best_mAP": best["mAP"], "best_rank1": best["rank1"], "best_epoch": best["epoch"]}
+
+
+def log_summary(log: logging.Logger, eval_history: list[dict]) -> dict | None:
+    """The final line: first -> last evaluation, then the best one; returns :func:`eval_summary`."""
+    s = eval_summary(eval_history)
+    if s is None:
+        return None
+    log.info("done: mAP %.1f%% -> %.1f%%, rank-1 %.1f%% -> %.1f%% (epoch %d -> %d, last evaluation); "
+             "best mAP %.1f%% (rank-1 %.1f%%) at epoch %d", 100 * s["first_mAP"], 100 * s["last_mAP"],
+             100 * s["first_rank1"], 100 * s["last_rank1"], s["first_epoch"], s["last_epoch"], 100 * s["best_mAP"],
+             100 * s["best_rank1"], s["best_epoch"])
+    return s
 
 
 def changed_keys(stored: dict, cfg: Config) -> list[str]:
@@ -79,4 +100,5 @@ def changed_keys(stored: dict, cfg: Config) -> list[str]:
             if old.get(section, {}).get(key) != new[section][key]]
 
 
-__all__ = ["changed_keys", "log_clustering", "log_evaluation", "log_losses", "log_setup", "log_summary"]
+__all__ = ["changed_keys", "eval_summary", "log_clustering", "log_evaluation", "log_losses", "log_setup",
+           "log_summary"]

@@ -66,7 +66,8 @@ class Trainer:
         configure_backends(env.device, parallel)
         self.precision = StepPrecision(cfg.train.precision, env.device)
         self.extraction = ExtractionSettings.from_config(cfg, env.device, self.show_progress)
-        model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool, cfg.model.last_stride)
+        model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool, cfg.model.last_stride,
+                            cfg.model.predictor_init)
         self.model = prepare_model(model.to(env.device), env, parallel)
         self.online = parallelize(self.model.online, env, parallel)
         self.branch_gray = parallelize(self.model.branch_gray, env, parallel)
@@ -108,8 +109,8 @@ class Trainer:
             if self._eval_due():
                 self.evaluate()
             self.save(keep=self._keep_due())
-        if self.env.is_main:
-            run_log.log_summary(self.log, self.eval_history)
+        if self.env.is_main and (summary := run_log.log_summary(self.log, self.eval_history)) is not None:
+            self.metrics.write("summary", self.global_step, **summary)  # first, last and best evaluation
         self.metrics.close()
         return self.eval_history
 

@@ -17,7 +17,8 @@ the device of the features (CPU or CUDA), and never builds an N x N matrix:
 3. :mod:`.dbscan_sparse`: DBSCAN on that graph (connected components of core points), equal
    to scikit-learn's labels, border ties included.
 4. :mod:`.refine_sparse`: refinement by over-segmentation from the graph (the pairs that are
-   not listed have distance exactly 1).
+   not listed have distance exactly 1); the rules themselves (``official``, the released
+   code's; ``paper``; ``paper_all``) decide in :mod:`.refine_rules`, for both paths.
 
 :mod:`.torch_backend` chains these steps (``backend="cuml"`` swaps in RAPIDS cuML's DBSCAN,
 :mod:`.cuml_backend`). :func:`~cacl_dist.clustering.torch_backend.neighbours_of_rows` searches

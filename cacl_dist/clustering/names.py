@@ -6,8 +6,8 @@ loading torch. Inside the package the names are checked once, when a
 choice read it from those params and do not check it again.
 """
 
-REFINE_SCORES = ("paper", "official")
-"""Refinement rules, see :mod:`cacl_dist.clustering.refine`."""
+REFINE_SCORES = ("paper", "official", "paper_all")
+"""Refinement rules, see :mod:`cacl_dist.clustering.refine_rules`."""
 
 OUTLIER_POLICIES = ("singleton", "drop")
 """What becomes of outliers and refined-away points, see :func:`~cacl_dist.clustering.pseudo_labels.assign_labels`."""

@@ -44,7 +44,8 @@ def resolve_backend(name: str) -> str:
 class ClusterParams:
     """What one clustering round computes (docs/method.md section 4); the defaults are the paper's.
 
-    Raises ValueError for an unknown choice name, or for ``eps_tight > eps`` with refinement.
+    Raises ValueError for an unknown choice name, for ``eps_tight > eps`` with refinement, or for
+    ``ratio_cluster <= 0``.
     ``backend`` is a resolved name (never ``auto``); use :meth:`from_config` to resolve one.
     """
 
@@ -62,6 +63,8 @@ class ClusterParams:
     """Run cluster refinement after DBSCAN."""
     refine_score: str = "paper"
     """Refinement rule, one of :data:`~cacl_dist.clustering.names.REFINE_SCORES`."""
+    ratio_cluster: float = 1.0
+    """Factor on the ``official`` score before it is compared with the cluster's spread (the released code's 1.0)."""
     outliers: str = "singleton"
     """Outlier policy, one of :data:`~cacl_dist.clustering.names.OUTLIER_POLICIES`."""
     backend: str = "torch"
@@ -71,6 +74,9 @@ class ClusterParams:
         check_choice("backend", self.backend, BACKENDS)
         check_choice("refine_score", self.refine_score, REFINE_SCORES)
         check_choice("outliers", self.outliers, OUTLIER_POLICIES)
+        if not self.ratio_cluster > 0:
+            raise ValueError(f"clustering.ratio_cluster must be positive, got {self.ratio_cluster}; "
+                             "the released code uses 1.0.")
         if self.refine and self.eps_tight > self.eps:
             raise ValueError(
                 f"clustering.eps_tight={self.eps_tight} is larger than clustering.eps={self.eps}; refinement "
@@ -81,7 +87,8 @@ class ClusterParams:
     def from_config(cls, cfg: ClusteringConfig) -> ClusterParams:
         """The params of the ``clustering`` config section, its backend resolved (see :func:`resolve_backend`)."""
         return cls(k1=cfg.k1, k2=cfg.k2, eps=cfg.eps, min_samples=cfg.min_samples, eps_tight=cfg.eps_tight,
-                   refine=cfg.refine, refine_score=cfg.refine_score, outliers=cfg.outliers,
+                   refine=cfg.refine, refine_score=cfg.refine_score, ratio_cluster=cfg.ratio_cluster,
+                   outliers=cfg.outliers,
                    backend=resolve_backend(cfg.backend))
 
     @property

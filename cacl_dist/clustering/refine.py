@@ -1,28 +1,22 @@
-"""Cluster refinement by over-segmentation (docs/method.md section 4.3).
+"""Cluster refinement by over-segmentation from a dense distance matrix (docs/method.md section 4.3).
 
-A raw DBSCAN cluster C is split into sub-clusters by a tighter DBSCAN: the intersections of C
-with the tight clusters, plus one sub-cluster per point of C that is a tight outlier. Each
-sub-cluster C_j is kept in C or removed from it by comparing how far it lies from the rest of
-C with the average spread of C:
-
-- D(C): mean distance over the ordered pairs (a, b) of C.
-- D(C_j | C): mean distance from the members of C_j to the members of C outside C_j.
-
-Two scoring rules are offered (``ClusterParams.refine_score``):
-
-- ``"paper"``: D(C) averages the |C| (|C| - 1) pairs with a != b; keep C_j iff
-  D(C_j | C) < D(C).
-- ``"official"`` (the authors' released code): D(C) divides the full |C|^2 sum (diagonal
-  included) by |C|^2; score = D(C_j | C) * |C_j| / |C \\ C_j|; keep C_j iff score <= D(C).
-
-A raw cluster made of a single sub-cluster is kept whole. Kept points keep their raw cluster
-id; removed points and raw outliers are labelled -1.
+A raw DBSCAN cluster C is compared with a tighter DBSCAN of the same points: its sub-clusters
+are its intersections with the tight clusters, each tight outlier being a sub-cluster of its
+own. The rules (``ClusterParams.refine_score``: ``official``, ``paper``, ``paper_all``) are
+stated in :mod:`cacl_dist.clustering.refine_rules`, which takes the decisions; this module
+computes the per-point distance sums they read, row by row from the matrix. Kept points keep
+their raw cluster id; removed points and raw outliers are labelled -1.
 """
 
 import numpy as np
+import torch
 
 from cacl_dist.clustering.dbscan import as_distance_matrix
 from cacl_dist.clustering.params import ClusterParams
+from cacl_dist.clustering.refine_rules import SUMS, LabelSets, decide, refine_groups
+
+ROW_BLOCK = 256
+"""Rows of the matrix handled at once (a few ROW_BLOCK x N float64 temporaries)."""
 
 
 def _as_labels(labels, name: str, num_points: int) -> np.ndarray:
@@ -41,74 +35,53 @@ def _as_labels(labels, name: str, num_points: int) -> np.ndarray:
     return array
 
 
-def sub_clusters(members: np.ndarray, tight_labels: np.ndarray) -> list:
-    """Split the point indices ``members`` of one raw cluster into its sub-clusters.
+def dense_point_sums(dist: np.ndarray, labels: LabelSets, rows: np.ndarray) -> dict:
+    """The sums of :data:`~cacl_dist.clustering.refine_rules.SUMS` for the points ``rows``.
 
-    Members sharing a tight cluster form one sub-cluster; every member that is a tight
-    outlier (-1) is a sub-cluster of its own. Returns a list of index arrays, ordered by the
-    first member of each sub-cluster.
+    Returns ``{name: (values, listed)}``, (N,) float64 tensors, zero outside ``rows``: for each
+    row i, the entries d_ik (k != i) of the selection that are not exactly 1, added in
+    increasing k (a running sum, as an index-add over a row-sorted pair list adds them), and
+    their number.
     """
-    groups = {}
-    for point in members:
-        tight = int(tight_labels[point])
-        key = ("outlier", int(point)) if tight == -1 else ("tight", tight)
-        groups.setdefault(key, []).append(int(point))
-    return [np.array(group, dtype=np.int64) for group in groups.values()]
-
-
-def cluster_spread(dist: np.ndarray, members: np.ndarray, score: str) -> float:
-    """Return D(C) for the cluster ``members`` under the given scoring rule."""
-    block = np.asarray(dist[np.ix_(members, members)], dtype=np.float64)
-    size = members.size
-    if score == "paper":
-        off_diagonal_sum = block.sum() - np.trace(block)
-        return float(off_diagonal_sum / (size * (size - 1)))
-    return float(block.sum() / (size * size))
-
-
-def keep_sub_cluster(
-    dist: np.ndarray, part: np.ndarray, rest: np.ndarray, spread: float, score: str
-) -> bool:
-    """Decide whether sub-cluster ``part`` stays in its cluster (``rest`` = C minus part)."""
-    separation = float(np.asarray(dist[np.ix_(part, rest)], dtype=np.float64).mean())
-    if score == "paper":
-        return separation < spread
-    official_score = separation * part.size / rest.size
-    return official_score <= spread
+    num_points = dist.shape[0]
+    graw, gtight = labels.graw.numpy(), labels.gtight.numpy()
+    out = {name: (np.zeros(num_points), np.zeros(num_points)) for name in SUMS}
+    columns = np.arange(num_points)
+    for lo in range(0, rows.size, ROW_BLOCK):
+        block_rows = rows[lo:lo + ROW_BLOCK]
+        block = np.asarray(dist[block_rows], dtype=np.float64)
+        listed = (block != 1.0) & (columns[None, :] != block_rows[:, None])
+        same_raw = graw[block_rows, None] == graw[None, :]
+        same_tight = gtight[block_rows, None] == gtight[None, :]
+        selections = {"cluster": same_raw, "cross": same_raw & ~same_tight, "partner": same_raw ^ same_tight}
+        for name in SUMS:
+            chosen = selections[name] & listed
+            out[name][0][block_rows] = np.cumsum(np.where(chosen, block, 0.0), axis=1)[:, -1]
+            out[name][1][block_rows] = chosen.sum(axis=1)
+    return {name: (torch.from_numpy(values), torch.from_numpy(listed)) for name, (values, listed) in out.items()}
 
 
 def refine_clusters(dist, raw_labels, tight_labels, params: ClusterParams = ClusterParams()) -> tuple:
-    """Remove poorly attached sub-clusters from every raw cluster.
+    """Remove poorly attached sub-clusters (paper rules) or points (``official``) from the raw clusters.
 
     Args:
-        dist: (N, N) distance matrix the clusters were computed from.
+        dist: (N, N) distance matrix the clusters were computed from (its diagonal is not read).
         raw_labels: (N,) DBSCAN labels at ``eps``, -1 for outliers.
         tight_labels: (N,) DBSCAN labels at ``eps_tight`` (< eps), -1 for outliers.
-        params: ``params.refine_score`` is the scoring rule, see the module docstring.
+        params: ``refine_score`` (and ``ratio_cluster`` for ``official``), see
+            :mod:`cacl_dist.clustering.refine_rules`.
 
     Returns:
         (refined_labels, num_removed): int64 labels where kept points carry their raw cluster
         id and removed points and raw outliers carry -1; num_removed counts the points that
         refinement took out of raw clusters (raw outliers not included).
     """
-    score = params.refine_score
     dist = as_distance_matrix(dist)
     num_points = dist.shape[0]
-    raw = _as_labels(raw_labels, "raw_labels", num_points)
-    tight = _as_labels(tight_labels, "tight_labels", num_points)
-
-    refined = raw.copy()
-    num_removed = 0
-    for cluster_id in np.unique(raw[raw >= 0]):
-        members = np.flatnonzero(raw == cluster_id)
-        parts = sub_clusters(members, tight)
-        if len(parts) == 1:
-            continue
-        spread = cluster_spread(dist, members, score)
-        for part in parts:
-            rest = np.setdiff1d(members, part)
-            assert rest.size > 0, "a cluster with several sub-clusters has points outside each"
-            if not keep_sub_cluster(dist, part, rest, spread, score):
-                refined[part] = -1
-                num_removed += part.size
-    return refined, num_removed
+    raw = torch.from_numpy(_as_labels(raw_labels, "raw_labels", num_points))
+    tight = torch.from_numpy(_as_labels(tight_labels, "tight_labels", num_points))
+    if num_points == 0 or not bool((raw >= 0).any()):
+        return raw.numpy().copy(), 0
+    rows = np.flatnonzero(refine_groups(raw, tight, params).numpy() >= 0)
+    sums = dense_point_sums(dist, LabelSets.build(raw, tight), rows)
+    return decide(raw, tight, sums, params)

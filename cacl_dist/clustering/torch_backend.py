@@ -19,7 +19,8 @@ from cacl_dist.clustering.dbscan_sparse import dbscan_sparse
 from cacl_dist.clustering.jaccard_sparse import encode_features, jaccard_pairs
 from cacl_dist.clustering.knn import knn_topk_unit
 from cacl_dist.clustering.params import ClusterParams
-from cacl_dist.clustering.refine_sparse import refine_sparse, sub_cluster_ids
+from cacl_dist.clustering.refine_rules import refine_groups
+from cacl_dist.clustering.refine_sparse import refine_sparse
 from cacl_dist.clustering.unit_rows import UnitRows
 
 
@@ -60,16 +61,9 @@ def cluster_sparse(feats, params: ClusterParams, neighbours=None) -> tuple:
         return raw.cpu().numpy(), raw.cpu().numpy(), 0
     tight = dbscan(rows, cols, dists32, num_points, params.eps_tight, params.min_samples)
     del rows, cols, dists, dists32
-    # Only raw clusters with several sub-clusters need their inner distances (d < 1).
-    sub = sub_cluster_ids(raw, tight)
-    groups = raw.clone()
-    member = raw >= 0
-    if bool(member.any()):
-        owner = torch.zeros(int(sub.max()) + 1, dtype=torch.int64, device=raw.device)
-        owner[sub[member]] = raw[member]
-        subs_per_cluster = torch.bincount(owner, minlength=int(raw.max()) + 1)
-        groups[member & (subs_per_cluster[raw.clamp(min=0)] == 1)] = -1
-    if not bool((groups >= 0).any()):  # no raw cluster splits: nothing to refine
+    # Only the points whose decision reads distances need their pairs (d < 1) within their group.
+    groups = refine_groups(raw, tight, params)
+    if not bool((groups >= 0).any()):  # every raw cluster stays whole: nothing to refine
         return raw.cpu().numpy(), raw.cpu().numpy(), 0
     rows, cols, dists = jaccard_pairs(encoding, -1.0, groups=groups)
     refined, num_removed = refine_sparse(rows, cols, dists.to(torch.float32), raw, tight, params)

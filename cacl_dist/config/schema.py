@@ -12,6 +12,7 @@ from typing import Literal
 
 from ..clustering.names import BACKEND_CHOICES, OUTLIER_POLICIES, REFINE_SCORES
 from ..data.layouts import DATASET_NAMES
+from ..data.names import ERASE_FILLS, ERASE_RATIO_SAMPLINGS, INTERPOLATIONS, SAMPLERS
 from ..data.pipelines import PIPELINES
 
 PIPELINE_CHOICES = ("auto", *PIPELINES)
@@ -62,6 +63,9 @@ class DataConfig:
     """Network input height in pixels."""
     width: int = 128
     """Network input width in pixels."""
+    resize_interpolation: Literal[INTERPOLATIONS] = "bilinear"
+    """Filter that resizes every image to height x width (training views, memory initialisation, evaluation;
+    antialiased when shrinking): 'bilinear', or 'bicubic' as the released code does."""
     num_workers: int = 4
     """DataLoader worker processes per rank (0 loads in the main process); DALI threads (at least 1)."""
     pipeline: Literal[PIPELINE_CHOICES] = "auto"
@@ -82,6 +86,20 @@ class AugmentConfig:
     """Zero padding in pixels before the random crop back to the input size."""
     erase_p: float = 0.5
     """Probability of random erasing, per view."""
+    erase_area_min: float = 0.02
+    """Smallest erased area, as a fraction of the image (the rectangle's area is uniform in [min, max])."""
+    erase_area_max: float = 0.4
+    """Largest erased area, as a fraction of the image."""
+    erase_ratio_min: float = 0.3
+    """Smallest aspect ratio h / w of the erased rectangle (up to 100 draws until one fits)."""
+    erase_ratio_max: float = 3.3
+    """Largest aspect ratio h / w of the erased rectangle (the released code: 1 / 0.3 = 3.3333333333333335)."""
+    erase_ratio_sampling: Literal[ERASE_RATIO_SAMPLINGS] = "log_uniform"
+    """How the aspect ratio is drawn in [min, max]: 'log_uniform' (r and 1/r equally likely) or 'uniform'
+    (the released code)."""
+    erase_fill: Literal[ERASE_FILLS] = "zero"
+    """Value of the erased pixels in the normalised tensor: 'zero' (the ImageNet mean colour), or
+    'imagenet_mean': the numbers 0.485 / 0.456 / 0.406 per channel, as the released code writes them."""
     gray_second_view: bool = True
     """Convert the second view to grayscale (CACL). False gives a plain two-RGB-view ablation."""
 
@@ -96,6 +114,9 @@ class ModelConfig:
     """Global pooling of the last feature map."""
     last_stride: int = 1
     """Stride of the last ResNet stage (1 keeps a finer feature map, as re-ID does)."""
+    predictor_init: Literal["default", "kaiming"] = "default"
+    """Initialisation of the predictor's Linear layer: PyTorch's default, or 'kaiming' (Kaiming normal weight
+    with fan-out, zero bias) as the released code does."""
     frozen_bn: bool = False
     """Keep every BatchNorm in eval mode during training (running statistics frozen)."""
     bn_group_size: int = 0
@@ -131,7 +152,14 @@ class ClusteringConfig:
     refine: bool = True
     """Run cluster refinement after DBSCAN."""
     refine_score: Literal[REFINE_SCORES] = "paper"
-    """Refinement rule: the paper's, or the authors' code's size-weighted score."""
+    """Refinement rule (docs/method.md section 4.3): 'official' is the authors' released code (SIC.py: a per-point
+    score of each tight cluster against the raw cluster's mean distance, point by point); 'paper' keeps a
+    sub-cluster iff its mean distance to the rest of the cluster is below the cluster's mean pair distance (a
+    cluster of exactly two tight sub-clusters then dissolves whole); 'paper_all' measures a sub-cluster's
+    distance to all other members of the cluster, its own included."""
+    ratio_cluster: float = 1.0
+    """refine_score 'official' only: a point stays when ratio_cluster x score(its tight cluster) <= the raw
+    cluster's mean distance (the released code's --ratio_cluster, 1.0); must be positive."""
     outliers: Literal[OUTLIER_POLICIES] = "singleton"
     """Outliers and refined-away points: own singleton clusters (paper) or left out of the epoch."""
     backend: Literal[BACKEND_CHOICES] = "auto"
@@ -177,6 +205,11 @@ class TrainConfig:
     """Global batch (all ranks together), in images; each image gives both views."""
     num_instances: int = 4
     """Images per pseudo identity in a batch."""
+    sampler: Literal[SAMPLERS] = "cacl"
+    """Identity sampler: 'cacl' takes distinct other-camera, then same-camera images (replacement only for
+    identities with fewer than num_instances images) and streams the passes into batches; 'released' (the
+    authors' code) draws num_instances - 1 other-camera images with replacement when fewer than num_instances
+    exist, and drops every pass's last partial batch."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Autocast precision of the forward pass: fp32 (off), bf16 (GPUs from A100 on), or fp16 with a
     gradient scaler (saved in checkpoints). Losses, banks and centres always stay in float32/float64."""

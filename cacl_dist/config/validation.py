@@ -15,6 +15,7 @@ def validate(cfg: Config) -> None:
         "clustering.min_samples": cfg.clustering.min_samples, "eval.batch_size": cfg.eval.batch_size,
         "run.log_every": cfg.run.log_every, "optim.step_size": cfg.optim.step_size,
         "dist.timeout_min": cfg.dist.timeout_min, "loss.tau": cfg.loss.tau,
+        "clustering.ratio_cluster": cfg.clustering.ratio_cluster,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -36,6 +37,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config keys 'clustering.eps_tight' ({cfg.clustering.eps_tight}) and 'clustering.eps' "
             f"({cfg.clustering.eps}): need 0 < eps_tight <= eps <= 1")
+    a = cfg.augment
+    if not 0.0 < a.erase_area_min <= a.erase_area_max <= 1.0:
+        raise ConfigError(f"config keys 'augment.erase_area_min' ({a.erase_area_min}) and 'augment.erase_area_max' "
+                          f"({a.erase_area_max}): need 0 < erase_area_min <= erase_area_max <= 1")
+    if not 0.0 < a.erase_ratio_min <= a.erase_ratio_max:
+        raise ConfigError(f"config keys 'augment.erase_ratio_min' ({a.erase_ratio_min}) and 'augment.erase_ratio_max' "
+                          f"({a.erase_ratio_max}): need 0 < erase_ratio_min <= erase_ratio_max")
     if cfg.optim.implementation == "fused" and cfg.run.device == "cpu":
         raise ConfigError("config key 'optim.implementation': 'fused' Adam needs CUDA but run.device is 'cpu'; "
                           "use foreach or auto")

@@ -31,19 +31,22 @@ class TwoViewDataset(Dataset):
 
 
 class EvalDataset(Dataset):
-    """Item ``i`` -> ``(image, i)``: resized, optionally gray, normalised, not augmented."""
+    """Item ``i`` -> ``(image, i)``: resized (``interpolation``), optionally gray, normalised, not augmented."""
 
-    def __init__(self, records: Sequence[ImageRecord], height: int, width: int, gray: bool = False):
+    def __init__(self, records: Sequence[ImageRecord], height: int, width: int, gray: bool = False,
+                 interpolation: str = "bilinear"):
         self.records = records
         self.height = height
         self.width = width
         self.gray = gray
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img = eval_transform(load_image(self.records[index].path), self.height, self.width, self.gray)
+        img = eval_transform(load_image(self.records[index].path), self.height, self.width, self.gray,
+                             self.interpolation)
         return img, index
 
 

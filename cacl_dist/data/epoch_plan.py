@@ -63,14 +63,15 @@ class RankPlan:
 
 def plan_epoch(labels: np.ndarray, camids: np.ndarray | None, *, epoch: int, num_iters: int, batch_size: int,
                num_instances: int, seed: int, num_clusters: int, rank: int = 0, world_size: int = 1,
-               device: torch.device | str = "cpu") -> RankPlan:
+               device: torch.device | str = "cpu", sampler: str = "cacl") -> RankPlan:
     """The identity sampler's plan of ``epoch`` under the pseudo ``labels``, for ``rank``.
+
+    ``sampler`` is the sampling policy (:class:`~cacl_dist.data.sampler.IdentitySampler`).
 
     Raises ValueError when a planned image has a label outside ``[0, num_clusters)``, so the
     training steps can skip that check.
     """
-    sampler = IdentitySampler(labels, camids, batch_size, num_instances, seed)
-    plan = sampler.plan(epoch, num_iters)
+    plan = IdentitySampler(labels, camids, batch_size, num_instances, seed, sampler).plan(epoch, num_iters)
     planned = np.asarray(labels)[plan.indices]
     if planned.size and (planned.min() < 0 or planned.max() >= num_clusters):
         raise ValueError(f"epoch {epoch + 1} plans images whose pseudo labels lie outside [0, {num_clusters}); "

@@ -46,7 +46,10 @@ def augment_params(cfg: Config) -> AugmentParams:
     """The two-view augmentation settings of a config."""
     a = cfg.augment
     return AugmentParams(height=cfg.data.height, width=cfg.data.width, flip_p=a.flip_p, pad=a.pad,
-                         erase_p=a.erase_p, gray_second_view=a.gray_second_view)
+                         erase_p=a.erase_p, erase_scale=(a.erase_area_min, a.erase_area_max),
+                         erase_ratio=(a.erase_ratio_min, a.erase_ratio_max), gray_second_view=a.gray_second_view,
+                         erase_ratio_sampling=a.erase_ratio_sampling, erase_fill=a.erase_fill,
+                         interpolation=cfg.data.resize_interpolation)
 
 
 def camera_ids(dataset: ReidDataset) -> np.ndarray | None:
@@ -63,7 +66,8 @@ def training_plan(cfg: Config, dataset: ReidDataset, labels: np.ndarray, *, epoc
                          f"{world_size}; choose a global batch that splits evenly across ranks")
     return plan_epoch(labels, camera_ids(dataset), epoch=epoch, num_iters=cfg.train.iters_per_epoch,
                       batch_size=cfg.train.batch_size, num_instances=cfg.train.num_instances, seed=cfg.run.seed,
-                      num_clusters=num_clusters, rank=rank, world_size=world_size, device=device)
+                      num_clusters=num_clusters, rank=rank, world_size=world_size, device=device,
+                      sampler=cfg.train.sampler)
 
 
 __all__ = ["augment_params", "camera_ids", "dataset_from_config", "generate_if_synthetic", "training_plan"]

@@ -2,10 +2,17 @@
 
 An epoch is a stream of passes. A pass visits every pseudo identity once, in a shuffled order;
 each identity contributes a block of one random anchor image followed by ``num_instances - 1``
-more of its images, chosen first among images from other cameras than the anchor, then among
-same-camera images, and only with replacement when the identity has fewer than
-``num_instances`` images. An identity with a single image contributes that image alone. The
-stream is cut into ``num_iters`` global batches of ``batch_size``.
+(K - 1) more of its images. An identity with a single image contributes that image alone. Two
+policies choose the K - 1 images and cut the stream (``policy``, config ``train.sampler``):
+
+- ``cacl``: first distinct images from other cameras than the anchor's, then distinct
+  same-camera images, and only with replacement when the identity has fewer than K images in
+  all; the stream is cut into ``num_iters`` global batches of ``batch_size``, so a batch may
+  span two passes and nothing is dropped.
+- ``released`` (the authors' released code): K - 1 distinct images from the other cameras when
+  there are at least K of them, else K - 1 drawn with replacement from them; without other
+  cameras, the same from the anchor's camera (anchor excluded). Each pass is cut into whole
+  batches and its last partial batch is dropped.
 
 Everything is drawn from ``(seed, epoch)``, never from the rank, so all ranks plan the same
 global batches and each takes its own slice with :func:`rank_share`. The draws are vectorised
@@ -18,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .names import SAMPLERS
 
 
 @dataclass
@@ -51,10 +60,12 @@ class IdentitySampler:
 
     ``camids`` (same length as ``labels``) lets the sampler prefer other cameras than the anchor;
     ``None`` or all ``-1`` means unknown cameras (no preference). Partly unknown camera ids are
-    treated as one more camera.
+    treated as one more camera. ``policy`` is one of :data:`~cacl_dist.data.names.SAMPLERS`
+    (see the module docstring).
     """
 
-    def __init__(self, labels: np.ndarray, camids: np.ndarray | None, batch_size: int, num_instances: int, seed: int):
+    def __init__(self, labels: np.ndarray, camids: np.ndarray | None, batch_size: int, num_instances: int, seed: int,
+                 policy: str = "cacl"):
         labels = np.asarray(labels).astype(np.int64, copy=False)
         if labels.ndim != 1:
             raise ValueError(f"labels must be a 1-D array, got shape {labels.shape}")
@@ -67,6 +78,9 @@ class IdentitySampler:
             raise ValueError(f"batch_size={batch_size} and num_instances={num_instances} must both be at least 1")
         if seed < 0:
             raise ValueError(f"seed={seed} must be non-negative")
+        if policy not in SAMPLERS:
+            raise ValueError(f"sampler policy {policy!r} is not one of {', '.join(SAMPLERS)}")
+        self.policy = policy
         members = np.flatnonzero(labels >= 0)
         if members.size == 0:
             raise ValueError("no image has a pseudo label >= 0, so there is nothing to sample this epoch")
@@ -102,12 +116,21 @@ class IdentitySampler:
         total = num_iters * self.batch_size
         rng = np.random.default_rng([self.seed, epoch, 0])
         pass_len = int(self._block_len.sum())
-        num_passes = -(-total // pass_len)
+        used = pass_len  # images of a pass that go into batches
+        if self.policy == "released":
+            used = pass_len // self.batch_size * self.batch_size
+            if used == 0 and num_iters:
+                raise ValueError(f"train.sampler 'released' drops the last partial batch of every pass, but a pass "
+                                 f"of this epoch has {pass_len} images, fewer than train.batch_size "
+                                 f"({self.batch_size}); use train.sampler=cacl or a smaller batch")
+        num_passes = -(-total // used) if total else 0
         num_groups = self.num_identities
         # Identity order of every pass: shuffle each row independently.
         groups = np.argsort(rng.random((num_passes, num_groups)), axis=1).reshape(-1)
-        positions, valid = self._draw_blocks(groups, rng)
-        stream = self._members[positions[valid]][:total]
+        draw = self._draw_released_blocks if self.policy == "released" else self._draw_blocks
+        positions, valid = draw(groups, rng)
+        passes = self._members[positions[valid]].reshape(num_passes, pass_len)
+        stream = passes[:, :used].reshape(-1)[:total]
         aug_rng = np.random.default_rng([self.seed, epoch, 1])
         aug_seeds = aug_rng.integers(0, 2**63 - 1, size=(num_iters, self.batch_size), dtype=np.int64)
         return EpochPlan(indices=stream.reshape(num_iters, self.batch_size).astype(np.int64), aug_seeds=aug_seeds)
@@ -146,6 +169,29 @@ class IdentitySampler:
             ],
             axis=1,
         )
+        return positions, valid
+
+    def _draw_released_blocks(self, groups: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`_draw_blocks`, with the released code's choice of the K - 1 images (module docstring)."""
+        k = self.num_instances
+        start, size = self._group_start[groups], self._group_size[groups]
+        anchor = start + (rng.random(groups.size) * size).astype(np.int64)
+        cam_start, cam_size = self._cam_start[anchor], self._cam_size[anchor]
+        num_other = size - cam_size
+        use_other = num_other > 0
+        # The pool: the other cameras' images, or the anchor's camera without the anchor.
+        pool = np.where(use_other, num_other, cam_size - 1)
+        distinct = pool >= k
+        drawn = _distinct_draws(rng, pool, np.where(distinct & (size > 1), k - 1, 0), k - 1)
+        with_replacement = (rng.random((groups.size, max(k - 1, 0))) * pool[:, None]).astype(np.int64)
+        picks = np.where(distinct[:, None], drawn, with_replacement)
+        other_pos = start[:, None] + picks
+        other_pos = np.where(other_pos >= cam_start[:, None], other_pos + cam_size[:, None], other_pos)
+        same_pos = cam_start[:, None] + picks
+        same_pos = np.where(same_pos >= anchor[:, None], same_pos + 1, same_pos)
+        positions = np.concatenate([anchor[:, None], np.where(use_other[:, None], other_pos, same_pos)], axis=1)
+        valid = np.concatenate([np.ones((groups.size, 1), dtype=bool),
+                                np.repeat((size > 1)[:, None], max(k - 1, 0), axis=1)], axis=1)
         return positions, valid
 
 

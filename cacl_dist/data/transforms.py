@@ -17,6 +17,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from .names import ERASE_FILLS, ERASE_RATIO_SAMPLINGS, INTERPOLATIONS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
@@ -24,11 +26,17 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601
 _MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 _LUMA = torch.tensor(LUMA_WEIGHTS).view(3, 1, 1)
+_INTERPOLATION_MODES = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
 
 @dataclass
 class AugmentParams:
-    """Settings of the training augmentation (docs/method.md section 2)."""
+    """Settings of the training augmentation (docs/method.md section 2).
+
+    ``erase_scale``: range of the erased area as a fraction of the image; ``erase_ratio``: range
+    of its aspect h / w, drawn as ``erase_ratio_sampling`` says; ``erase_fill``: what the
+    rectangle is set to (see :mod:`cacl_dist.data.names`); ``interpolation``: the resize filter.
+    """
 
     height: int = 256
     width: int = 128
@@ -38,6 +46,28 @@ class AugmentParams:
     erase_scale: tuple[float, float] = (0.02, 0.4)
     erase_ratio: tuple[float, float] = (0.3, 3.3)
     gray_second_view: bool = True
+    erase_ratio_sampling: str = "log_uniform"
+    erase_fill: str = "zero"
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("erase_ratio_sampling", self.erase_ratio_sampling, ERASE_RATIO_SAMPLINGS),
+                                     ("erase_fill", self.erase_fill, ERASE_FILLS),
+                                     ("interpolation", self.interpolation, INTERPOLATIONS)):
+            if value not in allowed:
+                raise ValueError(f"augmentation {name} {value!r} is not one of {', '.join(allowed)}")
+
+    def erase_values(self) -> tuple[float, float, float]:
+        """The per-channel values an erased rectangle gets in the normalised tensor."""
+        return IMAGENET_MEAN if self.erase_fill == "imagenet_mean" else (0.0, 0.0, 0.0)
+
+    def aspect(self, u):
+        """Aspect ratios h / w from uniforms ``u`` in [0, 1) (a float or a NumPy array)."""
+        lo, hi = self.erase_ratio
+        if self.erase_ratio_sampling == "uniform":
+            return lo + u * (hi - lo)
+        log_aspect = math.log(lo) + u * (math.log(hi) - math.log(lo))
+        return np.exp(log_aspect) if isinstance(u, np.ndarray) else math.exp(log_aspect)
 
 
 def load_image(path: str) -> torch.Tensor:
@@ -63,10 +93,11 @@ def normalize(img: torch.Tensor) -> torch.Tensor:
     return (img - _MEAN.to(img.dtype)) / _STD.to(img.dtype)
 
 
-def _resize(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def _resize(img: torch.Tensor, height: int, width: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """Resize to height x width with the named filter (antialiased); an image of that size is returned as is."""
     if tuple(img.shape[-2:]) == (height, width):
         return img
-    return TF.resize(img, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return TF.resize(img, [height, width], interpolation=_INTERPOLATION_MODES[interpolation], antialias=True)
 
 
 def _rand(generator: torch.Generator) -> float:
@@ -93,13 +124,12 @@ class ViewParams:
 
 
 def _erase_box(params: AugmentParams, generator: torch.Generator) -> tuple[int, int, int, int] | None:
-    """A random-erasing rectangle (area / log-aspect sampling, up to 100 tries), or None."""
+    """A random-erasing rectangle (area / aspect sampling, up to 100 tries), or None."""
     height, width = params.height, params.width
     area = height * width
-    log_lo, log_hi = math.log(params.erase_ratio[0]), math.log(params.erase_ratio[1])
     for _ in range(100):
         target = area * (params.erase_scale[0] + _rand(generator) * (params.erase_scale[1] - params.erase_scale[0]))
-        aspect = math.exp(log_lo + _rand(generator) * (log_hi - log_lo))
+        aspect = params.aspect(_rand(generator))
         h = int(round(math.sqrt(target * aspect)))
         w = int(round(math.sqrt(target / aspect)))
         if 0 < h < height and 0 < w < width:
@@ -121,11 +151,11 @@ def draw_view_params(params: AugmentParams, generator: torch.Generator) -> ViewP
 def apply_view(img: torch.Tensor, params: AugmentParams, view: ViewParams, gray: bool) -> torch.Tensor:
     """Apply the choices ``view`` to a uint8 3 x H x W image: float 3 x height x width, normalised.
 
-    Resize (bilinear, antialiased) -> horizontal flip -> zero padding of ``pad`` and the crop at
-    (``top``, ``left``) back to the size -> [0, 1] -> grayscale if ``gray`` -> normalisation ->
-    random erasing (filled with 0, the mean pixel after normalisation).
+    Resize (``params.interpolation``, antialiased) -> horizontal flip -> zero padding of ``pad``
+    and the crop at (``top``, ``left``) back to the size -> [0, 1] -> grayscale if ``gray`` ->
+    normalisation -> random erasing (filled per channel with ``params.erase_values()``).
     """
-    img = _resize(img, params.height, params.width)
+    img = _resize(img, params.height, params.width, params.interpolation)
     if view.flip:
         img = img.flip(-1)
     if params.pad > 0:
@@ -137,7 +167,8 @@ def apply_view(img: torch.Tensor, params: AugmentParams, view: ViewParams, gray:
     out = normalize(out)
     if view.erase is not None:
         top, left, h, w = view.erase
-        out[..., top : top + h, left : left + w] = 0.0  # out is a fresh tensor from normalize()
+        fill = torch.tensor(params.erase_values(), dtype=out.dtype).view(3, 1, 1)
+        out[..., top : top + h, left : left + w] = fill  # out is a fresh tensor from normalize()
     return out.contiguous()
 
 
@@ -160,15 +191,16 @@ def second_view_seed(seed: int) -> int:
 def two_views(img: torch.Tensor, params: AugmentParams, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(view_rgb, view_2) of a uint8 image: independent randomness, view 2 gray iff ``gray_second_view``."""
     view2_seed = second_view_seed(seed)
-    img = _resize(img, params.height, params.width)  # shared by both views
+    img = _resize(img, params.height, params.width, params.interpolation)  # shared by both views
     view_rgb = augment(img, params, torch.Generator().manual_seed(seed), gray=False)
     view_2 = augment(img, params, torch.Generator().manual_seed(view2_seed), gray=params.gray_second_view)
     return view_rgb, view_2
 
 
-def eval_transform(img: torch.Tensor, height: int, width: int, gray: bool = False) -> torch.Tensor:
-    """Evaluation / feature-extraction input: resize, optional grayscale, normalisation."""
-    out = _resize(img, height, width).float() / 255.0
+def eval_transform(img: torch.Tensor, height: int, width: int, gray: bool = False,
+                   interpolation: str = "bilinear") -> torch.Tensor:
+    """Evaluation / feature-extraction input: resize (``interpolation``), optional grayscale, normalisation."""
+    out = _resize(img, height, width, interpolation).float() / 255.0
     if gray:
         out = to_gray(out)
     return normalize(out).contiguous()

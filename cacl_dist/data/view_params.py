@@ -4,7 +4,7 @@ The torchvision pipeline draws every view's choices from a per-sample ``torch.Ge
 (:func:`cacl_dist.data.transforms.draw_view_params`); that costs about 0.1 ms per view in
 Python, too slow to feed a GPU pipeline. Here the same distributions (flip with ``flip_p``,
 crop offsets uniform in ``0 .. 2 * pad``, random erasing with ``erase_p`` and the same area /
-log-aspect sampling with up to 100 tries) are computed for a whole batch with vectorised NumPy
+aspect sampling with up to 100 tries) are computed for a whole batch with vectorised NumPy
 from counter-based uniforms: uniform ``k`` of view ``v`` of a sample is a SplitMix64 hash of
 (its augmentation seed, ``v``, ``k``). A sample's choices therefore depend only on its own
 seed from the epoch plan, not on the batch or the rank that loads it, so 1 and N processes
@@ -13,7 +13,6 @@ see the same views; they are not the choices torchvision would draw from the sam
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,9 +76,8 @@ def sample_uniforms(aug_seeds: np.ndarray, view: int, counters) -> np.ndarray:
 def _erase_tries(params: AugmentParams, seeds: np.ndarray, view: int, tries: np.ndarray):
     """Heights, widths and fit masks of erasing tries ``tries`` (n x len(tries) each)."""
     lo, hi = params.erase_scale
-    log_lo, log_hi = math.log(params.erase_ratio[0]), math.log(params.erase_ratio[1])
     target = params.height * params.width * (lo + sample_uniforms(seeds, view, _AREA + tries) * (hi - lo))
-    aspect = np.exp(log_lo + sample_uniforms(seeds, view, _ASPECT + tries) * (log_hi - log_lo))
+    aspect = params.aspect(sample_uniforms(seeds, view, _ASPECT + tries))
     h = np.round(np.sqrt(target * aspect)).astype(np.int64)
     w = np.round(np.sqrt(target / aspect)).astype(np.int64)
     fits = (h > 0) & (h < params.height) & (w > 0) & (w < params.width)

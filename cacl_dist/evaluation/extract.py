@@ -34,6 +34,7 @@ class ExtractionSettings:
     ``precision`` ('fp32', 'bf16', 'fp16') is the autocast precision of the forward pass; with
     large batches bf16 extraction is several times faster on tensor-core GPUs.
     ``channels_last`` sends the images in NHWC order (for a model converted to channels-last).
+    ``interpolation`` is the resize filter ('bilinear' or 'bicubic', data.resize_interpolation).
     """
 
     height: int
@@ -45,6 +46,7 @@ class ExtractionSettings:
     precision: str = "fp32"
     channels_last: bool = False
     show_progress: bool = False
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -59,7 +61,8 @@ class ExtractionSettings:
                    num_workers=cfg.data.num_workers, device=device,
                    pipeline=resolve_pipeline(cfg.data.eval_pipeline, "data.eval_pipeline", device),
                    precision=extraction_precision(cfg.eval.precision, cfg.train.precision),
-                   channels_last=cfg.train.channels_last, show_progress=show_progress)
+                   channels_last=cfg.train.channels_last, show_progress=show_progress,
+                   interpolation=cfg.data.resize_interpolation)
 
 
 @torch.no_grad()
@@ -73,7 +76,8 @@ def extract_shard(model: nn.Module, records: Sequence[ImageRecord], start: int, 
     was_training = model.training
     model.eval()
     loader = get_pipeline(s.pipeline).eval_loader(list(records), s.height, s.width, s.batch_size, s.num_workers,
-                                                  gray=gray, start=start, end=end, device=s.device)
+                                                  gray=gray, start=start, end=end, device=s.device,
+                                                  interpolation=s.interpolation)
     chunks: list[torch.Tensor] = []
     try:
         for images, _ in progress(loader, total=len(loader), desc=desc, enabled=s.show_progress):

@@ -62,10 +62,10 @@ class OnlineNetwork(nn.Module):
     The predictor reads the pooled feature before the BN neck.
     """
 
-    def __init__(self, branch: Branch):
+    def __init__(self, branch: Branch, predictor_init: str = "default"):
         super().__init__()
         self.branch = branch
-        self.predictor = Predictor(branch.dim)
+        self.predictor = Predictor(branch.dim, predictor_init)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(x_BD, z_BD)``: the branch feature and the predictor output, both unit norm."""
@@ -82,9 +82,11 @@ class CACLModel(nn.Module):
     its own random initialisation, reproducible from ``torch.manual_seed``.
     """
 
-    def __init__(self, backbone: str = "resnet50", pretrained: str = "none", pool: str = "avg", last_stride: int = 1):
+    def __init__(self, backbone: str = "resnet50", pretrained: str = "none", pool: str = "avg", last_stride: int = 1,
+                 predictor_init: str = "default"):
         super().__init__()
-        self.online = OnlineNetwork(Branch(backbone, pretrained=pretrained, pool=pool, last_stride=last_stride))
+        self.online = OnlineNetwork(Branch(backbone, pretrained=pretrained, pool=pool, last_stride=last_stride),
+                                    predictor_init)
         self.branch_gray = Branch(backbone, pretrained=pretrained, pool=pool, last_stride=last_stride)
 
     @property
@@ -105,7 +107,9 @@ class CACLModel(nn.Module):
 
 
 def build_model(
-    backbone: str = "resnet50", pretrained: str = "none", pool: str = "avg", last_stride: int = 1
+    backbone: str = "resnet50", pretrained: str = "none", pool: str = "avg", last_stride: int = 1,
+    predictor_init: str = "default",
 ) -> CACLModel:
-    """Build the two-branch CACL model (see :class:`CACLModel`)."""
-    return CACLModel(backbone=backbone, pretrained=pretrained, pool=pool, last_stride=last_stride)
+    """Build the two-branch CACL model (see :class:`CACLModel`; ``predictor_init`` see :class:`Predictor`)."""
+    return CACLModel(backbone=backbone, pretrained=pretrained, pool=pool, last_stride=last_stride,
+                     predictor_init=predictor_init)

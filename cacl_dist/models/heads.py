@@ -9,6 +9,9 @@ from torch import nn
 #: Every name accepted by :func:`build_pool`.
 POOL_NAMES: tuple[str, ...] = ("avg", "gem")
 
+#: Initialisations of the predictor's Linear layer, see :class:`Predictor`.
+PREDICTOR_INITS: tuple[str, ...] = ("default", "kaiming")
+
 
 class GlobalAvgPool(nn.Module):
     """Global average pooling: ``B x C x H x W`` -> ``B x C`` (float32, also for half-precision maps)."""
@@ -70,11 +73,20 @@ class BNNeck(nn.BatchNorm1d):
 
 
 class Predictor(nn.Module):
-    """Predictor G: ``Linear(D, D)`` -> BatchNorm1d (bias frozen) -> L2 normalisation."""
+    """Predictor G: ``Linear(D, D)`` -> BatchNorm1d (bias frozen) -> L2 normalisation.
 
-    def __init__(self, dim: int):
+    ``init``: ``"default"`` keeps PyTorch's ``nn.Linear`` initialisation; ``"kaiming"`` (the
+    released code's) draws the weight from a Kaiming normal with fan-out and sets the bias to 0.
+    """
+
+    def __init__(self, dim: int, init: str = "default"):
         super().__init__()
+        if init not in PREDICTOR_INITS:
+            raise ValueError(f"unknown predictor init {init!r}; choose one of {', '.join(PREDICTOR_INITS)}")
         self.linear = nn.Linear(dim, dim)
+        if init == "kaiming":
+            nn.init.kaiming_normal_(self.linear.weight, mode="fan_out")
+            nn.init.zeros_(self.linear.bias)
         self.bn = BNNeck(dim)
 
     def forward(self, pooled_BD: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,9 @@ def test_fit_trains_clusters_evaluates_and_checkpoints(tmp_path, synthetic_root)
     kinds = {r["kind"] for r in rows}
     assert {"train", "cluster", "eval"} <= kinds
     assert len([r for r in rows if r["kind"] == "train"]) == 6
+    summary = [r for r in rows if r["kind"] == "summary"]
+    assert len(summary) == 1 and summary[0]["last_epoch"] == 2 and summary[0]["last_mAP"] == history[-1]["mAP"]
+    assert summary[0]["best_mAP"] == max(h["mAP"] for h in history[1:])
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["epoch"] == 2 and state["iter_in_epoch"] == 0
     assert state["labels"].shape == (96,)

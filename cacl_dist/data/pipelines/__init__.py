@@ -43,8 +43,8 @@ class Pipeline(Protocol):
 
     def eval_loader(self, records: Sequence[ImageRecord], height: int, width: int, batch_size: int,
                     num_workers: int = 0, gray: bool = False, start: int = 0, end: int | None = None,
-                    device: torch.device | str = "cpu") -> Iterable:
-        """Resized, normalised (optionally gray) images of ``records[start:end]`` in order."""
+                    device: torch.device | str = "cpu", interpolation: str = "bilinear") -> Iterable:
+        """Resized (``interpolation``), normalised (optionally gray) images of ``records[start:end]`` in order."""
 
 
 def get_pipeline(name: str) -> Pipeline:

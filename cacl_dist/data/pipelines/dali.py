@@ -5,10 +5,10 @@ global batch of the :class:`~cacl_dist.data.epoch_plan.RankPlan` in plan order, 
 indices as labels, in its own threads; an external source feeds the augmentation choices of
 both views (drawn on the host from each sample's seed in the plan, a batch at a time, see
 :mod:`cacl_dist.data.view_params`). DALI does the pixel work: decoding (``mixed`` on the GPU,
-``cpu`` without one), bilinear antialiased resize, the crop of the zero-padded image, the
+``cpu`` without one), the antialiased resize (bilinear or bicubic), the crop of the zero-padded image, the
 horizontal flip, ITU-R 601 luma for the second view and the normalisation. Two element-wise
 steps finish in torch on the same device: the luma becomes three channels, each normalised
-with its ImageNet mean/std, and the erasing rectangles are zeroed. Batches are torch tensors on
+with its ImageNet mean/std, and the erasing rectangles are filled. Batches are torch tensors on
 the rank's device: float32 ``B x 3 x H x W`` views and int64 indices, the contract of the
 torchvision pipeline.
 
@@ -116,7 +116,7 @@ def _train_pipeline(dali, files: list[str], labels: list[int], source, params: A
         choices = fn.external_source(source=source, num_outputs=2 * per_view, batch=True)
         images = fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
         images = fn.resize(images, resize_x=params.width, resize_y=params.height,
-                           interp_type=types.INTERP_LINEAR, antialias=True)
+                           interp_type=_interp_type(dali, params.interpolation), antialias=True)
         first, second = choices[:per_view], choices[per_view:]
         view_rgb = _view(dali, images, params, first[0], first[-1], gray=False)
         view_2 = _view(dali, images, params, second[0], second[-1], gray=params.gray_second_view)
@@ -125,7 +125,7 @@ def _train_pipeline(dali, files: list[str], labels: list[int], source, params: A
 
 
 def _eval_pipeline(dali, files: list[str], labels: list[int], height: int, width: int, gray: bool, batch_size: int,
-                   num_threads: int, device_id: int | None):
+                   num_threads: int, device_id: int | None, interpolation: str = "bilinear"):
     """Files in order -> resized, normalised images and indices (the last batch padded by repetition)."""
     fn, types = dali.fn, dali.types
     pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=0,
@@ -133,7 +133,8 @@ def _eval_pipeline(dali, files: list[str], labels: list[int], height: int, width
     with pipe:
         encoded, index = fn.readers.file(files=files, labels=labels, random_shuffle=False, pad_last_batch=True)
         images = fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
-        images = fn.resize(images, resize_x=width, resize_y=height, interp_type=types.INTERP_LINEAR, antialias=True)
+        images = fn.resize(images, resize_x=width, resize_y=height, interp_type=_interp_type(dali, interpolation),
+                           antialias=True)
         params = AugmentParams(height=height, width=width, pad=0)
         pipe.set_outputs(_view(dali, images, params, None, 0, gray=gray), index)
     return pipe
@@ -149,6 +150,9 @@ def _luma_affine(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (-mean / std).to(device), (1.0 / std).to(device)
+def _interp_type(dali, interpolation: str):
+    """DALI's resize filter for a name of :data:`cacl_dist.data.names.INTERPOLATIONS`."""
+    return {"bilinear": dali.types.INTERP_LINEAR, "bicubic": dali.types.INTERP_CUBIC}[interpolation]
 
 
 def _normalise_luma(luma: torch.Tensor) -> torch.Tensor:
@@ -157,11 +161,13 @@ def _normalise_luma(luma: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(shift, luma, scale)
 
 
-def _erase_(views: torch.Tensor, boxes: np.ndarray, vectorised: bool | None = None) -> torch.Tensor:
-    """Zero the rectangle ``boxes[i] = (top, left, height, width)`` of every view ``i`` in place.
+def _erase_(views: torch.Tensor, boxes: np.ndarray, vectorised: bool | None = None,
+            fill: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> torch.Tensor:
+    """Set the rectangle ``boxes[i] = (top, left, height, width)`` of every view ``i`` to ``fill`` in place.
 
-    On CUDA one masked fill over the batch (a few kernels instead of one per erased sample);
-    on the CPU a loop over the erased samples, which touches only their rectangles.
+    ``fill`` holds one value per channel (``AugmentParams.erase_values()``). On CUDA one masked
+    fill per channel over the batch (a few kernels instead of one per erased sample); on the
+    CPU a loop over the erased samples, which touches only their rectangles.
     """
     if vectorised is None:
         vectorised = views.is_cuda
@@ -171,10 +177,14 @@ def _erase_(views: torch.Tensor, boxes: np.ndarray, vectorised: bool | None = No
         cols = torch.arange(views.shape[-1], device=views.device)
         in_rows = (rows >= box[:, :1]) & (rows < box[:, :1] + box[:, 2:3])
         in_cols = (cols >= box[:, 1:2]) & (cols < box[:, 1:2] + box[:, 3:4])
-        return views.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)
+        inside = in_rows[:, :, None] & in_cols[:, None, :]
+        for channel, value in enumerate(fill):
+            views[:, channel].masked_fill_(inside, value)
+        return views
+    values = torch.tensor(fill, dtype=views.dtype, device=views.device).view(-1, 1, 1)
     for i in np.flatnonzero(boxes[:, 2] > 0).tolist():
         top, left, h, w = boxes[i].tolist()
-        views[i, :, top : top + h, left : left + w] = 0.0
+        views[i, :, top : top + h, left : left + w] = values
     return views
 
 
@@ -320,7 +330,8 @@ def train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: Ra
         view_rgb, view_2, index = tensors
         if params.gray_second_view:
             view_2 = _normalise_luma(view_2)
-        return _erase_(view_rgb, meta[0]), _erase_(view_2, meta[1]), index.reshape(-1).long()
+        fill = params.erase_values()
+        return _erase_(view_rgb, meta[0], fill=fill), _erase_(view_2, meta[1], fill=fill), index.reshape(-1).long()
 
     def build(source):  # the graph draws nothing itself: all choices come from the source
         return _train_pipeline(dali, files, flat.tolist(), source, params, int(indices.shape[1]),
@@ -333,7 +344,7 @@ def train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: Ra
 
 def eval_loader(records: Sequence[ImageRecord], height: int, width: int, batch_size: int, num_workers: int = 0,
                 gray: bool = False, start: int = 0, end: int | None = None,
-                device: torch.device | str = "cpu") -> DaliLoader:
+                device: torch.device | str = "cpu", interpolation: str = "bilinear") -> DaliLoader:
     """Batches ``(images, global indices)`` over ``records[start:end]`` in order: resize, normalise (DALI).
 
     ``num_workers`` is the number of DALI threads (at least one).
@@ -353,7 +364,7 @@ def eval_loader(records: Sequence[ImageRecord], height: int, width: int, batch_s
 
     def build(_source):
         return _eval_pipeline(dali, files, list(range(start, end)), height, width, gray, batch_size,
-                              max(1, num_workers), device_id)
+                              max(1, num_workers), device_id, interpolation)
 
     return DaliLoader(build, lambda: None, num_batches, device, finish,
                       lambda i: files[i * batch_size : (i + 1) * batch_size])

@@ -57,11 +57,11 @@ def train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: Ra
 
 def eval_loader(records: Sequence[ImageRecord], height: int, width: int, batch_size: int, num_workers: int = 0,
                 gray: bool = False, start: int = 0, end: int | None = None,
-                device: torch.device | str = "cpu") -> DataLoader:
+                device: torch.device | str = "cpu", interpolation: str = "bilinear") -> DataLoader:
     """Loader over ``records[start:end]`` in order, yielding ``(images, global indices)`` on the CPU."""
     end = check_eval_inputs(len(records), batch_size, start, end)
     return DataLoader(
-        EvalDataset(records, height, width, gray),
+        EvalDataset(records, height, width, gray, interpolation),
         batch_size=batch_size,
         sampler=range(start, end),
         num_workers=num_workers,

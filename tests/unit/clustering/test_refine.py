@@ -182,3 +182,33 @@ def test_refine_validates_inputs():
         refine_clusters(dist, [0, 0], [0, 0, 0])
     with pytest.raises(ValueError, match="tight_labels"):
         refine_clusters(dist, [0, 0, 0], [0, -2, 0])
+
+
+def test_paper_all_compares_each_fragment_with_all_other_members():
+    # C = A ∪ B, A = {0..3}, B = {4,5}: inside 0.2, across 0.5 (as in the first refinement test,
+    # where paper dissolves C). Sum over C: 10.8, D(C) = 10.8/30 = 0.36.
+    # paper_all: D(A|C) = (12*0.2 + 8*0.5)/(4*5) = 0.32 < 0.36 keep;
+    #            D(B|C) = (2*0.2 + 8*0.5)/(2*5) = 0.44 -> removed.
+    groups = {"A": [0, 1, 2, 3], "B": [4, 5]}
+    between = {frozenset(["A"]): 0.2, frozenset(["B"]): 0.2, frozenset(["A", "B"]): 0.5}
+    dist = grouped_distances(groups, between, 6)
+    raw, tight = np.full(6, 3), np.array([0, 0, 0, 0, 1, 1])
+    refined, removed = refine_clusters(dist, raw, tight, ClusterParams(refine_score="paper_all"))
+    np.testing.assert_array_equal(refined, [3, 3, 3, 3, -1, -1])
+    assert removed == 2
+    np.testing.assert_array_equal(refine_clusters(dist, raw, tight, PAPER)[0], [-1] * 6)
+
+
+def test_ratio_cluster_scales_the_official_score():
+    # The boundary case above: score({0}) = 0.25 = D(C), score({1,2}) = 1.0.
+    dist = np.array([[0.0, 0.5, 0.5], [0.5, 0.0, 0.125], [0.5, 0.125, 0.0]])
+    raw, tight = [1, 1, 1], [-1, 0, 0]
+
+    def refined(ratio):
+        return refine_clusters(dist, raw, tight, ClusterParams(refine_score="official", ratio_cluster=ratio))[0]
+
+    np.testing.assert_array_equal(refined(1.0), [1, -1, -1])
+    np.testing.assert_array_equal(refined(1.5), [-1, -1, -1])  # 0.375 > 0.25
+    np.testing.assert_array_equal(refined(0.25), [1, 1, 1])  # 0.25 <= 0.25
+    with pytest.raises(ValueError, match="ratio_cluster"):
+        ClusterParams(refine_score="official", ratio_cluster=0.0)

@@ -291,7 +291,7 @@ def test_dbscan_sparse_edge_cases_and_errors():
         dbscan_sparse(torch.tensor([0]), torch.tensor([5]), torch.tensor([0.1]), 3, 0.5, 1)
 
 
-@pytest.mark.parametrize("score", ["paper", "official"])
+@pytest.mark.parametrize("score", ["paper", "official", "paper_all"])
 @pytest.mark.parametrize("seed", range(3))
 def test_refine_sparse_equals_refine_clusters(score, seed):
     feats = sphere_blobs(500, 16, 10 + 10 * seed, 1.0 + 0.4 * seed, seed=20 + seed)
@@ -325,7 +325,7 @@ def cluster_cases():
     ]
 
 
-@pytest.mark.parametrize("score", ["paper", "official"])
+@pytest.mark.parametrize("score", ["paper", "official", "paper_all"])
 def test_cluster_torch_equals_sklearn(score):
     for feats, k1, k2, refine in cluster_cases():
         params = ClusterParams(k1=k1, k2=k2, refine=refine, refine_score=score)

@@ -305,3 +305,52 @@ def test_gpu_pipeline_matches_the_cpu_pipeline(tmp_path):
     for a, b in zip(cpu[:2], gpu[:2]):
         assert (a - b.cpu()).abs().mean() < 0.6 * LEVEL
     assert torch.equal(cpu[2], gpu[2].cpu())
+
+
+def test_bicubic_resize_matches_torchvision_within_a_grey_level_on_average(tmp_path):
+    """DALI's cubic filter and torchvision's antialiased bicubic differ slightly (also when upscaling)."""
+    records = _write_images(tmp_path, SIZES)
+    params = AugmentParams(height=32, width=16, flip_p=0.0, pad=0, erase_p=0.0, interpolation="bicubic")
+    plan = _plan(np.arange(len(records)))
+    view_rgb, view_gray, _ = next(iter(dp.train_loader(records, params, plan, num_workers=1)))
+    for i, (h, w) in enumerate(SIZES):
+        ref_rgb, ref_gray = two_views(load_image(records[i].path), params, int(plan.aug_seeds[0, i]))
+        err_rgb, err_gray = (view_rgb[i] - ref_rgb).abs(), (view_gray[i] - ref_gray).abs()
+        if (h, w) == (32, 16):  # no resize
+            assert err_rgb.max() < 1e-5 and err_gray.max() < 0.51 * LEVEL + 1e-5
+        assert err_rgb.mean() < 0.5 * LEVEL and err_rgb.max() < 10 * LEVEL and err_gray.mean() < 0.5 * LEVEL
+    bilinear = next(iter(dp.train_loader(records, AugmentParams(height=32, width=16, flip_p=0.0, pad=0, erase_p=0.0),
+                                         plan, num_workers=1)))[0]
+    assert (bilinear - view_rgb).abs().mean() > 0.5 * LEVEL  # the filter is not ignored
+    dali_eval = torch.cat([b[0] for b in dp.eval_loader(records, 32, 16, batch_size=4, interpolation="bicubic")])
+    tv_eval = torch.cat([b[0] for b in build_tv_eval_loader(records, 32, 16, batch_size=4, interpolation="bicubic")])
+    assert (dali_eval - tv_eval).abs().mean() < 0.5 * LEVEL
+
+
+@pytest.mark.parametrize("fill", ["zero", "imagenet_mean"])
+def test_erasing_fill_is_applied_exactly(tmp_path, fill):
+    records = _write_images(tmp_path, [(32, 16)] * 4)
+    params = AugmentParams(height=32, width=16, pad=4, erase_p=1.0, erase_fill=fill,
+                           erase_ratio=(0.3, 1 / 0.3), erase_ratio_sampling="uniform")
+    plan = _plan(np.tile(np.arange(4), 2).reshape(1, 8), seed=9)
+    view_rgb, view_gray, index = next(iter(dp.train_loader(records, params, plan, num_workers=1)))
+    for view, out in ((0, view_rgb), (1, view_gray)):
+        choice = draw_view_batch(params, plan.aug_seeds[0], view)
+        assert (choice.erase[:, 2] > 0).all()
+        for i in range(8):
+            ref = apply_view(load_image(records[int(index[i])].path), params, choice.view(i), gray=view == 1)
+            tol = 1e-5 if view == 0 else 0.51 * LEVEL + 1e-5
+            torch.testing.assert_close(out[i], ref, atol=tol, rtol=0)
+            top, left, h, w = choice.erase[i].tolist()
+            expected = torch.tensor(params.erase_values()).view(3, 1, 1).expand(3, h, w)
+            assert torch.equal(out[i, :, top:top + h, left:left + w], expected)
+
+
+def test_batched_erasing_with_a_fill_equals_the_per_sample_loop():
+    params = AugmentParams(height=32, width=16, erase_p=0.7, erase_fill="imagenet_mean")
+    boxes = draw_view_batch(params, np.arange(40), 0).erase
+    views = torch.randn(40, 3, 32, 16, generator=torch.Generator().manual_seed(1))
+    fill = params.erase_values()
+    looped = dp._erase_(views.clone(), boxes, vectorised=False, fill=fill)
+    assert torch.equal(dp._erase_(views.clone(), boxes, vectorised=True, fill=fill), looped)
+    assert int((looped[:, 0] == IMAGENET_MEAN[0]).flatten(1).any(dim=1).sum()) > 10
