@@ -31,7 +31,7 @@ from .distributed import comm
 from .distributed.env import DistEnv
 from .distributed.parallelize import ParallelSettings, configure_backends, parallelize, prepare_model, to_input
 from .distributed.sharding import shard_bounds
-from .evaluation.evaluator import evaluate
+from .evaluation.evaluator import EvalOptions, evaluate
 from .evaluation.extract import ExtractionSettings, extract_shard
 from .logging import MetricsWriter, progress, setup_logging
 from .losses import cacl_loss
@@ -65,6 +65,7 @@ class Trainer:
         configure_backends(env.device, parallel)
         self.precision = StepPrecision(cfg.train.precision, env.device)
         self.extraction = ExtractionSettings.from_config(cfg, env.device, self.show_progress)
+        self.eval_options = EvalOptions.from_config(cfg.eval)  # flip averaging, re-ranking
         model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool, cfg.model.last_stride)
         self.model = prepare_model(model.to(env.device), env, parallel)
         self.online = parallelize(self.model.online, env, parallel)
@@ -285,7 +286,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """Evaluate branch 1 on query/gallery; record and return the metrics."""
         metrics = evaluate(self.model.online.branch, self.dataset, self.extraction, rank=self.env.rank,
-                           world_size=self.env.world_size, rerank=self.cfg.eval.rerank)
+                           world_size=self.env.world_size, options=self.eval_options)
         metrics = comm.broadcast_object(metrics, src=0, what="evaluation metrics")  # rank 0 scored them
         metrics = {"epoch": self.epoch, **metrics}
         self.eval_history.append(metrics)
