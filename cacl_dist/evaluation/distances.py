@@ -25,8 +25,8 @@ def default_block_rows(device, num_columns: int) -> int:
     return max(1, budget // max(1, num_columns))
 
 
-def _as_tensor(feats, name: str, device) -> torch.Tensor:
-    """``feats`` (numpy or torch, (num, D)) as a float64 tensor on ``device``; checked."""
+def _checked(feats, name: str) -> torch.Tensor:
+    """``feats`` (numpy or torch, (num, D)) as a tensor, shape checked; not converted yet."""
     if isinstance(feats, torch.Tensor):
         tensor = feats.detach()
     else:
@@ -38,9 +38,6 @@ def _as_tensor(feats, name: str, device) -> torch.Tensor:
     if tensor.ndim != 2 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
         raise ValueError(f"{name} must be a non-empty (num_images, feature_dim) array, got shape "
                          f"{tuple(tensor.shape)}.")
-    tensor = tensor.to(device=device, dtype=torch.float64)
-    if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} contains NaN or infinite values; check the feature extractor.")
     return tensor
 
 
@@ -55,15 +52,20 @@ class FeatureRows:
         if device is None:
             device = q_feats.device if isinstance(q_feats, torch.Tensor) else torch.device("cpu")
         self.device = torch.device(device)
-        query = _as_tensor(q_feats, "q_feats", self.device)
-        gallery = _as_tensor(g_feats, "g_feats", self.device)
+        query, gallery = _checked(q_feats, "q_feats"), _checked(g_feats, "g_feats")
         if query.shape[1] != gallery.shape[1]:
             raise ValueError(f"q_feats has feature_dim {query.shape[1]} but g_feats has {gallery.shape[1]}; "
                              "extract both with the same model.")
         self.num_query = query.shape[0]
         self.num_gallery = gallery.shape[0]
-        self.feats = torch.cat([query, gallery])
-        del query, gallery
+        # Filled part by part: no second float64 copy of the features.
+        self.feats = torch.empty((self.num_query + self.num_gallery, query.shape[1]), dtype=torch.float64,
+                                 device=self.device)
+        for (lo, hi), part, name in (((0, self.num_query), query, "q_feats"),
+                                     ((self.num_query, self.num_points), gallery, "g_feats")):
+            self.feats[lo:hi] = part
+            if not bool(torch.isfinite(self.feats[lo:hi]).all()):
+                raise ValueError(f"{name} contains NaN or infinite values; check the feature extractor.")
         self.norms = torch.einsum("ij,ij->i", self.feats, self.feats)
 
     @property
