@@ -232,10 +232,4 @@ class SparseReranker:
         return tuple(torch.cat(p) for p in parts)
 
 
-def sparse_rerank_blocks(q_feats, g_feats, params: RerankParams | None = None, device=None,
-                         block_rows: int | None = None) -> Iterator[tuple]:
-    """(start, block) pairs of re-ranked distances; see :class:`SparseReranker`."""
-    return SparseReranker(q_feats, g_feats, params, device).blocks(block_rows)
-
-
-__all__ = ["RerankParams", "SparseReranker", "sparse_rerank_blocks"]
+__all__ = ["RerankParams", "SparseReranker"]
