@@ -88,11 +88,23 @@ def synthetic_problem(num_query: int, num_gallery: int, dim: int, seed: int = 0)
     return feats, pids, camids
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far (Linux reports kilobytes)."""
-    import resource
+def _status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux reports kB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def reset_peak_rss() -> int:
+    """Restart the peak resident memory count (Linux: clear_refs 5); return the current resident memory."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_bytes("VmRSS")
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process since the last reset."""
+    return _status_bytes("VmHWM")
 
 
 def run_one(spec: dict) -> dict:
@@ -116,7 +128,7 @@ def run_one(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = peak_rss_bytes()
+        base = reset_peak_rss()
     wall, cpu = time.perf_counter(), time.process_time()
     prepare = None
     method = spec["method"]
@@ -202,16 +214,17 @@ def markdown(results: list[dict], meta: dict) -> str:
             lines.append(f"  - {r['size']} {r['method']}: `{r['command']}` (commit {r.get('commit', '?')}, "
                          f"{r.get('date', '?')}, load {r.get('load_before', '?')} -> {r.get('load_after', '?')})")
     lines += ["", "Features: see the docstring of benchmarks/bench_eval.py (D = "
-              f"{meta['dim']}). Peak extra memory: resident memory of the run's process above what it held once "
-              "the features were made (CPU), or peak allocated CUDA memory (GPU). Re-ranking: k1 20, k2 6, "
+              f"{meta['dim']}). Peak extra memory: peak resident memory of the run's process above what it held "
+              "once the float32 features were made (CPU; peak total: with them, the interpreter and torch), or peak allocated CUDA memory (GPU). Re-ranking: k1 20, k2 6, "
               "lambda 0.3.", "",
-              "| size | Q + G | method | device | time s | CPU s | peak extra memory | mAP | rank-1 | mINP | notes |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| size | Q + G | method | device | time s | CPU s | peak extra memory | peak total | mAP | rank-1 | mINP "
+              "| notes |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         head = f"| {r['size']} | {r['num_query']:,} + {r['num_gallery']:,} | {r['method']} | {r['device']} "
         if r.get("skip") or "error" in r:
             what = f"skipped: {r['skip']}" if r.get("skip") else f"failed: {r['error']}"
-            lines.append(head + f"| {what} | | | | | | |")
+            lines.append(head + f"| {what} | | | | | | | |")
             continue
         notes = []
         if r.get("prepare_seconds") is not None:
@@ -219,7 +232,7 @@ def markdown(results: list[dict], meta: dict) -> str:
         if "max_metric_diff_vs_dense" in r:
             notes.append(f"metrics vs dense: max diff {r['max_metric_diff_vs_dense']:.1e}")
         lines.append(head + f"| {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {fmt_bytes(r['peak_extra_bytes'])} "
-                     f"| {100 * r['mAP']:.2f}% | {100 * r['rank1']:.2f}% | {100 * r['mINP']:.2f}% "
+                     f"| {fmt_bytes(r['peak_total_bytes'])} | {100 * r['mAP']:.2f}% | {100 * r['rank1']:.2f}% | {100 * r['mINP']:.2f}% "
                      f"| {'; '.join(notes)} |")
     return "\n".join(lines) + "\n"
 
