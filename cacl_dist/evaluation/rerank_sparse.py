@@ -139,7 +139,8 @@ class SparseReranker:
         num_points, k2 = self.rows.num_points, self.params.k2
         heads = self.neighbours[:, :k2]
         row_len = crow[1:] - crow[:-1]
-        step = max(1, CPU_WORK // max(1, k2 * int(row_len.max())))
+        budget = CUDA_WORK if self.device.type == "cuda" else CPU_WORK
+        step = max(1, budget // max(1, k2 * int(row_len.max())))
         parts = ([], [], [])
         for lo in range(0, num_points, step):
             hi = min(lo + step, num_points)
