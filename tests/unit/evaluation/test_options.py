@@ -1,5 +1,8 @@
 """Evaluation options from the config (eval.flip, eval.rerank*) and flip-averaged extraction."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +10,7 @@ import torch.nn.functional as F
 from cacl_dist.config import ConfigError, load_config
 from cacl_dist.data.layouts import load_dataset
 from cacl_dist.data.synthetic import generate_synthetic
-from cacl_dist.evaluation.evaluator import EvalOptions
+from cacl_dist.evaluation.evaluator import EvalOptions, evaluate, evaluate_features
 from cacl_dist.evaluation.extract import ExtractionSettings, extract_shard
 from cacl_dist.evaluation.rerank_sparse import RerankParams
 from cacl_dist.models.cacl import Branch
@@ -44,10 +47,16 @@ class Mirrored(torch.nn.Module):
         return self.model(images.flip(3))
 
 
-def test_flip_averages_the_image_and_its_mirror_before_normalising(tmp_path):
-    root = generate_synthetic(str(tmp_path / "data"), num_train_ids=3, num_test_ids=2, images_per_id=4,
-                              num_cameras=2, height=64, width=32)
-    records = load_dataset("synthetic", root).train
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A tiny synthetic dataset with a query/gallery split."""
+    root = generate_synthetic(str(tmp_path_factory.mktemp("data")), num_train_ids=3, num_test_ids=4,
+                              images_per_id=6, num_cameras=2, height=64, width=32)
+    return load_dataset("synthetic", root)
+
+
+def test_flip_averages_the_image_and_its_mirror_before_normalising(dataset):
+    records = dataset.train
     torch.manual_seed(0)
     model = Branch("resnet_tiny").eval()
     settings = ExtractionSettings(height=64, width=32, batch_size=5)
@@ -58,3 +67,21 @@ def test_flip_averages_the_image_and_its_mirror_before_normalising(tmp_path):
     torch.testing.assert_close(flipped, F.normalize((plain + mirror) / 2, dim=1), atol=1e-6, rtol=0)
     assert not torch.allclose(flipped, plain, atol=1e-3)
     torch.testing.assert_close(flipped.norm(dim=1), torch.ones(len(records)))
+
+
+def test_evaluate_applies_flip_and_rerank(dataset):
+    torch.manual_seed(1)
+    model = Branch("resnet_tiny").eval()
+    settings = ExtractionSettings(height=64, width=32, batch_size=8)
+    options = EvalOptions(flip=True, rerank=RerankParams(k1=5, k2=2, lambda_value=0.3))
+    got = evaluate(model, dataset, settings, rank=0, world_size=1, options=options)
+    records = list(dataset.query) + list(dataset.gallery)
+    feats = extract_shard(model, records, 0, len(records), dataclasses.replace(settings, flip=True))
+    num_query = len(dataset.query)
+    ids = [np.array([getattr(r, key) for r in part]) for key, part in
+           (("pid", dataset.query), ("pid", dataset.gallery), ("camid", dataset.query), ("camid", dataset.gallery))]
+    expected = evaluate_features(feats[:num_query], feats[num_query:], *ids, rerank=options.rerank)
+    plain = evaluate(model, dataset, settings, rank=0, world_size=1)
+    for key in ("mAP", "rank1", "mINP", "num_valid_queries"):
+        assert got[key] == expected[key], key
+    assert plain["mAP"] != got["mAP"]
