@@ -58,15 +58,19 @@ class FeatureRows:
                              "extract both with the same model.")
         self.num_query = query.shape[0]
         self.num_gallery = gallery.shape[0]
-        # Filled part by part: no second float64 copy of the features.
+        # Filled and checked a chunk of rows at a time: no second full-size temporary.
         self.feats = torch.empty((self.num_query + self.num_gallery, query.shape[1]), dtype=torch.float64,
                                  device=self.device)
-        for (lo, hi), part, name in (((0, self.num_query), query, "q_feats"),
-                                     ((self.num_query, self.num_points), gallery, "g_feats")):
-            self.feats[lo:hi] = part
-            if not bool(torch.isfinite(self.feats[lo:hi]).all()):
-                raise ValueError(f"{name} contains NaN or infinite values; check the feature extractor.")
-        self.norms = torch.einsum("ij,ij->i", self.feats, self.feats)
+        self.norms = torch.empty(self.num_points, dtype=torch.float64, device=self.device)
+        step = max(1, CPU_BLOCK_ELEMENTS // (4 * query.shape[1]))
+        for offset, part, name in ((0, query, "q_feats"), (self.num_query, gallery, "g_feats")):
+            for lo in range(0, part.shape[0], step):
+                hi = min(lo + step, part.shape[0])
+                rows = self.feats[offset + lo:offset + hi]
+                rows.copy_(part[lo:hi])
+                if not bool(torch.isfinite(rows).all()):
+                    raise ValueError(f"{name} contains NaN or infinite values; check the feature extractor.")
+                self.norms[offset + lo:offset + hi] = torch.einsum("ij,ij->i", rows, rows)
 
     @property
     def num_points(self) -> int:
