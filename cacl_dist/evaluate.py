@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         from .data.factory import dataset_from_config, generate_if_synthetic
         from .distributed import comm
         from .distributed.env import init_distributed, shutdown_distributed
-        from .evaluation.evaluator import evaluate
+        from .evaluation.evaluator import EvalOptions, evaluate
         from .evaluation.extract import ExtractionSettings
         from .logging import setup_logging
 
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = ExtractionSettings.from_config(cfg, env.device, show_progress=env.is_main and cfg.run.progress)
             settings = dataclasses.replace(settings, channels_last=False)  # the rebuilt branch is not NHWC
             scored = comm.run_everywhere(lambda: evaluate(branch, dataset, settings, rank=env.rank,
-                                                          world_size=env.world_size, rerank=cfg.eval.rerank),
+                                                          world_size=env.world_size,
+                                                          options=EvalOptions.from_config(cfg.eval)),
                                          "the evaluation (scored on rank 0)")  # a failure stops every rank
             metrics = comm.broadcast_object(scored, src=0, what="evaluation metrics")
         finally:

@@ -32,7 +32,7 @@ from .distributed.bn_groups import broadcast_bn_buffers
 from .distributed.env import DistEnv
 from .distributed.parallelize import ParallelSettings, configure_backends, parallelize, prepare_model, to_input
 from .distributed.sharding import shard_bounds
-from .evaluation.evaluator import evaluate
+from .evaluation.evaluator import EvalOptions, evaluate
 from .evaluation.extract import ExtractionSettings, extract_shard
 from .logging import MetricsWriter, progress, setup_logging
 from .losses import cacl_loss
@@ -66,6 +66,7 @@ class Trainer:
         configure_backends(env.device, parallel)
         self.precision = StepPrecision(cfg.train.precision, env.device)
         self.extraction = ExtractionSettings.from_config(cfg, env.device, self.show_progress)
+        self.eval_options = EvalOptions.from_config(cfg.eval)  # flip averaging, re-ranking
         model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool, cfg.model.last_stride,
                             cfg.model.predictor_init)
         self.model = prepare_model(model.to(env.device), env, parallel)
@@ -292,7 +293,7 @@ class Trainer:
         broadcast_bn_buffers(self.model)  # every rank extracts its shard with rank 0's running statistics
         metrics = comm.run_everywhere(lambda: evaluate(
             self.model.online.branch, self.dataset, self.extraction, rank=self.env.rank,
-            world_size=self.env.world_size, rerank=self.cfg.eval.rerank), "the evaluation (scored on rank 0)")
+            world_size=self.env.world_size, options=self.eval_options), "the evaluation (scored on rank 0)")
         metrics = comm.broadcast_object(metrics, src=0, what="evaluation metrics")  # rank 0 scored them
         metrics = {"epoch": self.epoch, **metrics}
         self.eval_history.append(metrics)

@@ -13,6 +13,7 @@ def validate(cfg: Config) -> None:
         "data.height": cfg.data.height, "data.width": cfg.data.width,
         "clustering.k1": cfg.clustering.k1, "clustering.k2": cfg.clustering.k2,
         "clustering.min_samples": cfg.clustering.min_samples, "eval.batch_size": cfg.eval.batch_size,
+        "eval.rerank_k1": cfg.eval.rerank_k1, "eval.rerank_k2": cfg.eval.rerank_k2,
         "run.log_every": cfg.run.log_every, "optim.step_size": cfg.optim.step_size,
         "dist.timeout_min": cfg.dist.timeout_min, "loss.tau": cfg.loss.tau,
         "clustering.ratio_cluster": cfg.clustering.ratio_cluster,
@@ -30,7 +31,7 @@ def validate(cfg: Config) -> None:
         if value < 0:
             raise ConfigError(f"config key '{key}': must not be negative, got {value}")
     for key, value in {"augment.flip_p": cfg.augment.flip_p, "augment.erase_p": cfg.augment.erase_p,
-                       "memory.momentum": cfg.memory.momentum}.items():
+                       "memory.momentum": cfg.memory.momentum, "eval.rerank_lambda": cfg.eval.rerank_lambda}.items():
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"config key '{key}': must lie in [0, 1], got {value}")
     if not 0.0 < cfg.clustering.eps_tight <= cfg.clustering.eps <= 1.0:
@@ -44,6 +45,9 @@ def validate(cfg: Config) -> None:
     if not 0.0 < a.erase_ratio_min <= a.erase_ratio_max:
         raise ConfigError(f"config keys 'augment.erase_ratio_min' ({a.erase_ratio_min}) and 'augment.erase_ratio_max' "
                           f"({a.erase_ratio_max}): need 0 < erase_ratio_min <= erase_ratio_max")
+    if cfg.eval.rerank_k2 > cfg.eval.rerank_k1:
+        raise ConfigError(f"config keys 'eval.rerank_k2' ({cfg.eval.rerank_k2}) and 'eval.rerank_k1' "
+                          f"({cfg.eval.rerank_k1}): query expansion needs rerank_k2 <= rerank_k1")
     if cfg.optim.implementation == "fused" and cfg.run.device == "cpu":
         raise ConfigError("config key 'optim.implementation': 'fused' Adam needs CUDA but run.device is 'cpu'; "
                           "use foreach or auto")

@@ -2,41 +2,81 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 from torch import nn
 
 from ..data.layouts import ReidDataset
+from .distances import FeatureRows, plain_blocks
 from .extract import ExtractionSettings, extract_all
-from .metrics import evaluate_ranking, pairwise_distance
-from .rerank import k_reciprocal_rerank
+from .metrics import evaluate_ranking
+from .rerank_sparse import RerankParams, SparseReranker
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    """What an evaluation does besides extracting: flip averaging and re-ranking."""
+
+    flip: bool = False
+    """Average the features of every image and its mirror image (see ExtractionSettings.flip)."""
+    rerank: RerankParams | None = None
+    """k-reciprocal re-ranking parameters; None ranks by the Euclidean distance."""
+
+    @classmethod
+    def from_config(cls, eval_cfg) -> EvalOptions:
+        """The options of ``eval.flip`` and ``eval.rerank*``."""
+        return cls(flip=eval_cfg.flip, rerank=RerankParams.from_config(eval_cfg))
+
+
+def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, *,
+                      rerank: RerankParams | None = None, device=None, block_rows: int | None = None) -> dict:
+    """Market-1501 protocol metrics of query and gallery features, ranked block by block.
+
+    Distances are squared Euclidean in float64 (the Euclidean order) or, with ``rerank``, the
+    k-reciprocal re-ranked distance (:class:`~cacl_dist.evaluation.rerank_sparse.SparseReranker`).
+    They are computed and ranked on ``device`` (default: the query tensor's device) one block
+    of ``block_rows`` queries at a time; no Q x G matrix is stored. Returns the dict of
+    :func:`~cacl_dist.evaluation.metrics.evaluate_ranking`.
+    """
+    if rerank is None:
+        blocks = plain_blocks(FeatureRows(q_feats, g_feats, device), block_rows)
+    else:
+        blocks = SparseReranker(q_feats, g_feats, rerank, device).blocks(block_rows)
+    return evaluate_ranking(blocks, q_pids, g_pids, q_camids, g_camids)
 
 
 def evaluate(model: nn.Module, dataset: ReidDataset, settings: ExtractionSettings, *, rank: int, world_size: int,
-             rerank: bool = False) -> dict | None:
+             options: EvalOptions | None = None) -> dict | None:
     """mAP, CMC rank-1/5/10 and mINP of `model` (images -> features) on rank 0; None on the other ranks.
 
     Every rank extracts its shard of the query and gallery images with ``settings`` (a collective
-    call); rank 0 ranks the gathered features. Callers that need the metrics on every rank
-    broadcast them.
+    call; ``options.flip`` switches flip averaging on); rank 0 ranks the gathered features on
+    ``settings.device`` (the GPU when the model is there), re-ranked when ``options.rerank`` is
+    set. Callers that need the metrics on every rank broadcast them.
     """
+    options = options or EvalOptions()
     if not dataset.has_eval:
         raise ValueError(f"dataset '{dataset.name}' at '{dataset.root}' has no query/gallery split to evaluate on")
     t0 = time.perf_counter()
     records = list(dataset.query) + list(dataset.gallery)
+    settings = dataclasses.replace(settings, flip=options.flip)
     feats = extract_all(model, records, settings, rank=rank, world_size=world_size, desc="evaluate")
     result: dict | None = None
     if rank == 0:
         num_query = len(dataset.query)
-        q, g = feats[:num_query].numpy(), feats[num_query:].numpy()
-        dist = k_reciprocal_rerank(q, g) if rerank else pairwise_distance(q, g)
+        device = settings.device
+        q, g = feats[:num_query].to(device), feats[num_query:].to(device)
         q_pids = np.array([r.pid for r in dataset.query])
         g_pids = np.array([r.pid for r in dataset.gallery])
         q_cams = np.array([r.camid for r in dataset.query])
         g_cams = np.array([r.camid for r in dataset.gallery])
-        metrics = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams)
+        metrics = evaluate_features(q, g, q_pids, g_pids, q_cams, g_cams, rerank=options.rerank, device=device)
         result = {k: float(metrics[k]) for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
         result["num_valid_queries"] = int(metrics["num_valid_queries"])
         result["seconds"] = time.perf_counter() - t0
     return result
+
+
+__all__ = ["EvalOptions", "evaluate", "evaluate_features"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data.layouts import ImageRecord
@@ -35,6 +36,9 @@ class ExtractionSettings:
     large batches bf16 extraction is several times faster on tensor-core GPUs.
     ``channels_last`` sends the images in NHWC order (for a model converted to channels-last).
     ``interpolation`` is the resize filter ('bilinear' or 'bicubic', data.resize_interpolation).
+    ``flip`` feeds every image and its horizontal mirror image and returns the L2-normalised
+    mean of the two features (for a model that normalises its output, as CACL's branches do,
+    the mean of the two unit features, normalised again).
     """
 
     height: int
@@ -47,6 +51,7 @@ class ExtractionSettings:
     channels_last: bool = False
     show_progress: bool = False
     interpolation: str = "bilinear"
+    flip: bool = False
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -81,14 +86,25 @@ def extract_shard(model: nn.Module, records: Sequence[ImageRecord], start: int, 
     chunks: list[torch.Tensor] = []
     try:
         for images, _ in progress(loader, total=len(loader), desc=desc, enabled=s.show_progress):
+            images = to_input(images, s.device, s.channels_last)
             with autocast(s.device, s.precision):
-                feats = model(to_input(images, s.device, s.channels_last))
-            chunks.append(feats.float().cpu())
+                feats = model(images).float()
+                if s.flip:
+                    feats = (feats + model(_mirrored(images, s.channels_last)).float()) / 2
+            if s.flip:
+                feats = F.normalize(feats, dim=1)
+            chunks.append(feats.cpu())
     finally:
         model.train(was_training)
     if not chunks:
         return torch.zeros(0, 0)
     return torch.cat(chunks)
+
+
+def _mirrored(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """The batch flipped left to right (``B x C x H x W``), in the memory format of the input."""
+    flipped = images.flip(3)
+    return flipped.contiguous(memory_format=torch.channels_last) if channels_last else flipped
 
 
 def extract_all(model: nn.Module, records: Sequence[ImageRecord], settings: ExtractionSettings, *, rank: int,

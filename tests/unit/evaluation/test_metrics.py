@@ -6,7 +6,7 @@ import torch
 from scipy.spatial.distance import cdist
 
 from cacl_dist.evaluation import metrics
-from cacl_dist.evaluation.metrics import evaluate_ranking, pairwise_distance, stable_argsort_rows
+from cacl_dist.evaluation.metrics import evaluate_ranking, pairwise_distance
 
 
 def reference_metrics(dist, q_pids, g_pids, q_camids, g_camids, max_rank):
@@ -93,19 +93,6 @@ def test_matches_plain_reference_on_random_data(seed, dtype, monkeypatch):
     assert got["rank10"] == pytest.approx(expected["cmc"][9])
 
 
-def test_stable_argsort_rows_matches_numpy_stable_sort():
-    rng = np.random.default_rng(5)
-    values = np.array([-np.inf, -2.5, -1.0, -0.0, 0.0, 1e-30, 0.5, 1.0, 3.0, np.inf])
-    dist = rng.choice(values, size=(20, 64)).astype(np.float32)  # many ties and signs
-    expected = np.argsort(dist, axis=1, kind="stable")
-    np.testing.assert_array_equal(stable_argsort_rows(dist), expected)
-    np.testing.assert_array_equal(stable_argsort_rows(dist.astype(np.float64)), expected)
-    smooth = rng.standard_normal((5, 1000)).astype(np.float32)
-    np.testing.assert_array_equal(
-        stable_argsort_rows(smooth), np.argsort(smooth, axis=1, kind="stable")
-    )
-
-
 def test_same_camera_removal_changes_the_result():
     # The only nearer item has the query's pid and camera: removing it makes rank 1 correct.
     dist = np.array([[0.1, 0.2, 0.3]])
@@ -151,3 +138,66 @@ def test_pairwise_distance_ranks_unit_features_like_cosine():
     )
     with pytest.raises(ValueError, match="feature_dim"):
         pairwise_distance(query, gallery[:, :4])
+
+
+def _random_protocol(seed, num_query=30, num_gallery=200, levels=None):
+    """Distances (with many exact ties when ``levels`` is set) and ids of a random protocol."""
+    rng = np.random.default_rng(seed)
+    if levels:
+        dist = rng.integers(0, levels, (num_query, num_gallery)).astype(np.float64)
+    else:
+        dist = rng.random((num_query, num_gallery))
+    ids = (rng.integers(0, 8, num_query), rng.integers(0, 8, num_gallery),
+           rng.integers(0, 3, num_query), rng.integers(0, 3, num_gallery))
+    return dist, ids
+
+
+@pytest.mark.parametrize("levels", [None, 3, 6])
+def test_heavy_ties_rank_the_lower_gallery_index_first(levels):
+    dist, ids = _random_protocol(11, levels=levels)
+    got = evaluate_ranking(dist, *ids, max_rank=10)
+    expected = reference_metrics(dist, *ids, max_rank=10)  # a stable sort: ties by index
+    assert got["num_valid_queries"] == expected["num_valid_queries"]
+    assert got["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
+    assert got["mINP"] == pytest.approx(expected["mINP"], abs=1e-12)
+    np.testing.assert_allclose(got["cmc"], expected["cmc"], atol=1e-12)
+
+
+def test_blocks_in_any_order_equal_the_whole_matrix():
+    dist, ids = _random_protocol(12, levels=4)
+    whole = evaluate_ranking(dist, *ids)
+    bounds = [(0, 7), (7, 8), (8, 19), (19, 30)]
+    shuffled = [(lo, torch.from_numpy(dist[lo:hi])) for lo, hi in reversed(bounds)]
+    blocked = evaluate_ranking(iter(shuffled), *ids)
+    for key in ("mAP", "mINP", "rank1", "rank5", "rank10", "num_valid_queries"):
+        assert blocked[key] == whole[key]
+    np.testing.assert_array_equal(blocked["cmc"], whole["cmc"])
+    as_tensor = evaluate_ranking(torch.from_numpy(dist).float(), *ids)  # float32 ties stay ties
+    assert as_tensor["mAP"] == whole["mAP"]
+
+
+def test_block_errors_name_the_problem():
+    dist, ids = _random_protocol(13)
+    with pytest.raises(ValueError, match="query row 10"):
+        evaluate_ranking([(0, dist[:10]), (20, dist[20:])], *ids)
+    with pytest.raises(ValueError, match="repeats rows"):
+        evaluate_ranking([(0, dist[:10]), (5, dist[5:])], *ids)
+    with pytest.raises(ValueError, match="one column per gallery item"):
+        evaluate_ranking([(0, dist[:, :5])], *ids)
+    bad = dist.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate_ranking([(0, bad)], *ids)
+
+
+def test_match_ranks_equal_the_positions_in_a_stable_sort():
+    dist, (q_pids, g_pids, q_cams, g_cams) = _random_protocol(14, levels=5)
+    tensors = [torch.from_numpy(a) for a in (dist, q_pids, g_pids, q_cams, g_cams)]
+    num_matches, ranks = metrics.match_ranks(*tensors)
+    for q in range(dist.shape[0]):
+        order = np.argsort(dist[q], kind="stable")
+        kept = [g for g in order if not (g_pids[g] == q_pids[q] and g_cams[g] == q_cams[q])]
+        expected = [pos + 1 for pos, g in enumerate(kept) if g_pids[g] == q_pids[q]]
+        assert int(num_matches[q]) == len(expected)
+        assert ranks[q, :len(expected)].tolist() == expected
+        assert not ranks[q, len(expected):].any()
