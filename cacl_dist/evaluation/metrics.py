@@ -75,6 +75,14 @@ def pairwise_distance(query_feats, gallery_feats) -> np.ndarray:
     return out
 
 
+def stable_argsort_rows(dist: np.ndarray) -> np.ndarray:
+    """Each row's column order by increasing distance, ties by increasing column (gallery) index.
+
+    The order the metrics rank by; used where a whole small distance matrix is shown or listed.
+    """
+    return np.argsort(np.asarray(dist), axis=1, kind="stable")
+
+
 def _as_ids(value, name: str, length: int) -> np.ndarray:
     """Return an int64 id vector of the given length or raise ValueError."""
     array = _to_numpy(value, name)

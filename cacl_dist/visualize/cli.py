@@ -90,7 +90,10 @@ def ranked_main(args: argparse.Namespace) -> int:
         return 0
     num_query = len(dataset.query)
     q, g = feats[:num_query], feats[num_query:]
-    dist = k_reciprocal_rerank(q, g) if cfg.eval.rerank else pairwise_distance(q, g)
+    if cfg.eval.rerank:
+        dist = k_reciprocal_rerank(q, g, cfg.eval.rerank_k1, cfg.eval.rerank_k2, cfg.eval.rerank_lambda)
+    else:
+        dist = pairwise_distance(q, g)
     chosen = choose_queries(dist, dataset.query, dataset.gallery, args.num_queries, args.select, cfg.run.progress)
     topk = min(args.topk, len(dataset.gallery))
     ranked = rank_queries(dist, dataset.query, dataset.gallery, chosen, topk)
