@@ -57,7 +57,6 @@ class Trainer:
         self.show_progress = cfg.run.progress and env.is_main
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
         if generate_if_synthetic(cfg, write=env.is_main):
             comm.barrier()  # rank 0 wrote the images; the others wait before reading them
         self.dataset: ReidDataset = dataset_from_config(cfg)
@@ -100,7 +99,10 @@ class Trainer:
     # ----------------------------------------------------------------------------- run
     def fit(self) -> list[dict]:
         """Train to the configured number of epochs, resuming from the run folder when possible."""
-        if not self.resume():
+        resumed = self.resume()
+        if self.env.is_main:  # once a resume has accepted this config
+            (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+        if not resumed:
             self.init_memory()
             if self.cfg.eval.at_start and self.dataset.has_eval:
                 self.evaluate()

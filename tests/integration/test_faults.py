@@ -109,8 +109,10 @@ def test_changed_learning_rate_and_schedule_apply_on_resume(runs, tmp_path):
 
 def test_model_change_on_resume_is_one_line(runs, tmp_path):
     run, data = _copy(runs, tmp_path)
+    before = (run / "config.yaml").read_text()
     err = _one_line(run_cli("cacl_dist.train", set_args(run, data, **{"model.pool": "gem"})))
     assert "model.pool='avg' (now 'gem')" in err and "new run.output_dir" in err
+    assert (run / "config.yaml").read_text() == before  # still the config the checkpoint was trained with
 
 
 @pytest.mark.parametrize("change", [{"data.height": 32}, {"model.last_stride": 2}])
