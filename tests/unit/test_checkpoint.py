@@ -131,3 +131,13 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     assert sorted(p.name for p in removed) == sorted(stale)
     assert sorted(os.listdir(tmp_path)) == sorted(keep)
     assert ckpt.remove_stale_temporaries(tmp_path / "missing") == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nonfinite_parts_over_cuda_and_cpu_tensors_agree_with_the_cpu():
+    parts = {"model": [torch.ones(3, device="cuda"), torch.tensor([float("nan")], device="cuda")],
+             "optimizer": [torch.ones(2, device="cuda"), torch.tensor(3.0)],  # step counters stay on the CPU
+             "bank_rgb": [torch.tensor([float("-inf")])], "centres_rgb": [torch.zeros(2, device="cuda")]}
+    on_cpu = {name: [t.cpu() for t in tensors] for name, tensors in parts.items()}
+    assert ckpt.nonfinite_parts(parts) == ckpt.nonfinite_parts(on_cpu) == ["model", "bank_rgb"]
