@@ -1,18 +1,26 @@
 """Atomic, self-describing checkpoints and auto-resume from the run folder.
 
 A checkpoint is one `torch.save` file holding a dict with a format tag, the resolved config
-and every piece of training state. It is written to a temporary file in the same folder,
-flushed to disk and renamed over the target, so a kill at any moment leaves either the old
-or the new checkpoint, never half of one. :func:`load_trained_model` rebuilds the model a
-checkpoint was trained with, for evaluation and export.
+and every piece of training state, as tensors and plain Python values only. It is written to a
+temporary file in the same folder, flushed to disk and renamed over the target, so a kill at any
+moment leaves either the old or the new checkpoint, never half of one (a kill while writing may
+leave the temporary, which :func:`remove_stale_temporaries` clears at the next start).
+
+Checkpoints are read with ``torch.load(weights_only=True)``: a file that would need anything else
+to be unpickled (a class, a function: code) is refused instead of run. A checkpoint holding a NaN
+or an infinity is refused too (:func:`nonfinite_parts`). :func:`load_trained_model` rebuilds the
+model a checkpoint was trained with, for evaluation and export.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import re
 import tempfile
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +30,73 @@ from .config import Config, apply_overrides, config_from_dict, load_config
 from .models.cacl import CACLModel, build_model
 
 FORMAT = "cacl_dist.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: random states as tensors and plain values (version 1 stored NumPy arrays), dataset fingerprint."""
 LAST = "last.pt"
+_TEMPORARY = re.compile(r"^\.(last|epoch_\d+)\.pt\.[A-Za-z0-9_]+\.tmp$")
+"""Names :func:`save_checkpoint` gives its temporaries (``tempfile.mkstemp`` beside ``last.pt`` or ``epoch_NNN.pt``)."""
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """Training state holding NaN or infinity: never written to, or read from, a checkpoint."""
+
+
+def nonfinite_parts(parts: dict[str, Iterable[torch.Tensor]]) -> list[str]:
+    """The names of the groups of tensors in ``parts`` that hold a NaN or an infinity.
+
+    Every tensor is reduced on its own device and the flags are read back once per device
+    (one host synchronisation per device, whatever the number of tensors).
+    """
+    flags: dict[torch.device, list[torch.Tensor]] = {}
+    owners: dict[torch.device, list[str]] = {}
+    for name, tensors in parts.items():
+        for tensor in tensors:
+            if tensor.is_floating_point() or tensor.is_complex():
+                flags.setdefault(tensor.device, []).append(tensor.isfinite().all())
+                owners.setdefault(tensor.device, []).append(name)
+    bad = set()
+    for device, device_flags in flags.items():
+        finite = torch.stack(device_flags).cpu().tolist()
+        bad.update(name for name, ok in zip(owners[device], finite) if not ok)
+    return [name for name in parts if name in bad]
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor inside nested dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
+STATE_PARTS = ("model", "optimizer", "bank_rgb", "bank_gray", "centres_rgb", "centres_gray")
+"""The checkpoint entries checked for NaN and infinity, on save and on load."""
+
+
+def state_parts(state: dict[str, Any]) -> dict[str, list[torch.Tensor]]:
+    """The tensors of each of :data:`STATE_PARTS` in ``state`` (the parts it has)."""
+    return {name: list(_tensors(state[name])) for name in STATE_PARTS if state.get(name) is not None}
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete the temporaries that :func:`save_checkpoint` left in ``run_dir`` when it was killed; returns them.
+
+    Only files named like its temporaries are touched. Call it where no checkpoint is being written.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    removed = []
+    for path in sorted(run_dir.iterdir()):
+        if _TEMPORARY.match(path.name) and path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -53,16 +126,45 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint; a truncated, corrupt or foreign file is a clear ValueError."""
+def _numpy_array_globals() -> list:
+    """What unpickling the NumPy arrays in a version-1 checkpoint's random state needs (data types only)."""
+    import numpy as np
+
+    multiarray = getattr(np, "_core", None) or np.core
+    return [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype("uint32"))]
+
+
+def _allow_numpy_arrays() -> contextlib.AbstractContextManager:
+    """Let ``weights_only`` loading rebuild NumPy arrays for this load only (torch >= 2.5; else nothing)."""
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    return scoped(_numpy_array_globals()) if scoped is not None else contextlib.nullcontext()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    check_finite: bool = True) -> dict[str, Any]:
+    """Read and validate a checkpoint; a truncated, corrupt, foreign or unsafe file is a clear ValueError.
+
+    Only tensors and plain values are unpickled (``weights_only=True``; NumPy arrays too, for the
+    random state of version-1 checkpoints): a file that needs a class or a function is refused,
+    so loading never runs code from the file. With ``check_finite`` a checkpoint holding NaN or
+    infinity in its weights, optimiser state, banks or centres is refused (:class:`NonFiniteError`).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        with _allow_numpy_arrays():
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        unsafe = re.search(r"GLOBAL (\S+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        if unsafe:
+            raise ValueError(
+                f"checkpoint '{path}' holds more than tensors and plain values ({unsafe.group(1)}), and loading it "
+                "could run code; refusing it. Pass a checkpoint written by cacl_dist from a source you trust") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = "not a torch.save file" if isinstance(exc, pickle.UnpicklingError) else (lines or [""])[0][:200]
         raise ValueError(
-            f"checkpoint '{path}' is truncated or corrupt and cannot be read ({type(exc).__name__}: {exc}). "
+            f"checkpoint '{path}' is truncated or corrupt and cannot be read ({type(exc).__name__}: {reason}). "
             "Delete or move it to resume from scratch, or pass another checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(
@@ -72,6 +174,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(
             f"checkpoint '{path}' has format version {state['format_version']}, newer than this cacl_dist "
             f"understands ({FORMAT_VERSION}); upgrade cacl_dist")
+    if check_finite:
+        bad = nonfinite_parts(state_parts(state))
+        if bad:
+            raise NonFiniteError(
+                f"checkpoint '{path}' holds NaN or infinite values ({', '.join(bad)}): the run had diverged when "
+                "it was written; use an earlier checkpoint (epoch_NNN.pt) or train again with a lower optim.lr")
     return state
 
 
@@ -111,25 +219,35 @@ def find_resume(run_dir: str | Path) -> Path | None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Random states of python, numpy, torch (and CUDA when present)."""
+    """Random states of python, numpy, torch (and CUDA when present), as tensors and plain values."""
     import random
 
     import numpy as np
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` saved."""
+    """Restore what `rng_state` saved (also the NumPy-array form of version-1 checkpoints)."""
     import random
 
     import numpy as np
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    saved = state["numpy"]
+    if isinstance(saved, dict):
+        saved = (saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
+                 saved["cached_gaussian"])
+    np.random.set_state(saved)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -125,6 +125,8 @@ class _ImagesOnly(torch.nn.Module):
 def _compare(name: str, got: torch.Tensor, expected: torch.Tensor, atol: float) -> None:
     if got.shape != expected.shape:
         raise RuntimeError(f"exported {name} model gives shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
+    if not bool(torch.isfinite(got).all() and torch.isfinite(expected).all()):
+        raise RuntimeError(f"exported {name} model gives NaN or infinite features")
     diff = (got.float() - expected.float()).abs().max().item()
     if diff > atol:
         raise RuntimeError(f"exported {name} model differs from the branch by {diff:.2e} (> {atol:.0e})")

@@ -7,11 +7,16 @@ Each step reads like the data flow in docs/architecture.md section 3:
 4. both DDP-wrapped branches run forward, the losses use local samples against the centres;
 5. the global batch's features are gathered while the backward pass runs, then the bank rows
    and centres are updated (the step itself never waits for the device: no host syncs);
-6. at the end of the epoch: evaluate when due, then an atomic checkpoint.
+6. at the end of the epoch: an atomic checkpoint, then the evaluation when due, and the checkpoint
+   again with its result (so a failing evaluation never costs the epoch).
+
+No checkpoint is ever written with a NaN or an infinity in it: the run stops instead and keeps
+the last good one.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -20,11 +25,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt
 from . import clustering, pseudo_label_log, run_log, training_state
 from .config import Config, dump_yaml
 from .data.epoch_plan import check_batch_order
 from .data.factory import augment_params, dataset_from_config, generate_if_synthetic, training_plan
+from .data.integrity import check_dataset_images, records_fingerprint
 from .data.layouts import ReidDataset
 from .data.pipelines import get_pipeline, resolve_pipeline
 from .distributed import comm
@@ -53,10 +58,12 @@ class Trainer:
         self.show_progress = cfg.run.progress and env.is_main
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
         if generate_if_synthetic(cfg, write=env.is_main):
             comm.barrier()  # rank 0 wrote the images; the others wait before reading them
         self.dataset: ReidDataset = dataset_from_config(cfg)
+        bar = functools.partial(progress, desc="check images", enabled=self.show_progress)
+        comm.run_on_main(lambda: check_dataset_images(self.dataset, self.run_dir, bar), "checking the images")
+        self.data_fingerprint = records_fingerprint(self.dataset.train, self.dataset.root)
         self.train_pipeline = get_pipeline(resolve_pipeline(cfg.data.pipeline, device=env.device))
         self.cluster_params = clustering.ClusterParams.from_config(cfg.clustering)  # resolves the backend
         run_log.log_setup(self.log, cfg, env, self.dataset, self.train_pipeline.NAME, self.cluster_params.backend)
@@ -95,10 +102,16 @@ class Trainer:
     # ----------------------------------------------------------------------------- run
     def fit(self) -> list[dict]:
         """Train to the configured number of epochs, resuming from the run folder when possible."""
-        if not self.resume():
+        resumed = self.resume()
+        if self.env.is_main:  # once a resume has accepted this config
+            (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+        if not resumed:
             self.init_memory()
             if self.cfg.eval.at_start and self.dataset.has_eval:
                 self.evaluate()
+        elif self._eval_missing():  # the run stopped between an epoch's checkpoint and its evaluation
+            self.evaluate()
+            self.save(keep=self._keep_due())
         while self.epoch < self.cfg.train.epochs:
             if self.iter_in_epoch == 0:
                 self.cluster()
@@ -107,9 +120,10 @@ class Trainer:
                 return self.eval_history
             self.scheduler.step()
             self.epoch, self.iter_in_epoch = self.epoch + 1, 0
+            self.save(keep=self._keep_due())
             if self._eval_due():
                 self.evaluate()
-            self.save(keep=self._keep_due())
+                self.save(keep=self._keep_due())  # the same state, with the evaluation in its history
         if self.env.is_main and (summary := run_log.log_summary(self.log, self.eval_history)) is not None:
             self.metrics.write("summary", self.global_step, **summary)  # first, last and best evaluation
         self.metrics.close()
@@ -307,15 +321,14 @@ class Trainer:
         return training_state.gather_state(self)
 
     def save(self, keep: bool = False) -> None:
-        """Atomically write last.pt (rank 0) after gathering the state from every rank."""
+        """Atomically write last.pt (rank 0) after gathering the state from every rank.
+
+        A state holding NaN or infinity is not written: every rank raises
+        :class:`~cacl_dist.checkpoint.NonFiniteError` and the last good checkpoint stays.
+        """
         state = self.state_dict()
-        if self.env.is_main:
-            path = ckpt.save_checkpoint(self.run_dir / ckpt.LAST, state)
-            if keep:
-                ckpt.save_checkpoint(self.run_dir / f"epoch_{self.epoch:03d}.pt", state)
-            self.log.info("checkpoint written: %s (epoch %d, step %d of the epoch)", path, self.epoch,
-                          self.iter_in_epoch)
-        comm.barrier()
+        path = comm.run_on_main(lambda: training_state.write_state(self, state, keep), "writing the checkpoint")
+        self.log.info("checkpoint written: %s (epoch %d, step %d of the epoch)", path, self.epoch, self.iter_in_epoch)
 
     def resume(self) -> bool:
         """Restore the run folder's last checkpoint if rank 0 finds one (every rank follows); True when resumed."""
@@ -346,6 +359,10 @@ class Trainer:
         last = self.epoch == self.cfg.train.epochs
         return self.dataset.has_eval and (last or (every > 0 and self.epoch % every == 0))
 
+    def _eval_missing(self) -> bool:
+        done = {h["epoch"] for h in self.eval_history}
+        return self.epoch > 0 and self.iter_in_epoch == 0 and self._eval_due() and self.epoch not in done
+
     def _keep_due(self) -> bool:
         every = self.cfg.checkpoint.keep_every_epochs
         return every > 0 and self.epoch % every == 0
@@ -360,7 +377,7 @@ class Trainer:
         self.metrics.write("train", self.global_step, epoch=self.epoch + 1, iter=self.iter_in_epoch, lr=lr,
                            images_per_s=images_per_s, **row)
         if not all(math.isfinite(v) for v in values):
-            raise FloatingPointError(f"non-finite loss at step {self.global_step}: {row}; lower optim.lr")
+            raise training_state.diverged(self, f"non-finite loss {row}")
         run_log.log_losses(self.log, self.epoch + 1, self.iter_in_epoch, self.cfg.train.iters_per_epoch, row, lr,
                            images_per_s)
 

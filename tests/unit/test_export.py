@@ -138,3 +138,24 @@ def test_model_override_that_does_not_fit_is_one_line_error(tiny_run, tmp_path, 
     assert main(argv) == 2
     err = _one_line_error(capsys)
     assert str(ckpt) in err and "model.pool=gem" in err
+
+
+def test_checkpoint_with_nan_weights_is_not_exported(tiny_run, tmp_path, capsys):
+    from cacl_dist.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tiny_run[0])
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    save_checkpoint(tmp_path / "last.pt", {k: v for k, v in state.items() if k not in ("format", "format_version")})
+    out = tmp_path / "branch.ts"
+    assert main(["--checkpoint", str(tmp_path / "last.pt"), "--format", "torchscript", "--output", str(out)]) == 2
+    err = _one_line_error(capsys)
+    assert "NaN or infinite" in err and "last.pt" in err and not out.exists()
+
+
+def test_comparison_refuses_nan_outputs():
+    from cacl_dist.export import _compare
+
+    nan = torch.full((2, 3), float("nan"))
+    with pytest.raises(RuntimeError, match="NaN or infinite"):
+        _compare("torchscript", nan, nan, 1e-5)

@@ -15,6 +15,12 @@ torchvision pipeline.
 With a CUDA device the pipeline runs on ``device_id`` = that device and the images never
 leave the GPU; with ``device=cpu`` the same graph runs CPU-only (``device_id=None``).
 
+DALI raises a Python error for an image it cannot decode, but an image whose header it cannot
+parse (random bytes, a JPEG cut inside its header, a GIF) ends the process with a segmentation
+fault. So before a loader builds its pipeline it checks the structure of every file it will
+read, once per process (:func:`cacl_dist.data.integrity.check_images`), and raises an error
+naming the bad ones.
+
 DALI is an optional extra, imported only when this pipeline is used.
 """
 
@@ -29,6 +35,7 @@ import numpy as np
 import torch
 
 from cacl_dist.data.epoch_plan import RankPlan
+from cacl_dist.data.integrity import check_images
 from cacl_dist.data.layouts import ImageRecord
 from cacl_dist.data.pipelines.checks import check_eval_inputs, check_train_inputs
 from cacl_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentParams, load_image
@@ -243,15 +250,18 @@ class DaliLoader:
 
     ``build(source)`` makes the pipeline (``source`` feeds the augmentation inputs, or is None);
     ``finish(tensors, step, meta)`` turns its outputs (torch tensors on the device) into what the
-    loader yields; ``batch_paths(step)`` names the files of a batch, to trace a failure to a file.
+    loader yields; ``batch_paths(step)`` names the files of a batch, to trace a failure to a file;
+    ``paths`` are all the files it reads, checked before the pipeline is built.
     """
 
-    def __init__(self, build, make_source, num_batches: int, device: torch.device, finish, batch_paths):
+    def __init__(self, build, make_source, num_batches: int, device: torch.device, finish, batch_paths,
+                 paths: Sequence[str] = ()):
         self._build = build
         self._make_source = make_source
         self._num_batches = num_batches
         self._finish = finish
         self._batch_paths = batch_paths
+        self._paths = paths
         self.device = device
 
     def __len__(self) -> int:
@@ -260,6 +270,7 @@ class DaliLoader:
     def __iter__(self) -> Iterator[tuple]:
         if self._num_batches == 0:
             return
+        check_images(self._paths)  # a header DALI cannot parse would end the process instead of raising
         source = self._make_source()
         pipe = None
         step = 0
@@ -339,7 +350,7 @@ def train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: Ra
 
     per_batch = int(indices.shape[1]) if indices.ndim == 2 else 0
     return DaliLoader(build, lambda: _ChoiceSource(int(indices.shape[0]), batch), int(indices.shape[0]), device,
-                      finish, lambda i: files[i * per_batch : (i + 1) * per_batch])
+                      finish, lambda i: files[i * per_batch : (i + 1) * per_batch], files)
 
 
 def eval_loader(records: Sequence[ImageRecord], height: int, width: int, batch_size: int, num_workers: int = 0,
@@ -367,7 +378,7 @@ def eval_loader(records: Sequence[ImageRecord], height: int, width: int, batch_s
                               max(1, num_workers), device_id, interpolation)
 
     return DaliLoader(build, lambda: None, num_batches, device, finish,
-                      lambda i: files[i * batch_size : (i + 1) * batch_size])
+                      lambda i: files[i * batch_size : (i + 1) * batch_size], files)
 
 
 __all__ = ["NAME", "INSTALL_HINT", "INSTALL_HINT_CUDA12", "DaliLoader", "dali_available", "eval_loader", "probe",

@@ -22,6 +22,30 @@ from cacl_dist.data.transforms import AugmentParams
 NAME = "torchvision"
 
 
+def _worker_message(message: str) -> str:
+    """The last line of a worker's error as the DataLoader re-raises it (the worker's traceback comes first)."""
+    if not message.startswith("Caught "):
+        return message
+    last = [line for line in message.strip().splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if last.startswith(("ValueError: ", "FileNotFoundError: ")) else last
+
+
+class Loader(DataLoader):
+    """A DataLoader whose worker errors (an unreadable image) read as the worker's one-line message.
+
+    The plain DataLoader re-raises a worker's ValueError with the worker's traceback as its message.
+    """
+
+    def __iter__(self) -> Iterator:
+        try:
+            yield from super().__iter__()
+        except ValueError as err:
+            message = _worker_message(str(err))
+            if message == str(err):
+                raise
+            raise ValueError(message) from None
+
+
 class PlanBatchSampler:
     """Yields this rank's ``(index, aug_seed)`` pairs for iterations ``start_iter .. num_iters - 1``."""
 
@@ -40,13 +64,13 @@ class PlanBatchSampler:
 
 
 def train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: RankPlan, start_iter: int = 0,
-                 num_workers: int = 0, device: torch.device | str = "cpu") -> DataLoader:
+                 num_workers: int = 0, device: torch.device | str = "cpu") -> Loader:
     """Loader of this rank's training batches ``(views_rgb B x 3 x H x W, views_gray, indices int64 B)``.
 
     The batches stay on the CPU whatever ``device`` is (pinned when CUDA is available).
     """
     check_train_inputs(plan, len(records), start_iter)
-    return DataLoader(
+    return Loader(
         TwoViewDataset(records, params),
         batch_sampler=PlanBatchSampler(plan, start_iter),
         num_workers=num_workers,
@@ -57,10 +81,10 @@ def train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: Ra
 
 def eval_loader(records: Sequence[ImageRecord], height: int, width: int, batch_size: int, num_workers: int = 0,
                 gray: bool = False, start: int = 0, end: int | None = None,
-                device: torch.device | str = "cpu", interpolation: str = "bilinear") -> DataLoader:
+                device: torch.device | str = "cpu", interpolation: str = "bilinear") -> Loader:
     """Loader over ``records[start:end]`` in order, yielding ``(images, global indices)`` on the CPU."""
     end = check_eval_inputs(len(records), batch_size, start, end)
-    return DataLoader(
+    return Loader(
         EvalDataset(records, height, width, gray, interpolation),
         batch_size=batch_size,
         sampler=range(start, end),
@@ -70,4 +94,4 @@ def eval_loader(records: Sequence[ImageRecord], height: int, width: int, batch_s
     )
 
 
-__all__ = ["NAME", "PlanBatchSampler", "eval_loader", "train_loader"]
+__all__ = ["NAME", "Loader", "PlanBatchSampler", "eval_loader", "train_loader"]

@@ -217,6 +217,39 @@ def test_unreadable_image_is_named_and_never_hangs(tmp_path):
     assert all(str(bad) in line and "truncated" in line for line in errors)
 
 
+@pytest.mark.parametrize("kind", ["random bytes", "header only"])
+def test_image_dali_cannot_parse_is_named_instead_of_a_crash(tmp_path, kind):
+    """Unchecked, DALI ends the process (SIGSEGV) on such a file in a batch of 32 or more."""
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(40):
+        path = tmp_path / f"img{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, (64, 32, 3), dtype=np.uint8)).save(path, quality=90)
+        records.append(ImageRecord(path=str(path), pid=0, camid=0))
+    bad = tmp_path / "img7.jpg"
+    bad.write_bytes(rng.bytes(3000) if kind == "random bytes" else (tmp_path / "img8.jpg").read_bytes()[:600])
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from cacl_dist.data.layouts import ImageRecord
+        from cacl_dist.data.pipelines import dali as dp
+        from cacl_dist.data.epoch_plan import RankPlan
+        from cacl_dist.data.sampler import EpochPlan
+        from cacl_dist.data.transforms import AugmentParams
+        records = [ImageRecord(path=p, pid=0, camid=0) for p in {[r.path for r in records]!r}]
+        plan = RankPlan.build(EpochPlan(indices=np.arange(40)[None], aug_seeds=np.zeros((1, 40), np.int64)), 0, 1)
+        for make in (lambda: dp.eval_loader(records, 32, 16, batch_size=40),
+                     lambda: dp.train_loader(records, AugmentParams(height=32, width=16), plan)):
+            try:
+                list(make())
+            except ValueError as err:
+                print("ERROR:", err)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    errors = [line for line in result.stdout.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 2 and all(str(bad) in line for line in errors), result.stdout
+
+
 def test_batched_erasing_equals_the_per_sample_loop():
     params = AugmentParams(height=32, width=16, erase_p=0.7)
     boxes = draw_view_batch(params, np.arange(40), 0).erase

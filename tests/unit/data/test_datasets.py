@@ -108,3 +108,14 @@ def test_torchvision_pipeline_is_in_the_registry():
     assert tv_pipeline.NAME == "torchvision"
     assert get_pipeline("torchvision").train_loader is train_loader
     assert get_pipeline("torchvision").eval_loader is eval_loader
+
+
+def test_unreadable_image_in_a_worker_is_one_line_naming_it(records):
+    """A DataLoader re-raises a worker's error with the worker's traceback as the message; the
+    pipeline's loaders keep only the worker's one-line message."""
+    broken = list(records)
+    broken[2] = ImageRecord(path=records[2].path + ".missing.jpg", pid=0, camid=0)
+    with pytest.raises(ValueError) as err:
+        list(eval_loader(broken, 32, 16, batch_size=4, num_workers=1))
+    message = str(err.value)
+    assert broken[2].path in message and len(message.splitlines()) == 1, message
