@@ -61,11 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.describe_config:
             print(describe(cfg))
             return 0
+        from .config import validate_for_world
         from .distributed.env import init_distributed, shutdown_distributed
         from .trainer import Trainer
 
         env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
         try:
+            validate_for_world(cfg, env)  # batch over the ranks, before any work
             trainer = Trainer(cfg, env)
             with stop_on_signals(trainer):
                 trainer.fit()
