@@ -10,9 +10,9 @@ from .loading import (apply_overrides, config_from_dict, describe, dump_yaml, lo
 from .schema import (AugmentConfig, CheckpointConfig, ClusteringConfig, Config, ConfigError, DataConfig,
                      DistConfig, EvalConfig, LossConfig, MemoryConfig, ModelConfig, OptimConfig, RunConfig,
                      SyntheticConfig, TrainConfig)
-from .validation import validate
+from .validation import validate, validate_for_world
 
 __all__ = ["AugmentConfig", "CheckpointConfig", "ClusteringConfig", "Config", "ConfigError", "DataConfig",
            "DistConfig", "EvalConfig", "LossConfig", "MemoryConfig", "ModelConfig", "OptimConfig", "RunConfig",
            "SyntheticConfig", "TrainConfig", "apply_overrides", "config_from_dict", "describe", "dump_yaml",
-           "load_config", "parse_override", "to_dict", "validate"]
+           "load_config", "parse_override", "to_dict", "validate", "validate_for_world"]

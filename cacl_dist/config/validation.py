@@ -32,6 +32,9 @@ def validate(cfg: Config) -> None:
                        "memory.momentum": cfg.memory.momentum}.items():
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"config key '{key}': must lie in [0, 1], got {value}")
+    if not 0.0 < cfg.optim.gamma <= 1.0:
+        raise ConfigError(f"config key 'optim.gamma': must lie in (0, 1] (the learning rate is multiplied by it "
+                          f"every optim.step_size epochs), got {cfg.optim.gamma}")
     if not 0.0 < cfg.clustering.eps_tight <= cfg.clustering.eps <= 1.0:
         raise ConfigError(
             f"config keys 'clustering.eps_tight' ({cfg.clustering.eps_tight}) and 'clustering.eps' "
@@ -45,4 +48,21 @@ def validate(cfg: Config) -> None:
             f"train.num_instances ({cfg.train.num_instances})")
 
 
-__all__ = ["validate"]
+
+def validate_for_world(cfg: Config, env) -> None:
+    """Rules that depend on the number of processes (``env.world_size``, e.g. a DistEnv), checked at start-up
+    before any work: the global batch splits evenly over the ranks, and each rank's share can train BatchNorm."""
+    world = env.world_size
+    batch = cfg.train.batch_size
+    if batch % world:
+        raise ConfigError(
+            f"config key 'train.batch_size': the global batch {batch} does not split over {world} processes; "
+            f"pick a multiple of {world} (e.g. {max(world, batch - batch % world)}) or start another number of "
+            "processes")
+    if batch // world < 2 and not cfg.model.frozen_bn:
+        raise ConfigError(
+            f"config key 'train.batch_size': {batch} over {world} process(es) leaves {batch // world} image per "
+            f"rank, but BatchNorm needs at least 2 in training; use train.batch_size >= {2 * world}")
+
+
+__all__ = ["validate", "validate_for_world"]

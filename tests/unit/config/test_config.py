@@ -83,3 +83,45 @@ def test_every_field_is_documented():
     # every leaf line carries a non-empty description
     leaves = [line for line in text.splitlines() if " = " in line]
     assert leaves and all(line.split("  # ", 1)[1].strip() for line in leaves)
+
+
+@pytest.mark.parametrize("override", ["optim.gamma=-0.1", "optim.gamma=0", "optim.gamma=5"])
+def test_lr_step_factor_must_lie_in_zero_one(override):
+    with pytest.raises(ConfigError, match="optim.gamma"):
+        load_config(None, [override])
+    assert load_config(None, ["optim.gamma=1"]).optim.gamma == 1.0
+
+
+@pytest.mark.parametrize("override", ["optim.lr=.nan", "optim.lr=nan", "loss.tau=.inf", "loss.focal_gamma=-.inf",
+                                      "dist.timeout_min=inf", "clustering.eps=.NaN"])
+def test_non_finite_floats_are_rejected_naming_the_key(override):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert override.split("=")[0] in str(info.value) and "finite" in str(info.value)
+
+
+def test_non_finite_float_in_a_file_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lr: .nan\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert "bad.yaml" in str(info.value) and "optim.lr" in str(info.value)
+
+
+@pytest.mark.parametrize("batch, world, frozen_bn, needle", [
+    (16, 3, False, "does not split over 3"),
+    (8, 8, False, "leaves 1 image per rank"),
+    (4, 4, False, "leaves 1 image per rank"),
+])
+def test_batch_must_suit_the_world_size(batch, world, frozen_bn, needle):
+    from types import SimpleNamespace
+
+    from cacl_dist.config import validate_for_world
+
+    cfg = load_config(None, [f"train.batch_size={batch}", "train.num_instances=1", f"model.frozen_bn={frozen_bn}"])
+    with pytest.raises(ConfigError, match=needle) as info:
+        validate_for_world(cfg, SimpleNamespace(world_size=world))
+    assert "train.batch_size" in str(info.value)
+    validate_for_world(cfg, SimpleNamespace(world_size=1))  # one process: fine
+    frozen = load_config(None, [f"train.batch_size={world}", "train.num_instances=1", "model.frozen_bn=true"])
+    validate_for_world(frozen, SimpleNamespace(world_size=world))  # frozen BatchNorm trains on 1 image per rank
