@@ -59,7 +59,12 @@ def restore_state(trainer, state: dict, source: str = "checkpoint") -> None:
     if changed:
         trainer.log.warning("resuming %s with changed config keys: %s", source, ", ".join(changed))
     device = trainer.env.device
-    trainer.model.load_state_dict(state["model"])
+    try:
+        trainer.model.load_state_dict(state["model"])
+    except RuntimeError:
+        model_keys = [key for key in changed if key.startswith("model.")] or ["model.*"]
+        raise ValueError(f"{source} holds a model that does not fit this run's {', '.join(model_keys)}; resume "
+                         "with the run's own model settings (its config.yaml), or use a new run.output_dir") from None
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.precision.load_state_dict(state.get("grad_scaler"))

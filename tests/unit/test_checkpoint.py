@@ -55,3 +55,39 @@ def test_rng_state_round_trip():
     first = torch.rand(3)
     ckpt.set_rng_state(state)
     assert torch.equal(torch.rand(3), first)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to fake a full disk")
+def test_full_disk_is_reported_as_such_with_the_path(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a zip-writer RuntimeError; the save names ENOSPC and the file."""
+    import errno
+
+    from cacl_dist.cli import user_error_message
+
+    path = tmp_path / "last.pt"
+    ckpt.save_checkpoint(path, {"epoch": 1})
+    real_fdopen = os.fdopen
+
+    def full_disk(fd, mode="r", *args, **kwargs):
+        os.close(fd)
+        return real_fdopen(os.open("/dev/full", os.O_WRONLY), mode, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.os, "fdopen", full_disk)
+    with pytest.raises(OSError) as info:
+        ckpt.save_checkpoint(path, {"epoch": 2, "weights": torch.zeros(100_000)})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    message = user_error_message(info.value)
+    assert str(path) in message and "No space left on device" in message and "free disk space" in message
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(path)["epoch"] == 1 and sorted(os.listdir(tmp_path)) == ["last.pt"]
+
+
+def test_checkpoints_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = ckpt.save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+        assert path.stat().st_mode & 0o777 == 0o644  # like any other file, not mkstemp's 0600
+        os.umask(0o077)
+        assert ckpt.save_checkpoint(tmp_path / "last.pt", {"epoch": 2}).stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
