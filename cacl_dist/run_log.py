@@ -54,8 +54,35 @@ def log_summary(log: logging.Logger, eval_history: list[dict]) -> None:
     if not eval_history:
         return
     first, last = eval_history[0], eval_history[-1]
-    log.info("done: mAP %.1f%% -> %.1f%%, rank-1 %.1f%% -> %.1f%% (epoch %d -> %d)", 100 * first["mAP"],
-             100 * last["mAP"], 100 * first["rank1"], 100 * last["rank1"], first["epoch"], last["epoch"])
+    if len(eval_history) == 1:
+        log.info("done: mAP %.1f%%, rank-1 %.1f%% %s", 100 * last["mAP"], 100 * last["rank1"],
+                 position(last["epoch"], 0))
+        return
+    log.info("done: mAP %.1f%% -> %.1f%%, rank-1 %.1f%% -> %.1f%% (%s -> %s)", 100 * first["mAP"],
+             100 * last["mAP"], 100 * first["rank1"], 100 * last["rank1"], position(first["epoch"], 0),
+             position(last["epoch"], 0))
+
+
+def position(epochs_done: int, step_in_epoch: int) -> str:
+    """Where a run stands, said the same way everywhere: 'after 1 epoch, step 2 of epoch 2', 'after 2 epochs'."""
+    done = "before training" if epochs_done == 0 else f"after {epochs_done} epoch{'s' if epochs_done != 1 else ''}"
+    if step_in_epoch == 0:
+        return done
+    if epochs_done == 0:
+        return f"at step {step_in_epoch} of epoch 1"
+    return f"{done}, step {step_in_epoch} of epoch {epochs_done + 1}"
+
+
+def written_before_checkpoint(row: dict, global_step: int, epochs_done: int, evaluated: set) -> bool:
+    """Whether a metrics.jsonl `row` was recorded before the checkpoint taken at `global_step`, `epochs_done`
+    epochs in, with the evaluations after `evaluated` epochs (rows recorded later are dropped on resume)."""
+    if row.get("step", -1) != global_step:
+        return row.get("step", -1) < global_step
+    if row.get("kind") == "cluster":  # clustering for the next epoch runs after the epoch-end checkpoint
+        return row.get("epoch", 0) <= epochs_done
+    if row.get("kind") == "eval":
+        return row.get("epoch") in evaluated
+    return True
 
 
 def changed_keys(stored: dict, cfg: Config) -> list[str]:
@@ -65,4 +92,5 @@ def changed_keys(stored: dict, cfg: Config) -> list[str]:
             if old.get(section, {}).get(key) != new[section][key]]
 
 
-__all__ = ["changed_keys", "log_clustering", "log_evaluation", "log_losses", "log_setup", "log_summary"]
+__all__ = ["changed_keys", "log_clustering", "log_evaluation", "log_losses", "log_setup", "log_summary", "position",
+           "written_before_checkpoint"]
