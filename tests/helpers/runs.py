@@ -40,7 +40,8 @@ def tiny_overrides(run_dir: Path, data_dir: Path, **extra: object) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
 
-def _command(module: str, args: list[str], env_extra: dict | None, torchrun_procs: int) -> tuple[list[str], dict]:
+def _command(module: str, args: list[str], env_extra: dict | None, torchrun_procs: int,
+             prefix: list[str] = ()) -> tuple[list[str], dict]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env.update(env_extra or {})
     if torchrun_procs:
@@ -50,13 +51,14 @@ def _command(module: str, args: list[str], env_extra: dict | None, torchrun_proc
                "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", module, *args]
     else:
         cmd = [sys.executable, "-m", module, *args]
-    return cmd, env
+    return [*prefix, *cmd], env
 
 
 def run_cli(module: str, args: list[str], env_extra: dict | None = None, timeout: float = 600,
-            torchrun_procs: int = 0) -> subprocess.CompletedProcess:
-    """Run `python -m module args` (or under torchrun with N processes) and return the result."""
-    cmd, env = _command(module, args, env_extra, torchrun_procs)
+            torchrun_procs: int = 0, prefix: list[str] = ()) -> subprocess.CompletedProcess:
+    """Run `python -m module args` (or under torchrun with N processes; `prefix` wraps the command) and return
+    the result."""
+    cmd, env = _command(module, args, env_extra, torchrun_procs, prefix)
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -81,6 +83,21 @@ def wait_for(condition, proc: subprocess.Popen | None = None, timeout: float = 3
             raise AssertionError(f"the process ended (status {proc.returncode}) before {what}:\n{err[-3000:]}")
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def file_permissions_apply() -> list[str]:
+    """A command prefix under which file permissions hold (root without its override capabilities), or
+    pytest.skip when there is none."""
+    import shutil
+
+    import pytest
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("root ignores file permissions and setpriv is not installed to drop that")
+    drop = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}"]
 
 
 def log_text(run_dir: Path, rank: int = 0) -> str:

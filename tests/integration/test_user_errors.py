@@ -9,7 +9,8 @@ import pytest
 from cacl_dist.checkpoint import load_checkpoint
 from cacl_dist.logging import read_metrics
 
-from tests.helpers.runs import fit, log_text, run_cli, set_args, start_cli, wait_for
+from tests.helpers.runs import (file_permissions_apply, fit, log_text, run_cli, set_args, start_cli, tiny_overrides,
+                                wait_for)
 
 
 def _one_line(result) -> str:
@@ -59,6 +60,39 @@ def test_unusable_output_dir_is_one_line(tmp_path, synthetic_root, kind):
     line = _one_line(run_cli("cacl_dist.train", set_args(run_dir, synthetic_root)))
     assert str(run_dir) in line and "run.output_dir" in line
     assert blocker.read_text() == "not a folder"
+
+
+def test_unreadable_data_folder_is_one_line_in_the_log(tmp_path, synthetic_root):
+    import shutil
+
+    from cacl_dist.config import load_config
+    from cacl_dist.data.factory import generate_if_synthetic
+
+    prefix = file_permissions_apply()
+    generate_if_synthetic(load_config(None, tiny_overrides(tmp_path / "prepare", synthetic_root)))  # the images
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root, data)
+    (data / "bounding_box_train").chmod(0)
+    try:
+        result = run_cli("cacl_dist.train", set_args(tmp_path / "run", data), prefix=prefix)
+    finally:
+        (data / "bounding_box_train").chmod(0o755)
+    line = _one_line(result)
+    assert str(data / "bounding_box_train") in line and "Permission denied" in line
+    assert line.removeprefix("error: ") in log_text(tmp_path / "run")
+
+
+def test_output_dir_without_write_permission_is_one_line(tmp_path, synthetic_root):
+    prefix = file_permissions_apply()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        for run_dir in (locked, locked / "run"):
+            line = _one_line(run_cli("cacl_dist.train", set_args(run_dir, synthetic_root), prefix=prefix))
+            assert str(run_dir) in line and "run.output_dir" in line
+    finally:
+        locked.chmod(0o755)
 
 
 def test_batch_that_does_not_split_over_the_ranks_fails_before_any_work(tmp_path, synthetic_root):
