@@ -73,7 +73,8 @@ def user_error_message(exc: BaseException) -> str | None:
 def run_main(body: Callable[[], int | None], on_error: Callable[[str], None] | None = None) -> int:
     """Run `body`; a user error prints one line ('error: ...') and exits with status 2.
 
-    `on_error(line)` also receives that line (e.g. to write it into the run folder's log).
+    `on_error(line)` also receives that line (e.g. to write it into the run folder's log), and for any
+    other exception (a bug, which keeps its traceback on stderr) a line naming it.
     """
     try:
         return int(body() or 0)
@@ -83,12 +84,17 @@ def run_main(body: Callable[[], int | None], on_error: Callable[[str], None] | N
     except Exception as exc:
         message = user_error_message(exc)
         if message is None:
+            _report(on_error, f"crashed: {type(exc).__name__}: {exc} (the traceback is on stderr)")
             raise
         line = "error: " + " ".join(message.split())
         print(line, file=sys.stderr)
-        if on_error is not None:
-            try:
-                on_error(line)
-            except Exception:  # reporting must never hide the error itself
-                pass
+        _report(on_error, line)
         return USER_ERROR_EXIT_CODE
+
+
+def _report(on_error: Callable[[str], None] | None, line: str) -> None:
+    if on_error is not None:
+        try:
+            on_error(" ".join(line.split()))
+        except Exception:  # reporting must never hide the error itself
+            pass

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 LOCK_NAME = ".lock"
+STATUS_NAME = "status.txt"
 
 
 class RunFolderBusy(ValueError):
@@ -77,10 +78,14 @@ class RunFolderLock:
                 f"run folder '{self.run_dir}' is in use by another run ({self.owner() or 'owner unknown'}); "
                 "wait for it to end or stop it, or pick another run.output_dir") from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"host {socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-                 .encode())
+        os.write(fd, (self.describe_holder() + "\n").encode())
         self._fd = fd
         return self
+
+    @staticmethod
+    def describe_holder() -> str:
+        """'host H pid P since T' of this process."""
+        return f"host {socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
     def owner(self) -> str:
         """What the holder wrote into the lock file ('' when unreadable)."""
@@ -102,6 +107,19 @@ class RunFolderLock:
         self.release()
 
 
+def write_status(run_dir: str | Path, text: str) -> None:
+    """Replace the run folder's status.txt with one line: 'running ...' while a run holds the folder, then its
+    exit status and why (e.g. '3 stopped on request (SIGTERM) after 1 epoch, ...'). A folder whose status
+    still says 'running' while no run holds it was left by a killed or crashed run."""
+    path = Path(run_dir) / STATUS_NAME
+    tmp = path.with_name(f".{STATUS_NAME}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(" ".join(text.split()) + "\n")
+        os.replace(tmp, path)
+    except OSError:  # the status must never hide what happened (e.g. a full disk)
+        tmp.unlink(missing_ok=True)
+
+
 def append_error_line(run_dir: str | Path | None, rank: int, line: str) -> None:
     """Write `line` (a one-line error) into the rank's log in the run folder, when that folder exists."""
     from .logging import log_to_run_file
@@ -110,4 +128,5 @@ def append_error_line(run_dir: str | Path | None, rank: int, line: str) -> None:
         log_to_run_file(Path(run_dir), rank, line.removeprefix("error: "))
 
 
-__all__ = ["LOCK_NAME", "RunFolderBusy", "RunFolderLock", "append_error_line", "prepare_run_dir"]
+__all__ = ["LOCK_NAME", "STATUS_NAME", "RunFolderBusy", "RunFolderLock", "append_error_line", "prepare_run_dir",
+           "write_status"]

@@ -14,9 +14,10 @@ stderr, also written to the run folder's log, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
-from .cli import add_config_args, default_config_path, run_main
+from .cli import USER_ERROR_EXIT_CODE, add_config_args, default_config_path, run_main, user_error_message
 from .config import describe, dump_yaml, load_config, validate_for_world
 from .stopping import INTERRUPTED_EXIT_CODE, STOPPED_EXIT_CODE, StopSignals, watch_parent
 
@@ -48,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .distributed import comm
         from .distributed.env import init_distributed, shutdown_distributed
-        from .run_folder import RunFolderLock
+        from .run_folder import RunFolderLock, write_status
+        from .run_log import position
         from .trainer import Trainer
+
+        def take_folder() -> None:  # rank 0
+            lock.acquire()
+            write_status(lock.run_dir, f"running: {lock.describe_holder()}")
 
         with StopSignals() as signals:  # a signal from now on stops the run at its next chance
             watch_parent()
@@ -57,15 +63,29 @@ def main(argv: list[str] | None = None) -> int:
             lock = RunFolderLock(cfg.run.output_dir)
             try:
                 validate_for_world(cfg, env)  # before any work: every rank fails alike
-                comm.run_on_main(lambda: lock.acquire() and None, "the run folder lock")  # held by rank 0
+                comm.run_on_main(take_folder, "the run folder lock")  # held by rank 0
                 where.update(run_dir=cfg.run.output_dir, rank=env.rank)
                 trainer = Trainer(cfg, env)
                 signals.attach(trainer.request_stop)
                 trainer.fit()
+                if not trainer.stopped:
+                    code, outcome = 0, f"finished {position(trainer.epoch, 0)}"
+                else:
+                    code, outcome = signals.exit_code, (
+                        f"stopped on request ({_signal_name(signals.received)}) "
+                        f"{position(trainer.epoch, trainer.iter_in_epoch)}; start the same command again to resume")
+                if lock.held:
+                    write_status(lock.run_dir, f"{code} {outcome}")
+                return code
+            except Exception as exc:
+                if lock.held:  # rank 0, while the folder is still this run's
+                    message = user_error_message(exc)
+                    write_status(lock.run_dir, f"{USER_ERROR_EXIT_CODE} error: {message}" if message is not None
+                                 else f"1 crashed: {type(exc).__name__}: {exc} (traceback on stderr)")
+                raise
             finally:
                 lock.release()
                 shutdown_distributed()
-            return signals.exit_code if trainer.stopped else 0
 
     def log_error(line: str) -> None:
         from .run_folder import append_error_line
@@ -73,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         append_error_line(where.get("run_dir"), where.get("rank", 0), line)
 
     return run_main(body, on_error=log_error)
+
+
+def _signal_name(signum: int | None) -> str:
+    try:
+        return signal.Signals(signum).name
+    except (TypeError, ValueError):
+        return "request"
 
 
 if __name__ == "__main__":

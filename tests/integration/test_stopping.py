@@ -31,11 +31,13 @@ def test_sigterm_during_start_up_checkpoints_the_banks_and_resumes_like_a_straig
     assert (state["epoch"], state["iter_in_epoch"], state["global_step"]) == (0, 0, 0)
     assert state["labels"] is None  # stopped before clustering
     assert "stopped on request before training; checkpoint written" in log_text(run_dir)
+    assert (run_dir / "status.txt").read_text().startswith("3 stopped on request (SIGTERM) before training;")
     assert not read_metrics(run_dir, "train") and not read_metrics(run_dir, "cluster")
     resumed = run_cli("cacl_dist.train", args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_state(load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(run_dir / "last.pt"))
     assert [r["epoch"] for r in read_metrics(run_dir, "eval")] == [0, 1, 2]  # the interrupted one ran again
+    assert (run_dir / "status.txt").read_text() == "0 finished after 2 epochs\n"
 
 
 def test_ctrl_c_checkpoints_the_current_step_and_exits_130(tmp_path, synthetic_root):
@@ -48,6 +50,7 @@ def test_ctrl_c_checkpoints_the_current_step_and_exits_130(tmp_path, synthetic_r
     state = load_checkpoint(run_dir / "last.pt")
     assert state["epoch"] == 0 and 0 < state["iter_in_epoch"] < 30  # the steps of the epoch are kept
     assert "stopped on request at step" in log_text(run_dir) and "Traceback" not in err
+    assert (run_dir / "status.txt").read_text().startswith("130 stopped on request (SIGINT) at step")
 
 
 @pytest.mark.skipif(not hasattr(os, "getppid") or os.name != "posix", reason="POSIX process tree")

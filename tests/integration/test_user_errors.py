@@ -28,7 +28,8 @@ def test_a_second_run_on_a_busy_folder_stops_naming_the_folder_and_the_owner(tmp
         second = run_cli("cacl_dist.train", args)
         line = _one_line(second)
         assert str(run_dir) in line and f"pid {first.pid}" in line and "in use by another run" in line
-        assert "in use" not in log_text(run_dir)  # the owner's log is not touched
+        assert "in use" not in log_text(run_dir)  # the owner's log and status are not touched
+        assert (run_dir / "status.txt").read_text().startswith("running: host ")
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=300)
@@ -50,6 +51,7 @@ def test_non_finite_loss_stops_with_one_line_in_the_log(tmp_path, synthetic_root
         "loss.tau": 1e-45, "eval.at_start": False}))  # the cluster softmax overflows
     line = _one_line(result)
     assert "non-finite loss" in line and "ERROR non-finite loss" in log_text(tmp_path / "run")
+    assert (tmp_path / "run" / "status.txt").read_text().startswith("2 error: non-finite loss")
 
 
 @pytest.mark.parametrize("kind", ["file", "under_a_file"])
