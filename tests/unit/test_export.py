@@ -138,3 +138,19 @@ def test_model_override_that_does_not_fit_is_one_line_error(tiny_run, tmp_path, 
     assert main(argv) == 2
     err = _one_line_error(capsys)
     assert str(ckpt) in err and "model.pool=gem" in err
+
+
+def test_torch_export_format_loads_without_deprecation_notices(tiny_run, tmp_path):
+    """The 'export' format is loaded with torch.export (no TorchScript, whose loader warns on recent torch)."""
+    import warnings
+
+    ckpt, branch = tiny_run
+    out = tmp_path / "branch.pt2"
+    assert main(["--checkpoint", str(ckpt), "--format", "export", "--output", str(out)]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        loaded = torch.export.load(str(out)).module()
+    for images in _inputs():
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(images), _expected(branch, images), atol=1e-5, rtol=0)
