@@ -24,91 +24,23 @@ import tempfile
 import textwrap
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from tests.helpers.faults import (BASE, NEXT_EPOCH, Case, Lab, Skip, no_override_prefix, one_line_error, running,
+                                  stop_with)
 from tests.helpers.runs import log_text, run_cli, set_args, start_cli, tiny_overrides, wait_for
-
-
-class Skip(Exception):
-    """The case cannot run here (the reason is the message)."""
-
-
-@dataclass
-class Case:
-    name: str
-    expected: str
-    run: Callable[["Lab"], tuple[bool, str]]
-    here: bool = True       # handled on this branch (a failure is a FAIL, not 'not on this branch')
-    torchrun: bool = False  # starts torchrun (slower)
-
-
-class Lab:
-    """A scratch folder with the synthetic data and one finished base run (1 epoch, one evaluation)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.data = root / "data"
-        self._base: Path | None = None
-        self._count = 0
-
-    def folder(self, name: str) -> Path:
-        self._count += 1
-        return self.root / f"{self._count:02d}_{name}"
-
-    def args(self, run_dir: Path, **extra) -> list[str]:
-        return set_args(run_dir, self.data, **extra)
-
-    def base(self) -> Path:
-        """A finished 1-epoch run (evaluated once, after training); made on first use."""
-        if self._base is None:
-            run_dir = self.root / "base"
-            result = run_cli("cacl_dist.train", self.args(run_dir, **BASE))
-            if result.returncode != 0:
-                raise RuntimeError(f"the base run failed: {result.stderr[-2000:]}")
-            self._base = run_dir
-        return self._base
-
-    def copy_of_base(self, name: str) -> Path:
-        run_dir = self.folder(name)
-        shutil.copytree(self.base(), run_dir, ignore=shutil.ignore_patterns(".lock"))
-        return run_dir
-
-
-BASE = {"train.epochs": 1, "eval.at_start": False, "eval.every_epochs": 0}
-NEXT_EPOCH = {"train.epochs": 2, "eval.at_start": False, "eval.every_epochs": 0}
-
-
-def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> tuple[bool, str]:
-    lines = result.stderr.strip().splitlines()
-    observed = f"exit {result.returncode}: " + (lines[-1][:150] if lines else "(no stderr)")
-    if len(lines) > 1:
-        observed += f" (+{len(lines) - 1} more stderr lines)"
-    ok = result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
-    return ok and all(n in lines[0] for n in needles), observed
-
-
-def _no_override_prefix() -> list[str]:
-    """A command prefix under which file permissions apply (root loses its override), or Skip."""
-    if os.geteuid() != 0:
-        return []
-    if shutil.which("setpriv") is None:
-        raise Skip("root ignores file permissions and setpriv is missing")
-    drop = "-dac_override,-dac_read_search"
-    return ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}"]
 
 
 # ----------------------------------------------------------------------------------------- this branch
 
 
 def case_gamma(lab: Lab):
-    return _one_line_error(run_cli("cacl_dist.train", lab.args(lab.folder("gamma"), **{"optim.gamma": -0.5})),
+    return one_line_error(run_cli("cacl_dist.train", lab.args(lab.folder("gamma"), **{"optim.gamma": -0.5})),
                            "optim.gamma")
 
 
 def case_nan(lab: Lab):
-    return _one_line_error(run_cli("cacl_dist.train", lab.args(lab.folder("nan"), **{"optim.lr": ".nan"})),
+    return one_line_error(run_cli("cacl_dist.train", lab.args(lab.folder("nan"), **{"optim.lr": ".nan"})),
                            "optim.lr", "finite")
 
 
@@ -121,11 +53,11 @@ def case_set_pairs(lab: Lab):
 def case_output_is_file(lab: Lab):
     blocker = lab.folder("file")
     blocker.write_text("x")
-    return _one_line_error(run_cli("cacl_dist.train", lab.args(blocker)), str(blocker), "run.output_dir")
+    return one_line_error(run_cli("cacl_dist.train", lab.args(blocker)), str(blocker), "run.output_dir")
 
 
 def case_output_read_only(lab: Lab):
-    prefix = _no_override_prefix()
+    prefix = no_override_prefix()
     parent = lab.folder("read_only")
     parent.mkdir()
     parent.chmod(0o555)
@@ -133,11 +65,11 @@ def case_output_read_only(lab: Lab):
         result = run_cli("cacl_dist.train", lab.args(parent / "run"), prefix=prefix)
     finally:
         parent.chmod(0o755)
-    return _one_line_error(result, "run.output_dir")
+    return one_line_error(result, "run.output_dir")
 
 
 def case_data_unreadable(lab: Lab):
-    prefix = _no_override_prefix()
+    prefix = no_override_prefix()
     data = lab.folder("data_copy")
     shutil.copytree(lab.data, data)
     (data / "bounding_box_train").chmod(0)
@@ -145,7 +77,7 @@ def case_data_unreadable(lab: Lab):
         result = run_cli("cacl_dist.train", set_args(lab.folder("unreadable"), data), prefix=prefix)
     finally:
         (data / "bounding_box_train").chmod(0o755)
-    return _one_line_error(result, "bounding_box_train", "Permission denied")
+    return one_line_error(result, "bounding_box_train", "Permission denied")
 
 
 def case_lock(lab: Lab):
@@ -154,13 +86,13 @@ def case_lock(lab: Lab):
     run_dir = lab.copy_of_base("busy")
     with RunFolderLock(run_dir):  # this process plays the run that holds the folder
         result = run_cli("cacl_dist.train", lab.args(run_dir, **NEXT_EPOCH))
-    return _one_line_error(result, "in use by another run", f"pid {os.getpid()}")
+    return one_line_error(result, "in use by another run", f"pid {os.getpid()}")
 
 
 def case_other_backbone(lab: Lab):
     run_dir = lab.copy_of_base("backbone")
     result = run_cli("cacl_dist.train", lab.args(run_dir, **NEXT_EPOCH, **{"model.backbone": "resnet18"}))
-    ok, observed = _one_line_error(result, "model.backbone")
+    ok, observed = one_line_error(result, "model.backbone")
     return ok and "ERROR" in log_text(run_dir).splitlines()[-1], observed
 
 
@@ -183,7 +115,7 @@ def case_disk_full(lab: Lab):
     run_dir = lab.copy_of_base("disk_full")
     env = {"PYTHONPATH": os.pathsep.join([str(inject), os.environ.get("PYTHONPATH", "")])}
     result = run_cli("cacl_dist.train", lab.args(run_dir, **NEXT_EPOCH), env_extra=env)
-    ok, observed = _one_line_error(result, "last.pt", "No space left on device", "free disk space")
+    ok, observed = one_line_error(result, "last.pt", "No space left on device", "free disk space")
     status = (run_dir / "status.txt").read_text()
     return ok and status.startswith("2 error:") and "No space" in log_text(run_dir), observed
 
@@ -191,24 +123,12 @@ def case_disk_full(lab: Lab):
 def case_non_finite_loss(lab: Lab):
     run_dir = lab.copy_of_base("non_finite")
     result = run_cli("cacl_dist.train", lab.args(run_dir, **NEXT_EPOCH, **{"loss.tau": 1e-45}))
-    ok, observed = _one_line_error(result, "non-finite loss")
+    ok, observed = one_line_error(result, "non-finite loss")
     return ok and "non-finite loss" in log_text(run_dir), observed
 
 
-def _stop(lab: Lab, name: str, sig: int, ready: Callable[[Path], bool], extra: dict) -> tuple[int, dict, Path]:
-    run_dir = lab.folder(name)
-    proc = start_cli("cacl_dist.train", lab.args(run_dir, **extra))
-    wait_for(lambda: ready(run_dir), proc, what=f"the moment to send signal {sig}")
-    proc.send_signal(sig)
-    proc.communicate(timeout=300)
-    from cacl_dist.checkpoint import load_checkpoint
-
-    state = load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").exists() else {}
-    return proc.returncode, state, run_dir
-
-
 def case_sigterm_start_up(lab: Lab):
-    code, state, run_dir = _stop(lab, "sigterm_start", signal.SIGTERM,
+    code, state, run_dir = stop_with(lab, "sigterm_start", signal.SIGTERM,
                                  lambda d: "memory banks initialised" in log_text(d), {"eval.batch_size": 1})
     observed = f"exit {code}, checkpoint at step {state.get('global_step')}"
     return code == 3 and state.get("global_step") == 0, observed
@@ -217,7 +137,7 @@ def case_sigterm_start_up(lab: Lab):
 def case_ctrl_c(lab: Lab):
     from cacl_dist.logging import read_metrics
 
-    code, state, run_dir = _stop(lab, "ctrl_c", signal.SIGINT, lambda d: read_metrics(d, "train"),
+    code, state, run_dir = stop_with(lab, "ctrl_c", signal.SIGINT, lambda d: read_metrics(d, "train"),
                                  {"train.iters_per_epoch": 30})
     observed = f"exit {code}, checkpoint at step {state.get('iter_in_epoch')} of epoch 1"
     return code == 130 and 0 < state.get("iter_in_epoch", 0) < 30, observed
@@ -286,16 +206,9 @@ def case_agent_killed(lab: Lab):
     workers = [int(p) for p in Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()]
     agent.kill()
     agent.wait()
-    wait_for(lambda: not any(_running(pid) for pid in workers), timeout=300, what="the workers to end")
+    wait_for(lambda: not any(running(pid) for pid in workers), timeout=300, what="the workers to end")
     stopped = all("stopped on request" in log_text(run_dir, rank) for rank in (0, 1))
     return stopped, "workers stopped with a checkpoint" if stopped else "workers did not stop on request"
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------------------- handled elsewhere
@@ -306,7 +219,7 @@ def case_corrupt_jpeg(lab: Lab):
     shutil.copytree(lab.data, data)
     victim = sorted((data / "bounding_box_train").iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:100])
-    return _one_line_error(run_cli("cacl_dist.train", set_args(lab.folder("corrupt_jpeg"), data, **BASE)),
+    return one_line_error(run_cli("cacl_dist.train", set_args(lab.folder("corrupt_jpeg"), data, **BASE)),
                            victim.name)
 
 
@@ -317,7 +230,7 @@ def case_nan_checkpoint(lab: Lab):
     state = torch.load(run_dir / "last.pt", weights_only=False)
     next(v for v in state["model"].values() if v.is_floating_point()).fill_(float("nan"))
     torch.save(state, run_dir / "last.pt")
-    return _one_line_error(run_cli("cacl_dist.train", lab.args(run_dir, **NEXT_EPOCH)), "last.pt")
+    return one_line_error(run_cli("cacl_dist.train", lab.args(run_dir, **NEXT_EPOCH)), "last.pt")
 
 
 def case_lr_on_resume(lab: Lab):
@@ -338,7 +251,7 @@ def case_eval_failure(lab: Lab):
     victim.write_bytes(b"")  # found when the dataset is listed, unreadable when evaluation decodes it
     run_dir = lab.folder("eval_failure")
     result = run_cli("cacl_dist.train", set_args(run_dir, data, **BASE))
-    ok, observed = _one_line_error(result, victim.name)
+    ok, observed = one_line_error(result, victim.name)
     kept = (run_dir / "last.pt").exists() and load_checkpoint(run_dir / "last.pt")["epoch"] == 1
     return ok and kept, observed + ("; trained epoch kept" if kept else "; trained epoch lost")
 
@@ -361,7 +274,7 @@ def case_pickled_callable(lab: Lab):
     state["cluster_stats"] = _Touch(str(marker))
     torch.save(state, run_dir / "last.pt")
     result = run_cli("cacl_dist.train", lab.args(run_dir, **NEXT_EPOCH))
-    ok, observed = _one_line_error(result, "last.pt")
+    ok, observed = one_line_error(result, "last.pt")
     return ok and not marker.exists(), observed + ("; the callable ran" if marker.exists() else "")
 
 

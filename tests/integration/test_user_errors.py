@@ -6,7 +6,6 @@ import signal
 
 import pytest
 
-from cacl_dist.checkpoint import load_checkpoint
 from cacl_dist.logging import read_metrics
 
 from tests.helpers.runs import (file_permissions_apply, fit, log_text, run_cli, set_args, start_cli, tiny_overrides,
