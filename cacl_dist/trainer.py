@@ -142,7 +142,7 @@ class Trainer:
         return self.stop.honoured
 
     def _stop_here(self) -> list[dict]:
-        saved = self._unsaved
+        saved = not comm.any_rank(not self._unsaved)  # only when every rank finished its part (e.g. of the banks)
         if saved:
             self.save()
         self.stop.honoured = True
