@@ -106,14 +106,20 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # an ordinary file like the rest of the run folder, not mkstemp's 0600
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        cause = _os_error_behind(exc)
+        if cause is not None:  # e.g. ENOSPC, which torch.save reports as a zip-writer RuntimeError
+            raise OSError(cause.errno, f"{cause.strerror} (writing the checkpoint)", str(path)) from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -124,6 +130,15 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     except OSError:
         pass
     return path
+
+
+def _os_error_behind(exc: BaseException | None) -> OSError | None:
+    """The operating-system error (with an errno) that `exc` is or was raised while handling, if any."""
+    for _ in range(8):
+        if exc is None or (isinstance(exc, OSError) and exc.errno is not None):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _numpy_array_globals() -> list:

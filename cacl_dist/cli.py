@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 from typing import Callable
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
+USER_ERROR_EXIT_CODE = 2
+"""Exit status of a run stopped by a user error (bad config, missing or unreadable files, full disk, ...)."""
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "free disk space (or point run.output_dir at another disk) and start the same command again",
+    errno.EDQUOT: "free space within your disk quota and start the same command again",
+    errno.EACCES: "check its permissions, or pick a path you can use",
+    errno.EPERM: "check its permissions, or pick a path you can use",
+    errno.EROFS: "the filesystem is read-only; pick a writable path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; fix the path",
+    errno.EISDIR: "it is a folder, not a file; fix the path",
+    errno.EEXIST: "a file of that name is in the way; move it or pick another path",
+}
+
 
 def add_config_args(parser: argparse.ArgumentParser, default_config: bool = True) -> None:
-    """--config FILE and repeatable --set key=value."""
+    """--config FILE and --set key=value [key=value ...] (repeatable)."""
     help_default = f" (default: {DEFAULT_CONFIG.name})" if default_config else ""
     parser.add_argument("--config", default=None, help="YAML recipe, e.g. configs/market1501.yaml" + help_default)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.epochs=10 (repeatable)")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. --set train.epochs=10 optim.lr=1e-3 (repeatable)")
 
 
 def default_config_path() -> str | None:
@@ -23,13 +39,62 @@ def default_config_path() -> str | None:
     return str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
 
 
-def run_main(body: Callable[[], int | None]) -> int:
-    """Run `body`; user errors (bad config, missing files) print one line and exit with status 2."""
+def _first_os_error(exc: BaseException) -> OSError | None:
+    """`exc` itself or the first OSError with an errno among its causes (torch.save hides ENOSPC that way)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """The one-line message of a user error, or None when `exc` is a bug (it keeps its traceback).
+
+    User errors: ValueError (every config and input check), FileNotFoundError, a non-finite loss
+    (FloatingPointError), and operating-system errors such as a full disk or a missing permission,
+    also when they hide under another error.
+    """
+    if isinstance(exc, (ValueError, FloatingPointError)):
+        return str(exc)
+    os_error = _first_os_error(exc) if isinstance(exc, (OSError, RuntimeError)) else None
+    if isinstance(exc, RuntimeError) and (os_error is None or os_error.errno not in _DISK_FULL):
+        return None  # only a full disk counts when it hides under another error
+    if os_error is None:
+        return str(exc) if isinstance(exc, OSError) else None  # e.g. our own FileNotFoundError messages
+    where = f"'{os_error.filename}': " if os_error.filename else ""
+    text = f"{where}{os_error.strerror or os_error}"
+    hint = _OS_ERROR_HINTS.get(os_error.errno)
+    return f"{text}; {hint}" if hint and hint not in text else text
+
+
+def run_main(body: Callable[[], int | None], on_error: Callable[[str], None] | None = None) -> int:
+    """Run `body`; a user error prints one line ('error: ...') and exits with status 2.
+
+    `on_error(line)` also receives that line (e.g. to write it into the run folder's log), and for any
+    other exception (a bug, which keeps its traceback on stderr) a line naming it.
+    """
     try:
         return int(body() or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; start the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = user_error_message(exc)
+        if message is None:
+            _report(on_error, f"crashed: {type(exc).__name__}: {exc} (the traceback is on stderr)")
+            raise
+        line = "error: " + " ".join(message.split())
+        print(line, file=sys.stderr)
+        _report(on_error, line)
+        return USER_ERROR_EXIT_CODE
+
+
+def _report(on_error: Callable[[str], None] | None, line: str) -> None:
+    if on_error is not None:
+        try:
+            on_error(" ".join(line.split()))
+        except Exception:  # reporting must never hide the error itself
+            pass

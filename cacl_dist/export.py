@@ -1,5 +1,6 @@
 """Export the inference branch of a checkpoint: `python -m cacl_dist.export --checkpoint RUN/last.pt ...`.
 
+    python -m cacl_dist.export --checkpoint runs/market1501/last.pt --format export --output market.pt2
     python -m cacl_dist.export --checkpoint runs/market1501/last.pt --format torchscript --output market.ts
     python -m cacl_dist.export --checkpoint runs/market1501/last.pt --format onnx --output market.onnx
     python -m cacl_dist.export --checkpoint runs/market1501/last.pt --format state_dict --output branch.pt
@@ -8,7 +9,10 @@ Only branch 1 (the online branch F, the one evaluation uses) is exported: it map
 B x 3 x H x W, RGB in [0, 1] normalised with the ImageNet mean/std, to L2-normalised features
 B x D. The batch size is dynamic; H x W default to the run's data.height x data.width.
 
-  torchscript  torch.jit.trace in eval mode, saved with torch.jit.save (load with torch.jit.load)
+  export       torch.export.export in eval mode, saved with torch.export.save (load with
+               torch.export.load(path).module()); the current PyTorch format
+  torchscript  torch.jit.trace in eval mode, saved with torch.jit.save (load with torch.jit.load; recent
+               torch versions deprecate TorchScript and warn when it is loaded: prefer 'export')
   onnx         torch.onnx.export, input "images", output "features", dynamic batch axis
                (needs `pip install onnx onnxscript`; verified with onnxruntime when installed)
   state_dict   torch.save({"state_dict": ..., "meta": {...}}); rebuild it with
@@ -37,7 +41,7 @@ import torch
 from .checkpoint import load_trained_model
 from .cli import add_config_args, run_main
 
-FORMATS: tuple[str, ...] = ("torchscript", "onnx", "state_dict")
+FORMATS: tuple[str, ...] = ("export", "torchscript", "onnx", "state_dict")
 STATE_DICT_FORMAT = "cacl_dist.branch"
 ONNX_PACKAGES: tuple[str, ...] = ("onnx", "onnxscript")
 ONNX_OPSET = 17
@@ -154,6 +158,23 @@ def export_torchscript(branch: torch.nn.Module, path: Path, height: int, width: 
     _atomic_write(path, write, check if verify else None)
 
 
+def export_program(branch: torch.nn.Module, path: Path, height: int, width: int, verify: bool = True) -> None:
+    """``torch.export`` the branch (eval mode) with a dynamic batch axis and save it with torch.export.save,
+    atomically; ``torch.export.load(path).module()`` gives it back (no TorchScript deprecation notice)."""
+    branch.eval()
+    example = torch.randn(TRACE_BATCH, 3, height, width)
+    with torch.no_grad():
+        program = torch.export.export(_ImagesOnly(branch).eval(), (example,),
+                                      dynamic_shapes=({0: torch.export.Dim("batch")},))
+
+    def check(tmp: str) -> None:
+        images = torch.randn(VERIFY_BATCH, 3, height, width)
+        with torch.no_grad():
+            _compare("export", torch.export.load(tmp).module()(images), branch(images), 1e-5)
+
+    _atomic_write(path, lambda tmp: torch.export.save(program, tmp), check if verify else None)
+
+
 def _onnx_export(branch: torch.nn.Module, example: torch.Tensor, target: str) -> None:
     kwargs: dict[str, Any] = dict(input_names=["images"], output_names=["features"], opset_version=ONNX_OPSET,
                                   dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
@@ -267,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         del model
 
         note = "verified: outputs reloaded and compared" if args.verify else "not verified"
-        if args.format == "torchscript":
+        if args.format == "export":
+            export_program(branch, output, height, width, verify=args.verify)
+        elif args.format == "torchscript":
             export_torchscript(branch, output, height, width, verify=args.verify)
         elif args.format == "onnx":
             note = export_onnx(branch, output, height, width, verify=args.verify)

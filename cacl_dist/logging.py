@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 LOGGER_NAME = "cacl_dist"
 T = TypeVar("T")
@@ -36,6 +37,25 @@ class _RankFilter(logging.Filter):
         return self.rank == 0 or record.levelno >= logging.WARNING
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """A stream handler that prints above an active tqdm progress bar instead of on its line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm_module = sys.modules.get("tqdm")
+        bars = getattr(getattr(tqdm_module, "tqdm", None), "_instances", None)
+        if not bars:
+            super().emit(record)
+            return
+        try:
+            tqdm_module.tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+_FORMAT = "%(asctime)s [rank %(rank)s] %(levelname)s %(message)s"
+_DATE_FORMAT = "%H:%M:%S"
+
+
 def setup_logging(run_dir: str | Path | None, rank: int = 0, level: int = logging.INFO) -> logging.Logger:
     """Configure the package logger (idempotent: earlier handlers are replaced)."""
     logger = get_logger()
@@ -44,8 +64,8 @@ def setup_logging(run_dir: str | Path | None, rank: int = 0, level: int = loggin
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    fmt = logging.Formatter("%(asctime)s [rank %(rank)s] %(levelname)s %(message)s", "%H:%M:%S")
-    console = logging.StreamHandler(sys.stdout)
+    fmt = logging.Formatter(_FORMAT, _DATE_FORMAT)
+    console = _ConsoleHandler(sys.stdout)
     console.addFilter(_RankFilter(rank))
     console.setFormatter(fmt)
     logger.addHandler(console)
@@ -56,6 +76,23 @@ def setup_logging(run_dir: str | Path | None, rank: int = 0, level: int = loggin
         file.setFormatter(fmt)
         logger.addHandler(file)
     return logger
+
+
+def log_to_run_file(run_dir: Path, rank: int, message: str) -> None:
+    """Append `message` as an ERROR line to the rank's log file in `run_dir` (not to the console).
+
+    Goes through the package logger's file handler when it writes that file, else appends in the same format.
+    """
+    target = (Path(run_dir) / f"log_rank{rank}.txt").resolve()
+    record = logging.LogRecord(LOGGER_NAME, logging.ERROR, __file__, 0, message, None, None)
+    record.rank = rank
+    for handler in get_logger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve() == target:
+            handler.emit(record)
+            handler.flush()
+            return
+    with target.open("a") as fh:
+        fh.write(logging.Formatter(_FORMAT, _DATE_FORMAT).format(record) + "\n")
 
 
 def _plain(value: Any) -> Any:
@@ -74,15 +111,44 @@ class MetricsWriter:
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
+        self._tb_dir = Path(run_dir) / "tensorboard"
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if tensorboard:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-                except ImportError:
-                    get_logger().info("tensorboard is not installed: metrics go to metrics.jsonl only")
-                else:
-                    self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+                self._open_tensorboard()
+
+    def _open_tensorboard(self, purge_step: int | None = None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            get_logger().info("tensorboard is not installed: metrics go to metrics.jsonl only")
+        else:
+            self._tb = SummaryWriter(log_dir=str(self._tb_dir), purge_step=purge_step)
+
+    def rewind(self, keep: Callable[[dict], bool], next_step: int) -> int:
+        """Forget what was recorded after the checkpoint a run resumes from, so nothing is recorded twice.
+
+        Rows of metrics.jsonl that `keep` rejects (and a torn last line) are dropped; TensorBoard
+        hides its events from step `next_step` on. Returns the number of rows dropped.
+        """
+        if not self.enabled or not self.path.exists():
+            return 0
+        rows: list[dict] = []
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut short by a kill
+                continue
+        kept = [row for row in rows if keep(row)]
+        if len(kept) < len(lines):
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            os.replace(tmp, self.path)
+        if self._tb is not None:
+            self._tb.close()
+            self._open_tensorboard(purge_step=next_step)
+        return len(lines) - len(kept)
 
     def write(self, kind: str, step: int, **values: Any) -> None:
         """Record one event of `kind` ('train', 'cluster', 'eval', ...) at global step `step`."""

@@ -93,6 +93,28 @@ def log_summary(log: logging.Logger, eval_history: list[dict]) -> dict | None:
     return s
 
 
+def position(epochs_done: int, step_in_epoch: int) -> str:
+    """Where a run stands, said the same way everywhere: 'after 1 epoch, step 2 of epoch 2', 'after 2 epochs'."""
+    done = "before training" if epochs_done == 0 else f"after {epochs_done} epoch{'s' if epochs_done != 1 else ''}"
+    if step_in_epoch == 0:
+        return done
+    if epochs_done == 0:
+        return f"at step {step_in_epoch} of epoch 1"
+    return f"{done}, step {step_in_epoch} of epoch {epochs_done + 1}"
+
+
+def written_before_checkpoint(row: dict, global_step: int, epochs_done: int, evaluated: set) -> bool:
+    """Whether a metrics.jsonl `row` was recorded before the checkpoint taken at `global_step`, `epochs_done`
+    epochs in, with the evaluations after `evaluated` epochs (rows recorded later are dropped on resume)."""
+    if row.get("step", -1) != global_step:
+        return row.get("step", -1) < global_step
+    if row.get("kind") == "cluster":  # clustering for the next epoch runs after the epoch-end checkpoint
+        return row.get("epoch", 0) <= epochs_done
+    if row.get("kind") == "eval":
+        return row.get("epoch") in evaluated
+    return True
+
+
 def changed_keys(stored: dict, cfg: Config) -> list[str]:
     """The `section.key` names whose value in `cfg` differs from the stored config of a checkpoint."""
     old, new = to_dict(config_from_dict(stored)), to_dict(cfg)
@@ -101,4 +123,4 @@ def changed_keys(stored: dict, cfg: Config) -> list[str]:
 
 
 __all__ = ["changed_keys", "eval_summary", "log_clustering", "log_evaluation", "log_losses", "log_setup",
-           "log_summary"]
+           "log_summary", "position", "written_before_checkpoint"]

@@ -4,40 +4,24 @@
     python -m cacl_dist.train --config configs/market1501.yaml --set data.root=/data/Market-1501
     torchrun --nproc_per_node=8 -m cacl_dist.train --config configs/market1501.yaml
 
-Starting the same command again resumes from the last checkpoint in run.output_dir. SIGTERM or
-SIGUSR1 make the run checkpoint at its next logging step and exit with status 3.
+Starting the same command again resumes from the last checkpoint in run.output_dir (one run at a
+time per folder). SIGTERM or SIGUSR1 make the run checkpoint at its next step (or as soon as the
+current phase allows) and exit with status 3; Ctrl-C (SIGINT) does the same and exits with 130.
+A user error (bad config, unreadable data, full disk, non-finite loss, ...) ends with one line on
+stderr, also written to the run folder's log, and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import sys
 
-from .cli import add_config_args, default_config_path, run_main
-from .config import describe, dump_yaml, load_config
+from .cli import USER_ERROR_EXIT_CODE, add_config_args, default_config_path, run_main, user_error_message
+from .config import describe, dump_yaml, load_config, validate_for_world
+from .stopping import INTERRUPTED_EXIT_CODE, STOPPED_EXIT_CODE, StopSignals, watch_parent
 
-
-STOPPED_EXIT_CODE = 3
-"""Exit status of a run that checkpointed and stopped on SIGTERM/SIGUSR1 (resume by running it again)."""
-
-
-@contextlib.contextmanager
-def stop_on_signals(trainer, signals=(signal.SIGTERM, signal.SIGUSR1)):
-    """While training, SIGTERM/SIGUSR1 make the trainer checkpoint at its next logging step and stop."""
-    previous = {}
-
-    def handler(signum, frame):
-        trainer.request_stop()
-
-    for sig in signals:
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+__all__ = ["INTERRUPTED_EXIT_CODE", "STOPPED_EXIT_CODE", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train (or print the config); returns the exit status: 0 done, 2 user error, 3 / 130 stopped on request."""
     args = build_parser().parse_args(argv)
+    where: dict = {}  # the run folder and rank once this run holds the folder: errors go into its log too
 
     def body() -> int:
         cfg = load_config(args.config or default_config_path(), args.overrides)
@@ -61,21 +47,59 @@ def main(argv: list[str] | None = None) -> int:
         if args.describe_config:
             print(describe(cfg))
             return 0
-        from .config import validate_for_world
+        from .distributed import comm
         from .distributed.env import init_distributed, shutdown_distributed
+        from .run_folder import RunFolderLock, write_status
+        from .run_log import position
         from .trainer import Trainer
 
-        env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
-        try:
-            validate_for_world(cfg, env)  # batch over the ranks, before any work
-            trainer = Trainer(cfg, env)
-            with stop_on_signals(trainer):
-                trainer.fit()
-        finally:
-            shutdown_distributed()
-        return STOPPED_EXIT_CODE if trainer.stopped else 0
+        def take_folder() -> None:  # rank 0
+            lock.acquire()
+            write_status(lock.run_dir, f"running: {lock.describe_holder()}")
 
-    return run_main(body)
+        with StopSignals() as signals:  # a signal from now on stops the run at its next chance
+            watch_parent()
+            env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
+            lock = RunFolderLock(cfg.run.output_dir)
+            try:
+                validate_for_world(cfg, env)  # before any work: every rank fails alike
+                comm.run_on_main(take_folder, "the run folder lock")  # held by rank 0
+                where.update(run_dir=cfg.run.output_dir, rank=env.rank)
+                trainer = Trainer(cfg, env)
+                signals.attach(trainer.request_stop)
+                trainer.fit()
+                if not trainer.stopped:
+                    code, outcome = 0, f"finished {position(trainer.epoch, 0)}"
+                else:
+                    code, outcome = signals.exit_code, (
+                        f"stopped on request ({_signal_name(signals.received)}) "
+                        f"{position(trainer.epoch, trainer.iter_in_epoch)}; start the same command again to resume")
+                if lock.held:
+                    write_status(lock.run_dir, f"{code} {outcome}")
+                return code
+            except Exception as exc:
+                if lock.held:  # rank 0, while the folder is still this run's
+                    message = user_error_message(exc)
+                    write_status(lock.run_dir, f"{USER_ERROR_EXIT_CODE} error: {message}" if message is not None
+                                 else f"1 crashed: {type(exc).__name__}: {exc} (traceback on stderr)")
+                raise
+            finally:
+                lock.release()
+                shutdown_distributed()
+
+    def log_error(line: str) -> None:
+        from .run_folder import append_error_line
+
+        append_error_line(where.get("run_dir"), where.get("rank", 0), line)
+
+    return run_main(body, on_error=log_error)
+
+
+def _signal_name(signum: int | None) -> str:
+    try:
+        return signal.Signals(signum).name
+    except (TypeError, ValueError):
+        return "request"
 
 
 if __name__ == "__main__":

@@ -7,15 +7,15 @@ Each step reads like the data flow in docs/architecture.md section 3:
 4. both DDP-wrapped branches run forward, the losses use local samples against the centres;
 5. the global batch's features are gathered while the backward pass runs, then the bank rows
    and centres are updated (the step itself never waits for the device: no host syncs);
-6. at the end of the epoch: an atomic checkpoint, then the evaluation when due, and the checkpoint
-   again with its result (so a failing evaluation never costs the epoch).
+6. at the end of the epoch: checkpoint, then evaluate when due and checkpoint again with the result.
 
-No checkpoint is ever written with a NaN or an infinity in it: the run stops instead and keeps
-the last good one.
+No non-finite state is ever saved; a stop request (e.g. SIGTERM) is honoured at the next step,
+between phases and between extraction batches, on every rank alike, saving any unsaved state.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
 from . import clustering, pseudo_label_log, run_log, training_state
 from .config import Config, dump_yaml
@@ -45,6 +44,7 @@ from .memory import ClusterCentres, InstanceBank
 from .models.cacl import build_model
 from .optim import adam_kernel, build_optimizer
 from .precision import StepPrecision
+from .stopping import AgreedStop, StopRequested
 
 
 class Trainer:
@@ -72,7 +72,8 @@ class Trainer:
         parallel = ParallelSettings.from_config(cfg)
         configure_backends(env.device, parallel)
         self.precision = StepPrecision(cfg.train.precision, env.device)
-        self.extraction = ExtractionSettings.from_config(cfg, env.device, self.show_progress)
+        self.extraction = dataclasses.replace(ExtractionSettings.from_config(cfg, env.device, self.show_progress),
+                                              should_stop=lambda: self.stop.requested)
         self.eval_options = EvalOptions.from_config(cfg.eval)  # flip averaging, re-ranking
         model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool, cfg.model.last_stride,
                             cfg.model.predictor_init)
@@ -95,58 +96,67 @@ class Trainer:
         self.iter_in_epoch = 0   # steps completed inside the current epoch
         self.global_step = 0
         self.eval_history: list[dict] = []
-        self._stop_requested = False
+        self.stop = AgreedStop()
+        self._unsaved = False  # state exists that no checkpoint holds yet
         self.log.info("step: precision %s (extraction %s), Adam %s, %s", cfg.train.precision, self.extraction.precision,
                       adam_kernel(cfg.optim.implementation, env.device), parallel.describe(env.device))
 
     # ----------------------------------------------------------------------------- run
     def fit(self) -> list[dict]:
-        """Train to the configured number of epochs, resuming from the run folder when possible."""
-        resumed = self.resume()
-        if self.env.is_main:  # once a resume has accepted this config
-            (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
-        if not resumed:
-            self.init_memory()
-            if self.cfg.eval.at_start and self.dataset.has_eval:
-                self.evaluate()
-        elif self._eval_missing():  # the run stopped between an epoch's checkpoint and its evaluation
-            self.evaluate()
-            self.save(keep=self._keep_due())
-        while self.epoch < self.cfg.train.epochs:
-            if self.iter_in_epoch == 0:
-                self.cluster()
-            finished = self.train_epoch()
-            if not finished:  # stop requested: state is checkpointed mid-epoch
-                return self.eval_history
-            self.scheduler.step()
-            self.epoch, self.iter_in_epoch = self.epoch + 1, 0
-            self.save(keep=self._keep_due())
-            if self._eval_due():
-                self.evaluate()
-                self.save(keep=self._keep_due())  # the same state, with the evaluation in its history
+        """Train to the configured number of epochs, resuming from the run folder when possible.
+
+        Returns early, after a checkpoint of any unsaved state, when a stop was requested (``stopped``).
+        """
+        try:
+            self.stop.check()
+            resumed = self.resume()
+            if self.env.is_main:  # once a resume has accepted this config
+                (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+            if not resumed:
+                self.stop.phase(self.init_memory)
+            while True:
+                if self._eval_pending():  # at the start, after an epoch, or one a stop interrupted
+                    self.stop.phase(self.evaluate)
+                    if self.epoch > 0:
+                        self.save(keep=self._keep_due())  # the same state, with the evaluation in its history
+                if self.epoch >= self.cfg.train.epochs:
+                    break
+                self.stop.check()
+                if self.iter_in_epoch == 0:
+                    self.stop.phase(self.cluster)
+                self.train_epoch()
+                self.scheduler.step()
+                self.epoch, self.iter_in_epoch, self._unsaved = self.epoch + 1, 0, True
+                self.save(keep=self._keep_due())  # before the evaluation: a failing evaluation never costs the epoch
+        except StopRequested:
+            return self._stop_here()
         if self.env.is_main and (summary := run_log.log_summary(self.log, self.eval_history)) is not None:
             self.metrics.write("summary", self.global_step, **summary)  # first, last and best evaluation
         self.metrics.close()
         return self.eval_history
 
     def request_stop(self) -> None:
-        """Ask the loop to checkpoint at the next logging step and return (e.g. on SIGTERM).
+        """Ask the run to checkpoint and return at its next step or between phases (e.g. on SIGTERM).
 
-        Safe to call from a signal handler. Ranks agree on stopping at logging steps, so one
-        rank's signal stops all of them at the same step.
+        Safe to call from a signal handler; one rank's request stops every rank at the same point.
         """
-        self._stop_requested = True
+        self.stop.request()
 
     @property
     def stopped(self) -> bool:
         """True when the last `fit` returned early on request."""
-        return self._stop_requested
+        return self.stop.honoured
 
-    def _stop_agreed(self) -> bool:
-        flag = torch.tensor([1.0 if self._stop_requested else 0.0])
-        stop = bool(comm.all_reduce_sum(flag).item() > 0)
-        self._stop_requested = stop
-        return stop
+    def _stop_here(self) -> list[dict]:
+        saved = not comm.any_rank(not self._unsaved)  # only when every rank finished its part (e.g. of the banks)
+        if saved:
+            self.save()
+        self.stop.honoured = True
+        self.log.info("stopped on request %s; %s", run_log.position(self.epoch, self.iter_in_epoch),
+                      "checkpoint written, start the same command again to resume" if saved else
+                      "nothing new to checkpoint, start the same command again to continue")
+        self.metrics.close()
+        return self.eval_history
 
     # ----------------------------------------------------------------------------- steps
     def init_memory(self) -> None:
@@ -160,6 +170,7 @@ class Trainer:
         feats = extract_shard(self.model.branch_gray, self.dataset.train, start, end, self.extraction, gray=gray,
                               desc="memory gray")
         self.bank_gray.load(feats.to(self.env.device))
+        self._unsaved = True
         self.log.info("memory banks initialised: %d rows on this rank (of %d), %.1f s",
                       end - start, len(self.dataset.train), time.perf_counter() - t0)
 
@@ -216,10 +227,10 @@ class Trainer:
         sums, counts = ClusterCentres.local_sums(bank, self.labels, num_clusters)
         return ClusterCentres(comm.all_reduce_sum(sums), comm.all_reduce_sum(counts))
 
-    def train_epoch(self) -> bool:
-        """Run the remaining steps of the current epoch; False when stopped early on request."""
+    def train_epoch(self) -> None:
+        """Run the remaining steps of the current epoch; StopRequested (after the step) when asked to stop."""
         cfg = self.cfg
-        self._set_train_mode()
+        self.model.train(frozen_bn=self.cfg.model.frozen_bn)
         plan = training_plan(cfg, self.dataset, self.labels.cpu().numpy(), epoch=self.epoch,
                              num_clusters=self.centres_rgb.num_clusters, rank=self.env.rank,
                              world_size=self.env.world_size, device=self.env.device)
@@ -240,18 +251,16 @@ class Trainer:
             count += 1
             self.iter_in_epoch += 1
             self.global_step += 1
-            if self.global_step % cfg.run.log_every == 0 or self.iter_in_epoch == cfg.train.iters_per_epoch:
+            self._unsaved = True
+            stop = self.stop.agreed()  # every step: a CPU all-reduce, no device sync
+            if stop or self.global_step % cfg.run.log_every == 0 or self.iter_in_epoch == cfg.train.iters_per_epoch:
                 self._log_losses(running, count, time.perf_counter() - t0)
                 running, count, t0 = {}, 0, time.perf_counter()
-                if self._stop_agreed():
-                    self.save()
-                    self.log.info("stopped on request at epoch %d step %d; checkpoint written, start the same "
-                                  "command again to resume", self.epoch + 1, self.iter_in_epoch)
-                    return False
             every = cfg.checkpoint.every_steps
             if every and self.iter_in_epoch % every == 0 and self.iter_in_epoch < cfg.train.iters_per_epoch:
                 self.save()
-        return True
+            if stop:
+                raise StopRequested("stop requested")
 
     def train_step(self, images_rgb: torch.Tensor, images_gray: torch.Tensor, global_indices: torch.Tensor,
                    mine: slice, num_rounds: int | None = None,
@@ -311,6 +320,7 @@ class Trainer:
         metrics = comm.broadcast_object(metrics, src=0, what="evaluation metrics")  # rank 0 scored them
         metrics = {"epoch": self.epoch, **metrics}
         self.eval_history.append(metrics)
+        self._unsaved = True
         run_log.log_evaluation(self.log, metrics)
         self.metrics.write("eval", self.global_step, **metrics)
         return metrics
@@ -327,8 +337,10 @@ class Trainer:
         :class:`~cacl_dist.checkpoint.NonFiniteError` and the last good checkpoint stays.
         """
         state = self.state_dict()
-        path = comm.run_on_main(lambda: training_state.write_state(self, state, keep), "writing the checkpoint")
-        self.log.info("checkpoint written: %s (epoch %d, step %d of the epoch)", path, self.epoch, self.iter_in_epoch)
+        path = comm.run_on_main(lambda: training_state.write_state(self, state, keep),
+                                "the checkpoint (written by rank 0)")  # a failure (e.g. a full disk) stops every rank
+        self._unsaved = False
+        self.log.info("checkpoint written: %s (%s)", path, run_log.position(self.epoch, self.iter_in_epoch))
 
     def resume(self) -> bool:
         """Restore the run folder's last checkpoint if rank 0 finds one (every rank follows); True when resumed."""
@@ -337,8 +349,11 @@ class Trainer:
             return False
         state = comm.run_everywhere(lambda: training_state.read_when_visible(path), f"reading {path}")
         self.load_state_dict(state, source=str(path))
-        self.log.info("resumed from %s: %d epochs done, step %d of epoch %d", path, self.epoch,
-                      self.iter_in_epoch, self.epoch + 1)
+        evaluated = {h["epoch"] for h in self.eval_history}
+        self.metrics.rewind(lambda row: run_log.written_before_checkpoint(row, self.global_step, self.epoch, evaluated),
+                            next_step=self.global_step + 1)  # what was recorded after the checkpoint comes again
+        self._unsaved = False
+        self.log.info("resumed from %s (%s)", path, run_log.position(self.epoch, self.iter_in_epoch))
         return True
 
     def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
@@ -347,21 +362,17 @@ class Trainer:
         training_state.restore_state(self, state, source)
 
     # ----------------------------------------------------------------------------- helpers
-    def _set_train_mode(self) -> None:
-        self.model.train()
-        if self.cfg.model.frozen_bn:
-            for module in self.model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-
     def _eval_due(self) -> bool:
         every = self.cfg.eval.every_epochs
         last = self.epoch == self.cfg.train.epochs
         return self.dataset.has_eval and (last or (every > 0 and self.epoch % every == 0))
 
-    def _eval_missing(self) -> bool:
-        done = {h["epoch"] for h in self.eval_history}
-        return self.epoch > 0 and self.iter_in_epoch == 0 and self._eval_due() and self.epoch not in done
+    def _eval_pending(self) -> bool:
+        """An evaluation is due at this epoch boundary (or before training) and has not run yet."""
+        if self.iter_in_epoch or not self.dataset.has_eval:
+            return False
+        due = self.cfg.eval.at_start if self.epoch == 0 else self._eval_due()
+        return due and all(h["epoch"] != self.epoch for h in self.eval_history)
 
     def _keep_due(self) -> bool:
         every = self.cfg.checkpoint.keep_every_epochs

@@ -153,7 +153,12 @@ def restore_state(trainer, state: dict, source: str = "checkpoint") -> None:
         trainer.log.warning("resuming %s with changed settings, in effect from here on: %s", source,
                             ", ".join(changed))
     device = trainer.env.device
-    trainer.model.load_state_dict(state["model"])
+    try:
+        trainer.model.load_state_dict(state["model"])
+    except RuntimeError:
+        model_keys = [key for key in changed if key.startswith("model.")] or ["model.*"]
+        raise ValueError(f"{source} holds a model that does not fit this run's {', '.join(model_keys)}; resume "
+                         "with the run's own model settings (its config.yaml), or use a new run.output_dir") from None
     _restore_optimizer(trainer, state)
     trainer.precision.load_state_dict(state.get("grad_scaler"))
     start, end = trainer.shard

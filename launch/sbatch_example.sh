@@ -7,9 +7,11 @@
 # them on the sbatch command line, e.g. `sbatch --nodes=4 --partition=gpu ...`). Submit from the
 # repository root: the job runs there and relative paths (configs/, runs/) resolve against it.
 # Before the time limit SLURM signals this script (B:USR1, 180 s ahead); it requeues the job, SLURM
-# sends SIGTERM to the training processes, they write a checkpoint at their next logging step and
-# the requeued job resumes from it. Keep `run.log_every` steps well inside the cluster's KillWait
-# (see `scontrol show config | grep KillWait`); `checkpoint.every_steps` bounds the loss otherwise.
+# sends SIGTERM to the training processes, they write a checkpoint at their next step and the
+# requeued job resumes from it. Writing a checkpoint must fit in the cluster's KillWait (see
+# `scontrol show config | grep KillWait`) and in torchrun's --shutdown-timeout (30 s by default);
+# `checkpoint.every_steps` bounds the loss otherwise. torchrun itself exits with status 1 after a
+# signal even when training stopped cleanly: the run folder's status.txt says how training ended.
 #
 #SBATCH --job-name=cacl
 #SBATCH --nodes=2
@@ -54,5 +56,6 @@ while kill -0 "$TRAINING" 2>/dev/null; do
     wait "$TRAINING"
     STATUS=$?
 done
-echo "$(date +%T) training exited with status ${STATUS:-0} (3: checkpointed and stopped; submit again to resume)"
+echo "$(date +%T) torchrun exited with status ${STATUS:-0} (after a signal always 1; the run folder's" \
+     "status.txt says whether training checkpointed and stopped: submit again to resume)"
 exit "${STATUS:-0}"

@@ -3,11 +3,11 @@ through the regular entry point, and the checkpoint-then-requeue protocol.
 
 Signals while a job runs:
 - the time-limit warning (submitit's preemption signal, SIGUSR2 by default, sent
-  `--signal-delay-s` seconds before the limit): every rank checkpoints at its next logging step,
+  `--signal-delay-s` seconds before the limit): every rank checkpoints at its next step,
   then rank 0 requeues the job (at most `max_requeues` times over the job's life) and the resumed
   job continues from that checkpoint. Should the checkpoint not come in time, rank 0 requeues
   anyway shortly before the limit and the job resumes from the previous checkpoint.
-- SIGTERM (scancel, `scontrol requeue`, preemption): every rank checkpoints at its next logging
+- SIGTERM (scancel, `scontrol requeue`, preemption): every rank checkpoints at its next
   step and exits with status 3. SLURM itself requeues a preempted or requeued job; a cancelled
   job stays stopped until it is submitted again.
 """

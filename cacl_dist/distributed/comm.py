@@ -241,6 +241,19 @@ def run_on_main(fn: Callable[[], T], what: str) -> T:
     return broadcast_object(result, src=0, what=what)
 
 
+def any_rank(flag: bool, what: str = "the stop decision") -> bool:
+    """True on every rank when `flag` is true on at least one (a one-number CPU all-reduce over the control
+    group: cheap enough for every training step, and it never waits for a device)."""
+    if not is_distributed():
+        return bool(flag)
+    box = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    try:
+        dist.all_reduce(box, op=dist.ReduceOp.MAX, group=_control_group)
+    except RuntimeError as exc:
+        raise _gave_up(what, None, exc) from exc
+    return bool(box.item())
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

@@ -8,7 +8,7 @@ what stays the same across the extractions of a run (image size, batch, pipeline
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from ..distributed.parallelize import to_input
 from ..distributed.sharding import shard_bounds
 from ..logging import progress
 from ..precision import autocast, extraction_precision
+from ..stopping import StopRequested
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -39,6 +40,9 @@ class ExtractionSettings:
     ``flip`` feeds every image and its horizontal mirror image and returns the L2-normalised
     mean of the two features (for a model that normalises its output, as CACL's branches do,
     the mean of the two unit features, normalised again).
+    ``should_stop``, when given, is asked before every batch; once it answers True the extraction
+    raises :class:`~cacl_dist.stopping.StopRequested` (after the gather of :func:`extract_all`, so
+    the other ranks are never left waiting in it).
     """
 
     height: int
@@ -52,6 +56,7 @@ class ExtractionSettings:
     show_progress: bool = False
     interpolation: str = "bilinear"
     flip: bool = False
+    should_stop: Callable[[], bool] | None = None
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -86,6 +91,8 @@ def extract_shard(model: nn.Module, records: Sequence[ImageRecord], start: int, 
     chunks: list[torch.Tensor] = []
     try:
         for images, _ in progress(loader, total=len(loader), desc=desc, enabled=s.show_progress):
+            if s.should_stop is not None and s.should_stop():
+                raise StopRequested(f"stop requested during '{desc}'")
             images = to_input(images, s.device, s.channels_last)
             with autocast(s.device, s.precision):
                 feats = model(images).float()
@@ -111,11 +118,18 @@ def extract_all(model: nn.Module, records: Sequence[ImageRecord], settings: Extr
                 world_size: int, gray: bool = False, desc: str = "extract") -> torch.Tensor:
     """Features of every record on every rank: each rank extracts its shard, then all ranks gather."""
     start, end = shard_bounds(len(records), rank, world_size)
-    local = extract_shard(model, records, start, end, settings, gray=gray, desc=desc)
+    stopped = None
+    try:
+        local = extract_shard(model, records, start, end, settings, gray=gray, desc=desc)
+    except StopRequested as exc:  # still join the gather below (with rows of zeros), then stop
+        stopped, local = exc, torch.zeros(end - start, _feature_dim(model))
     if local.numel() == 0:
         dim = _feature_dim(model)
         local = torch.zeros(0, dim)
-    return comm.all_gather_cat(local)
+    gathered = comm.all_gather_cat(local)
+    if stopped is not None:
+        raise stopped
+    return gathered
 
 
 def _feature_dim(model: nn.Module) -> int:

@@ -94,6 +94,15 @@ class CACLModel(nn.Module):
         """Feature size D of both branches."""
         return self.online.branch.dim
 
+    def train(self, mode: bool = True, frozen_bn: bool = False) -> "CACLModel":
+        """Training mode for every layer, except BatchNorm statistics when ``frozen_bn`` (they stay in eval mode)."""
+        super().train(mode)
+        if mode and frozen_bn:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
     def inference_branch(self) -> Branch:
         """Branch F alone: the module used for evaluation and export."""
         return self.online.branch

@@ -63,3 +63,36 @@ def test_rank0_decides_gathers_alone_and_its_failure_stops_every_rank(tmp_path, 
     # would show a hang; the harness gives up long before it).
     message = "no clusters at clustering.eps=0.6; raise clustering.eps"
     assert [r["cluster_error"] for r in results] == [("ValueError", message)] * 2
+
+
+def _stop_on_rank0_during_memory_init(rank, world_size, run_dir, data_dir):
+    import dataclasses
+
+    from cacl_dist.config import load_config
+    from cacl_dist.distributed.env import DistEnv
+    from cacl_dist.trainer import Trainer
+    from tests.helpers.runs import tiny_overrides
+
+    cfg = load_config(None, tiny_overrides(run_dir, data_dir, **{**QUIET, "eval.batch_size": 4}))
+    trainer = Trainer(cfg, DistEnv(rank, world_size, rank, torch.device("cpu"), "gloo"))
+    if rank == 0:  # rank 0 alone is asked to stop, while it fills its share of the banks
+        trainer.extraction = dataclasses.replace(trainer.extraction, should_stop=lambda: True)
+    trainer.fit()
+    return trainer.stopped, trainer.epoch, trainer.global_step
+
+
+def test_a_stop_on_one_rank_during_memory_init_stops_both_without_a_half_filled_checkpoint(tmp_path,
+                                                                                           synthetic_root):
+    """Rank 1 fills its rows of the banks, rank 0 stops between extraction batches: both stop at the same
+    point, and no checkpoint is written (rank 0's rows are missing, so the banks are not worth saving)."""
+    run_dir = tmp_path / "run"
+    from cacl_dist.config import load_config
+    from cacl_dist.data.factory import generate_if_synthetic
+    from tests.helpers.runs import tiny_overrides
+
+    generate_if_synthetic(load_config(None, tiny_overrides(tmp_path / "prepare", synthetic_root)))  # the images
+    results = run_gloo(_stop_on_rank0_during_memory_init, 2, run_dir, synthetic_root, timeout=300.0,
+                       pg_timeout=120.0)
+    assert results == [(True, 0, 0), (True, 0, 0)]
+    assert not (run_dir / "last.pt").exists()
+    assert "nothing new to checkpoint" in (run_dir / "log_rank0.txt").read_text()

@@ -41,9 +41,8 @@ def tiny_overrides(run_dir: Path, data_dir: Path, **extra: object) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
 
-def run_cli(module: str, args: list[str], env_extra: dict | None = None, timeout: float = 600,
-            torchrun_procs: int = 0) -> subprocess.CompletedProcess:
-    """Run `python -m module args` (or under torchrun with N processes) and return the result."""
+def _command(module: str, args: list[str], env_extra: dict | None, torchrun_procs: int,
+             prefix: list[str] = ()) -> tuple[list[str], dict]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env.update(env_extra or {})
     if torchrun_procs:
@@ -53,7 +52,59 @@ def run_cli(module: str, args: list[str], env_extra: dict | None = None, timeout
                "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", module, *args]
     else:
         cmd = [sys.executable, "-m", module, *args]
+    return [*prefix, *cmd], env
+
+
+def run_cli(module: str, args: list[str], env_extra: dict | None = None, timeout: float = 600,
+            torchrun_procs: int = 0, prefix: list[str] = ()) -> subprocess.CompletedProcess:
+    """Run `python -m module args` (or under torchrun with N processes; `prefix` wraps the command) and return
+    the result."""
+    cmd, env = _command(module, args, env_extra, torchrun_procs, prefix)
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(module: str, args: list[str], env_extra: dict | None = None, torchrun_procs: int = 0,
+              **popen: object) -> subprocess.Popen:
+    """Start `python -m module args` (or torchrun with N processes) in the background, output captured as text."""
+    cmd, env = _command(module, args, env_extra, torchrun_procs)
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, **popen)
+
+
+def wait_for(condition, proc: subprocess.Popen | None = None, timeout: float = 300, what: str = "the condition"):
+    """Poll `condition()` until it is true; fails when `proc` ends first or `timeout` seconds pass."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the process ended (status {proc.returncode}) before {what}:\n{err[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def file_permissions_apply() -> list[str]:
+    """A command prefix under which file permissions hold (root without its override capabilities), or
+    pytest.skip when there is none."""
+    import shutil
+
+    import pytest
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("root ignores file permissions and setpriv is not installed to drop that")
+    drop = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}"]
+
+
+def log_text(run_dir: Path, rank: int = 0) -> str:
+    """The rank's log in the run folder ('' while it does not exist)."""
+    path = Path(run_dir) / f"log_rank{rank}.txt"
+    return path.read_text() if path.exists() else ""
 
 
 CPU = DistEnv(0, 1, 0, torch.device("cpu"), None)

@@ -82,6 +82,23 @@ def test_kill_mid_epoch_and_resume_matches_straight_run(tmp_path, synthetic_root
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert_same_state(a, b, exact=True)
+    keys = [(r["kind"], r["step"], r.get("epoch")) for r in read_metrics(tmp_path / "killed")]
+    assert len(keys) == len(set(keys)) and len(read_metrics(tmp_path / "killed", "train")) == 6
+
+
+def test_resume_records_every_metric_once(tmp_path, synthetic_root):
+    """Rows a killed run recorded after its last checkpoint are recorded again by the resumed run, not twice."""
+    run_dir = tmp_path / "run"
+    fit(run_dir, synthetic_root, **{"train.epochs": 1})
+    with (run_dir / "metrics.jsonl").open("a") as fh:  # the next clustering and a step, then a kill
+        fh.write('{"kind": "cluster", "step": 3, "epoch": 2, "num_clusters": 1}\n')
+        fh.write('{"kind": "train", "step": 4, "epoch": 2, "iter": 1, "loss": 1.0}\n{"kind": "tr')
+    fit(run_dir, synthetic_root)  # resumes after epoch 1
+    rows = read_metrics(run_dir)
+    keys = [(r["kind"], r["step"], r.get("epoch")) for r in rows]
+    assert len(keys) == len(set(keys))
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert all(r.get("num_clusters") != 1 for r in rows if r["kind"] == "cluster")
 
 
 def test_evaluate_cli_reproduces_the_last_evaluation(tmp_path, synthetic_root):

@@ -141,3 +141,39 @@ def test_nonfinite_parts_over_cuda_and_cpu_tensors_agree_with_the_cpu():
              "bank_rgb": [torch.tensor([float("-inf")])], "centres_rgb": [torch.zeros(2, device="cuda")]}
     on_cpu = {name: [t.cpu() for t in tensors] for name, tensors in parts.items()}
     assert ckpt.nonfinite_parts(parts) == ckpt.nonfinite_parts(on_cpu) == ["model", "bank_rgb"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to fake a full disk")
+def test_full_disk_is_reported_as_such_with_the_path(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a zip-writer RuntimeError; the save names ENOSPC and the file."""
+    import errno
+
+    from cacl_dist.cli import user_error_message
+
+    path = tmp_path / "last.pt"
+    ckpt.save_checkpoint(path, {"epoch": 1})
+    real_fdopen = os.fdopen
+
+    def full_disk(fd, mode="r", *args, **kwargs):
+        os.close(fd)
+        return real_fdopen(os.open("/dev/full", os.O_WRONLY), mode, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.os, "fdopen", full_disk)
+    with pytest.raises(OSError) as info:
+        ckpt.save_checkpoint(path, {"epoch": 2, "weights": torch.zeros(100_000)})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    message = user_error_message(info.value)
+    assert str(path) in message and "No space left on device" in message and "free disk space" in message
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(path)["epoch"] == 1 and sorted(os.listdir(tmp_path)) == ["last.pt"]
+
+
+def test_checkpoints_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = ckpt.save_checkpoint(tmp_path / "last.pt", {"epoch": 1})
+        assert path.stat().st_mode & 0o777 == 0o644  # like any other file, not mkstemp's 0600
+        os.umask(0o077)
+        assert ckpt.save_checkpoint(tmp_path / "last.pt", {"epoch": 2}).stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

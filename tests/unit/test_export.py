@@ -159,3 +159,19 @@ def test_comparison_refuses_nan_outputs():
     nan = torch.full((2, 3), float("nan"))
     with pytest.raises(RuntimeError, match="NaN or infinite"):
         _compare("torchscript", nan, nan, 1e-5)
+
+
+def test_torch_export_format_loads_without_deprecation_notices(tiny_run, tmp_path):
+    """The 'export' format is loaded with torch.export (no TorchScript, whose loader warns on recent torch)."""
+    import warnings
+
+    ckpt, branch = tiny_run
+    out = tmp_path / "branch.pt2"
+    assert main(["--checkpoint", str(ckpt), "--format", "export", "--output", str(out)]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        loaded = torch.export.load(str(out)).module()
+    for images in _inputs():
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(images), _expected(branch, images), atol=1e-5, rtol=0)

@@ -104,6 +104,8 @@ def test_recipes_set_the_published_batchnorm_group():
     assert Config().model.bn_group_size == 0  # built-in default: each process's batch, as before
 
 
+
+
 @pytest.mark.parametrize("override", ["optim.gamma=-0.1", "optim.gamma=0", "optim.gamma=5"])
 def test_lr_step_factor_must_lie_in_zero_one(override):
     with pytest.raises(ConfigError, match="optim.gamma"):

@@ -1,0 +1,132 @@
+"""The run folder as a resource: usable before any work starts, and held by one run at a time.
+
+:class:`RunFolderLock` takes an exclusive ``flock`` on ``<run folder>/.lock`` (the holder writes
+its host and pid into the file). The operating system drops the lock when the holding process
+ends, however it ends, so a killed run never leaves the folder locked; a second run on the same
+folder stops at once with one line naming the folder and the holder. On filesystems without
+working ``flock`` (some network filesystems) the lock is best effort.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from pathlib import Path
+
+LOCK_NAME = ".lock"
+STATUS_NAME = "status.txt"
+
+
+class RunFolderBusy(ValueError):
+    """Another live run holds the run folder's lock."""
+
+
+def prepare_run_dir(run_dir: str | Path) -> Path:
+    """Create `run_dir` (and its parents) or fail with one line saying why it cannot be a run folder."""
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"run.output_dir '{path}' is a file, not a folder; point run.output_dir at a folder "
+                         "(it is created when missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"run.output_dir '{path}' cannot be created: a part of that path is a file; "
+                         "pick another run.output_dir") from None
+    except PermissionError:
+        raise ValueError(f"run.output_dir '{path}' cannot be created (permission denied); pick a folder you can "
+                         "write to") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"run.output_dir '{path}' is not writable; fix its permissions or pick another "
+                         "run.output_dir")
+    return path
+
+
+class RunFolderLock:
+    """An exclusive lock on a run folder for the life of this process (or until :meth:`release`)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """True while this object holds the lock."""
+        return self._fd is not None
+
+    def acquire(self) -> "RunFolderLock":
+        """Create the run folder if needed and lock it; RunFolderBusy (a ValueError) when another run holds it."""
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no lock
+            return self
+        prepare_run_dir(self.run_dir)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:
+            raise ValueError(f"run.output_dir '{self.run_dir}' is not writable (cannot create {LOCK_NAME}); fix "
+                             "its permissions or pick another run.output_dir") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return self  # flock unsupported here (e.g. some network filesystems): run without the lock
+            raise RunFolderBusy(
+                f"run folder '{self.run_dir}' is in use by another run ({self.owner() or 'owner unknown'}); "
+                "wait for it to end or stop it, or pick another run.output_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, (self.describe_holder() + "\n").encode())
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def describe_holder() -> str:
+        """'host H pid P since T' of this process."""
+        return f"host {socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+    def owner(self) -> str:
+        """What the holder wrote into the lock file ('' when unreadable)."""
+        try:
+            return self.path.read_text().strip()
+        except OSError:
+            return ""
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: removing it would race with a run that is taking it)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> "RunFolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def write_status(run_dir: str | Path, text: str) -> None:
+    """Replace the run folder's status.txt with one line: 'running ...' while a run holds the folder, then its
+    exit status and why (e.g. '3 stopped on request (SIGTERM) after 1 epoch, ...'). A folder whose status
+    still says 'running' while no run holds it was left by a killed or crashed run."""
+    path = Path(run_dir) / STATUS_NAME
+    tmp = path.with_name(f".{STATUS_NAME}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(" ".join(text.split()) + "\n")
+        os.replace(tmp, path)
+    except OSError:  # the status must never hide what happened (e.g. a full disk)
+        tmp.unlink(missing_ok=True)
+
+
+def append_error_line(run_dir: str | Path | None, rank: int, line: str) -> None:
+    """Write `line` (a one-line error) into the rank's log in the run folder, when that folder exists."""
+    from .logging import log_to_run_file
+
+    if run_dir is not None and Path(run_dir).is_dir():
+        log_to_run_file(Path(run_dir), rank, line.removeprefix("error: "))
+
+
+__all__ = ["LOCK_NAME", "STATUS_NAME", "RunFolderBusy", "RunFolderLock", "append_error_line", "prepare_run_dir",
+           "write_status"]

@@ -1,0 +1,79 @@
+"""The shared command line: --set parsing and one-line user errors."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+
+import pytest
+
+from cacl_dist.cli import add_config_args, run_main, user_error_message
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_config_args(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_set_takes_several_pairs_and_repeats():
+    args = _parse("--set", "a.b=1", "c.d=2", "--config", "x.yaml", "--set", "e.f=3", "--set=g.h=4")
+    assert args.overrides == ["a.b=1", "c.d=2", "e.f=3", "g.h=4"] and args.config == "x.yaml"
+    assert _parse().overrides == []
+
+
+@pytest.mark.parametrize("module", ["cacl_dist.train", "cacl_dist.evaluate", "cacl_dist.export", "launch.slurm"])
+def test_every_entry_point_accepts_several_pairs_after_one_set(module):
+    import importlib
+
+    parser = importlib.import_module(module).build_parser()
+    extra = ["--checkpoint", "x.pt"] if module != "cacl_dist.train" and module != "launch.slurm" else []
+    extra += ["--format", "state_dict", "--output", "o.pt"] if module == "cacl_dist.export" else []
+    args = parser.parse_args([*extra, "--set", "train.epochs=2", "optim.lr=1e-3"])
+    assert args.overrides == ["train.epochs=2", "optim.lr=1e-3"]
+
+
+@pytest.mark.parametrize("exc, needles", [
+    (PermissionError(errno.EACCES, "Permission denied", "/data/market"), ["'/data/market'", "Permission denied",
+                                                                           "permissions"]),
+    (OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.jsonl"), ["metrics.jsonl",
+                                                                                 "free disk space"]),
+    (IsADirectoryError(errno.EISDIR, "Is a directory", "/runs/x"), ["'/runs/x'", "folder, not a file"]),
+    (FloatingPointError("non-finite loss at step 3; lower optim.lr"), ["non-finite loss", "optim.lr"]),
+    (FileNotFoundError("checkpoint 'x.pt' does not exist"), ["checkpoint 'x.pt' does not exist"]),
+])
+def test_user_errors_become_one_line(exc, needles):
+    message = user_error_message(exc)
+    assert message is not None and "\n" not in message
+    for needle in needles:
+        assert needle in message
+
+
+def test_full_disk_hidden_under_a_runtime_error_is_found():
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos 768 vs 662")
+    except RuntimeError as exc:
+        assert "No space left on device" in user_error_message(exc)
+    try:
+        try:
+            raise OSError(errno.ENOENT, "No such file or directory")
+        except OSError:
+            raise RuntimeError("a bug while handling it")
+    except RuntimeError as exc:
+        assert user_error_message(exc) is None  # a bug keeps its traceback
+
+
+def test_run_main_prints_one_line_hands_it_over_and_exits_2(capsys):
+    seen = []
+
+    def body():
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/x")
+
+    assert run_main(body, on_error=seen.append) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and seen == [err.strip()]
+    with pytest.raises(KeyError):
+        run_main(lambda: {}["bug"])
