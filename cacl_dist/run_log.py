@@ -86,6 +86,10 @@ def log_summary(log: logging.Logger, eval_history: list[dict]) -> dict | None:
     s = eval_summary(eval_history)
     if s is None:
         return None
+    if len(eval_history) == 1:
+        log.info("done: mAP %.1f%%, rank-1 %.1f%% %s", 100 * s["last_mAP"], 100 * s["last_rank1"],
+                 position(s["last_epoch"], 0))
+        return s
     log.info("done: mAP %.1f%% -> %.1f%%, rank-1 %.1f%% -> %.1f%% (epoch %d -> %d, last evaluation); "
              "best mAP %.1f%% (rank-1 %.1f%%) at epoch %d", 100 * s["first_mAP"], 100 * s["last_mAP"],
              100 * s["first_rank1"], 100 * s["last_rank1"], s["first_epoch"], s["last_epoch"], 100 * s["best_mAP"],

@@ -46,7 +46,8 @@ def test_summary_with_one_evaluation_gives_just_that_one():
     one = {"epoch": 2, "mAP": 0.082, "rank1": 0.2}
     assert _summary([one]) == "done: mAP 8.2%, rank-1 20.0% after 2 epochs"
     two = [{"epoch": 0, "mAP": 0.05, "rank1": 0.1}, one]
-    assert _summary(two) == "done: mAP 5.0% -> 8.2%, rank-1 10.0% -> 20.0% (before training -> after 2 epochs)"
+    assert _summary(two) == ("done: mAP 5.0% -> 8.2%, rank-1 10.0% -> 20.0% (epoch 0 -> 2, last evaluation); "
+                             "best mAP 8.2% (rank-1 20.0%) at epoch 2")
 
 
 def test_rows_recorded_after_the_checkpoint_are_dropped_on_resume(tmp_path):
