@@ -23,6 +23,7 @@ def tiny_run(run_dir: Path, data_root: Path, device: str) -> dict:
         "data.synthetic.num_train_ids": 16, "data.synthetic.num_test_ids": 6, "data.synthetic.images_per_id": 6,
         "data.synthetic.num_cameras": 3, "data.synthetic.height": 64, "data.synthetic.width": 32,
         "augment.pad": 4, "model.backbone": "resnet_tiny", "model.pretrained": "none", "model.frozen_bn": True,
+        "model.bn_group_size": 0,
         "clustering.k1": 8, "clustering.k2": 3, "clustering.min_samples": 3,
         "train.epochs": 2, "train.iters_per_epoch": 3, "train.batch_size": 16, "train.num_instances": 4,
         "train.cudnn_benchmark": False, "eval.at_start": False, "eval.every_epochs": 0, "eval.batch_size": 64,
