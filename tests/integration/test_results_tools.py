@@ -144,12 +144,23 @@ def test_report_on_a_finished_a_running_and_a_resumed_run(run, tmp_path, synthet
     shutil.copy(resumed / "epoch_001.pt", resumed / "last.pt")
     fit(resumed, synthetic_root, **{"checkpoint.keep_every_epochs": 1})
     raw_train = [r for r in read_metrics(resumed) if r["kind"] == "train"]
-    assert len(raw_train) == 9  # steps 4-6 twice
+    assert [r["step"] for r in raw_train] == [1, 2, 3, 4, 5, 6]  # rows after the checkpoint were dropped
     rows, _ = read_rows(resumed)
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert [r["epoch"] for r in rows if r["kind"] == "eval"] == [0, 1, 2]
     text = _report(resumed, capsys)
     assert "(finished)" in text and f"| last | 2 | {100 * last['mAP']:.1f}% |" in text
+
+    # a metrics file that logged steps 4-6 twice (a resume that kept its rows) reports each step once
+    repeated = tmp_path / "repeated"
+    shutil.copytree(resumed, repeated, ignore=shutil.ignore_patterns("report", "ranked", "clusters"))
+    again = [line for line in (resumed / "metrics.jsonl").read_text().splitlines()
+             if '"kind": "train"' in line and json.loads(line)["step"] >= 4]
+    with open(repeated / "metrics.jsonl", "a") as out:
+        out.write("\n".join(again) + "\n")
+    assert len([r for r in read_metrics(repeated) if r["kind"] == "train"]) == 9
+    rows, _ = read_rows(repeated)
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
 def test_extracted_features_equal_evaluation_features(run, tmp_path, synthetic_root, capsys):
