@@ -49,8 +49,8 @@ def test_non_finite_loss_stops_with_one_line_in_the_log(tmp_path, synthetic_root
     result = run_cli("cacl_dist.train", set_args(tmp_path / "run", synthetic_root, **{
         "loss.tau": 1e-45, "eval.at_start": False}))  # the cluster softmax overflows
     line = _one_line(result)
-    assert "non-finite loss" in line and "ERROR non-finite loss" in log_text(tmp_path / "run")
-    assert (tmp_path / "run" / "status.txt").read_text().startswith("2 error: non-finite loss")
+    assert "non-finite loss" in line and "ERROR training diverged: non-finite loss" in log_text(tmp_path / "run")
+    assert (tmp_path / "run" / "status.txt").read_text().startswith("2 error: training diverged: non-finite loss")
 
 
 @pytest.mark.parametrize("kind", ["file", "under_a_file"])
