@@ -133,6 +133,11 @@ class LossParts:
     intra_gray: torch.Tensor
 
 
+def loss_weights(loss_cfg) -> dict[str, float]:
+    """The ``*_weight`` keyword arguments of :func:`cacl_loss` read from a ``loss`` config section."""
+    return {name: float(getattr(loss_cfg, name)) for name in ("instance_weight", "inter_weight", "intra_gray_weight")}
+
+
 def cacl_loss(
     x_BD: torch.Tensor,
     z_BD: torch.Tensor,
@@ -144,8 +149,15 @@ def cacl_loss(
     gamma: float = 2.0,
     valid_M: torch.Tensor | None = None,
     validate: bool = True,
+    instance_weight: float = 1.0,
+    inter_weight: float = 1.0,
+    intra_gray_weight: float = 1.0,
 ) -> LossParts:
     """L = L_I + L_inter + intra(x, u) + intra(x~, u~) on one batch.
+
+    The three ``*_weight`` factors scale L_I, L_inter and intra(x~, u~) for ablations (CACL is
+    all ones); the parts are returned unweighted. A zero weight keeps the term in the graph with
+    a zero gradient, so every parameter still takes part in the backward pass.
 
     Branch 2 (``x_gray_BD``) receives gradient only through ``intra_gray``; ``centres_MD``
     and ``centres_gray_MD`` are the banks' means and are never differentiated. ``validate=False``
@@ -163,5 +175,5 @@ def cacl_loss(
     intra_rgb = intra_view_loss(x_BD, centres_MD, labels_B, tau=tau, gamma=gamma, valid_M=valid_M, validate=validate)
     intra_gray = intra_view_loss(x_gray_BD, centres_gray_MD, labels_B, tau=tau, gamma=gamma, valid_M=valid_M,
                                  validate=validate)
-    total = instance + inter + intra_rgb + intra_gray
+    total = instance_weight * instance + inter_weight * inter + intra_rgb + intra_gray_weight * intra_gray
     return LossParts(total=total, instance=instance, inter=inter, intra_rgb=intra_rgb, intra_gray=intra_gray)

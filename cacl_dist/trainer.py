@@ -39,7 +39,7 @@ from .distributed.sharding import shard_bounds
 from .evaluation.evaluator import EvalOptions, evaluate
 from .evaluation.extract import ExtractionSettings, extract_shard
 from .logging import MetricsWriter, progress, setup_logging
-from .losses import cacl_loss
+from .losses import cacl_loss, loss_weights
 from .memory import ClusterCentres, InstanceBank
 from .models.cacl import build_model
 from .optim import adam_kernel, build_optimizer
@@ -282,7 +282,8 @@ class Trainer:
         done("forward")
         parts = cacl_loss(x, z, x_gray, self.labels[global_indices[mine]], self.centres_rgb.centres(),
                           self.centres_gray.centres(), tau=cfg.loss.tau, gamma=cfg.loss.focal_gamma,
-                          valid_M=self.centres_rgb.valid(), validate=cfg.run.debug_checks)
+                          valid_M=self.centres_rgb.valid(), validate=cfg.run.debug_checks,
+                          **loss_weights(cfg.loss))
         done("losses")
         gathering = comm.all_gather_start(torch.cat([x, x_gray], dim=1).detach().float())
         self.optimizer.zero_grad(set_to_none=True)

@@ -178,6 +178,15 @@ class LossConfig:
     """Temperature of the intra-view cluster softmax."""
     focal_gamma: float = 2.0
     """Focal exponent of the intra-view loss (paper 2; the authors' final code uses 4)."""
+    instance_weight: float = 1.0
+    """Factor on the instance loss L_I between the predictor output and the grayscale feature (CACL: 1;
+    0 is the ablation without it)."""
+    inter_weight: float = 1.0
+    """Factor on the inter-view loss L_inter between the predictor output and the grayscale cluster
+    centre (CACL: 1; 0 is the ablation without it)."""
+    intra_gray_weight: float = 1.0
+    """Factor on the grayscale branch's cluster loss (CACL: 1). With all three weights at 0 only
+    branch 1's cluster loss trains: a single-branch cluster-contrast baseline."""
 
 
 @dataclass

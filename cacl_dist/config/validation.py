@@ -26,6 +26,8 @@ def validate(cfg: Config) -> None:
         "eval.every_epochs": cfg.eval.every_epochs, "checkpoint.every_steps": cfg.checkpoint.every_steps,
         "checkpoint.keep_every_epochs": cfg.checkpoint.keep_every_epochs, "optim.lr": cfg.optim.lr,
         "optim.weight_decay": cfg.optim.weight_decay, "loss.focal_gamma": cfg.loss.focal_gamma,
+        "loss.instance_weight": cfg.loss.instance_weight, "loss.inter_weight": cfg.loss.inter_weight,
+        "loss.intra_gray_weight": cfg.loss.intra_gray_weight,
     }
     for key, value in non_negative.items():
         if value < 0:

@@ -114,6 +114,44 @@ def test_cacl_loss_total_is_sum_of_parts():
     assert set(loss_floats(parts)) == {"total", "instance", "inter", "intra_rgb", "intra_gray"}
 
 
+def test_loss_weights_scale_the_total_and_keep_the_parts():
+    torch.manual_seed(1)
+    x, z, x_gray = (F.normalize(torch.randn(6, 8), dim=1) for _ in range(3))
+    centres, centres_gray = torch.randn(4, 8), torch.randn(4, 8)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    full = cacl_loss(x, z, x_gray, labels, centres, centres_gray)
+    weighted = cacl_loss(x, z, x_gray, labels, centres, centres_gray,
+                         instance_weight=0.0, inter_weight=2.0, intra_gray_weight=0.5)
+    for name in ("instance", "inter", "intra_rgb", "intra_gray"):
+        assert torch.equal(getattr(weighted, name), getattr(full, name)), name
+    assert torch.allclose(weighted.total, 2.0 * full.inter + full.intra_rgb + 0.5 * full.intra_gray)
+
+
+def test_single_branch_weights_leave_only_branch_one_cluster_loss():
+    """All three weights at 0: the total's gradient is intra(x, u)'s, branch 2 and the predictor get zeros."""
+    torch.manual_seed(0)
+    model = CACLModel("resnet_tiny")
+    model.train()
+    images_rgb, images_gray = torch.randn(8, 3, 64, 32), torch.randn(8, 3, 64, 32)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    centres, centres_gray = F.normalize(torch.randn(4, 128), dim=1), F.normalize(torch.randn(4, 128), dim=1)
+    x, z, x_gray = model(images_rgb, images_gray)
+    parts = cacl_loss(x, z, x_gray, labels, centres, centres_gray,
+                      instance_weight=0.0, inter_weight=0.0, intra_gray_weight=0.0)
+    parts.total.backward()
+    total_grads = [None if p.grad is None else p.grad.clone() for p in model.online.branch.parameters()]
+    assert _grad_norms(model.branch_gray) == 0.0 and _grad_norms(model.online.predictor) == 0.0
+    assert any(p.grad is not None for p in model.branch_gray.parameters())  # in the graph, zero gradient
+    model.zero_grad(set_to_none=True)
+    x, z, x_gray = model(images_rgb, images_gray)
+    cacl_loss(x, z, x_gray, labels, centres, centres_gray).intra_rgb.backward()
+    want_grads = [p.grad for p in model.online.branch.parameters()]
+    assert sum(g is not None for g in want_grads) > 0
+    for got, want in zip(total_grads, want_grads):
+        assert (got is None) == (want is None)
+        assert got is None or torch.allclose(got, want, atol=1e-6)
+
+
 def _grad_norms(module: torch.nn.Module) -> float:
     return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
 

@@ -1,0 +1,423 @@
+"""Ablations of CACL: train every variant with every seed from scratch, tabulate and plot the evaluations.
+
+Two suites, each a base recipe and a set of variants (config overrides on top of the base):
+
+    quickstart   configs/quickstart.yaml on the built-in synthetic dataset; full CACL versus two RGB
+                 views. ~2 min per run on 2 cores.
+                     python3 benchmarks/ablation.py --suite quickstart --seeds 0 1 2
+    market-mini  configs/market1501.yaml (the released code's recipe) on real Market-1501 images
+                 (../shared/data/market1501-mini: 500 training identities, 251 test identities),
+                 shrunk to run in minutes on a CPU: a tiny ResNet from scratch at 64x32, 20 epochs of
+                 100 steps of 64 images. Eight variants (full CACL, paper-literal refinement, no
+                 refinement, no grayscale view, without L_I, without L_inter, focal exponent 2, one
+                 branch), ~5 CPU-minutes per run.
+                     python3 benchmarks/ablation.py --suite market-mini --seeds 0 1 --jobs 2
+
+Each run is a `python -m cacl_dist.train` subprocess with its own run folder under --runs-dir
+(ignored by git; an existing folder is removed first, so nothing resumes). With --jobs N, N runs go
+at once, each limited to (cores / N) threads. The seed is `run.seed` (model init, sampler,
+augmentations); the data never change. Results: <out>/<suite file>.{json,md,png}, with per-run
+curves, the first, last and best evaluation, mean and sample standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from cacl_dist.logging import read_metrics  # noqa: E402
+from benchmarks.machine import cpu_description  # noqa: E402
+
+METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+
+
+@dataclass(frozen=True)
+class Variant:
+    overrides: tuple[str, ...]
+    label: str
+    colour: str
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    result_name: str
+    title: str
+    config: str
+    base: tuple[str, ...]
+    variants: dict[str, Variant]
+    default_seeds: tuple[int, ...]
+    needs_data: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+
+SUITES: dict[str, Suite] = {
+    "quickstart": Suite(
+        name="quickstart",
+        result_name="quickstart_ablation",
+        title="Quickstart ablation: grayscale second view",
+        config="configs/quickstart.yaml",
+        base=(),
+        variants={
+            "cacl": Variant((), "CACL (RGB + grayscale view)", "tab:blue"),
+            "rgb_only": Variant(("augment.gray_second_view=false", "memory.init_gray_from=rgb"),
+                                "no grayscale view (two RGB views)", "tab:orange"),
+        },
+        default_seeds=(0, 1, 2),
+        notes=("Built-in synthetic dataset with a fixed `data.synthetic.seed`; the recipe as it ships.",),
+    ),
+    "market-mini": Suite(
+        name="market-mini",
+        result_name="ablation_market_mini",
+        title="Ablation on real Market-1501 images (market1501-mini)",
+        config="configs/market1501.yaml",
+        base=("data.height=64", "data.width=32", "augment.pad=4", "data.num_workers=0",
+              "data.pipeline=torchvision", "model.backbone=resnet_tiny", "model.pretrained=none",
+              "model.bn_group_size=64", "train.channels_last=false", "train.batch_size=64",
+              "train.iters_per_epoch=100", "train.epochs=20", "optim.lr=1e-3", "optim.step_size=15",
+              "eval.every_epochs=2", "eval.batch_size=256", "checkpoint.every_steps=0",
+              "checkpoint.keep_every_epochs=0", "run.log_every=50"),
+        variants={
+            "cacl": Variant((), "CACL, released recipe", "tab:blue"),
+            "paper_refine": Variant(("clustering.refine_score=paper",), "paper-literal refinement", "tab:red"),
+            "no_refine": Variant(("clustering.refine=false",), "no refinement", "tab:orange"),
+            "rgb_only": Variant(("augment.gray_second_view=false",), "no grayscale view (two RGB views)",
+                                "tab:green"),
+            "no_instance": Variant(("loss.instance_weight=0",), "without L_I (instance)", "tab:purple"),
+            "no_inter": Variant(("loss.inter_weight=0",), "without L_inter (inter-view)", "tab:brown"),
+            "gamma2": Variant(("loss.focal_gamma=2",), "focal exponent 2 (paper) instead of 4", "tab:pink"),
+            "single_branch": Variant(("loss.instance_weight=0", "loss.inter_weight=0", "loss.intra_gray_weight=0",
+                                      "loss.focal_gamma=0"),
+                                     "one branch, cluster contrast only (γ=0)", "tab:gray"),
+        },
+        default_seeds=(0, 1),
+        needs_data=True,
+        notes=(
+            "Base: `configs/market1501.yaml` (the released code's recipe: official refinement, focal "
+            "exponent 4, bicubic resize, released sampler, fp32) with a tiny ResNet trained from scratch at "
+            "64x32 instead of an ImageNet ResNet-50 at 256x128 (no pretrained weights can be had here, and "
+            "each run must take minutes on a CPU), 20 epochs of 100 steps of 64 images, learning rate 1e-3 "
+            "divided by 10 after epoch 15, an evaluation every 2 epochs.",
+            "`single_branch` keeps both networks in the step (their cost is measured) but only branch 1's "
+            "cluster loss, without the focal factor, trains: a cluster-contrast baseline on the same banks, "
+            "clustering and schedule.",
+        ),
+    ),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=list(SUITES), default="quickstart")
+    parser.add_argument("--data", default="../shared/data/market1501-mini",
+                        help="dataset folder of the market-mini suite (relative paths: from the repository)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="values of run.seed (default: the suite's)")
+    parser.add_argument("--variants", nargs="+", help="variants to run (default: all of the suite's)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores / jobs threads)")
+    parser.add_argument("--out", default="benchmarks/results", help="folder for the result files")
+    parser.add_argument("--runs-dir", help="parent folder of the run folders (default benchmarks/.runs/<suite>)")
+    parser.add_argument("--extra-set", dest="extra_set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config override passed to every variant (repeatable)")
+    args = parser.parse_args(argv)
+    suite = SUITES[args.suite]
+    args.seeds = args.seeds or list(suite.default_seeds)
+    args.variants = args.variants or list(suite.variants)
+    unknown = [v for v in args.variants if v not in suite.variants]
+    if unknown:
+        parser.error(f"--variants: {', '.join(unknown)} not in suite {suite.name} ({', '.join(suite.variants)})")
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    if suite.needs_data and not (resolve(args.data) / "bounding_box_train").is_dir():
+        parser.error(f"--data {args.data}: no bounding_box_train/ folder there; pass the market1501-mini folder")
+    return args
+
+
+def resolve(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else REPO / path
+
+
+# ------------------------------------------------------------------------------------- environment
+def torch_version() -> str:
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
+                         capture_output=True, text=True, cwd=REPO)
+    return out.stdout.strip() or "unknown"
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (other jobs on the machine inflate wall times)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    return out.stdout.strip() or "unknown"
+
+
+# ------------------------------------------------------------------------------------- runs
+def overrides_for(suite: Suite, variant: str, data: str, extra: list[str]) -> list[str]:
+    data_set = [f"data.root={resolve(data)}"] if suite.needs_data else []
+    return [*data_set, *suite.base, *suite.variants[variant].overrides, *extra]
+
+
+def train_command(suite: Suite, run_dir: Path, seed: int, overrides: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "cacl_dist.train", "--config", suite.config,
+           "--set", f"run.output_dir={run_dir}", "--set", "run.progress=false", "--set", f"run.seed={seed}"]
+    for item in overrides:
+        cmd += ["--set", item]
+    return cmd
+
+
+_print_lock = threading.Lock()
+
+
+def say(message: str) -> None:
+    with _print_lock:
+        print(message, flush=True)
+
+
+def run_one(suite: Suite, variant: str, seed: int, args: argparse.Namespace, runs_dir: Path) -> dict:
+    run_dir = runs_dir / f"{variant}_seed{seed}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # never resume: every run starts from scratch
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    cmd = train_command(suite, run_dir, seed, overrides_for(suite, variant, args.data, args.extra_set))
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    say(f"[{variant} seed {seed}] {shlex.join(cmd)}")
+    log_path = runs_dir / f"{variant}_seed{seed}.stdout.txt"
+    load_before = load_average()
+    start = time.perf_counter()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time, even with runs in parallel
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    cpu = usage.ru_utime + usage.ru_stime
+    load_after = load_average()
+    if proc.returncode != 0:
+        raise RuntimeError(f"run {variant} seed {seed} failed (exit {proc.returncode}); see {log_path}")
+    evals = read_metrics(run_dir, "eval")
+    if not evals:
+        raise RuntimeError(f"run {variant} seed {seed} wrote no evaluation to {run_dir / 'metrics.jsonl'}")
+    curve = [{"epoch": r["epoch"], **{k: r[k] for k in METRIC_KEYS}} for r in evals]
+    best = max(curve, key=lambda p: (p["mAP"], -p["epoch"]))
+    result = {"variant": variant, "seed": seed, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+              "threads": threads, "load_before": load_before, "load_after": load_after, "run_dir": str(run_dir),
+              "initial": curve[0], "final": curve[-1], "best": best, "curve": curve}
+    say(f"[{variant} seed {seed}] mAP {100 * curve[0]['mAP']:.1f} -> {100 * curve[-1]['mAP']:.1f} "
+        f"(best {100 * best['mAP']:.1f} at epoch {best['epoch']}), rank-1 {100 * curve[-1]['rank1']:.1f} "
+        f"({wall:.0f} s wall, {cpu:.0f} s CPU, load {load_before} -> {load_after})")
+    return result
+
+
+# ------------------------------------------------------------------------------------- report
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def summarise(results: list[dict], variants: list[str]) -> dict:
+    summary = {}
+    for variant in variants:
+        rows = [r for r in results if r["variant"] == variant]
+        if not rows:
+            continue
+        entry: dict = {"n": len(rows)}
+        for when in ("initial", "final", "best"):
+            for key in METRIC_KEYS:
+                entry[f"{when}_{key}"] = mean_std([r[when][key] for r in rows])
+        for key in ("wall_s", "cpu_s"):
+            entry[key] = mean_std([r[key] for r in rows])
+        summary[variant] = entry
+    return summary
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def ms(entry: dict) -> str:
+    return f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
+
+
+def summary_table(summary: dict, suite: Suite) -> str:
+    reference = summary.get(next(iter(suite.variants)))
+    lines = ["| variant | runs | mAP last | Δ mAP last | mAP best | R1 last | R5 last | mINP last | mAP before "
+             "| CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for variant, e in summary.items():
+        delta = ("—" if reference is None or e is reference
+                 else f"{100 * (e['final_mAP']['mean'] - reference['final_mAP']['mean']):+.1f}")
+        lines.append(f"| {variant}: {suite.variants[variant].label} | {e['n']} | {ms(e['final_mAP'])} | {delta} "
+                     f"| {ms(e['best_mAP'])} | {ms(e['final_rank1'])} | {ms(e['final_rank5'])} "
+                     f"| {ms(e['final_mINP'])} | {ms(e['initial_mAP'])} "
+                     f"| {e['cpu_s']['mean']:.0f} ± {e['cpu_s']['std']:.0f} |")
+    return "\n".join(lines)
+
+
+def runs_table(results: list[dict]) -> str:
+    lines = ["| variant | seed | mAP before | mAP last | mAP best (epoch) | R1 last | R5 last | mINP last "
+             "| last epoch | wall s | CPU s | threads | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        i, f, b = r["initial"], r["final"], r["best"]
+        lines.append(f"| {r['variant']} | {r['seed']} | {pct(i['mAP'])} | {pct(f['mAP'])} "
+                     f"| {pct(b['mAP'])} ({b['epoch']}) | {pct(f['rank1'])} | {pct(f['rank5'])} | {pct(f['mINP'])} "
+                     f"| {f['epoch']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['threads']} "
+                     f"| {r['load_before']} -> {r['load_after']} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], suite: Suite, variants: list[str], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot written (pip install matplotlib)", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for variant in variants:
+        rows = [r for r in results if r["variant"] == variant]
+        if not rows:
+            continue
+        epochs = [p["epoch"] for p in rows[0]["curve"]]
+        per_seed = [[100 * p["mAP"] for p in r["curve"]] for r in rows if len(r["curve"]) == len(epochs)]
+        mean = [statistics.fmean(col) for col in zip(*per_seed)]
+        lo, hi = [min(col) for col in zip(*per_seed)], [max(col) for col in zip(*per_seed)]
+        colour = suite.variants[variant].colour
+        ax.plot(epochs, mean, color=colour, marker="o", markersize=3, label=f"{variant}: {suite.variants[variant].label}")
+        if len(per_seed) > 1:
+            ax.fill_between(epochs, lo, hi, color=colour, alpha=0.15, linewidth=0)
+    seeds = sorted({r["seed"] for r in results})
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mAP (%)")
+    ax.set_title(f"{suite.title}\nmean over seeds {', '.join(map(str, seeds))} (band: min to max)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def reproduce_command(args: argparse.Namespace, suite: Suite) -> str:
+    parts = ["--suite", suite.name, "--seeds", *map(str, args.seeds)]
+    if args.variants != list(suite.variants):
+        parts += ["--variants", *args.variants]
+    if suite.needs_data:
+        parts += ["--data", args.data]
+    if args.jobs != 1:
+        parts += ["--jobs", str(args.jobs)]
+    if args.out != "benchmarks/results":
+        parts += ["--out", args.out]
+    for item in args.extra_set:
+        parts += ["--extra-set", item]
+    return "python3 benchmarks/ablation.py " + shlex.join(parts)
+
+
+def write_report(args: argparse.Namespace, suite: Suite, results: list[dict], started: _dt.datetime) -> Path:
+    out = resolve(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(results, args.variants)
+    command = reproduce_command(args, suite)
+    hardware, tv = cpu_description(), torch_version()
+    date = started.strftime("%Y-%m-%d %H:%M UTC")
+    payload = {
+        "benchmark": suite.result_name, "suite": suite.name, "command": command, "config": suite.config,
+        "base_overrides": list(suite.base),
+        "variants": {v: list(suite.variants[v].overrides) for v in args.variants},
+        "extra_set": args.extra_set, "seeds": args.seeds, "jobs": args.jobs, "hardware": hardware, "torch": tv,
+        "python": platform.python_version(), "git_commit": git_commit(), "date": date,
+        "summary": summary, "runs": results,
+    }
+    (out / f"{suite.result_name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    have_png = plot(results, suite, args.variants, out / f"{suite.result_name}.png")
+    variant_lines = [f"- `{v}` ({suite.variants[v].label}): "
+                     + (", ".join(f"`{o}`" for o in suite.variants[v].overrides) or "the base as is")
+                     for v in args.variants]
+    md = [
+        f"# {suite.title}",
+        "",
+        *(line for note in suite.notes for line in (note, "")),
+        "Variants (each `--set` on top of the base):",
+        "",
+        *variant_lines,
+        "",
+        f"Seeds {', '.join(map(str, args.seeds))} (`run.seed`: initial weights, sampler, augmentations). \"Before\" "
+        "is the evaluation of the random initial model, \"last\" the evaluation after the last epoch, \"best\" "
+        "the highest mAP over all evaluations (the number the authors' code reports). Values in percent, "
+        "mean ± sample standard deviation over seeds; Δ is against the first row. CPU seconds are the "
+        "training process's own (user + system), start-up and all evaluations included.",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        summary_table(summary, suite),
+        "",
+    ]
+    if have_png:
+        md += [f"![mAP per evaluation]({suite.result_name}.png)", ""]
+    md += [
+        "Every run:",
+        "",
+        runs_table(results),
+        "",
+        f"- Base overrides: {', '.join(f'`{s}`' for s in suite.base) or 'none'}",
+        f"- Hardware: {hardware}; {args.jobs} run(s) at a time",
+        f"- torch {tv}, Python {platform.python_version()}, commit {payload['git_commit']}",
+        f"- Date: {date}",
+    ]
+    if args.extra_set:
+        md.append(f"- Extra overrides (every variant): {', '.join(f'`{s}`' for s in args.extra_set)}")
+    (out / f"{suite.result_name}.md").write_text("\n".join(md) + "\n")
+    say(f"\nwrote {out / suite.result_name}.json, .md" + (", .png" if have_png else ""))
+    return out / f"{suite.result_name}.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    suite = SUITES[args.suite]
+    runs_dir = resolve(args.runs_dir or f"benchmarks/.runs/{suite.name}")
+    started = _dt.datetime.now(_dt.timezone.utc)
+    # Seed-major order: load drift on the machine hits every variant alike.
+    jobs = [(variant, seed) for seed in args.seeds for variant in args.variants]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_one, suite, variant, seed, args, runs_dir) for variant, seed in jobs]
+        try:
+            results = [f.result() for f in futures]
+        except RuntimeError as err:
+            for f in futures:
+                f.cancel()
+            raise SystemExit(str(err)) from None
+    results.sort(key=lambda r: (args.variants.index(r["variant"]), r["seed"]))
+    md_path = write_report(args, suite, results, started)
+    print()
+    print(md_path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
