@@ -7,11 +7,17 @@ of this process and are stopped by pid. Anything that prevents the cluster from 
 (not root, no apt-get, a daemon that dies) raises `ClusterUnavailable` with the reason, so the
 tests can skip with it.
 
-    python -m tests.integration.slurm_cluster     # start one, print how to use it; Ctrl-C stops it
+    python -m tests.integration.slurm_cluster             # start one, print how to use it; Ctrl-C stops it
+    python -m tests.integration.slurm_cluster --nodes 2   # two nodes in network namespaces (slurm_netns.py)
+
+Subclasses place the daemons elsewhere through four hooks: `_hosts` (the controller's and the
+nodes' names and addresses), `_wrap` (the command line that starts one daemon), `_setup` and
+`_teardown` (what exists around the daemons, before they start and after they stopped).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import socket
@@ -78,6 +84,21 @@ class LocalSlurm:
         self.conf = self.root / "slurm.conf"
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
 
+    # ------------------------------------------------------------------ hooks
+    def _hosts(self) -> tuple[tuple[str, str], list[tuple[str, str]]]:
+        """(controller name, address) and the nodes' (name, address)."""
+        return (self.node, "127.0.0.1"), [(self.node, "127.0.0.1")]
+
+    def _wrap(self, name: str, cmd: list[str]) -> list[str]:
+        """The command line that starts daemon `name` (munged, slurmctld or slurmd-<node>)."""
+        return cmd
+
+    def _setup(self) -> None:
+        """Prepare what the daemons need besides their files (nothing on localhost)."""
+
+    def _teardown(self) -> None:
+        """Remove what `_setup` made; called after the daemons stopped, also after a failed start."""
+
     # ------------------------------------------------------------------ configuration
     def _write_files(self) -> None:
         for sub in ("munge", "state", "spool", "log"):
@@ -88,9 +109,12 @@ class LocalSlurm:
         os.chmod(key, 0o400)
         self.munge_socket = self.root / "munge" / "munge.socket"
         ctl_port, node_port = _free_port(), _free_port()
+        (controller, controller_addr), nodes = self._hosts()
+        for name, _ in nodes:
+            (self.root / "spool" / name).mkdir(exist_ok=True)
         lines = [
             "ClusterName=cacltest",
-            f"SlurmctldHost={self.node}(127.0.0.1)",
+            f"SlurmctldHost={controller}({controller_addr})",
             f"SlurmctldPort={ctl_port}",
             f"SlurmdPort={node_port}",
             "AuthType=auth/munge",
@@ -99,11 +123,11 @@ class LocalSlurm:
             "SlurmUser=root",
             "SlurmdUser=root",
             f"StateSaveLocation={self.root / 'state'}",
-            f"SlurmdSpoolDir={self.root / 'spool'}",
+            f"SlurmdSpoolDir={self.root / 'spool' / '%n'}",  # %n: the node's name, one folder per slurmd
             f"SlurmctldPidFile={self.root / 'slurmctld.pid'}",
-            f"SlurmdPidFile={self.root / 'slurmd.pid'}",
+            f"SlurmdPidFile={self.root / 'slurmd-%n.pid'}",
             f"SlurmctldLogFile={self.root / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={self.root / 'log' / 'slurmd.log'}",
+            f"SlurmdLogFile={self.root / 'log' / 'slurmd-%n.log'}",
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "JobAcctGatherType=jobacct_gather/none",
@@ -121,15 +145,17 @@ class LocalSlurm:
             "JobRequeue=1",
             "SlurmctldTimeout=30",
             "SlurmdTimeout=60",
-            f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN",
-            f"PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
         ]
+        lines += [f"NodeName={name} NodeAddr={addr} CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN"
+                  for name, addr in nodes]
+        lines.append(f"PartitionName={PARTITION} Nodes={','.join(name for name, _ in nodes)} Default=YES "
+                     "MaxTime=INFINITE State=UP")
         self.conf.write_text("\n".join(lines) + "\n")
 
     # ------------------------------------------------------------------ daemons
     def _spawn(self, name: str, cmd: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.out", "wb")
-        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+        self.procs[name] = subprocess.Popen(self._wrap(name, cmd), stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                             start_new_session=True)
         log.close()
 
@@ -147,22 +173,24 @@ class LocalSlurm:
         return (errors or texts or ["no log"])[-1][-300:]
 
     def start(self, timeout: float = 60.0) -> "LocalSlurm":
-        """Start the three daemons and wait until the node accepts jobs."""
+        """Start munged, slurmctld and one slurmd per node, and wait until every node accepts jobs."""
         if os.geteuid() != 0:
             raise ClusterUnavailable("the localhost SLURM cluster needs root (slurmd runs jobs as root here)")
         ensure_packages()
-        self._write_files()
-        self._spawn("munged", ["munged", "-F", "--force", f"--socket={self.munge_socket}",
-                               f"--key-file={self.root / 'munge' / 'munge.key'}",
-                               f"--pid-file={self.root / 'munge' / 'munged.pid'}",
-                               f"--seed-file={self.root / 'munge' / 'munged.seed'}",
-                               f"--log-file={self.root / 'log' / 'munged.log'}"])
         try:
+            self._setup()
+            self._write_files()
+            self._spawn("munged", ["munged", "-F", "--force", f"--socket={self.munge_socket}",
+                                   f"--key-file={self.root / 'munge' / 'munge.key'}",
+                                   f"--pid-file={self.root / 'munge' / 'munged.pid'}",
+                                   f"--seed-file={self.root / 'munge' / 'munged.seed'}",
+                                   f"--log-file={self.root / 'log' / 'munged.log'}"])
             self._wait(lambda: self.munge_socket.exists(), 15, "munged did not create its socket")
             self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
             self._wait(lambda: self._run(["scontrol", "ping"]).returncode == 0, timeout, "slurmctld does not answer")
-            self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf), "-N", self.node])
-            self._wait(self._node_ready, timeout, "the node did not become idle")
+            for name, _ in self._hosts()[1]:
+                self._spawn(f"slurmd-{name}", ["slurmd", "-D", "-f", str(self.conf), "-N", name])
+            self._wait(self._node_ready, timeout, "the nodes did not become idle")
         except BaseException:
             self.stop()
             raise
@@ -173,7 +201,7 @@ class LocalSlurm:
 
     def _node_ready(self) -> bool:
         out = self._run(["sinfo", "-h", "-N", "-o", "%t"]).stdout.split()
-        return bool(out) and all(state.rstrip("*") in ("idle", "mix", "alloc") for state in out)
+        return len(out) == len(self._hosts()[1]) and all(state.rstrip("*") in ("idle", "mix", "alloc") for state in out)
 
     def _wait(self, ready, timeout: float, what: str) -> None:
         deadline = time.time() + timeout
@@ -201,7 +229,7 @@ class LocalSlurm:
             pass
 
     def stop(self) -> None:
-        """Cancel the jobs, then stop the daemons (by pid, newest first) and wait for them."""
+        """Cancel the jobs, stop the daemons (by pid, newest first), wait for them, then tear down."""
         self.cancel_all()
         for name in reversed(list(self.procs)):
             proc = self.procs[name]
@@ -213,6 +241,7 @@ class LocalSlurm:
                     proc.kill()
                     proc.wait(timeout=10)
         self.procs.clear()
+        self._teardown()
 
     def __enter__(self) -> "LocalSlurm":
         return self.start()
@@ -221,19 +250,55 @@ class LocalSlurm:
         self.stop()
 
 
-if __name__ == "__main__":
+def usage(cluster: LocalSlurm) -> str:
+    """How to use a running cluster, for the console."""
+    return (f"SLURM is up: export SLURM_CONF={cluster.conf}  (partition '{PARTITION}', node {cluster.node}, "
+            f"{cluster.cpus} CPUs)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start a cluster, print how to use it, and keep it up until Ctrl-C or SIGTERM."""
     import signal
     import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m tests.integration.slurm_cluster",
+                                     description="Start a throw-away SLURM cluster on this machine (root).")
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="1: one slurmd on localhost (default); more: one network namespace per node")
+    args = parser.parse_args(argv)
+    if args.nodes < 1:
+        parser.error(f"--nodes must be at least 1, got {args.nodes}")
 
     def _interrupt(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` stops the cluster cleanly too
-    with tempfile.TemporaryDirectory(prefix="slurm-") as tmp, LocalSlurm(Path(tmp)) as cluster:
-        print(f"SLURM is up: export SLURM_CONF={cluster.conf}  (partition '{PARTITION}', node {cluster.node}, "
-              f"{cluster.cpus} CPUs); Ctrl-C or kill {os.getpid()} stops it")
+    with tempfile.TemporaryDirectory(prefix="slurm-") as tmp:
+        if args.nodes == 1:
+            cluster, describe = LocalSlurm(Path(tmp)), usage
+        else:
+            from .slurm_netns import NetnsSlurm, usage as describe
+
+            cluster = NetnsSlurm(Path(tmp), nodes=args.nodes)
         try:
+            cluster.start()
+        except ClusterUnavailable as exc:
+            print(f"SLURM cannot start: {exc}")
+            return 1
+        try:
+            print(f"{describe(cluster)}\nCtrl-C or kill {os.getpid()} stops it", flush=True)
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+        finally:
+            cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from tests.integration.slurm_cluster import main as _main  # the importable module, not __main__
+
+    sys.exit(_main())

@@ -1,9 +1,11 @@
-"""`python -m launch.slurm` against a real single-node SLURM cluster on localhost.
+"""`python -m launch.slurm` against real SLURM clusters on this machine.
 
-The cluster (munged, slurmctld, slurmd) is started once for the module by the harness in
-`slurm_cluster.py`, which installs Debian's packages when they are missing; the tests skip with
-the reason where it cannot start (not root, no apt-get, a daemon that fails). Each job is the
-tiny CACL run of the other integration tests as 2 CPU tasks talking gloo.
+The single-node cluster (munged, slurmctld, slurmd on localhost) is started once for the module by
+the harness in `slurm_cluster.py`, which installs Debian's packages when they are missing; the
+two-node cluster (`slurm_netns.py`) puts each slurmd in its own network namespace with its own
+address and host name. The tests skip with the reason where a cluster cannot start (not root, no
+apt-get, no network namespaces, a daemon that fails). Each job is the tiny CACL run of the other
+integration tests as 2 CPU tasks talking gloo.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import torch
 from cacl_dist.checkpoint import load_checkpoint
 from cacl_dist.logging import read_metrics
 
-from tests.helpers.runs import REPO, tiny_overrides
+from tests.helpers.runs import REPO, assert_same_state, run_cli, set_args, tiny_overrides
 from .slurm_cluster import PARTITION, ClusterUnavailable, LocalSlurm
-from tests.helpers.runs import assert_same_state
+from .slurm_netns import NetnsSlurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -164,3 +166,65 @@ def test_bad_requests_fail_before_submission(slurm, tmp_path, synthetic_root, ex
     assert not (tmp_path / "run").exists()
     assert subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm.env, capture_output=True,
                           text=True).stdout.strip() == ""
+
+
+# ---------------------------------------------------------------------------- two nodes
+TWO_NODE_STEPS = {**STEPS, "train.iters_per_epoch": 3}
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    pytest.importorskip("submitit", reason="submitit is not installed (pip install -e '.[dev]')")
+    try:
+        cluster = NetnsSlurm(tmp_path_factory.mktemp("slurm2"), nodes=2).start()
+    except ClusterUnavailable as exc:
+        pytest.skip(f"a two-node SLURM cluster cannot start on this machine: {exc}")
+    yield cluster
+    cluster.stop()
+
+
+PROBE = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect((sys.argv[1], 9)); "
+         "print(socket.gethostname(), s.getsockname()[0], socket.gethostbyname(sys.argv[2]))")
+
+
+def probe_nodes(cluster: NetnsSlurm, name: str) -> dict[str, tuple[str, str]]:
+    """One task per node: {host name: (the node's own address, what `name` resolves to there)}."""
+    cmd = ["srun", "--nodes", "2", "--ntasks-per-node", "1", sys.executable, "-c", PROBE,
+           cluster.addresses["head"], name]
+    result = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {host: (own, resolved) for host, own, resolved in (line.split() for line in result.stdout.splitlines())}
+
+
+def test_two_node_cluster_gives_each_node_its_own_address(two_nodes):
+    assert probe_nodes(two_nodes, "node1") == {"node0": (two_nodes.addresses["node0"], two_nodes.addresses["node1"]),
+                                               "node1": (two_nodes.addresses["node1"], two_nodes.addresses["node1"])}
+    assert two_nodes.addresses["node0"] != two_nodes.addresses["node1"]
+
+
+def test_two_node_job_runs_one_rank_per_node_and_matches_two_local_processes(two_nodes, tmp_path, synthetic_root):
+    run_dir = tmp_path / "two_nodes"
+    args = job_args(run_dir, synthetic_root, "--nodes", "2", "--wait", tasks=1, **TWO_NODE_STEPS)
+    result = launch(two_nodes, args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    job_id = re.search(r"submitted job (\d+) to partition 'debug': 2 nodes x 1 task", result.stdout).group(1)
+    assert f"job {job_id}: COMPLETED" in result.stdout
+    logs = [(run_dir / "slurm" / f"{job_id}_{rank}_log.out").read_text() for rank in (0, 1)]
+    seen = [re.search(r"task (\d) of (\d+) on (\S+); master (\S+):(\d+)", log).groups() for log in logs]
+    port = seen[0][4]
+    assert seen == [("0", "2", "node0", "node0", port), ("1", "2", "node1", "node0", port)]
+    assert "world size 2 on cpu (gloo)" in logs[0] and all("training finished" in log for log in logs)
+    # the master name both ranks used is node 0's address on either node
+    assert {host: resolved for host, (_, resolved) in probe_nodes(two_nodes, "node0").items()} == {
+        "node0": two_nodes.addresses["node0"], "node1": two_nodes.addresses["node0"]}
+    state = load_checkpoint(run_dir / "last.pt")
+    assert state["world_size"] == 2 and state["epoch"] == 2
+
+    local_dir = tmp_path / "two_processes"
+    local = run_cli("cacl_dist.train", ["--config", "configs/quickstart.yaml",
+                                        *set_args(local_dir, synthetic_root, **TWO_NODE_STEPS)], torchrun_procs=2)
+    assert local.returncode == 0, local.stderr[-3000:]
+    assert_same_state(load_checkpoint(local_dir / "last.pt"), state, exact=True)
+    losses = [[{k: v for k, v in row.items() if k not in ("time", "images_per_s")} for row in read_metrics(d, "train")]
+              for d in (run_dir, local_dir)]
+    assert len(losses[0]) == 6 and losses[0] == losses[1]
