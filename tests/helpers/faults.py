@@ -22,7 +22,6 @@ class Case:
     name: str
     expected: str
     run: Callable[["Lab"], tuple[bool, str]]
-    here: bool = True       # handled on this branch (a failure is a FAIL, not 'not on this branch')
     torchrun: bool = False  # starts torchrun (slower)
 
 

@@ -5,9 +5,10 @@
 
 Each case runs the real command line on a tiny synthetic run (`tests.helpers.runs.tiny_overrides`)
 and compares what a user would see (exit status, stderr, the run folder) with what should happen.
-The table lists case, expected, observed and the verdict: ok, FAIL, skipped (with the reason), or
-'not on this branch' for cases whose handling lives elsewhere and is not here. Exit status 1 when
-a case of this branch failed.
+The table lists case, expected, observed and the verdict: ok, FAIL or skipped (with the reason).
+Exit status 1 when a case failed. The torchrun cases (`--no-torchrun` leaves them out) include two
+"nodes" on this machine: two torchrun agents on the c10d rendezvous, one of them killed and started
+again. The two-node SLURM job has its own cluster: tests/integration/test_slurm.py.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from tests.helpers.faults import (BASE, NEXT_EPOCH, Case, Lab, Skip, no_override
 from tests.helpers.runs import log_text, run_cli, set_args, start_cli, tiny_overrides, wait_for
 
 
-# ----------------------------------------------------------------------------------------- this branch
 
 
 def case_gamma(lab: Lab):
@@ -211,7 +211,18 @@ def case_agent_killed(lab: Lab):
     return stopped, "workers stopped with a checkpoint" if stopped else "workers did not stop on request"
 
 
-# ----------------------------------------------------------------------------------------- handled elsewhere
+def case_node_killed(lab: Lab):
+    from tests.helpers.nodes import run_with_a_killed_node
+
+    run_dir = lab.folder("node_killed")
+    iters = 6
+    stopped_at = run_with_a_killed_node(run_dir, lab.args(run_dir, **{"train.iters_per_epoch": iters}),
+                                        run_dir.parent, epochs=2, iters_per_epoch=iters)
+    status = (run_dir / "status.txt").read_text().strip() if (run_dir / "status.txt").exists() else "no status.txt"
+    resumed = f"resumed from {run_dir / 'last.pt'}" in log_text(run_dir)
+    ok = resumed and status.startswith("0 finished")
+    return ok, (f"stopped at step {stopped_at['global_step']} with a checkpoint, "
+                f"{'resumed' if resumed else 'not resumed'}, status '{status}'")
 
 
 def case_corrupt_jpeg(lab: Lab):
@@ -309,14 +320,14 @@ CASES = [
     Case("export_warning", "'export' format loads without deprecation notices", case_export_warning),
     Case("world_size", "batch 9 on 2 processes: fails before any work", case_world_size, torchrun=True),
     Case("agent_killed", "torchrun agent SIGKILLed: workers checkpoint and stop", case_agent_killed, torchrun=True),
-    Case("corrupt_jpeg", "a truncated training JPEG: one line naming it, exit 2", case_corrupt_jpeg, here=False),
-    Case("nan_checkpoint", "NaN weights in last.pt: resume refused in one line, exit 2", case_nan_checkpoint,
-         here=False),
-    Case("lr_on_resume", "optim.lr changed on resume: the new lr is used", case_lr_on_resume, here=False),
-    Case("eval_failure", "evaluation fails after training: trained epoch kept, one line", case_eval_failure,
-         here=False),
-    Case("orphan_tmp", "orphan temporary checkpoint: removed on the next start", case_orphan_tmp, here=False),
-    Case("pickled_callable", "callable pickled in last.pt: refused, never run", case_pickled_callable, here=False),
+    Case("node_killed", "2 nodes, node 1's agent SIGKILLed, started again: the job resumes and finishes",
+         case_node_killed, torchrun=True),
+    Case("corrupt_jpeg", "a truncated training JPEG: one line naming it, exit 2", case_corrupt_jpeg),
+    Case("nan_checkpoint", "NaN weights in last.pt: resume refused in one line, exit 2", case_nan_checkpoint),
+    Case("lr_on_resume", "optim.lr changed on resume: the new lr is used", case_lr_on_resume),
+    Case("eval_failure", "evaluation fails after training: trained epoch kept, one line", case_eval_failure),
+    Case("orphan_tmp", "orphan temporary checkpoint: removed on the next start", case_orphan_tmp),
+    Case("pickled_callable", "callable pickled in last.pt: refused, never run", case_pickled_callable),
 ]
 
 
@@ -340,12 +351,12 @@ def run_cases(names: list[str] | None, keep: Path | None = None) -> list[tuple[C
             start = time.perf_counter()
             try:
                 ok, observed = case.run(lab)
-                verdict = "ok" if ok else ("FAIL" if case.here else "not on this branch")
+                verdict = "ok" if ok else "FAIL"
             except Skip as exc:
                 observed, verdict = str(exc), "skipped"
             except Exception as exc:  # a crash of the case itself is reported like a failure
                 observed = f"{type(exc).__name__}: {' '.join(str(exc).split())[:150]}"
-                verdict = "FAIL" if case.here else "not on this branch"
+                verdict = "FAIL"
             rows.append((case, observed, verdict))
             print(f"[{time.perf_counter() - start:5.1f} s] {case.name}: {verdict}", file=sys.stderr, flush=True)
     finally:
@@ -375,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_cases(names, args.keep)
     print(table(rows))
     if args.json is not None:
-        args.json.write_text(json.dumps([{"case": c.name, "expected": c.expected, "observed": o, "verdict": v,
-                                          "here": c.here} for c, o, v in rows], indent=1))
+        args.json.write_text(json.dumps([{"case": c.name, "expected": c.expected, "observed": o, "verdict": v}
+                                         for c, o, v in rows], indent=1))
     return 1 if any(v == "FAIL" for _, _, v in rows) else 0
 
 
