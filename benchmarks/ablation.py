@@ -10,7 +10,7 @@ Two suites, each a base recipe and a set of variants (config overrides on top of
                  shrunk to run in minutes on a CPU: a tiny ResNet from scratch at 64x32, 20 epochs of
                  100 steps of 64 images. Eight variants (full CACL, paper-literal refinement, no
                  refinement, no grayscale view, without L_I, without L_inter, focal exponent 2, one
-                 branch), ~5 CPU-minutes per run.
+                 branch), ~7 CPU-minutes per run (one thread).
                      python3 benchmarks/ablation.py --suite market-mini --seeds 0 1 --jobs 2
 
 Each run is a `python -m cacl_dist.train` subprocess with its own run folder under --runs-dir

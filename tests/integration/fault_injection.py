@@ -255,14 +255,17 @@ def case_lr_on_resume(lab: Lab):
 
 def case_eval_failure(lab: Lab):
     from cacl_dist.checkpoint import load_checkpoint
+    from cacl_dist.logging import read_metrics
 
     data = lab.folder("eval_fail_data")
     shutil.copytree(lab.data, data)
     victim = sorted((data / "query").iterdir())[0]
-    victim.write_bytes(b"")  # found when the dataset is listed, unreadable when evaluation decodes it
     run_dir = lab.folder("eval_failure")
-    result = run_cli("cacl_dist.train", set_args(run_dir, data, **BASE))
-    ok, observed = one_line_error(result, victim.name)
+    proc = start_cli("cacl_dist.train", set_args(run_dir, data, **{**BASE, "train.iters_per_epoch": 20}))
+    wait_for(lambda: read_metrics(run_dir, "train"), proc, what="the first training step")
+    victim.write_bytes(victim.read_bytes()[:100])  # damaged while training: the evaluation after it cannot read it
+    out, err = proc.communicate(timeout=300)
+    ok, observed = one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), victim.name)
     kept = (run_dir / "last.pt").exists() and load_checkpoint(run_dir / "last.pt")["epoch"] == 1
     return ok and kept, observed + ("; trained epoch kept" if kept else "; trained epoch lost")
 
@@ -325,7 +328,8 @@ CASES = [
     Case("corrupt_jpeg", "a truncated training JPEG: one line naming it, exit 2", case_corrupt_jpeg),
     Case("nan_checkpoint", "NaN weights in last.pt: resume refused in one line, exit 2", case_nan_checkpoint),
     Case("lr_on_resume", "optim.lr changed on resume: the new lr is used", case_lr_on_resume),
-    Case("eval_failure", "evaluation fails after training: trained epoch kept, one line", case_eval_failure),
+    Case("eval_failure", "a query image damaged during training: the evaluation after it fails in one line "
+         "naming it, the trained epoch is kept", case_eval_failure),
     Case("orphan_tmp", "orphan temporary checkpoint: removed on the next start", case_orphan_tmp),
     Case("pickled_callable", "callable pickled in last.pt: refused, never run", case_pickled_callable),
 ]
