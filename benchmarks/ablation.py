@@ -133,6 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores / jobs threads)")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the result files")
     parser.add_argument("--runs-dir", help="parent folder of the run folders (default benchmarks/.runs/<suite>)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the markdown and the plot again from <out>/<suite file>.json")
     parser.add_argument("--extra-set", dest="extra_set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override passed to every variant (repeatable)")
     args = parser.parse_args(argv)
@@ -144,7 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--variants: {', '.join(unknown)} not in suite {suite.name} ({', '.join(suite.variants)})")
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    if suite.needs_data and not (resolve(args.data) / "bounding_box_train").is_dir():
+    if suite.needs_data and not args.report_only and not (resolve(args.data) / "bounding_box_train").is_dir():
         parser.error(f"--data {args.data}: no bounding_box_train/ folder there; pass the market1501-mini folder")
     return args
 
@@ -337,24 +339,34 @@ def reproduce_command(args: argparse.Namespace, suite: Suite) -> str:
     return "python3 benchmarks/ablation.py " + shlex.join(parts)
 
 
-def write_report(args: argparse.Namespace, suite: Suite, results: list[dict], started: _dt.datetime) -> Path:
+def write_report(args: argparse.Namespace, suite: Suite, results: list[dict], started: _dt.datetime | None,
+                 previous: dict | None = None) -> Path:
+    """Write <out>/<result name>.{json,md,png}. With `previous` (the JSON of an earlier run, for
+    --report-only) its machine, versions and date are kept. A '## Notes' section of the existing
+    markdown file is carried over."""
     out = resolve(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(results, args.variants)
-    command = reproduce_command(args, suite)
-    hardware, tv = cpu_description(), torch_version()
-    date = started.strftime("%Y-%m-%d %H:%M UTC")
+    command = reproduce_command(args, suite) if previous is None else previous["command"]
+    if previous is None:
+        env = {"hardware": cpu_description(), "torch": torch_version(), "python": platform.python_version(),
+               "git_commit": git_commit(), "date": started.strftime("%Y-%m-%d %H:%M UTC")}
+    else:
+        env = {key: previous[key] for key in ("hardware", "torch", "python", "git_commit", "date")}
+    hardware, tv, date = env["hardware"], env["torch"], env["date"]
     payload = {
         "benchmark": suite.result_name, "suite": suite.name, "command": command, "config": suite.config,
         "base_overrides": list(suite.base),
         "variants": {v: list(suite.variants[v].overrides) for v in args.variants},
-        "extra_set": args.extra_set, "seeds": args.seeds, "jobs": args.jobs, "hardware": hardware, "torch": tv,
-        "python": platform.python_version(), "git_commit": git_commit(), "date": date,
+        "extra_set": args.extra_set, "seeds": args.seeds, "jobs": args.jobs, **env,
         "summary": summary, "runs": results,
     }
+    md_path = out / f"{suite.result_name}.md"
+    old_md = md_path.read_text() if md_path.exists() else ""
+    notes = old_md[old_md.index("\n## Notes"):].strip("\n") if "\n## Notes" in old_md else ""
     (out / f"{suite.result_name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     have_png = plot(results, suite, args.variants, out / f"{suite.result_name}.png")
-    variant_lines = [f"- `{v}` ({suite.variants[v].label}): "
+    variant_lines = [f"- `{v}`, {suite.variants[v].label}: "
                      + (", ".join(f"`{o}`" for o in suite.variants[v].overrides) or "the base as is")
                      for v in args.variants]
     md = [
@@ -387,19 +399,28 @@ def write_report(args: argparse.Namespace, suite: Suite, results: list[dict], st
         "",
         f"- Base overrides: {', '.join(f'`{s}`' for s in suite.base) or 'none'}",
         f"- Hardware: {hardware}; {args.jobs} run(s) at a time",
-        f"- torch {tv}, Python {platform.python_version()}, commit {payload['git_commit']}",
+        f"- torch {tv}, Python {env['python']}, commit {env['git_commit']}",
         f"- Date: {date}",
     ]
     if args.extra_set:
         md.append(f"- Extra overrides (every variant): {', '.join(f'`{s}`' for s in args.extra_set)}")
-    (out / f"{suite.result_name}.md").write_text("\n".join(md) + "\n")
+    if notes:
+        md += ["", notes]
+    md_path.write_text("\n".join(md) + "\n")
     say(f"\nwrote {out / suite.result_name}.json, .md" + (", .png" if have_png else ""))
-    return out / f"{suite.result_name}.md"
+    return md_path
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     suite = SUITES[args.suite]
+    if args.report_only:
+        previous = json.loads((resolve(args.out) / f"{suite.result_name}.json").read_text())
+        args.seeds, args.jobs, args.extra_set = previous["seeds"], previous["jobs"], previous["extra_set"]
+        args.variants = list(previous["variants"])
+        md_path = write_report(args, suite, previous["runs"], None, previous)
+        print(md_path.read_text())
+        return 0
     runs_dir = resolve(args.runs_dir or f"benchmarks/.runs/{suite.name}")
     started = _dt.datetime.now(_dt.timezone.utc)
     # Seed-major order: load drift on the machine hits every variant alike.
