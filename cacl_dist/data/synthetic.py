@@ -13,6 +13,7 @@ Run ``python -m cacl_dist.data.synthetic --root DIR`` to write a dataset.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -296,23 +297,53 @@ def generate_synthetic(
     params = _params(num_train_ids, num_test_ids, images_per_id, num_cameras, height, width, seed)
     _check_params(params)
     root = os.path.abspath(os.path.expanduser(str(root)))
-    meta_path = os.path.join(root, "synthetic.json")
-    if not force and os.path.isfile(meta_path) and all(os.path.isdir(os.path.join(root, d)) for d in SPLIT_FOLDERS):
-        try:
-            with open(meta_path, encoding="utf-8") as handle:
-                if json.load(handle) == params:
-                    return root
-        except (OSError, ValueError):
-            pass  # unreadable metadata: regenerate
     os.makedirs(root, exist_ok=True)
+    with _exclusive(os.path.join(root, ".synthetic.lock")):  # processes started together write it once
+        if force or not _complete(root, params):
+            _write(root, params)
+    return root
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str):
+    """Hold an exclusive lock on ``lock_path`` (released when the process ends, also on a kill)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _complete(root: str, params: dict) -> bool:
+    """True when ``root`` holds a finished dataset made with ``params``."""
+    meta_path = os.path.join(root, "synthetic.json")
+    if not os.path.isfile(meta_path) or not all(os.path.isdir(os.path.join(root, d)) for d in SPLIT_FOLDERS):
+        return False
+    try:
+        with open(meta_path, encoding="utf-8") as handle:
+            return json.load(handle) == params
+    except (OSError, ValueError):
+        return False  # unreadable metadata: regenerate
+
+
+def _write(root: str, params: dict) -> None:
+    meta_path = os.path.join(root, "synthetic.json")
     if os.path.exists(meta_path):
         os.remove(meta_path)  # an interrupted run must not look complete
     for sub in SPLIT_FOLDERS:
         shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
         os.makedirs(os.path.join(root, sub))
 
+    seed, num_cameras, images_per_id = params["seed"], params["num_cameras"], params["images_per_id"]
+    num_train_ids, height, width = params["num_train_ids"], params["height"], params["width"]
     cameras = [make_camera(seed, c) for c in range(num_cameras)]
-    for pid in range(1, num_train_ids + num_test_ids + 1):
+    for pid in range(1, num_train_ids + params["num_test_ids"] + 1):
         spec = make_identity(seed, pid)
         rng = np.random.default_rng([seed, 2, pid])
         cams = rng.permutation(np.arange(images_per_id) % num_cameras)
@@ -331,7 +362,6 @@ def generate_synthetic(
     with open(tmp_path, "w", encoding="utf-8") as handle:
         json.dump(params, handle, indent=2, sort_keys=True)
     os.replace(tmp_path, meta_path)
-    return root
 
 
 def main(argv: list[str] | None = None) -> None:

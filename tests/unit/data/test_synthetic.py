@@ -143,3 +143,18 @@ def test_shape_and_texture_identify_people_better_than_colour():
     rank1_shape = _cross_camera_rank1(np.stack([_gray_gradient_profile(x) for x in imgs]), pids, cams)
     assert rank1_shape > 0.3
     assert rank1_shape > 2.0 * rank1_colour
+
+
+def test_processes_started_together_write_the_dataset_once(tmp_path):
+    """Several runs on one fresh data.root (e.g. parallel benchmark runs) all get the whole dataset."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "shared"
+    code = ("import sys; from cacl_dist.data.synthetic import generate_synthetic; "
+            f"generate_synthetic(sys.argv[1], seed=3, **{SMALL!r})")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(root)], stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert _read_tree(root) == _read_tree(generate_synthetic(str(tmp_path / "alone"), seed=3, **SMALL))
