@@ -299,11 +299,10 @@ def plot(results: list[dict], suite: Suite, variants: list[str], path: Path) -> 
     except ImportError:
         print("matplotlib is not installed: no plot written (pip install matplotlib)", file=sys.stderr)
         return False
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for variant in variants:
+    fig, (ax, dots) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    shown = [v for v in variants if any(r["variant"] == v for r in results)]
+    for variant in shown:
         rows = [r for r in results if r["variant"] == variant]
-        if not rows:
-            continue
         epochs = [p["epoch"] for p in rows[0]["curve"]]
         per_seed = [[100 * p["mAP"] for p in r["curve"]] for r in rows if len(r["curve"]) == len(epochs)]
         mean = [statistics.fmean(col) for col in zip(*per_seed)]
@@ -311,13 +310,26 @@ def plot(results: list[dict], suite: Suite, variants: list[str], path: Path) -> 
         colour = suite.variants[variant].colour
         ax.plot(epochs, mean, color=colour, marker="o", markersize=3, label=f"{variant}: {suite.variants[variant].label}")
         if len(per_seed) > 1:
-            ax.fill_between(epochs, lo, hi, color=colour, alpha=0.15, linewidth=0)
+            ax.fill_between(epochs, lo, hi, color=colour, alpha=0.12, linewidth=0)
     seeds = sorted({r["seed"] for r in results})
     ax.set_xlabel("epoch")
     ax.set_ylabel("mAP (%)")
-    ax.set_title(f"{suite.title}\nmean over seeds {', '.join(map(str, seeds))} (band: min to max)", fontsize=10)
+    ax.set_title(f"mAP per evaluation, mean over seeds {', '.join(map(str, seeds))} (band: min to max)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="lower right")
+    # Right: the last evaluation of every run (dots) and the mean over seeds (bar), one row per variant.
+    for row, variant in enumerate(reversed(shown)):
+        values = [100 * r["final"]["mAP"] for r in results if r["variant"] == variant]
+        colour = suite.variants[variant].colour
+        dots.barh(row, statistics.fmean(values), color=colour, alpha=0.35, height=0.6)
+        dots.plot(values, [row] * len(values), "o", color=colour, markersize=5)
+    dots.set_yticks(range(len(shown)), list(reversed(shown)), fontsize=8)
+    finals = [100 * r["final"]["mAP"] for r in results]
+    dots.set_xlim(max(0.0, min(finals) - 1.0), max(finals) + 0.5)
+    dots.set_xlabel("mAP after the last epoch (%)")
+    dots.set_title("last evaluation: each seed (dot), mean (bar)", fontsize=9)
+    dots.grid(alpha=0.3, axis="x")
+    fig.suptitle(suite.title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -339,20 +351,21 @@ def reproduce_command(args: argparse.Namespace, suite: Suite) -> str:
     return "python3 benchmarks/ablation.py " + shlex.join(parts)
 
 
-def write_report(args: argparse.Namespace, suite: Suite, results: list[dict], started: _dt.datetime | None,
-                 previous: dict | None = None) -> Path:
-    """Write <out>/<result name>.{json,md,png}. With `previous` (the JSON of an earlier run, for
-    --report-only) its machine, versions and date are kept. A '## Notes' section of the existing
-    markdown file is carried over."""
+def run_environment(started: _dt.datetime) -> dict:
+    """Machine, versions, commit and start time, taken when the runs start."""
+    return {"hardware": cpu_description(), "torch": torch_version(), "python": platform.python_version(),
+            "git_commit": git_commit(), "date": started.strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def write_report(args: argparse.Namespace, suite: Suite, results: list[dict], previous: dict) -> Path:
+    """Write <out>/<result name>.{json,md,png}. `previous` holds the machine, versions, commit and date
+    (of this run, or for --report-only of the JSON being re-rendered, with its "command"). A
+    '## Notes' section of the existing markdown file is carried over."""
     out = resolve(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(results, args.variants)
-    command = reproduce_command(args, suite) if previous is None else previous["command"]
-    if previous is None:
-        env = {"hardware": cpu_description(), "torch": torch_version(), "python": platform.python_version(),
-               "git_commit": git_commit(), "date": started.strftime("%Y-%m-%d %H:%M UTC")}
-    else:
-        env = {key: previous[key] for key in ("hardware", "torch", "python", "git_commit", "date")}
+    command = previous.get("command") or reproduce_command(args, suite)
+    env = {key: previous[key] for key in ("hardware", "torch", "python", "git_commit", "date")}
     hardware, tv, date = env["hardware"], env["torch"], env["date"]
     payload = {
         "benchmark": suite.result_name, "suite": suite.name, "command": command, "config": suite.config,
@@ -418,11 +431,11 @@ def main(argv: list[str] | None = None) -> int:
         previous = json.loads((resolve(args.out) / f"{suite.result_name}.json").read_text())
         args.seeds, args.jobs, args.extra_set = previous["seeds"], previous["jobs"], previous["extra_set"]
         args.variants = list(previous["variants"])
-        md_path = write_report(args, suite, previous["runs"], None, previous)
+        md_path = write_report(args, suite, previous["runs"], previous)
         print(md_path.read_text())
         return 0
     runs_dir = resolve(args.runs_dir or f"benchmarks/.runs/{suite.name}")
-    started = _dt.datetime.now(_dt.timezone.utc)
+    environment = run_environment(_dt.datetime.now(_dt.timezone.utc))
     # Seed-major order: load drift on the machine hits every variant alike.
     jobs = [(variant, seed) for seed in args.seeds for variant in args.variants]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -434,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.cancel()
             raise SystemExit(str(err)) from None
     results.sort(key=lambda r: (args.variants.index(r["variant"]), r["seed"]))
-    md_path = write_report(args, suite, results, started)
+    md_path = write_report(args, suite, results, environment)
     print()
     print(md_path.read_text())
     return 0
