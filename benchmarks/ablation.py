@@ -135,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs-dir", help="parent folder of the run folders (default benchmarks/.runs/<suite>)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: write the markdown and the plot again from <out>/<suite file>.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the runs of <out>/<suite file>.json that this call does not redo (e.g. add a seed)")
     parser.add_argument("--extra-set", dest="extra_set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override passed to every variant (repeatable)")
     args = parser.parse_args(argv)
@@ -424,6 +426,26 @@ def write_report(args: argparse.Namespace, suite: Suite, results: list[dict], pr
     return md_path
 
 
+def merge_with_previous(args: argparse.Namespace, suite: Suite, results: list[dict],
+                        environment: dict) -> tuple[list[dict], dict]:
+    """Add the earlier runs of the suite's JSON that were not redone; seeds and variants become the union.
+
+    The earlier runs must have the same base, variants and extra overrides, else SystemExit."""
+    path = resolve(args.out) / f"{suite.result_name}.json"
+    previous = json.loads(path.read_text())
+    if previous["extra_set"] != args.extra_set or previous["base_overrides"] != list(suite.base) or any(
+            previous["variants"].get(v, list(suite.variants[v].overrides)) != list(suite.variants[v].overrides)
+            for v in args.variants):
+        raise SystemExit(f"--merge: {path} was made with other settings; run every seed again instead")
+    redone = {(r["variant"], r["seed"]) for r in results}
+    kept = [r for r in previous["runs"] if (r["variant"], r["seed"]) not in redone]
+    args.seeds = sorted(set(args.seeds) | set(previous["seeds"]))
+    args.variants = [v for v in suite.variants if v in set(args.variants) | set(previous["variants"])]
+    commits = sorted({previous["git_commit"], environment["git_commit"]})
+    dates = f"{previous['date']} and {environment['date']}" if previous["date"] != environment["date"] else previous["date"]
+    return kept + results, {**environment, "git_commit": " + ".join(commits), "date": dates}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     suite = SUITES[args.suite]
@@ -446,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
             for f in futures:
                 f.cancel()
             raise SystemExit(str(err)) from None
+    if args.merge:
+        results, environment = merge_with_previous(args, suite, results, environment)
     results.sort(key=lambda r: (args.variants.index(r["variant"]), r["seed"]))
     md_path = write_report(args, suite, results, environment)
     print()
