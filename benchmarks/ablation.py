@@ -426,17 +426,22 @@ def write_report(args: argparse.Namespace, suite: Suite, results: list[dict], pr
     return md_path
 
 
-def merge_with_previous(args: argparse.Namespace, suite: Suite, results: list[dict],
-                        environment: dict) -> tuple[list[dict], dict]:
-    """Add the earlier runs of the suite's JSON that were not redone; seeds and variants become the union.
-
-    The earlier runs must have the same base, variants and extra overrides, else SystemExit."""
+def mergeable_previous(args: argparse.Namespace, suite: Suite) -> dict:
+    """The suite's earlier JSON for --merge; SystemExit, before any training, when its settings differ."""
     path = resolve(args.out) / f"{suite.result_name}.json"
+    if not path.exists():
+        raise SystemExit(f"--merge: no {path} to add to; run without --merge first")
     previous = json.loads(path.read_text())
     if previous["extra_set"] != args.extra_set or previous["base_overrides"] != list(suite.base) or any(
             previous["variants"].get(v, list(suite.variants[v].overrides)) != list(suite.variants[v].overrides)
             for v in args.variants):
         raise SystemExit(f"--merge: {path} was made with other settings; run every seed again instead")
+    return previous
+
+
+def merge_with_previous(args: argparse.Namespace, suite: Suite, previous: dict, results: list[dict],
+                        environment: dict) -> tuple[list[dict], dict]:
+    """Add the earlier runs that were not redone; seeds and variants become the union."""
     redone = {(r["variant"], r["seed"]) for r in results}
     kept = [r for r in previous["runs"] if (r["variant"], r["seed"]) not in redone]
     args.seeds = sorted(set(args.seeds) | set(previous["seeds"]))
@@ -457,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         print(md_path.read_text())
         return 0
     runs_dir = resolve(args.runs_dir or f"benchmarks/.runs/{suite.name}")
+    previous = mergeable_previous(args, suite) if args.merge else None
     environment = run_environment(_dt.datetime.now(_dt.timezone.utc))
     # Seed-major order: load drift on the machine hits every variant alike.
     jobs = [(variant, seed) for seed in args.seeds for variant in args.variants]
@@ -468,8 +474,8 @@ def main(argv: list[str] | None = None) -> int:
             for f in futures:
                 f.cancel()
             raise SystemExit(str(err)) from None
-    if args.merge:
-        results, environment = merge_with_previous(args, suite, results, environment)
+    if previous is not None:
+        results, environment = merge_with_previous(args, suite, previous, results, environment)
     results.sort(key=lambda r: (args.variants.index(r["variant"]), r["seed"]))
     md_path = write_report(args, suite, results, environment)
     print()

@@ -52,6 +52,20 @@ def test_two_variants_two_seeds_then_report_only_keeps_the_numbers_and_the_notes
     assert rewritten.startswith(md.rstrip("\n")) and rewritten.rstrip().endswith("- read by a person")
     assert json.loads((out / "quickstart_ablation.json").read_text())["runs"] == runs
 
+    merged = run_ablation("--suite", "quickstart", "--seeds", "2", "--variants", "cacl", "--merge", "--out", str(out),
+                          "--runs-dir", str(tmp_path / "runs"), *extra)
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    payload = json.loads((out / "quickstart_ablation.json").read_text())
+    assert payload["seeds"] == [0, 1, 2] and list(payload["variants"]) == ["cacl", "rgb_only"]
+    assert [(r["variant"], r["seed"]) for r in payload["runs"]] == [
+        ("cacl", 0), ("cacl", 1), ("cacl", 2), ("rgb_only", 0), ("rgb_only", 1)]
+    assert payload["runs"][:2] == runs[:2] and payload["summary"]["cacl"]["n"] == 3
+    assert "--seeds 0 1 2" in payload["command"] and "- read by a person" in (out / "quickstart_ablation.md").read_text()
+    other = run_ablation("--suite", "quickstart", "--seeds", "3", "--merge", "--out", str(out),
+                         "--runs-dir", str(tmp_path / "runs"), "--extra-set", "train.epochs=1")
+    assert other.returncode == 1 and "was made with other settings" in other.stderr
+    assert not (tmp_path / "runs" / "cacl_seed3").exists()  # refused before training
+
 
 def test_unknown_variant_and_missing_data_are_one_line_errors(tmp_path):
     result = run_ablation("--suite", "quickstart", "--variants", "nope", "--out", str(tmp_path))
