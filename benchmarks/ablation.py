@@ -11,7 +11,7 @@ Two suites, each a base recipe and a set of variants (config overrides on top of
                  100 steps of 64 images. Eight variants (full CACL, paper-literal refinement, no
                  refinement, no grayscale view, without L_I, without L_inter, focal exponent 2, one
                  branch), ~7 CPU-minutes per run (one thread).
-                     python3 benchmarks/ablation.py --suite market-mini --seeds 0 1 --jobs 2
+                     python3 benchmarks/ablation.py --suite market-mini --seeds 0 1 2 --jobs 2
 
 Each run is a `python -m cacl_dist.train` subprocess with its own run folder under --runs-dir
 (ignored by git; an existing folder is removed first, so nothing resumes). With --jobs N, N runs go
@@ -107,7 +107,7 @@ SUITES: dict[str, Suite] = {
                                       "loss.focal_gamma=0"),
                                      "one branch, cluster contrast only (γ=0)", "tab:gray"),
         },
-        default_seeds=(0, 1),
+        default_seeds=(0, 1, 2),
         needs_data=True,
         notes=(
             "Base: `configs/market1501.yaml` (the released code's recipe: official refinement, focal "
