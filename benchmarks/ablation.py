@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from cacl_dist.logging import read_metrics  # noqa: E402
-from benchmarks.machine import cpu_description  # noqa: E402
+from benchmarks.machine import cpu_description, git_commit, load_average  # noqa: E402
 
 METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
 
@@ -165,17 +165,10 @@ def torch_version() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def load_average() -> float | None:
-    """The 1-minute load average (other jobs on the machine inflate wall times)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    return out.stdout.strip() or "unknown"
+def load_now() -> float | None:
+    """The 1-minute load average to 2 decimals (other jobs on the machine inflate wall times)."""
+    load = load_average()
+    return None if load is None else round(load, 2)
 
 
 # ------------------------------------------------------------------------------------- runs
@@ -210,7 +203,7 @@ def run_one(suite: Suite, variant: str, seed: int, args: argparse.Namespace, run
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     say(f"[{variant} seed {seed}] {shlex.join(cmd)}")
     log_path = runs_dir / f"{variant}_seed{seed}.stdout.txt"
-    load_before = load_average()
+    load_before = load_now()
     start = time.perf_counter()
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -218,7 +211,7 @@ def run_one(suite: Suite, variant: str, seed: int, args: argparse.Namespace, run
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     cpu = usage.ru_utime + usage.ru_stime
-    load_after = load_average()
+    load_after = load_now()
     if proc.returncode != 0:
         raise RuntimeError(f"run {variant} seed {seed} failed (exit {proc.returncode}); see {log_path}")
     evals = read_metrics(run_dir, "eval")
@@ -356,7 +349,7 @@ def reproduce_command(args: argparse.Namespace, suite: Suite) -> str:
 def run_environment(started: _dt.datetime) -> dict:
     """Machine, versions, commit and start time, taken when the runs start."""
     return {"hardware": cpu_description(), "torch": torch_version(), "python": platform.python_version(),
-            "git_commit": git_commit(), "date": started.strftime("%Y-%m-%d %H:%M UTC")}
+            "git_commit": git_commit(REPO), "date": started.strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def write_report(args: argparse.Namespace, suite: Suite, results: list[dict], previous: dict) -> Path:

@@ -40,7 +40,7 @@ for path in (REPO, REPO / "benchmarks"):
 
 import torch  # noqa: E402
 
-from machine import cpu_description  # noqa: E402
+from machine import cpu_description, git_commit  # noqa: E402
 
 MARKET_MINI = REPO.parent / "shared" / "data" / "market1501-mini"
 
@@ -223,11 +223,10 @@ def main(argv=None) -> None:
     for row in rows:
         print(f"{row['label']:40s} {row['step_ms_median']:9.1f} {row['ratio']:5.2f}x {row['cpu_ms_median']:8.1f} "
               f"{row['cpu_ratio']:5.2f}x")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     meta = {"command": shlex.join(["python3", "benchmarks/bench_bn_groups.py",
                                    *(argv if argv is not None else sys.argv[1:])]),
             "hardware": cpu_description(with_memory=True), "torch": torch.__version__,
-            "python": platform.python_version(), "commit": commit.stdout.strip() or "unknown",
+            "python": platform.python_version(), "commit": git_commit(REPO),
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "load_before": f"{load_before:.2f}", "load_after": f"{os.getloadavg()[0]:.2f}"}
     write_results(args, rows, meta)

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.machine import cpu_description, gpu_description  # noqa: E402
+from benchmarks.machine import cpu_description, git_commit, gpu_description  # noqa: E402
 from cacl_dist.clustering.names import BACKENDS  # noqa: E402  (imports nothing else)
 
 DENSE_BYTES_PER_PAIR = 11  # measured peak of the reference: ~11 bytes per matrix entry
@@ -329,11 +329,9 @@ def main(argv=None) -> None:
         agreement(results)
     for r in results:
         r.pop("labels_path", None)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip()
     meta = {"device": args.device, "hardware": hardware(args.device), "torch": torch.__version__,
             "python": platform.python_version(), "threads": args.threads or torch.get_num_threads(),
-            "commit": commit or "unknown", "date": _dt.date.today().isoformat(),
+            "commit": git_commit(REPO), "date": _dt.date.today().isoformat(),
             "load_before": load_before, "load_after": round(os.getloadavg()[0], 2),
             "command": "python3 benchmarks/bench_cluster.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     out = REPO / args.out

@@ -30,7 +30,6 @@ import platform
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.machine import cpu_description, gpu_description  # noqa: E402
+from benchmarks.machine import cpu_description, git_commit, gpu_description  # noqa: E402
 from cacl_dist.data.epoch_plan import plan_epoch  # noqa: E402
 from cacl_dist.data.layouts import load_dataset  # noqa: E402
 from cacl_dist.data.pipelines import dali as dali_pipeline  # noqa: E402
@@ -109,14 +108,12 @@ def hardware() -> str:
 def write_results(args, results: dict, out: Path, load_before: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
     dali_version = "not installed"
     if dali_pipeline.dali_available():
         dali_version = dali_pipeline.require_dali().__version__
     meta = {"command": "python3 benchmarks/bench_data.py " + shlex.join(sys.argv[1:]), "hardware": hardware(),
             "torch": torch.__version__, "dali": dali_version, "python": platform.python_version(),
-            "commit": commit, "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": git_commit(REPO), "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "load_average_1m_before": round(load_before, 2), "load_average_1m_after": round(load[0], 2),
             "cores": args.cores, "batch_size": args.batch_size, "iters": args.iters, "size": [args.height, args.width]}
     (out / f"{args.stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")

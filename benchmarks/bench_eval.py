@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.machine import cpu_description, gpu_description  # noqa: E402
+from benchmarks.machine import cpu_description, git_commit, gpu_description  # noqa: E402
 
 SIZES = {"quick": (500, 2_500), "market": (3_368, 15_913), "msmt17": (11_659, 82_161), "200k": (20_000, 180_000)}
 METHODS = ("plain", "plain_matrix", "rerank", "rerank_dense")
@@ -277,8 +277,7 @@ def main(argv=None) -> None:
     out = REPO / args.out
     out.mkdir(parents=True, exist_ok=True)
     path = out / "bench_eval.json"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip() or "unknown"
+    commit = git_commit(REPO)
     command = "python3 benchmarks/bench_eval.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.replot:
         saved = json.loads(path.read_text())

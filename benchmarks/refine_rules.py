@@ -22,7 +22,6 @@ import datetime as _dt
 import json
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.machine import cpu_description  # noqa: E402
+from benchmarks.machine import cpu_description, git_commit  # noqa: E402
 from cacl_dist.clustering.dbscan import dbscan_precomputed  # noqa: E402
 from cacl_dist.clustering.jaccard_reference import jaccard_distance_reference  # noqa: E402
 from cacl_dist.clustering.names import REFINE_SCORES  # noqa: E402
@@ -155,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     out = REPO / args.out
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip()
-    meta = {"command": command, "machine": cpu_description(), "torch": torch.__version__, "commit": commit,
+    meta = {"command": command, "machine": cpu_description(), "torch": torch.__version__, "commit": git_commit(REPO),
             "date": _dt.date.today().isoformat(), "overrides": args.overrides}
     (out / "refine_rules.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     (out / "refine_rules.md").write_text(report)
