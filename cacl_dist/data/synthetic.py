@@ -306,14 +306,19 @@ def generate_synthetic(
 
 @contextlib.contextmanager
 def _exclusive(lock_path: str):
-    """Hold an exclusive lock on ``lock_path`` (released when the process ends, also on a kill)."""
+    """Hold an exclusive lock on ``lock_path`` (released when the process ends, also on a kill). Without
+    POSIX locks, or on a filesystem whose ``flock`` fails (some network filesystems), there is no lock."""
     try:
         import fcntl
-    except ImportError:  # not POSIX: no lock
+    except ImportError:
         yield
         return
     with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            yield
+            return
         try:
             yield
         finally:

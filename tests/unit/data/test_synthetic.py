@@ -158,3 +158,14 @@ def test_processes_started_together_write_the_dataset_once(tmp_path):
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errors
     assert _read_tree(root) == _read_tree(generate_synthetic(str(tmp_path / "alone"), seed=3, **SMALL))
+
+
+def test_a_filesystem_without_flock_still_gets_the_dataset(tmp_path, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")
+
+    def no_locks(*args):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    root = generate_synthetic(str(tmp_path / "nfs"), seed=3, **SMALL)
+    assert len(_read_tree(root)) == 8 * 5
