@@ -139,11 +139,13 @@ def _restore_optimizer(trainer, state: dict) -> None:
         return  # the saved schedule, bit for bit
     base, gamma, step_size = cfg.optim.lr, cfg.optim.gamma, cfg.optim.step_size
     lr = base * gamma ** (scheduler.last_epoch // step_size)
-    scheduler.base_lrs = [base] * len(optimizer.param_groups)
-    scheduler.gamma, scheduler.step_size = gamma, step_size
     for group in optimizer.param_groups:
         group["lr"], group["initial_lr"] = lr, base
-    scheduler._last_lr = [lr] * len(optimizer.param_groups)
+    # through the scheduler's public state dict, so that get_last_lr() reports the new rate too
+    schedule = scheduler.state_dict()
+    groups = len(optimizer.param_groups)
+    schedule.update(base_lrs=[base] * groups, gamma=gamma, step_size=step_size, _last_lr=[lr] * groups)
+    scheduler.load_state_dict(schedule)
 
 
 def restore_state(trainer, state: dict, source: str = "checkpoint") -> None:

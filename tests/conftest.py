@@ -11,3 +11,20 @@ import pytest
 def synthetic_root(tmp_path_factory) -> Path:
     """One shared tiny synthetic dataset (written once per test session)."""
     return tmp_path_factory.mktemp("synthetic")
+
+
+#: Why a `gpu` test is skipped on a machine without CUDA. The GPU acceptance counts a skip with this
+#: reason as a failure (there the GPU must be exercised); skips for an optional extra are listed.
+NO_CUDA_REASON = "needs a CUDA device"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip every test marked `gpu` when torch sees no CUDA device: the marker is the one way to need CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=NO_CUDA_REASON)
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)

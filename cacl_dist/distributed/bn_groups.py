@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+
+from .group_bn import PLAIN_BATCH_NORMS
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def group_reducer(layout: BNGroupLayout, rank: int) -> ProcessGroupSum | None:
 
 
 def _running_stats(model: nn.Module) -> list[torch.Tensor]:
-    return [buf for module in model.modules() if isinstance(module, _BatchNorm) and module.track_running_stats
+    return [buf for module in model.modules() if isinstance(module, PLAIN_BATCH_NORMS) and module.track_running_stats
             for buf in (module.running_mean, module.running_var)]
 
 

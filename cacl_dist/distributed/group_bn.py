@@ -22,9 +22,12 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
-from torch.nn.modules.batchnorm import _BatchNorm
+
+#: The BatchNorm layers :func:`convert_to_group_bn` replaces (public classes only).
+PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class GroupReducer(Protocol):
@@ -37,16 +40,9 @@ class GroupReducer(Protocol):
         """Replace `tensor` in place by its sum over the processes of the group."""
 
 
-def _stack_groups(t_G: torch.Tensor) -> torch.Tensor:
-    """``(G, m, C, *spatial)`` -> ``(m, G*C, *spatial)``: every group's channels as channels of one batch.
-
-    BatchNorm kernels then compute per-group statistics as per-channel ones. A view for ``G == 1``,
-    a copy otherwise.
-    """
-    groups, per_group, channels = t_G.shape[:3]
-    if groups == 1:
-        return t_G[0]
-    return t_G.transpose(0, 1).reshape(per_group, groups * channels, *t_G.shape[3:])
+def _group_dims(ndim: int) -> tuple[int, ...]:
+    """The dimensions of a ``(G, m, C, *spatial)`` view that one group's statistics reduce over."""
+    return (1, *range(3, ndim))
 
 
 def _per_channel(stat_GC: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -57,8 +53,9 @@ def _per_channel(stat_GC: torch.Tensor, ndim: int) -> torch.Tensor:
 class _GroupBatchNormFn(torch.autograd.Function):
     """Normalise each group of a ``(G, m, C, *spatial)`` view with its own statistics.
 
-    Per-group means, variances and gradient sums come from PyTorch's BatchNorm kernels run on the
-    groups stacked as channels. With a reducer (``G == 1``), the per-channel count, sum and sum of
+    Per-group means, variances and gradient sums are plain reductions over each group's images and
+    pixels (``torch.var_mean`` and ``sum``: public operations that compute the same on every device,
+    in any memory format). With a reducer (``G == 1``), the per-channel count, sum and sum of
     squares are summed over the group's processes in the forward (in float64, from each process's
     mean and variance, so the variance does not lose digits to the mean), and the per-channel sums
     of ``dy`` and ``dy * xhat`` in the backward. Returns ``(y, mean_GC, var_GC)``: the output in the
@@ -69,13 +66,12 @@ class _GroupBatchNormFn(torch.autograd.Function):
     def forward(ctx, x_G, weight, bias, eps: float, reducer):
         groups, channels, ndim = x_G.shape[0], x_G.shape[2], x_G.dim()
         x32 = x_G.float()
-        mean, var = torch.batch_norm_update_stats(_stack_groups(x32), None, None, 0.0)
-        mean_GC, var_GC = mean.view(groups, channels), var.view(groups, channels)
+        var_GC, mean_GC = torch.var_mean(x32, dim=_group_dims(ndim), correction=0)
         count = x_G.numel() // (groups * channels)
         if reducer is not None:
             assert groups == 1, "a synchronised group is the whole per-process batch"
             n = float(count)
-            mean64, var64 = mean.double(), var.double()
+            mean64, var64 = mean_GC[0].double(), var_GC[0].double()
             sums = torch.cat([mean64.new_full((1,), n), n * mean64, n * (var64 + mean64 * mean64)])
             reducer.all_reduce(sums)
             total = sums[0]
@@ -98,12 +94,13 @@ class _GroupBatchNormFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy_G, _grad_mean, _grad_var):
         x_G, weight, mean_GC, invstd_GC = ctx.saved_tensors
-        groups, channels, ndim = x_G.shape[0], x_G.shape[2], x_G.dim()
+        ndim, dims = x_G.dim(), _group_dims(x_G.dim())
         x32, dy32 = x_G.float(), dy_G.float()
-        _, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
-            _stack_groups(dy32), _stack_groups(x32), None, None, None, mean_GC.reshape(-1), invstd_GC.reshape(-1),
-            True, ctx.eps, [False, True, True])
-        sum_dy_xhat_GC, sum_dy_GC = sum_dy_xhat.view(groups, channels), sum_dy.view(groups, channels)
+        # the two per-group sums: sum(dy) and sum(dy * xhat) = invstd * sum(dy * (x - mean))
+        sum_dy_GC = dy32.sum(dims)
+        centred = x32 - _per_channel(mean_GC, ndim)
+        sum_dy_xhat_GC = centred.mul_(dy32).sum(dims) * invstd_GC
+        del centred
         grad_weight = grad_bias = None
         if weight is not None and ctx.needs_input_grad[1]:
             grad_weight = sum_dy_xhat_GC.sum(0).to(weight.dtype)
@@ -132,7 +129,7 @@ if hasattr(torch, "compiler") and hasattr(torch.compiler, "disable"):
     _group_batch_norm_synced = torch.compiler.disable(_group_batch_norm_synced)
 
 
-class GroupBatchNorm(_BatchNorm):
+class GroupBatchNorm(nn.BatchNorm2d):
     """BatchNorm (1d or 2d input) with training statistics over groups of a fixed number of images.
 
     Args:
@@ -142,7 +139,9 @@ class GroupBatchNorm(_BatchNorm):
             :class:`GroupReducer`), or None. With a reducer ``groups_per_process`` must be 1.
 
     The parameters, buffers and state-dict keys are those of ``nn.BatchNorm1d/2d``. In eval mode,
-    or in training with one unsynchronised group, it is plain BatchNorm.
+    or in training with one unsynchronised group, it is plain BatchNorm. It is an ``nn.BatchNorm2d``
+    (so code that looks for BatchNorm layers finds it) whose own forward also takes ``B x C`` input;
+    every path goes through public functions (``F.batch_norm`` and the group function above).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
@@ -157,18 +156,15 @@ class GroupBatchNorm(_BatchNorm):
         self.groups_per_process = int(groups_per_process)
         self.reducer = reducer
 
-    def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() < 2:
-            raise ValueError(f"GroupBatchNorm expects a batch of shape (B, C, ...), got {tuple(x.shape)}")
-
     def _grouped(self) -> bool:
         return self.training and (self.groups_per_process > 1 or self.reducer is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise `x` (``B x C`` or ``B x C x H x W``); group statistics in training, running ones in eval."""
+        if x.dim() < 2:
+            raise ValueError(f"GroupBatchNorm expects a batch of shape (B, C, ...), got {tuple(x.shape)}")
         if not self._grouped():
-            return super().forward(x)
-        self._check_input_dim(x)
+            return self._plain(x)
         groups = self.groups_per_process
         if x.shape[0] % groups:
             raise ValueError(f"a batch of {x.shape[0]} images does not split into {groups} BatchNorm groups "
@@ -183,6 +179,17 @@ class GroupBatchNorm(_BatchNorm):
         if self.track_running_stats:
             self._update_running_stats(mean_GC[0], var_GC[0], count)
         return y_G.reshape(x.shape)
+
+    def _plain(self, x: torch.Tensor) -> torch.Tensor:
+        """``nn.BatchNorm`` semantics: batch statistics in training (or without running ones), else running ones."""
+        factor = 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch = self.training or self.running_mean is None
+        keep_running = not self.training or self.track_running_stats
+        return F.batch_norm(x, self.running_mean if keep_running else None, self.running_var if keep_running else None,
+                            self.weight, self.bias, use_batch, factor, self.eps)
 
     @torch.no_grad()
     def _update_running_stats(self, mean_C: torch.Tensor, var_C: torch.Tensor, count: int) -> None:
@@ -209,7 +216,7 @@ def convert_to_group_bn(module: nn.Module, groups_per_process: int, reducer: Gro
     new object when `module` itself is a BatchNorm layer).
     """
     converted = module
-    if isinstance(module, _BatchNorm) and not isinstance(module, GroupBatchNorm):
+    if isinstance(module, PLAIN_BATCH_NORMS) and not isinstance(module, GroupBatchNorm):
         converted = GroupBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                                    module.track_running_stats, groups_per_process, reducer)
         if module.affine:
@@ -223,4 +230,4 @@ def convert_to_group_bn(module: nn.Module, groups_per_process: int, reducer: Gro
     return converted
 
 
-__all__ = ["GroupBatchNorm", "GroupReducer", "convert_to_group_bn"]
+__all__ = ["PLAIN_BATCH_NORMS", "GroupBatchNorm", "GroupReducer", "convert_to_group_bn"]

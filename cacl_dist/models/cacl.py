@@ -15,6 +15,9 @@ from torch import nn
 from cacl_dist.models.backbones import build_backbone
 from cacl_dist.models.heads import BNNeck, Predictor, build_pool
 
+#: BatchNorm layers whose statistics `frozen_bn` keeps in eval mode (a GroupBatchNorm is an nn.BatchNorm2d).
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 
 def _heads_in_float32(device_type: str) -> contextlib.AbstractContextManager:
     """Switch autocast off for the small heads, so pooled features, BN necks, the predictor and the
@@ -99,7 +102,7 @@ class CACLModel(nn.Module):
         super().train(mode)
         if mode and frozen_bn:
             for module in self.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if isinstance(module, BATCH_NORMS):
                     module.eval()
         return self
 

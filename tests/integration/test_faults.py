@@ -104,6 +104,7 @@ def test_changed_learning_rate_and_schedule_apply_on_resume(runs, tmp_path):
     assert epoch_2 and all(lr == pytest.approx(5e-4) for lr in epoch_2)  # 1e-3 * 0.5 ** (1 epoch // 1)
     assert trainer.scheduler.base_lrs == [1e-3]
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4)  # after the step of epoch 2
+    assert trainer.scheduler.get_last_lr() == [pytest.approx(2.5e-4)]
     assert "optim.lr 0.00035 -> 0.001" in (run / "log_rank0.txt").read_text()
 
 

@@ -68,7 +68,6 @@ def test_bf16_losses_track_fp32_over_50_steps_on_cpu(tmp_path, crops):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_bf16_losses_track_fp32_over_50_steps_on_gpu(tmp_path, crops):
     fp32 = fifty_steps(tmp_path, crops, "fp32", "cuda", **{"train.cudnn_benchmark": False})
     bf16 = fifty_steps(tmp_path, crops, "bf16", "cuda", **{"train.channels_last": True})

@@ -134,7 +134,6 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_nonfinite_parts_over_cuda_and_cpu_tensors_agree_with_the_cpu():
     parts = {"model": [torch.ones(3, device="cuda"), torch.tensor([float("nan")], device="cuda")],
              "optimizer": [torch.ones(2, device="cuda"), torch.tensor(3.0)],  # step counters stay on the CPU

@@ -193,7 +193,6 @@ def test_ordered_sums_and_chunks_give_the_same_centres_bit_for_bit(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_centres_repeat_bit_for_bit_and_equal_the_cpu():
     expected = _centres_after_steps(3, seed=6)
     first, second = (_centres_after_steps(3, seed=6, device="cuda") for _ in range(2))

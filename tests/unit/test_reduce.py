@@ -63,7 +63,6 @@ def test_index_add_takes_the_ordered_path_only_where_adds_are_unordered(monkeypa
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_sums_repeat_bit_for_bit_and_equal_the_cpu():
     for shape in ((), (64,)):
         out, index, values = _case(3, 200_000, 1000, shape)

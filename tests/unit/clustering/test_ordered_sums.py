@@ -66,7 +66,6 @@ def test_forced_ordered_sums_on_real_features(ordered_sums):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_clustering_repeats_bit_for_bit():
     feats = torch.from_numpy(sphere_blobs(3000, 128, 150, 1.1, seed=17)).float().cuda()
     first = jaccard_sparse(feats, 20, 6, max_distance=1.0)

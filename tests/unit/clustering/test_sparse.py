@@ -374,7 +374,6 @@ def test_real_features_market1501_mini():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["tfloat32", "float32", "bfloat16", "float64"])
 def test_knn_on_gpu_equals_reference(precision):
     feats = sphere_blobs(3000, 128, 150, 1.0, seed=15)
@@ -385,7 +384,6 @@ def test_knn_on_gpu_equals_reference(precision):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("score", ["paper", "official"])
 def test_cluster_on_gpu_equals_reference(score):
     feats = sphere_blobs(4000, 256, 230, 1.1, seed=16)

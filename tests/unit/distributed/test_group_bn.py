@@ -122,3 +122,112 @@ def test_a_group_that_does_not_fit_the_world_size_is_one_line():
         bn_group_layout(16, 48, 2)  # 24 images per process: neither divides the other
     assert "model.bn_group_size 16" in str(info.value) and "24 images per process" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------ every device vs float64
+
+def _reference(x, upstream, weight, bias, group: int):
+    """Per-group BatchNorm in float64 on the CPU: outputs, input gradient, summed weight and bias gradients."""
+    x_ref = x.detach().double().cpu().requires_grad_()
+    layers = [nn.BatchNorm2d(x.shape[1]).double() if x.dim() == 4 else nn.BatchNorm1d(x.shape[1]).double()
+              for _ in range(x.shape[0] // group)]
+    for layer in layers:
+        with torch.no_grad():
+            layer.weight.copy_(weight), layer.bias.copy_(bias)
+    y = torch.cat([layer(x_ref[i * group:(i + 1) * group]) for i, layer in enumerate(layers)])
+    (y * upstream.double().cpu()).sum().backward()
+    return (y.detach(), x_ref.grad, sum(layer.weight.grad for layer in layers),
+            sum(layer.bias.grad for layer in layers), layers[0])
+
+
+class ThreadSum:
+    """A GroupReducer for `size` threads of one process: each all_reduce returns the sum of all threads' tensors."""
+
+    def __init__(self, size: int):
+        import threading
+
+        self.size, self.barrier, self.lock, self.parts = size, threading.Barrier(size), threading.Lock(), []
+
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        with self.lock:
+            self.parts.append(tensor.clone())
+        self.barrier.wait()
+        total = sum(self.parts)
+        self.barrier.wait()
+        with self.lock:
+            self.parts.clear()
+        tensor.copy_(total)
+        self.barrier.wait()
+
+
+CASES = [("2d", torch.contiguous_format), ("channels_last", torch.channels_last), ("1d", torch.contiguous_format)]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind, memory_format", CASES)
+def test_ghost_groups_on_every_device_equal_the_float64_reference(device, kind, memory_format):
+    """The recipes' layout (groups of 16, here 4 groups of 16 in a 64-image batch) on CPU and CUDA."""
+    gen = torch.Generator().manual_seed(3)
+    shape = (64, 8, 6, 4) if kind != "1d" else (64, 8)
+    x = torch.randn(*shape, generator=gen) * 3 + 4
+    upstream = torch.randn(*shape, generator=gen)
+    weight, bias = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
+    layer = GroupBatchNorm(8, groups_per_process=4).to(device)
+    with torch.no_grad():
+        layer.weight.copy_(weight), layer.bias.copy_(bias)
+    x_dev = x.to(device).contiguous(memory_format=memory_format).requires_grad_()
+    y = layer(x_dev)
+    (y * upstream.to(device)).sum().backward()
+    y_ref, grad_x, grad_w, grad_b, first = _reference(x, upstream, weight, bias, 16)
+    close = dict(atol=2e-5, rtol=2e-5, check_dtype=False, check_device=False)
+    assert y.device.type == device and x_dev.grad.device.type == device
+    torch.testing.assert_close(y.detach().cpu(), y_ref, **close)
+    torch.testing.assert_close(x_dev.grad.cpu(), grad_x, **close)
+    torch.testing.assert_close(layer.weight.grad.cpu(), grad_w, **dict(close, atol=1e-4))
+    torch.testing.assert_close(layer.bias.grad.cpu(), grad_b, **dict(close, atol=1e-4))
+    torch.testing.assert_close(layer.running_mean.cpu(), first.running_mean, **close)
+    torch.testing.assert_close(layer.running_var.cpu(), first.running_var, **close)
+    if memory_format is torch.channels_last:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    layer.eval()  # eval mode: the running statistics, as nn.BatchNorm2d in eval mode
+    first.eval()
+    torch.testing.assert_close(layer(x.to(device)).detach().cpu(), first(x.double()).detach(), **close)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_synchronised_group_on_every_device_equals_the_float64_reference(device):
+    """Two 'processes' (threads sharing a reducer) of 8 images each form one group of 16."""
+    import threading
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(16, 5, 3, 3, generator=gen) * 2 + 6
+    upstream = torch.randn(16, 5, 3, 3, generator=gen)
+    weight, bias = torch.randn(5, generator=gen), torch.randn(5, generator=gen)
+    reducer, found, errors = ThreadSum(2), {}, []
+
+    def rank(r: int) -> None:
+        try:
+            layer = GroupBatchNorm(5, reducer=reducer).to(device)
+            with torch.no_grad():
+                layer.weight.copy_(weight), layer.bias.copy_(bias)
+            mine = x[8 * r:8 * (r + 1)].to(device).requires_grad_()
+            y = layer(mine)
+            (y * upstream[8 * r:8 * (r + 1)].to(device)).sum().backward()
+            found[r] = (y.detach().cpu(), mine.grad.cpu(), layer.weight.grad.cpu(), layer.bias.grad.cpu())
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+            reducer.barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    y_ref, grad_x, grad_w, grad_b, _ = _reference(x, upstream, weight, bias, 16)
+    close = dict(atol=2e-5, rtol=2e-5, check_dtype=False)
+    torch.testing.assert_close(torch.cat([found[0][0], found[1][0]]), y_ref, **close)
+    torch.testing.assert_close(torch.cat([found[0][1], found[1][1]]), grad_x, **close)
+    torch.testing.assert_close(found[0][2] + found[1][2], grad_w, **dict(close, atol=1e-4))
+    torch.testing.assert_close(found[0][3] + found[1][3], grad_b, **dict(close, atol=1e-4))
