@@ -226,6 +226,10 @@ class TrainConfig:
     """Keep weights and images in channels-last (NHWC) memory format (faster convolutions on tensor cores)."""
     cudnn_benchmark: bool = True
     """Let cuDNN time its convolution algorithms once per input shape (CUDA only)."""
+    deterministic: bool = False
+    """Deterministic GPU kernels (CUDA only): cuDNN's deterministic algorithms without autotuning, and
+    torch.use_deterministic_algorithms (a warning, not an error, for an operation that has none).
+    Slower; for runs that must match each other to float rounding, e.g. 1 vs 2 processes."""
     compile: bool = False
     """Compile both branches with torch.compile (first steps are slow while it compiles)."""
 

@@ -10,6 +10,7 @@ single process.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,7 @@ class ParallelSettings:
     channels_last: bool = False
     compile: bool = False
     cudnn_benchmark: bool = True
+    deterministic: bool = False
     ddp_bucket_view: bool = True
     ddp_static_graph: bool = True
 
@@ -43,6 +45,7 @@ class ParallelSettings:
         return cls(sync_bn=cfg.model.sync_bn, bn_group_size=cfg.model.bn_group_size,
                    global_batch=cfg.train.batch_size, channels_last=cfg.train.channels_last,
                    compile=cfg.train.compile, cudnn_benchmark=cfg.train.cudnn_benchmark,
+                   deterministic=cfg.train.deterministic,
                    ddp_bucket_view=cfg.dist.ddp_bucket_view, ddp_static_graph=cfg.dist.ddp_static_graph)
 
     def bn_layout(self, world_size: int) -> BNGroupLayout:
@@ -57,15 +60,27 @@ class ParallelSettings:
 
     def describe(self, device: torch.device) -> str:
         """The settings in effect on `device`, for one log line."""
-        cudnn = self.cudnn_benchmark if device.type == "cuda" else "n/a (CPU)"
+        on_cuda = device.type == "cuda"
+        cudnn = (self.cudnn_benchmark and not self.deterministic) if on_cuda else "n/a (CPU)"
+        deterministic = self.deterministic if on_cuda else "n/a (CPU)"
         return (f"channels-last {self.channels_last}, torch.compile {self.compile}, DDP bucket view "
-                f"{self.ddp_bucket_view} / static graph {self.static_graph}, cuDNN benchmark {cudnn}")
+                f"{self.ddp_bucket_view} / static graph {self.static_graph}, cuDNN benchmark {cudnn}, "
+                f"deterministic kernels {deterministic}")
 
 
 def configure_backends(device: torch.device, settings: ParallelSettings) -> None:
-    """Process-wide switches: cuDNN autotuning on CUDA (nothing to do on the CPU)."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = bool(settings.cudnn_benchmark)
+    """Process-wide switches on CUDA: cuDNN autotuning, or deterministic kernels (nothing to do on the CPU).
+
+    Deterministic cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` before its first call; it is set here
+    unless the environment already sets it.
+    """
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = bool(settings.cudnn_benchmark) and not settings.deterministic
+    if settings.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def prepare_model(model: nn.Module, env: DistEnv, settings: ParallelSettings) -> nn.Module:
