@@ -90,6 +90,10 @@ def _matmul_precision(allow_tf32: bool):
         else:
             matmul.allow_tf32 = allow_tf32
         matmul.allow_bf16_reduced_precision_reduction = False
+        in_effect = (matmul.fp32_precision == "tf32") if new_api else bool(matmul.allow_tf32)
+        if in_effect != allow_tf32:  # the error bound of the search assumes the precision asked for
+            raise RuntimeError(f"the kNN search asked cuBLAS for {'TF32' if allow_tf32 else 'IEEE float32'} "
+                               f"products, but the setting reads {'TF32' if in_effect else 'IEEE'} back")
         yield
     finally:
         if new_api:
@@ -97,6 +101,26 @@ def _matmul_precision(allow_tf32: bool):
         else:
             matmul.allow_tf32 = saved_tf32
         matmul.allow_bf16_reduced_precision_reduction = saved_bf16
+
+
+def tf32_in_effect(device) -> bool:
+    """Whether float32 products on `device` run in TF32 under the search's TF32 setting.
+
+    Measured, not read from a flag: a product of random 256 x 256 matrices is compared with its
+    float64 value. TF32 keeps 10 mantissa bits (relative error ~1e-4), float32 23 (~1e-7), so the
+    error tells which one ran (``NVIDIA_TF32_OVERRIDE=0`` or a GPU without TF32 gives IEEE). False
+    on a CPU.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.rand(256, 256, generator=gen, dtype=torch.float64), torch.rand(256, 256, generator=gen,
+                                                                               dtype=torch.float64)
+    with _matmul_precision(True):
+        product = (a.float().to(device) @ b.float().to(device)).double().cpu()
+    exact = a.float().double() @ b.float().double()
+    return float(((product - exact).abs() / exact.abs()).max()) > 1e-5
 
 
 def _block_pairs(num_points: int, block_size: int, start: int, stop: int) -> list:

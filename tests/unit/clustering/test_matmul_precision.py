@@ -71,6 +71,39 @@ def test_legacy_api_is_used_and_restored(monkeypatch, before):
         assert fake.allow_tf32 is before and fake.allow_bf16_reduced_precision_reduction is True
 
 
+class DeafMatmul(NewMatmul):
+    """A settings object that ignores what is set (as if something reset it): TF32 stays off."""
+
+    @property
+    def fp32_precision(self):
+        return "ieee"
+
+    @fp32_precision.setter
+    def fp32_precision(self, value):
+        pass
+
+
+def test_a_tf32_setting_that_does_not_take_is_an_error(monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda, "matmul", DeafMatmul("ieee"))
+    with pytest.raises(RuntimeError, match="asked cuBLAS for TF32"):
+        with knn._matmul_precision(True):
+            pass
+    with knn._matmul_precision(False):  # IEEE was asked for and is what reads back
+        pass
+
+
+def test_tf32_is_never_in_effect_on_a_cpu():
+    assert knn.tf32_in_effect("cpu") is False
+
+
+@pytest.mark.gpu
+def test_tf32_is_in_effect_on_a_gpu_that_has_it():
+    """The probe measures TF32 on every GPU since Ampere (capability 8.0), and IEEE when TF32 is asked off."""
+    if torch.cuda.get_device_capability(0)[0] < 8:
+        pytest.skip("not applicable here: a GPU without TF32 (before Ampere)")
+    assert knn.tf32_in_effect("cuda") is True
+
+
 def test_settings_are_restored_when_the_block_raises(monkeypatch):
     fake = NewMatmul("none")
     monkeypatch.setattr(torch.backends.cuda, "matmul", fake)
