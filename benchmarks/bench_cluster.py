@@ -45,6 +45,8 @@ if str(REPO) not in sys.path:
 from benchmarks.machine import cpu_description, git_commit, gpu_description  # noqa: E402
 from cacl_dist.clustering.names import BACKENDS  # noqa: E402  (imports nothing else)
 
+#: How a measurement that the time budget left no room for is reported (skipped, or stopped at the end).
+BUDGET_SPENT = "the time budget (--budget-s) was spent"
 DENSE_BYTES_PER_PAIR = 11  # measured peak of the reference: ~11 bytes per matrix entry
 
 
@@ -59,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: library default)")
     parser.add_argument("--max-dense-gb", type=float, default=None,
                         help="skip the dense reference above this estimated peak (default: 60%% of RAM)")
+    parser.add_argument("--reference-up-to", type=int, default=None, metavar="N",
+                        help="run the dense reference only for N up to this (it takes minutes beyond ~15k)")
     parser.add_argument("--max-cpu-n", type=int, default=100_000,
                         help="largest N run on the CPU (time grows as N^2)")
     parser.add_argument("--device-features-from", type=int, default=None, metavar="N",
@@ -150,7 +154,12 @@ def run_one(spec: dict) -> dict:
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     peak = (torch.cuda.max_memory_allocated() if on_cuda else peak_rss_bytes()) - base
     np.save(spec["labels_path"], result.labels)
-    return {"n": spec["n"], "backend": spec["backend"], "device": spec["device"], "seconds": wall,
+    extra = {}
+    if on_cuda and spec["backend"] == "torch":  # the search's candidates are meant to come from TF32 products
+        from cacl_dist.clustering.knn import tf32_in_effect
+
+        extra["tf32"] = tf32_in_effect(device)
+    return {**extra, "n": spec["n"], "backend": spec["backend"], "device": spec["device"], "seconds": wall,
             "cpu_seconds": cpu, "peak_extra_bytes": int(peak), "num_clusters": result.num_clusters,
             "num_raw_clusters": result.num_raw_clusters, "num_outliers": result.num_outliers,
             "num_refined_away": result.num_refined_away}
@@ -171,7 +180,9 @@ def plan(args) -> list[dict]:
     for n in sizes:
         for backend in backends:
             reason = None
-            if backend == "sklearn" and DENSE_BYTES_PER_PAIR * n * n > max_dense:
+            if backend == "sklearn" and args.reference_up_to is not None and n > args.reference_up_to:
+                reason = f"dense reference only up to N={args.reference_up_to:,} (--reference-up-to)"
+            elif backend == "sklearn" and DENSE_BYTES_PER_PAIR * n * n > max_dense:
                 reason = f"dense reference needs ~{DENSE_BYTES_PER_PAIR * n * n / 2**30:.0f} GiB"
             elif backend == "cuml" and not cuml_ok:
                 reason = "RAPIDS cuML is not installed"
@@ -312,13 +323,16 @@ def main(argv=None) -> None:
         for spec in runs:
             left = None if args.budget_s is None else args.budget_s - (time.perf_counter() - start)
             if not spec["skip"] and left is not None and left < 5:
-                spec = dict(spec, skip="the time budget (--budget-s) was spent")
+                spec = dict(spec, skip=BUDGET_SPENT)
             if spec["skip"]:
                 print(f"N={spec['n']:>9,} {spec['backend']:>7}: skipped ({spec['skip']})", flush=True)
                 results.append(spec)
                 continue
             limits = [t for t in (args.timeout_s, left) if t is not None]
             result = measure(spec, Path(tmp), min(limits) if limits else None)
+            if "error" in result and result["error"].startswith("did not finish") and left is not None and \
+                    (args.timeout_s is None or left <= args.timeout_s):
+                result["error"] += f" ({BUDGET_SPENT})"
             results.append(result)
             if "error" in result:
                 print(f"N={spec['n']:>9,} {spec['backend']:>7}: FAILED {result['error']}", flush=True)

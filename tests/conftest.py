@@ -14,8 +14,11 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 
 #: Why a `gpu` test is skipped on a machine without CUDA. The GPU acceptance counts a skip with this
-#: reason as a failure (there the GPU must be exercised); skips for an optional extra are listed.
+#: reason, like any other skip of a `gpu` test, as a failure (there the GPU must be exercised) ...
 NO_CUDA_REASON = "needs a CUDA device"
+#: ... except a skip whose reason starts with this (an optional extra that is not installed, a GPU
+#: feature this GPU lacks): those are listed, not failed.
+NOT_APPLICABLE = "not applicable here:"
 
 
 def pytest_collection_modifyitems(config, items):

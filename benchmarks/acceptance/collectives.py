@@ -46,13 +46,16 @@ def _collective_cases(comm, torch, device):
          lambda: comm.broadcast_tensor(labels, src=0, what="pseudo labels"), labels),
         ("broadcast_object (clustering statistics)", lambda: comm.broadcast_object(stats, what="statistics"), stats),
         ("barrier", lambda: comm.barrier(), None),
+        ("run_on_main, control group (clustering result of rank 0)",
+         lambda: comm.run_on_main(lambda: stats, what="clustering"), stats),
+        ("any_rank, control group (the stop vote)", lambda: comm.any_rank(True), True),
     ]
 
 
 def _same(torch, got, want) -> bool:
     if want is None:
         return got is None
-    if isinstance(want, dict):
+    if isinstance(want, (dict, bool)):
         return got == want
     return got.dtype == want.dtype and got.device == want.device and torch.equal(got, want)
 
@@ -150,6 +153,10 @@ def part_collectives(ctx: Context) -> dict:
     store_path.unlink(missing_ok=True)
     dist.init_process_group(ctx.backend, store=dist.FileStore(str(store_path), 1), rank=0, world_size=1,
                             timeout=datetime.timedelta(seconds=max(30.0, ctx.left() - 10)))
+    control = "the default gloo group"
+    if ctx.backend == "nccl":  # as a real job does: control messages over a gloo side group
+        comm.set_control_group(dist.new_group(backend="gloo"))
+        control = "a gloo side group beside the NCCL group"
     original = comm.is_distributed
     comm.is_distributed = lambda: dist.is_available() and dist.is_initialized()
     rows, problems, timings = ["| collective (dtype, what the trainer sends) | result | ms |", "|---|---|---|"], [], {}
@@ -178,14 +185,17 @@ def part_collectives(ctx: Context) -> dict:
             ddp_problems = [f"DDP / Adam / fp16 check raised {type(exc).__name__}: {str(exc)[:300]}"]
     finally:
         comm.is_distributed = original
+        comm.set_control_group(None)
         dist.destroy_process_group()
     problems += ddp_problems
-    details = [f"Backend {ctx.backend}, world size 1, device {device}; comm's functions run their multi-process "
-               "path (see the module docstring of benchmarks/acceptance/collectives.py).", "", *rows, "", *ddp_lines]
+    details = [f"Backend {ctx.backend}, world size 1, device {device}, control messages over {control}; comm's "
+               "functions run their multi-process path (see the module docstring of "
+               "benchmarks/acceptance/collectives.py).", "", *rows, "", *ddp_lines]
     details += [f"- problem: {p}" for p in ddp_problems]
     summary = (f"{ctx.backend}: {len(timings) - (len(problems) - len(ddp_problems))}/{len(timings)} collectives ok; "
                f"DDP static graph + bucket view == plain, {'fused' if ddp_data['fused'] else 'foreach'} Adam, "
                "fp16 scaler")
     if problems:
         summary = f"{ctx.backend}: failed: {'; '.join(problems)}"
-    return result("fail" if problems else "pass", summary, details, {"timings_ms": timings, **ddp_data})
+    return result("fail" if problems else "pass", summary, details,
+                  {"timings_ms": timings, **ddp_data, "ran_on": device.type})

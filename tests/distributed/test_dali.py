@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("nvidia.dali", reason="optional extra not installed: NVIDIA DALI (.[dali])")
+pytest.importorskip("nvidia.dali", reason="not applicable here: optional extra NVIDIA DALI (.[dali]) not installed")
 
 from cacl_dist.config import load_config  # noqa: E402
 from cacl_dist.data.epoch_plan import RankPlan  # noqa: E402

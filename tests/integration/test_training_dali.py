@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("nvidia.dali", reason="optional extra not installed: NVIDIA DALI (.[dali])")
+pytest.importorskip("nvidia.dali", reason="not applicable here: optional extra NVIDIA DALI (.[dali]) not installed")
 
 from cacl_dist.checkpoint import load_checkpoint  # noqa: E402
 from cacl_dist.data.pipelines.dali import DaliLoader  # noqa: E402

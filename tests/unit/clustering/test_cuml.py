@@ -135,7 +135,7 @@ def test_cache_is_released_on_cuda_only(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not cuml_backend.cuml_available(), reason="optional extra not installed: RAPIDS cuML (.[cuml])")
+@pytest.mark.skipif(not cuml_backend.cuml_available(), reason="not applicable here: optional extra RAPIDS cuML (.[cuml]) not installed")
 def test_cuml_on_gpu_equals_reference():
     feats = sphere_blobs(2000, 64, 100, 1.0, seed=12)
     ref = cluster(feats, ClusterParams(k1=20, k2=6, backend="sklearn"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("nvidia.dali", reason="optional extra not installed: NVIDIA DALI (.[dali])")
+pytest.importorskip("nvidia.dali", reason="not applicable here: optional extra NVIDIA DALI (.[dali]) not installed")
 
 from cacl_dist.data.epoch_plan import RankPlan  # noqa: E402
 from cacl_dist.data.layouts import ImageRecord  # noqa: E402
