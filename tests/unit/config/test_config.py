@@ -146,3 +146,24 @@ def test_batch_must_suit_the_world_size(batch, world, frozen_bn, needle):
     validate_for_world(cfg, SimpleNamespace(world_size=1))  # one process: fine
     frozen = load_config(None, [f"train.batch_size={world}", "train.num_instances=1", "model.frozen_bn=true"])
     validate_for_world(frozen, SimpleNamespace(world_size=world))  # frozen BatchNorm trains on 1 image per rank
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("run.seed=-1", "run.seed"),
+    (f"run.seed={2**64 + 5}", "run.seed"),
+    ("data.synthetic.seed=-3", "data.synthetic.seed"),
+    ("clustering.k2=31", "clustering.k2"),
+    ("data.synthetic.num_cameras=1", "data.synthetic.num_cameras"),
+    ("data.height=100000000", "data.height"),
+    ("data.height=1", "data.height"),
+    ("data.width=1", "data.width"),
+])
+def test_values_that_failed_late_are_refused_when_the_config_is_read(override, needle):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_one_camera_is_fine_for_a_dataset_that_is_not_synthetic():
+    cfg = load_config(None, ["data.dataset=market1501", "data.synthetic.num_cameras=1", "run.seed=12345678901"])
+    assert cfg.run.seed == 12345678901
