@@ -7,6 +7,7 @@ size, number of clusters) are never written back into the config.
 from __future__ import annotations
 
 import ast
+import codecs
 import dataclasses
 import inspect
 import math
@@ -82,9 +83,9 @@ def load_yaml(text: str) -> Any:
 
 def _read_utf8(path: Path) -> str:
     """The text of the config file ``path`` (UTF-8, a leading byte-order mark dropped); ConfigError naming it."""
-    data = path.read_bytes()
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise ConfigError(f"config file '{path}' is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "

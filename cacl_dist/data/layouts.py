@@ -13,6 +13,7 @@ sorted by path, so that the index of an image is the same on every rank and ever
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from dataclasses import dataclass, field
@@ -103,12 +104,12 @@ MAX_LABEL = 2**63 - 1
 """Largest pid or camera number (labels are kept in 64-bit integers)."""
 
 
-def _read_list(list_path: str, what: str):
+def read_list_lines(list_path: str, what: str):
     """(line number, line) of a UTF-8 list file (a byte-order mark dropped); ValueError naming file and line."""
     with open(list_path, "rb") as handle:
-        data = handle.read()
+        data = handle.read().removeprefix(codecs.BOM_UTF8)
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line_no = data[:exc.start].count(b"\n") + 1
         raise ValueError(f"{what}: {list_path} line {line_no} is not UTF-8 text (byte 0x{data[exc.start]:02x}); "
@@ -190,7 +191,7 @@ def _read_msmt_list(list_path: str, image_dir: str, required: bool) -> list[Imag
             )
         return []
     records = []
-    for line_no, line in _read_list(list_path, "msmt17"):
+    for line_no, line in read_list_lines(list_path, "msmt17"):
         fields = line.split()
         if not fields:
             continue
@@ -199,6 +200,8 @@ def _read_msmt_list(list_path: str, image_dir: str, required: bool) -> list[Imag
                 f"msmt17: {list_path} line {line_no} is {line.strip()!r}; expected 'relative/path.jpg label'"
             )
         rel, pid = fields[0], int(fields[1])
+        if pid > MAX_LABEL:
+            raise ValueError(f"msmt17: {list_path} line {line_no} has label {pid}; labels are at most 2^63 - 1")
         name_fields = os.path.basename(rel).split("_")
         if len(name_fields) < 3 or not name_fields[2].isdigit() or int(name_fields[2]) < 1:
             raise ValueError(f"msmt17: cannot parse the camera of {rel} in {list_path}; expected {_MSMT_NAME_HELP}")
@@ -260,7 +263,7 @@ def _parse_custom_line(list_path: str, line_no: int, line: str, split: str) -> I
 def _read_custom_list(list_path: str, split: str) -> list[ImageRecord]:
     """The records of one custom list file (blank lines and lines starting with '#' are skipped)."""
     records, first_line = [], {}
-    for line_no, line in _read_list(list_path, "custom"):
+    for line_no, line in read_list_lines(list_path, "custom"):
         if line.strip() and not line.lstrip().startswith("#"):
             record = _parse_custom_line(list_path, line_no, line, split)
             if record.path in first_line:

@@ -38,3 +38,20 @@ def test_names_that_do_not_match_the_feature_rows_are_refused(tmp_path, counts, 
     with pytest.raises(ValueError) as info:
         load_gallery(_npz(tmp_path / "g.npz", **counts))
     assert needle in str(info.value) and "g.npz" in str(info.value)
+
+
+def test_image_lists_and_folders_of_extract_and_search_name_what_is_not_utf8(tmp_path):
+    import os
+
+    from cacl_dist.extract import image_records
+
+    Image.fromarray(np.zeros((8, 4, 3), np.uint8)).save(tmp_path / "a.png")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbfa.png\n# caf\xe9\n")
+    with pytest.raises(ValueError, match=r"list.txt line 2 is not UTF-8 text \(byte 0xe9\)"):
+        image_records(listing)
+    listing.write_bytes(b"\xef\xbb\xbfa.png\n")  # a byte-order mark does not hide the first name
+    assert image_records(listing)[0] == ["a.png"]
+    Image.fromarray(np.zeros((8, 4, 3), np.uint8)).save(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png"))
+    with pytest.raises(ValueError, match=r"caf\\xe9.png is not UTF-8 text"):
+        image_records(tmp_path)

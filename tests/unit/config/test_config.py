@@ -190,10 +190,10 @@ def test_the_same_key_in_two_sections_and_yaml_merges_are_fine(tmp_path):
 
 def test_a_latin1_config_is_refused_naming_the_file(tmp_path):
     path = tmp_path / "latin.yaml"
-    path.write_bytes("# r\u00e9glages\ntrain:\n  epochs: 3\n".encode("latin-1"))
+    path.write_bytes(b"\xef\xbb\xbf" + "train:\n  epochs: 3  # r\u00e9glage\n".encode("latin-1"))
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
-    assert "latin.yaml" in str(info.value) and "UTF-8" in str(info.value) and "line 1" in str(info.value)
+    assert "latin.yaml" in str(info.value) and "not UTF-8 text (byte 0xe9 on line 2)" in str(info.value)
 
 
 def test_a_byte_order_mark_at_the_start_of_a_config_is_ignored(tmp_path):
