@@ -5,7 +5,8 @@ The 'custom' layout reads list files under the root: ``train.txt`` (required) an
 path is relative to the list's folder or absolute and may contain spaces; ``#`` starts a comment
 line). Cameras are any integers >= 0 (used as ids). Training images may carry pid or camera -1
 (unknown): training never reads the pids, they only score the pseudo labels. Query and gallery
-need both, since evaluation removes same-pid same-camera gallery items per query.
+need both, since evaluation removes same-pid same-camera gallery items per query. Lists are UTF-8
+(a byte-order mark is dropped); an image listed twice, or in both query and gallery, is refused.
 
 Every loader returns a :class:`ReidDataset` whose splits are lists of :class:`ImageRecord`
 sorted by path, so that the index of an image is the same on every rank and every run.
