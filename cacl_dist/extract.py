@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .cli import add_config_args, run_main
-from .data.layouts import IMAGE_EXTENSIONS, ImageRecord
+from .data.layouts import IMAGE_EXTENSIONS, ImageRecord, check_file_names, read_list_lines
 
 
 @dataclasses.dataclass
@@ -123,7 +123,7 @@ def image_records(spec: str | Path) -> tuple[list[str], list[ImageRecord]]:
         paths, names = [spec], [spec.name]
     elif spec.is_file():
         paths, names = [], []
-        for line_no, line in enumerate(spec.read_text().splitlines(), start=1):
+        for line_no, line in read_list_lines(str(spec), "the image list"):
             name = line.strip()
             if not name or name.startswith("#"):
                 continue
@@ -136,7 +136,9 @@ def image_records(spec: str | Path) -> tuple[list[str], list[ImageRecord]]:
             raise ValueError(f"the list '{spec}' names no images (one path per line)")
     else:
         raise FileNotFoundError(f"'{spec}' is neither a folder, an image nor a list file")
-    return names, [ImageRecord(str(p.resolve()), -1, -1) for p in paths]
+    records = [ImageRecord(str(p.resolve()), -1, -1) for p in paths]
+    check_file_names(r.path for r in records)
+    return names, records
 
 
 def extraction_settings(model: FeatureModel, device: torch.device, batch_size: int | None = None,

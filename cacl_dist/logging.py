@@ -133,22 +133,19 @@ class MetricsWriter:
         """
         if not self.enabled or not self.path.exists():
             return 0
-        rows: list[dict] = []
-        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-        for line in lines:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # a line cut short by a kill
-                continue
+        rows, skipped = read_metric_rows(self.path)
+        if skipped:
+            get_logger().warning("dropping %d unreadable line(s) of %s (each line must be a JSON object with "
+                                 "'kind' and 'step')", skipped, self.path)
         kept = [row for row in rows if keep(row)]
-        if len(kept) < len(lines):
+        if len(kept) < len(rows) + skipped:
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
             os.replace(tmp, self.path)
         if self._tb is not None:
             self._tb.close()
             self._open_tensorboard(purge_step=next_step)
-        return len(lines) - len(kept)
+        return len(rows) + skipped - len(kept)
 
     def write(self, kind: str, step: int, **values: Any) -> None:
         """Record one event of `kind` ('train', 'cluster', 'eval', ...) at global step `step`."""
@@ -171,12 +168,37 @@ class MetricsWriter:
             self._tb = None
 
 
+def read_metric_rows(path: str | Path) -> tuple[list[dict], int]:
+    """(rows, number of lines skipped) of a metrics.jsonl file: the one tolerant reader of the records.
+
+    A row is a JSON object with a string ``kind`` and an integer ``step``, as :class:`MetricsWriter`
+    writes it. Any other line (cut short by a kill, not UTF-8, ``null``, a list, binary junk) is
+    skipped and counted; blank lines are ignored.
+    """
+    rows: list[dict] = []
+    skipped = 0
+    for raw in Path(path).read_bytes().splitlines():
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            row = None
+        step = row.get("step") if isinstance(row, dict) else None
+        if not (isinstance(row, dict) and isinstance(row.get("kind"), str) and isinstance(step, int)
+                and not isinstance(step, bool)):
+            skipped += 1
+            continue
+        rows.append(row)
+    return rows, skipped
+
+
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
-    """The rows of a run's metrics.jsonl, optionally only those of one kind."""
+    """The rows of a run's metrics.jsonl (see :func:`read_metric_rows`), optionally only those of one kind."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, _ = read_metric_rows(path)
     return [r for r in rows if kind is None or r["kind"] == kind]
 
 

@@ -20,11 +20,11 @@ only report.md is written (one line says so).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from .cli import run_main
+from .logging import read_metric_rows
 
 EVAL_KEYS = (("mAP", "mAP"), ("rank1", "rank-1"), ("mINP", "mINP"))
 LOSS_KEYS = ("loss", "instance", "inter", "intra_rgb", "intra_gray")
@@ -43,16 +43,9 @@ def read_rows(run_dir: str | Path) -> tuple[list[dict], int]:
     if not path.is_file():
         raise FileNotFoundError(f"'{path}' does not exist; pass a run folder (run.output_dir of a cacl_dist run)")
     latest: dict[tuple[str, int], dict] = {}
-    skipped = 0
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            key = (str(row["kind"]), int(row["step"]))
-        except (ValueError, KeyError, TypeError):
-            skipped += 1
-            continue
+    rows, skipped = read_metric_rows(path)
+    for row in rows:
+        key = (row["kind"], row["step"])
         latest.pop(key, None)  # the re-inserted entry moves to the end: its own order is kept
         latest[key] = row
     rows = sorted(latest.values(), key=lambda r: int(r["step"]))
@@ -214,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             plots = write_plots(rows, out)
         note = f"({skipped} unreadable line(s) of metrics.jsonl skipped.)" if skipped else ""
+        if skipped:
+            print(f"warning: skipped {skipped} unreadable line(s) of {run / 'metrics.jsonl'} (each line must be a "
+                  "JSON object with 'kind' and 'step')", file=sys.stderr)
         report = out / "report.md"
         report.write_text(markdown(run, summarize(rows, config), config, plots, note))
         print(f"wrote {report}" + (f" and {len(plots)} plots: {', '.join(Path(p).name for p in plots)}"

@@ -107,17 +107,25 @@ class RunFolderLock:
         self.release()
 
 
-def write_status(run_dir: str | Path, text: str) -> None:
+def write_status(run_dir: str | Path, text: str) -> str | None:
     """Replace the run folder's status.txt with one line: 'running ...' while a run holds the folder, then its
     exit status and why (e.g. '3 stopped on request (SIGTERM) after 1 epoch, ...'). A folder whose status
-    still says 'running' while no run holds it was left by a killed or crashed run."""
+    still says 'running' while no run holds it was left by a killed or crashed run.
+
+    Returns None, or why the status could not be written (one phrase naming the file): it never raises, so
+    that it cannot hide what happened (e.g. a full disk); the caller decides whether to stop or warn."""
     path = Path(run_dir) / STATUS_NAME
     tmp = path.with_name(f".{STATUS_NAME}.{os.getpid()}.tmp")
     try:
         tmp.write_text(" ".join(text.split()) + "\n")
         os.replace(tmp, path)
-    except OSError:  # the status must never hide what happened (e.g. a full disk)
-        tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return f"cannot write '{path}' ({exc.strerror or exc})"
+    return None
 
 
 def append_error_line(run_dir: str | Path | None, rank: int, line: str) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +47,21 @@ def load_gallery(path: str | Path) -> dict:
     try:
         with np.load(path, allow_pickle=False) as data:
             gallery = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"--features '{path}' is not a readable .npz ({exc})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # e.g. a truncated file
+        raise ValueError(f"--features '{path}' is not a readable .npz ({exc}); write it again with "
+                         "python -m cacl_dist.extract") from None
     missing = {"names", "paths", "features"} - set(gallery)
     if missing:
         raise ValueError(f"--features '{path}' lacks {', '.join(sorted(missing))}; write it with "
                          "python -m cacl_dist.extract")
+    feats, names, paths = gallery["features"], gallery["names"], gallery["paths"]
+    if feats.ndim != 2 or feats.dtype.kind != "f" or not len(feats) or names.ndim != 1 or paths.ndim != 1:
+        raise ValueError(f"--features '{path}' holds features of shape {feats.shape} ({feats.dtype}), names of shape "
+                         f"{names.shape} and paths of shape {paths.shape}, not the rows x dims floats and one name "
+                         "and path per row of python -m cacl_dist.extract; write it again")
+    if not len(names) == len(paths) == len(feats):
+        raise ValueError(f"--features '{path}' holds {len(names)} names and {len(paths)} paths for {len(feats)} "
+                         "feature rows; write it again with python -m cacl_dist.extract")
     return gallery
 
 

@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def take_folder() -> None:  # rank 0
             lock.acquire()
-            write_status(lock.run_dir, f"running: {lock.describe_holder()}")
+            problem = write_status(lock.run_dir, f"running: {lock.describe_holder()}")
+            if problem:  # before any work: a run whose outcome cannot be recorded does not start
+                raise ValueError(f"{problem}; the run folder's status file must be a file this run can replace: "
+                                 "move what is in the way aside, or pick another run.output_dir")
 
         with StopSignals() as signals:  # a signal from now on stops the run at its next chance
             watch_parent()
@@ -74,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                     code, outcome = signals.exit_code, (
                         f"stopped on request ({_signal_name(signals.received)}) "
                         f"{position(trainer.epoch, trainer.iter_in_epoch)}; start the same command again to resume")
-                if lock.held:
-                    write_status(lock.run_dir, f"{code} {outcome}")
+                problem = write_status(lock.run_dir, f"{code} {outcome}") if lock.held else None
+                if problem:
+                    print(f"warning: {problem}; the run {outcome}", file=sys.stderr)
                 return code
             except Exception as exc:
                 if lock.held:  # rank 0, while the folder is still this run's

@@ -7,6 +7,7 @@ size, number of clusters) are never written back into the config.
 from __future__ import annotations
 
 import ast
+import codecs
 import dataclasses
 import inspect
 import math
@@ -54,6 +55,43 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key written twice in one mapping (plain YAML keeps the last)."""
+
+
+def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # '<<: *anchor' merges may be overridden: that is their purpose
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in first_line:
+            raise ConfigError(f"key '{key}' appears twice (lines {first_line[key]} and {line}; YAML would "
+                              "silently keep the last); keep one")
+        first_line[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text strictly (see :class:`_StrictLoader`); ConfigError for a duplicated key."""
+    return yaml.load(text, Loader=_StrictLoader)
+
+
+def _read_utf8(path: Path) -> str:
+    """The text of the config file ``path`` (UTF-8, a leading byte-order mark dropped); ConfigError naming it."""
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                          "save it as UTF-8") from None
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -84,7 +122,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except ConfigError as exc:
+        raise ConfigError(f"override '{text}': {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from None
     return key.split("."), value
@@ -104,8 +144,11 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
         file = Path(path)
         if not file.is_file():
             raise ConfigError(f"config file '{path}' does not exist; pass a YAML file such as configs/quickstart.yaml")
+        text = _read_utf8(file)
         try:
-            values = yaml.safe_load(file.read_text()) or {}
+            values = load_yaml(text) or {}
+        except ConfigError as exc:
+            raise ConfigError(f"config file '{path}': {exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
         try:

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from .schema import Config, ConfigError
 
+MAX_SEED = 2**63 - 1
+"""Largest seed (seeds are kept in 64-bit signed integers, e.g. in checkpoints and epoch plans)."""
+MIN_IMAGE_SIZE = (32, 16)
+"""Smallest network input (height, width): the ResNet backbones downsample by up to 32."""
+MAX_IMAGE_SIZE = 2048
+"""Largest network input side in pixels (a batch's memory grows with height x width)."""
+
 
 def validate(cfg: Config) -> None:
     """Cross-field checks with messages that name the key."""
+    _validate_ranges(cfg)
     positive = {
         "train.epochs": cfg.train.epochs, "train.iters_per_epoch": cfg.train.iters_per_epoch,
         "train.batch_size": cfg.train.batch_size, "train.num_instances": cfg.train.num_instances,
@@ -60,7 +68,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'train.batch_size': {cfg.train.batch_size} is not a multiple of "
             f"train.num_instances ({cfg.train.num_instances})")
+    if cfg.clustering.k2 > cfg.clustering.k1:
+        raise ConfigError(f"config keys 'clustering.k2' ({cfg.clustering.k2}) and 'clustering.k1' "
+                          f"({cfg.clustering.k1}): query expansion needs k2 <= k1")
+    if cfg.data.dataset == "synthetic" and cfg.data.synthetic.num_cameras < 2:
+        raise ConfigError(f"config key 'data.synthetic.num_cameras': {cfg.data.synthetic.num_cameras} camera(s), but "
+                          "evaluation matches a query only on other cameras; use at least 2")
     _validate_bn_group(cfg)
+
+
+def _validate_ranges(cfg: Config) -> None:
+    """Seeds a generator can take, and network input sizes the backbone and the memory can take."""
+    for key, seed in (("run.seed", cfg.run.seed), ("data.synthetic.seed", cfg.data.synthetic.seed)):
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"config key '{key}': {seed} is not a seed; use an integer from 0 to 2^63 - 1")
+    for key, value, low in (("data.height", cfg.data.height, MIN_IMAGE_SIZE[0]),
+                            ("data.width", cfg.data.width, MIN_IMAGE_SIZE[1])):
+        if not low <= value <= MAX_IMAGE_SIZE:
+            raise ConfigError(f"config key '{key}': {value} pixels; the network input must be from {low} to "
+                              f"{MAX_IMAGE_SIZE} pixels (re-identification crops are usually 256 x 128)")
 
 
 def _validate_bn_group(cfg: Config) -> None:

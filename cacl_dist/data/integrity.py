@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cacl_dist.data.layouts import ImageRecord, ReidDataset
 
-CHECK_VERSION = 1
+CHECK_VERSION = 2
 """Part of the run folder's record of a checked dataset: a stricter check invalidates old records."""
 CHECK_RECORD = "images_checked.json"
 """File in the run folder that records which dataset state passed :func:`check_dataset_images`."""
@@ -41,6 +41,10 @@ _BMP_SIGNATURE = b"BM"
 _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0..SOF15 (not DHT, JPG, DAC)
 _JPEG_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn, TEM: no length field
 
+DEEP_SAMPLES = ("{bits} bits per sample: the pipelines would not decode it alike (8-bit images only); "
+                "convert it to 8 bits per channel")
+"""Why an image of more (or fewer) than 8 bits per sample is refused, for every pipeline."""
+
 _KNOWN_GOOD: set[str] = set()
 """Paths that passed the check in this process (a file is assumed not to change during a run)."""
 
@@ -54,6 +58,8 @@ def _jpeg_frame_problem(seg: bytes, marker: int) -> str | None:
     precision, height, width, channels = seg[0], int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big"), seg[5]
     if not 2 <= precision <= 16 or height == 0 or width == 0 or channels not in (1, 3, 4):
         return f"the JPEG frame header says {width} x {height} pixels, {channels} channels of {precision} bits"
+    if precision != 8:
+        return "the JPEG has " + DEEP_SAMPLES.format(bits=precision)
     for c in range(channels):
         sampling, table = seg[7 + 3 * c], seg[8 + 3 * c]
         if not (1 <= sampling >> 4 <= 4 and 1 <= sampling & 15 <= 4) or table > 3:
@@ -142,6 +148,8 @@ def _png_problem(data: bytes) -> str | None:
         if first and (kind != b"IHDR" or length != 13 or data[pos + 8:pos + 12] == bytes(4)
                       or data[pos + 12:pos + 16] == bytes(4)):
             return "the PNG does not start with a valid IHDR chunk"
+        if first and data[pos + 16] == 16:
+            return "the PNG has " + DEEP_SAMPLES.format(bits=16)
         if zlib.crc32(data[pos + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
             return f"the PNG's {name} chunk fails its checksum"
         if kind == b"IEND":

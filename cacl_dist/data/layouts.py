@@ -5,7 +5,8 @@ The 'custom' layout reads list files under the root: ``train.txt`` (required) an
 path is relative to the list's folder or absolute and may contain spaces; ``#`` starts a comment
 line). Cameras are any integers >= 0 (used as ids). Training images may carry pid or camera -1
 (unknown): training never reads the pids, they only score the pseudo labels. Query and gallery
-need both, since evaluation removes same-pid same-camera gallery items per query.
+need both, since evaluation removes same-pid same-camera gallery items per query. Lists are UTF-8
+(a byte-order mark is dropped); an image listed twice, or in both query and gallery, is refused.
 
 Every loader returns a :class:`ReidDataset` whose splits are lists of :class:`ImageRecord`
 sorted by path, so that the index of an image is the same on every rank and every run.
@@ -13,6 +14,7 @@ sorted by path, so that the index of an image is the same on every rank and ever
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from dataclasses import dataclass, field
@@ -82,7 +84,38 @@ def load_dataset(name: str, root: str) -> ReidDataset:
         if name == "synthetic":
             hint = f" (create it with: python -m cacl_dist.data.synthetic --root {root})"
         raise FileNotFoundError(f"dataset root {root} for {name!r} does not exist or is not a folder{hint}")
-    return ReidDataset(name=name, root=root, **_LAYOUTS[name](name, root))
+    dataset = ReidDataset(name=name, root=root, **_LAYOUTS[name](name, root))
+    check_file_names(r.path for split in (dataset.train, dataset.query, dataset.gallery) for r in split)
+    return dataset
+
+
+def check_file_names(paths) -> None:
+    """ValueError naming the first path that is not UTF-8 (legal on Linux, but the run's logs, records and
+    DALI need text)."""
+    for path in paths:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            raise ValueError(f"the file name {shown} is not UTF-8 text; rename it (e.g. `convmv -f latin1 -t utf8 "
+                             "--notest -r FOLDER`)") from None
+
+
+MAX_LABEL = 2**63 - 1
+"""Largest pid or camera number (labels are kept in 64-bit integers)."""
+
+
+def read_list_lines(list_path: str, what: str):
+    """(line number, line) of a UTF-8 list file (a byte-order mark dropped); ValueError naming file and line."""
+    with open(list_path, "rb") as handle:
+        data = handle.read().removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_no = data[:exc.start].count(b"\n") + 1
+        raise ValueError(f"{what}: {list_path} line {line_no} is not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                         "save the list as UTF-8 and name the files in UTF-8") from None
+    return enumerate(text.splitlines(), start=1)
 
 
 def _list_images(folder: str) -> list[str]:
@@ -159,28 +192,29 @@ def _read_msmt_list(list_path: str, image_dir: str, required: bool) -> list[Imag
             )
         return []
     records = []
-    with open(list_path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-                raise ValueError(
-                    f"msmt17: {list_path} line {line_no} is {line.strip()!r}; expected 'relative/path.jpg label'"
-                )
-            rel, pid = fields[0], int(fields[1])
-            name_fields = os.path.basename(rel).split("_")
-            if len(name_fields) < 3 or not name_fields[2].isdigit() or int(name_fields[2]) < 1:
-                raise ValueError(f"msmt17: cannot parse the camera of {rel} in {list_path}; expected {_MSMT_NAME_HELP}")
-            path = os.path.join(image_dir, rel)
-            if not records and not os.path.isfile(path):
-                raise FileNotFoundError(
-                    f"msmt17: {list_path} line {line_no} names {path}, which does not exist; "
-                    f"the images of this list are expected under {image_dir}"
-                )
-            if pid == -1:
-                continue
-            records.append(ImageRecord(path, pid, int(name_fields[2]) - 1))
+    for line_no, line in read_list_lines(list_path, "msmt17"):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+            raise ValueError(
+                f"msmt17: {list_path} line {line_no} is {line.strip()!r}; expected 'relative/path.jpg label'"
+            )
+        rel, pid = fields[0], int(fields[1])
+        if pid > MAX_LABEL:
+            raise ValueError(f"msmt17: {list_path} line {line_no} has label {pid}; labels are at most 2^63 - 1")
+        name_fields = os.path.basename(rel).split("_")
+        if len(name_fields) < 3 or not name_fields[2].isdigit() or int(name_fields[2]) < 1:
+            raise ValueError(f"msmt17: cannot parse the camera of {rel} in {list_path}; expected {_MSMT_NAME_HELP}")
+        path = os.path.join(image_dir, rel)
+        if not records and not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"msmt17: {list_path} line {line_no} names {path}, which does not exist; "
+                f"the images of this list are expected under {image_dir}"
+            )
+        if pid == -1:
+            continue
+        records.append(ImageRecord(path, pid, int(name_fields[2]) - 1))
     return records
 
 
@@ -216,9 +250,9 @@ def _parse_custom_line(list_path: str, line_no: int, line: str, split: str) -> I
         raise ValueError(f"{where} is {line.strip()!r}; expected {_CUSTOM_LINE_HELP}")
     rel, pid, cam = fields[0], int(fields[1]), int(fields[2])
     low = -1 if split == "train" else 0  # -1 = unknown, only for training images
-    if pid < low or cam < low:
-        raise ValueError(f"{where} has pid {pid} / camera {cam}; {split} images need pid >= {low} and "
-                         f"camera >= {low}" + (" (-1 marks an unknown one)" if low < 0 else ""))
+    if not (low <= pid <= MAX_LABEL and low <= cam <= MAX_LABEL):
+        raise ValueError(f"{where} has pid {pid} / camera {cam}; {split} images need pid >= {low} and camera >= "
+                         f"{low}, both at most 2^63 - 1" + (" (-1 marks an unknown one)" if low < 0 else ""))
     path = os.path.normpath(os.path.join(os.path.dirname(list_path), os.path.expanduser(rel)))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{where} names {path}, which does not exist")
@@ -229,11 +263,15 @@ def _parse_custom_line(list_path: str, line_no: int, line: str, split: str) -> I
 
 def _read_custom_list(list_path: str, split: str) -> list[ImageRecord]:
     """The records of one custom list file (blank lines and lines starting with '#' are skipped)."""
-    records = []
-    with open(list_path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if line.strip() and not line.lstrip().startswith("#"):
-                records.append(_parse_custom_line(list_path, line_no, line, split))
+    records, first_line = [], {}
+    for line_no, line in read_list_lines(list_path, "custom"):
+        if line.strip() and not line.lstrip().startswith("#"):
+            record = _parse_custom_line(list_path, line_no, line, split)
+            if record.path in first_line:
+                raise ValueError(f"custom: {list_path} lines {first_line[record.path]} and {line_no} both name "
+                                 f"{record.path}; list every image once")
+            first_line[record.path] = line_no
+            records.append(record)
     if not records:
         raise ValueError(f"custom: {list_path} lists no images; expected lines {_CUSTOM_LINE_HELP}")
     return sorted(records, key=lambda r: r.path)
@@ -253,6 +291,11 @@ def _load_custom(_name: str, root: str) -> dict[str, list[ImageRecord]]:
     if has["query"]:
         splits["query"] = _read_custom_list(paths["query"], "query")
         splits["gallery"] = _read_custom_list(paths["gallery"], "gallery")
+        both = sorted({r.path for r in splits["query"]} & {r.path for r in splits["gallery"]})
+        if both:
+            raise ValueError(f"custom: {len(both)} image(s) of {paths['query']} are also in {paths['gallery']} "
+                             f"(first {both[0]}); a query found as itself scores rank-1 100%; remove them from "
+                             "one of the lists")
     return splits
 
 

@@ -71,14 +71,22 @@ class AugmentParams:
 
 
 def load_image(path: str) -> torch.Tensor:
-    """Decode ``path`` into a uint8 RGB tensor of shape 3 x H x W."""
+    """Decode ``path`` into a uint8 RGB tensor of shape 3 x H x W, as stored (EXIF orientation is not applied).
+
+    A PNG of 16 bits per channel is refused, as the image check refuses it for DALI.
+    """
     try:
         with Image.open(path) as image:
-            array = np.array(image.convert("RGB"))
+            deep = image.format == "PNG" and any(";16" in str(tile[3]) for tile in image.tile)
+            array = None if deep else np.array(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(
             f"cannot read the image {path}: {err}; check that the file exists and is a valid image"
         ) from err
+    if array is None:
+        from .integrity import DEEP_SAMPLES
+
+        raise ValueError(f"cannot read the image {path}: the PNG has {DEEP_SAMPLES.format(bits=16)}")
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 

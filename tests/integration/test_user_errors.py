@@ -104,3 +104,29 @@ def test_batch_that_does_not_split_over_the_ranks_fails_before_any_work(tmp_path
     assert "'train.batch_size': the global batch 9 does not split over 2 processes" in result.stderr
     assert result.stderr.count("Traceback") <= 1  # torchrun's own report of the failed worker, none from a worker
     assert not run_dir.exists()  # nothing initialised, evaluated or clustered first
+
+
+def test_a_status_file_that_cannot_be_replaced_stops_the_run_before_any_work(tmp_path, synthetic_root):
+    run_dir = tmp_path / "run"
+    (run_dir / "status.txt").mkdir(parents=True)  # in the way: status.txt cannot be replaced
+    (run_dir / "status.txt" / "notes").write_text("mine")
+    line = _one_line(run_cli("cacl_dist.train", set_args(run_dir, synthetic_root)))
+    assert str(run_dir / "status.txt") in line and "move what is in the way aside" in line
+    assert (run_dir / "status.txt" / "notes").read_text() == "mine"
+    assert not (run_dir / "last.pt").exists() and not (run_dir / "metrics.jsonl").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_one_line_naming_it_and_the_status_says_so(tmp_path):
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "crops"
+    data.mkdir()
+    for name in (b"a.png", b"caf\xe9.png"):
+        Image.fromarray(np.zeros((64, 32, 3), np.uint8)).save(os.fsdecode(os.fsencode(data) + b"/" + name))
+    run_dir = tmp_path / "run"
+    line = _one_line(run_cli("cacl_dist.train", set_args(run_dir, data, **{"data.dataset": "folder"})))
+    assert f"the file name {data}/caf\\xe9.png is not UTF-8 text" in line
+    assert (run_dir / "status.txt").read_text().startswith("2 error: the file name")

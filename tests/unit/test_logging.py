@@ -64,3 +64,21 @@ def test_rows_recorded_after_the_checkpoint_are_dropped_on_resume(tmp_path):
                                                                        ("eval", 3)]
     mid_epoch = {"kind": "cluster", "step": 3, "epoch": 2}  # a checkpoint inside epoch 2 keeps its clustering row
     assert run_log.written_before_checkpoint(mid_epoch, 5, 1, {0, 1})
+
+
+JUNK_LINES = [b"null\n", b"[1, 2]\n", b'{"kind": "train"}\n', b'{"kind": "train", "step": true}\n', b"42\n",
+              b"\xff\xfe\x00\x81 binary\n", b"[" * 100000 + b"\n"]
+
+
+def test_lines_that_are_not_records_are_skipped_by_every_reader_and_dropped_on_resume(tmp_path, caplog):
+    good = [{"kind": "train", "step": 1, "loss": 2.0}, {"kind": "train", "step": 2, "loss": 1.0}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(json.dumps(good[0]).encode() + b"\n" + b"".join(JUNK_LINES) + json.dumps(good[1]).encode()
+                     + b"\n")
+    assert read_metrics(tmp_path) == good
+    writer = MetricsWriter(tmp_path, tensorboard=False)
+    with caplog.at_level(logging.WARNING, logger="cacl_dist"):
+        dropped = writer.rewind(lambda row: row["step"] < 2, next_step=2)
+    assert dropped == 1 + len(JUNK_LINES)
+    assert read_metrics(tmp_path) == good[:1] and path.read_bytes() == json.dumps(good[0]).encode() + b"\n"
+    assert f"dropping {len(JUNK_LINES)} unreadable line(s) of {path}" in caplog.text

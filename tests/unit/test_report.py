@@ -59,3 +59,17 @@ def test_summary_best_last_and_time_split(tmp_path):
     assert "| best (by mAP) | 1 | 30.0% | 40.0% |" in text and "| last | 2 | 25.0% | 50.0% |" in text
     assert "| pseudo labels | 0.600 | 0.400 | 0.500 | 0.300 | 0.800 |" in text
     assert "in progress" in text and "![evaluation](evaluation.png)" in text
+
+
+def test_null_lists_and_binary_junk_are_skipped_and_named(tmp_path, capsys):
+    from cacl_dist.report import main
+
+    rows = [{"kind": "train", "step": 1, "time": 0.0, "epoch": 1, "iter": 1, "loss": 5.0}]
+    _write(tmp_path / "metrics.jsonl", rows)
+    with open(tmp_path / "metrics.jsonl", "ab") as fh:
+        fh.write(b"null\n[1, 2]\n\xff\xfe junk\x00\n")
+    got, skipped = read_rows(tmp_path)
+    assert skipped == 3 and [r["step"] for r in got] == [1]
+    assert main([str(tmp_path), "--output", str(tmp_path / "report")]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped 3 unreadable line(s) of {tmp_path / 'metrics.jsonl'}" in err

@@ -114,3 +114,15 @@ def test_parent_watch_sends_sigterm_when_the_parent_dies(tmp_path):
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.read_text() == "yes"
+
+
+def test_write_status_says_why_it_could_not_write_instead_of_raising(tmp_path):
+    from cacl_dist.run_folder import write_status
+
+    assert write_status(tmp_path, "running: here") is None
+    assert (tmp_path / "status.txt").read_text() == "running: here\n"
+    (tmp_path / "status.txt").unlink()
+    (tmp_path / "status.txt").mkdir()
+    problem = write_status(tmp_path, "0 finished")
+    assert problem.startswith(f"cannot write '{tmp_path / 'status.txt'}'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.txt"]  # no temporary file left behind

@@ -93,6 +93,12 @@ def _device_id(device: torch.device) -> int | None:
     return None
 
 
+def _decode(dali, encoded, device_id: int | None):
+    """uint8 RGB images as stored: EXIF orientation is ignored, as PIL (the torchvision pipeline) ignores it."""
+    return dali.fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed",
+                                  output_type=dali.types.RGB, adjust_orientation=False)
+
+
 def _gray_luma(dali, images):
     """ITU-R 601 luma of uint8 RGB images (DALI rounds it to uint8), one channel."""
     return dali.fn.color_space_conversion(images, image_type=dali.types.RGB, output_type=dali.types.GRAY)
@@ -114,14 +120,14 @@ def _view(dali, images, params: AugmentParams, start, mirror, gray: bool):
 def _train_pipeline(dali, files: list[str], labels: list[int], source, params: AugmentParams, batch_size: int,
                     num_threads: int, device_id: int | None):
     """Files in plan order (read by DALI's reader threads) + choices from ``source`` -> two views, indices."""
-    fn, types = dali.fn, dali.types
+    fn = dali.fn
     pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=0,
                          prefetch_queue_depth=PREFETCH, exec_dynamic=True)
     with pipe:
         encoded, index = fn.readers.file(files=files, labels=labels, random_shuffle=False)
         per_view = 2 if params.pad > 0 else 1  # (slice start,) mirror flag
         choices = fn.external_source(source=source, num_outputs=2 * per_view, batch=True)
-        images = fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
+        images = _decode(dali, encoded, device_id)
         images = fn.resize(images, resize_x=params.width, resize_y=params.height,
                            interp_type=_interp_type(dali, params.interpolation), antialias=True)
         first, second = choices[:per_view], choices[per_view:]
@@ -134,12 +140,12 @@ def _train_pipeline(dali, files: list[str], labels: list[int], source, params: A
 def _eval_pipeline(dali, files: list[str], labels: list[int], height: int, width: int, gray: bool, batch_size: int,
                    num_threads: int, device_id: int | None, interpolation: str = "bilinear"):
     """Files in order -> resized, normalised images and indices (the last batch padded by repetition)."""
-    fn, types = dali.fn, dali.types
+    fn = dali.fn
     pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=0,
                          prefetch_queue_depth=PREFETCH, exec_dynamic=True)
     with pipe:
         encoded, index = fn.readers.file(files=files, labels=labels, random_shuffle=False, pad_last_batch=True)
-        images = fn.decoders.image(encoded, device="cpu" if device_id is None else "mixed", output_type=types.RGB)
+        images = _decode(dali, encoded, device_id)
         images = fn.resize(images, resize_x=width, resize_y=height, interp_type=_interp_type(dali, interpolation),
                            antialias=True)
         params = AugmentParams(height=height, width=width, pad=0)

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from cacl_dist.config import Config, ConfigError, config_from_dict, describe, dump_yaml, load_config, to_dict
+from cacl_dist.config.loading import load_yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
@@ -146,3 +147,56 @@ def test_batch_must_suit_the_world_size(batch, world, frozen_bn, needle):
     validate_for_world(cfg, SimpleNamespace(world_size=1))  # one process: fine
     frozen = load_config(None, [f"train.batch_size={world}", "train.num_instances=1", "model.frozen_bn=true"])
     validate_for_world(frozen, SimpleNamespace(world_size=world))  # frozen BatchNorm trains on 1 image per rank
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("run.seed=-1", "run.seed"),
+    (f"run.seed={2**64 + 5}", "run.seed"),
+    ("data.synthetic.seed=-3", "data.synthetic.seed"),
+    ("clustering.k2=31", "clustering.k2"),
+    ("data.synthetic.num_cameras=1", "data.synthetic.num_cameras"),
+    ("data.height=100000000", "data.height"),
+    ("data.height=1", "data.height"),
+    ("data.width=1", "data.width"),
+])
+def test_values_that_failed_late_are_refused_when_the_config_is_read(override, needle):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_one_camera_is_fine_for_a_dataset_that_is_not_synthetic():
+    cfg = load_config(None, ["data.dataset=market1501", "data.synthetic.num_cameras=1", "run.seed=12345678901"])
+    assert cfg.run.seed == 12345678901
+
+
+def test_a_key_written_twice_in_a_file_is_refused_naming_key_file_and_lines(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  epochs: 3\n  batch_size: 16\n  epochs: 30\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    message = str(info.value)
+    assert "twice.yaml" in message and "'epochs'" in message and "lines 2 and 4" in message
+    assert "\n" not in message
+
+
+def test_the_same_key_in_two_sections_and_yaml_merges_are_fine(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("train:\n  batch_size: 16\neval:\n  batch_size: 32\n")
+    cfg = load_config(str(path))
+    assert (cfg.train.batch_size, cfg.eval.batch_size) == (16, 32)
+    assert load_yaml("a: &a {x: 1, y: 2}\nb:\n  <<: *a\n  x: 3\n") == {"a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 2}}
+
+
+def test_a_latin1_config_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + "train:\n  epochs: 3  # r\u00e9glage\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert "latin.yaml" in str(info.value) and "not UTF-8 text (byte 0xe9 on line 2)" in str(info.value)
+
+
+def test_a_byte_order_mark_at_the_start_of_a_config_is_ignored(tmp_path):
+    path = tmp_path / "bom.yaml"
+    path.write_bytes(b"\xef\xbb\xbftrain:\n  epochs: 3\n")
+    assert load_config(str(path)).train.epochs == 3

@@ -1,5 +1,6 @@
 """The 'custom' layout: train.txt / query.txt / gallery.txt lists of 'path pid camera' lines."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +60,39 @@ def test_bad_lists_name_the_file_and_line(tmp_path, train, query, gallery, error
 def test_missing_train_list(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train.txt with lines 'path pid camera'"):
         load_dataset("custom", str(tmp_path))
+
+
+@pytest.mark.parametrize("train,query,gallery,pattern", [
+    ("img/a.jpg 1 0\nimg/b.jpg 2 0\n./img/a.jpg 1 0\n", None, None, r"train.txt lines 1 and 3 both name .*a.jpg"),
+    ("img/a.jpg 1 0\n", "img/b.jpg 1 0\n", "img/a.jpg 1 1\nimg/b.jpg 1 0\n",
+     r"1 image\(s\) of .*query.txt are also in .*gallery.txt \(first .*b.jpg\)"),
+    (f"img/a.jpg {2**63} 0\n", None, None, r"train.txt line 1 has pid 9223372036854775808 .*2\^63 - 1"),
+    (f"img/a.jpg 1 {2**64}\n", None, None, r"train.txt line 1 has pid 1 / camera 18446744073709551616"),
+])
+def test_lists_that_would_count_an_image_twice_or_overflow_are_refused(tmp_path, train, query, gallery, pattern):
+    _lists(tmp_path, train, query, gallery)
+    with pytest.raises(ValueError, match=pattern) as info:
+        load_dataset("custom", str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_a_latin1_list_is_refused_naming_the_file_and_line(tmp_path):
+    _lists(tmp_path, "img/a.jpg 1 0\n")
+    (tmp_path / "train.txt").write_bytes("img/a.jpg 1 0\n# caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"train.txt line 2 is not UTF-8 text \(byte 0xe9\)"):
+        load_dataset("custom", str(tmp_path))
+
+
+def test_a_byte_order_mark_does_not_hide_the_first_path(tmp_path):
+    _lists(tmp_path, "img/a.jpg 1 0\n")
+    (tmp_path / "train.txt").write_bytes(b"\xef\xbb\xbfimg/a.jpg 1 0\nimg/b.jpg 2 1\n")
+    ds = load_dataset("custom", str(tmp_path))
+    assert [Path(r.path).name for r in ds.train] == ["a.jpg", "b.jpg"]
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_naming_it(tmp_path):
+    _lists(tmp_path, "img/a.jpg 1 0\n")
+    odd = Image.fromarray(np.zeros((4, 2, 3), np.uint8))
+    odd.save(Path(os.fsdecode(os.fsencode(tmp_path) + b"/img/caf\xe9.jpg")))
+    with pytest.raises(ValueError, match=r"the file name .*img/caf\\xe9.jpg is not UTF-8 text; rename it"):
+        load_dataset("folder", str(tmp_path / "img"))

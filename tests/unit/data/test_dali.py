@@ -386,3 +386,30 @@ def test_batched_erasing_with_a_fill_equals_the_per_sample_loop():
     looped = dp._erase_(views.clone(), boxes, vectorised=False, fill=fill)
     assert torch.equal(dp._erase_(views.clone(), boxes, vectorised=True, fill=fill), looped)
     assert int((looped[:, 0] == IMAGENET_MEAN[0]).flatten(1).any(dim=1).sum()) > 10
+
+
+def test_exif_orientation_is_ignored_by_both_pipelines(tmp_path):
+    """The crops are used as stored: DALI's decoder rotated an orientation-6 JPEG, PIL did not."""
+    yy, xx = np.mgrid[0:64, 0:32]
+    pixels = np.stack([4 * yy, 8 * xx, 255 - 4 * yy], axis=-1).clip(0, 255).astype(np.uint8)
+    records = []
+    for orientation in (1, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.jpg"
+        Image.fromarray(pixels).save(path, quality=95, exif=exif)
+        records.append(ImageRecord(path=str(path), pid=0, camid=0))
+    dali_images = next(iter(dp.eval_loader(records, 64, 32, batch_size=3, num_workers=1)))[0]
+    tv_images = next(iter(build_tv_eval_loader(records, 64, 32, batch_size=3)))[0]
+    difference = (dali_images - tv_images).abs().amax(dim=(1, 2, 3))
+    assert difference.max() < 4 * LEVEL, difference  # JPEG decoders' rounding; a rotation differs by ~100 levels
+
+
+def test_a_16_bit_png_is_refused_by_both_pipelines_naming_it(tmp_path):
+    records = _write_images(tmp_path, [(32, 16), (32, 16)])
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 2**16, (32, 16), dtype=np.uint16)).save(deep)
+    records.append(ImageRecord(path=str(deep), pid=2, camid=0))
+    for loader in (dp.eval_loader(records, 32, 16, batch_size=3), build_tv_eval_loader(records, 32, 16, batch_size=3)):
+        with pytest.raises(ValueError, match=r"deep.png.*16 bits per sample"):
+            list(loader)

@@ -127,3 +127,41 @@ def test_fingerprint_follows_names_and_sizes_not_the_location(tmp_path):
     assert records_fingerprint(records(tmp_path / "b"), str(tmp_path / "b")) == first
     (tmp_path / "b" / os.path.basename(paths[1])).write_bytes(_encoded("JPEG", seed=99, size=(40, 20)))
     assert records_fingerprint(records(tmp_path / "b"), str(tmp_path / "b")) != first
+
+
+def _png_48bit(pixels: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG (PIL cannot write one), chunk by chunk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    height, width = pixels.shape[:2]
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("kind", ["gray 16-bit", "RGB 48-bit"])
+def test_16_bit_pngs_are_refused_alike_by_the_check_and_the_pil_decoder(tmp_path, kind):
+    """Decoded as they were, PIL made a 16-bit gray PNG all white, DALI scaled it down to 8 bits."""
+    from cacl_dist.data.transforms import load_image
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "deep.png"
+    if kind == "gray 16-bit":
+        Image.fromarray(rng.integers(0, 2**16, (32, 16), dtype=np.uint16)).save(path)
+    else:
+        path.write_bytes(_png_48bit(rng.integers(0, 2**16, (32, 16, 3), dtype=np.uint16)))
+    assert "16 bits per sample" in image_problem(str(path))
+    with pytest.raises(ValueError, match=r"deep.png: the PNG has 16 bits per sample.*convert it to 8 bits"):
+        load_image(str(path))
+    eight = tmp_path / "eight.png"
+    Image.fromarray(rng.integers(0, 256, (32, 16), dtype=np.uint8)).save(eight)
+    assert image_problem(str(eight)) is None and load_image(str(eight)).shape == (3, 32, 16)
+
+
+def test_a_12_bit_jpeg_is_refused():
+    assert "12 bits per sample" in integrity._jpeg_problem(_jpeg_with(4, 12))

@@ -1,0 +1,57 @@
+"""`python -m cacl_dist.search --features F.npz`: a damaged or inconsistent .npz is one line naming it."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cacl_dist.search import load_gallery, main
+
+
+def _npz(path, names=2, paths=2, rows=2, dims=4):
+    np.savez(path, names=np.array([f"n{i}.jpg" for i in range(names)]),
+             paths=np.array([f"/x/n{i}.jpg" for i in range(paths)]), features=np.ones((rows, dims), np.float32))
+    return path
+
+
+def test_a_consistent_file_loads(tmp_path):
+    gallery = load_gallery(_npz(tmp_path / "g.npz"))
+    assert gallery["features"].shape == (2, 4)
+
+
+@pytest.mark.parametrize("cut", [10, 0.5, -30])
+def test_a_truncated_file_is_one_line_naming_it(tmp_path, capsys, cut):
+    data = _npz(tmp_path / "g.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:int(cut * len(data)) if isinstance(cut, float) else cut])
+    query = tmp_path / "q.png"
+    Image.fromarray(np.zeros((8, 4, 3), np.uint8)).save(query)
+    assert main(["--features", str(tmp_path / "cut.npz"), "--query", str(query)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cut.npz" in err[0] and "not a readable .npz" in err[0]
+
+
+@pytest.mark.parametrize("counts, needle", [
+    (dict(names=3), "3 names and 2 paths for 2 feature rows"),
+    (dict(paths=1), "2 names and 1 paths for 2 feature rows"),
+    (dict(names=0, paths=0, rows=0), "features of shape (0, 4)"),
+])
+def test_names_that_do_not_match_the_feature_rows_are_refused(tmp_path, counts, needle):
+    with pytest.raises(ValueError) as info:
+        load_gallery(_npz(tmp_path / "g.npz", **counts))
+    assert needle in str(info.value) and "g.npz" in str(info.value)
+
+
+def test_image_lists_and_folders_of_extract_and_search_name_what_is_not_utf8(tmp_path):
+    import os
+
+    from cacl_dist.extract import image_records
+
+    Image.fromarray(np.zeros((8, 4, 3), np.uint8)).save(tmp_path / "a.png")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbfa.png\n# caf\xe9\n")
+    with pytest.raises(ValueError, match=r"list.txt line 2 is not UTF-8 text \(byte 0xe9\)"):
+        image_records(listing)
+    listing.write_bytes(b"\xef\xbb\xbfa.png\n")  # a byte-order mark does not hide the first name
+    assert image_records(listing)[0] == ["a.png"]
+    Image.fromarray(np.zeros((8, 4, 3), np.uint8)).save(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png"))
+    with pytest.raises(ValueError, match=r"caf\\xe9.png is not UTF-8 text"):
+        image_records(tmp_path)
