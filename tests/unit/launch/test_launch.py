@@ -119,7 +119,7 @@ def test_invalid_or_unreadable_config_is_a_config_error(tmp_path, monkeypatch):
     def denied(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(Path, "read_text", denied)  # root reads anything, so fake the permission error
+    monkeypatch.setattr(Path, "read_bytes", denied)  # root reads anything, so fake the permission error
     with pytest.raises(ConfigError, match=r"config file '.*bad.yaml' cannot be read \(Permission denied\)"):
         build_runs(str(bad), [], [], tmp_path)
 
