@@ -40,6 +40,7 @@ import torch
 
 from .checkpoint import load_trained_model
 from .cli import add_config_args, run_main
+from .output_paths import check_output
 
 FORMATS: tuple[str, ...] = ("export", "torchscript", "onnx", "state_dict")
 STATE_DICT_FORMAT = "cacl_dist.branch"
@@ -271,11 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         if args.format not in FORMATS:
             raise ValueError(f"unknown export format '{args.format}'; choose one of {', '.join(FORMATS)}")
-        output = Path(args.output)
-        if output.is_dir():
-            raise ValueError(f"--output '{output}' is a folder; pass a file name, e.g. {output / 'model.onnx'}")
-        if output.resolve() == Path(args.checkpoint).resolve():
-            raise ValueError(f"--output '{output}' is the checkpoint itself; pass another file name")
+        output = check_output(args.output, [("--checkpoint", args.checkpoint), ("--config", args.config)],
+                              "model.onnx")
 
         state, cfg, model = load_trained_model(args.checkpoint, args.config, args.overrides)
         height = cfg.data.height if args.height is None else args.height

@@ -29,6 +29,7 @@ import torch
 
 from .cli import add_config_args, run_main
 from .data.layouts import IMAGE_EXTENSIONS, ImageRecord, check_file_names, read_list_lines
+from .output_paths import check_output
 
 
 @dataclasses.dataclass
@@ -171,15 +172,24 @@ def features_of(model: FeatureModel, records: list[ImageRecord], settings, rank:
 
 def save_features(path: str | Path, names: list[str], records: list[ImageRecord], feats: np.ndarray,
                   model: FeatureModel) -> Path:
-    """Write the .npz (temporary file + rename)."""
+    """Write the .npz (a temporary file of its own beside it, then a rename)."""
+    import tempfile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, names=np.array(names), paths=np.array([r.path for r in records]),
-                 features=feats.astype(np.float32), model=np.array(model.source),
-                 height=np.array(model.height), width=np.array(model.width))
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # a name of its own
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, names=np.array(names), paths=np.array([r.path for r in records]),
+                     features=feats.astype(np.float32), model=np.array(model.source),
+                     height=np.array(model.height), width=np.array(model.width))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, not mkstemp's owner-only mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -195,6 +205,11 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
                         "of a checkpoint, 0 for an export)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     add_config_args(parser, default_config=False)
+
+
+def model_inputs(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The files the model arguments read (--checkpoint, --config), as (what, path) for :func:`check_output`."""
+    return [("--checkpoint", args.checkpoint), ("--config", args.config)]
 
 
 def check_model_args(args: argparse.Namespace) -> None:
@@ -221,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
 
         check_model_args(args)
         names, records = image_records(args.images)
+        check_output(args.output, [*model_inputs(args), ("--images", args.images),
+                                   *(("an image of --images", r.path) for r in records)], "features.npz")
         model = load_feature_model(args.checkpoint, args.config, args.overrides, args.height, args.width)
         env = init_distributed(args.device)
         try:

@@ -133,6 +133,13 @@ def _seconds(value: float | None) -> str:
     return f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
+def _epochs(trained: int, planned: int | None) -> str:
+    """'2 of 3 epochs'; never more trained than planned (a config.yaml that a later command rewrote)."""
+    if planned is not None and trained > planned:
+        return f"{trained} epochs (config.yaml now plans {planned})"
+    return f"{trained} of {planned if planned is not None else '?'} epochs"
+
+
 def markdown(run_dir: Path, summary: dict, config: dict, plots: list[str], note: str) -> str:
     """report.md: status, evaluation table, pseudo-label quality, time split and the plots."""
     data, model = config.get("data", {}), config.get("model", {})
@@ -141,7 +148,7 @@ def markdown(run_dir: Path, summary: dict, config: dict, plots: list[str], note:
     lines = [f"# Training report: {run_dir}", "",
              f"- dataset {data.get('dataset', '?')} at `{data.get('root', '?')}`, backbone "
              f"{model.get('backbone', '?')}, {data.get('height', '?')}x{data.get('width', '?')}",
-             f"- {summary['epochs_trained']} of {planned if planned is not None else '?'} epochs, "
+             f"- {_epochs(summary['epochs_trained'], planned)}, "
              f"{summary['steps']} steps ({status})"]
     if summary.get("last_loss") is not None:
         lines.append(f"- last loss {summary['last_loss']:.4f}, median {summary['median_images_per_s'] or 0:.0f} "

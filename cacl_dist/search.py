@@ -104,7 +104,8 @@ def draw_results(out: str | Path, query_records, query_names, gallery: dict, ord
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m cacl_dist.search`."""
-    from .extract import add_model_args, check_model_args
+    from .extract import add_model_args, check_model_args, model_inputs
+    from .output_paths import check_output
 
     parser = argparse.ArgumentParser(prog="python -m cacl_dist.search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,12 +129,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.gallery is not None and not args.checkpoint:
             raise ValueError("--gallery needs --checkpoint to extract its features")
         query_names, query_records = image_records(args.query)
+        if args.features is not None:
+            gallery = load_gallery(args.features)
+            gallery_paths = gallery["paths"].tolist()
+        else:
+            names, records = image_records(args.gallery)
+            gallery_paths = [r.path for r in records]
+        if args.output:  # before any work: never over an input, never a folder
+            stored_model = str(gallery["model"]) if args.features is not None and "model" in gallery else None
+            check_output(args.output, [*model_inputs(args), ("--query", args.query), ("--features", args.features),
+                                       ("--gallery", args.gallery), ("the model the features were extracted with",
+                                                                     stored_model),
+                                       *(("a query image", r.path) for r in query_records),
+                                       *(("a gallery image", p) for p in gallery_paths)], "result.png")
         try:
             model = None
-            if args.features is not None:
-                gallery = load_gallery(args.features)
-            else:
-                names, records = image_records(args.gallery)
+            if args.features is None:
                 model = load_feature_model(args.checkpoint, args.config, args.overrides, args.height, args.width)
                 settings = extraction_settings(model, init_distributed(args.device).device, args.batch_size,
                                                args.num_workers, show_progress=True)

@@ -44,6 +44,7 @@ from .memory import ClusterCentres, InstanceBank
 from .models.cacl import build_model
 from .optim import adam_kernel, build_optimizer
 from .precision import StepPrecision
+from .previous_runs import set_aside_if_fresh
 from .stopping import AgreedStop, StopRequested
 
 
@@ -53,7 +54,10 @@ class Trainer:
     def __init__(self, cfg: Config, env: DistEnv) -> None:
         self.cfg, self.env = cfg, env
         self.run_dir = Path(cfg.run.output_dir)
-        self.log = setup_logging(self.run_dir, env.rank)
+        moved = comm.run_on_main(lambda: set_aside_if_fresh(self.run_dir), "setting an earlier run's records aside")
+        self.log = setup_logging(self.run_dir, env.rank)  # (after: a fresh start's log is a new file)
+        if moved is not None:
+            self.log.info("fresh start (no last.pt): the earlier run's records were moved to %s", moved)
         self.metrics = MetricsWriter(self.run_dir, enabled=env.is_main)
         self.show_progress = cfg.run.progress and env.is_main
         if env.is_main:

@@ -93,6 +93,12 @@ def _value(values: dict, key: str):
 def check_resumable(trainer, state: dict, source: str) -> list[str]:
     """ValueError (one line) when `state` cannot continue in this run; else the changed keys, as 'key old -> new'."""
     dataset = trainer.dataset
+    planned = trainer.cfg.train.epochs
+    if state["epoch"] > planned:
+        raise ValueError(
+            f"{source} has trained {state['epoch']} epochs, more than train.epochs={planned}; to continue that run "
+            f"pass train.epochs >= {state['epoch']}, and for a new run use a new run.output_dir (or move "
+            f"{ckpt.LAST} out of the run folder: a fresh start keeps the earlier records in previous_runs/)")
     if state["num_train"] != len(dataset.train):
         raise ValueError(
             f"{source} was trained on {state['num_train']} images but the dataset at '{dataset.root}' "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from .schema import Config, ConfigError
 
 MAX_SEED = 2**63 - 1
@@ -15,6 +18,7 @@ MAX_IMAGE_SIZE = 2048
 def validate(cfg: Config) -> None:
     """Cross-field checks with messages that name the key."""
     _validate_ranges(cfg)
+    _validate_run_folder(cfg)
     positive = {
         "train.epochs": cfg.train.epochs, "train.iters_per_epoch": cfg.train.iters_per_epoch,
         "train.batch_size": cfg.train.batch_size, "train.num_instances": cfg.train.num_instances,
@@ -87,6 +91,22 @@ def _validate_ranges(cfg: Config) -> None:
         if not low <= value <= MAX_IMAGE_SIZE:
             raise ConfigError(f"config key '{key}': {value} pixels; the network input must be from {low} to "
                               f"{MAX_IMAGE_SIZE} pixels (re-identification crops are usually 256 x 128)")
+
+
+def _validate_run_folder(cfg: Config) -> None:
+    """run.output_dir names a folder (never the current one by accident) that lies outside data.root."""
+    out = cfg.run.output_dir
+    if not out.strip():
+        raise ConfigError(f"config key 'run.output_dir': {out!r} is empty (an unset shell variable?), which would "
+                          "make the current folder the run folder; name the run folder, e.g. runs/market1501")
+    if not cfg.data.root.strip():
+        raise ConfigError(f"config key 'data.root': {cfg.data.root!r} is empty (an unset shell variable?); name "
+                          "the dataset folder")
+    run_dir, data_root = Path(os.path.realpath(out)), Path(os.path.realpath(os.path.expanduser(cfg.data.root)))
+    if run_dir == data_root or data_root in run_dir.parents:
+        raise ConfigError(f"config key 'run.output_dir': '{out}' lies inside data.root '{cfg.data.root}', where the "
+                          "run's files (report plots among them) would mix with the dataset; pick a run folder "
+                          "outside data.root")
 
 
 def _validate_bn_group(cfg: Config) -> None:

@@ -21,7 +21,8 @@ def generate_if_synthetic(cfg: Config, write: bool = True) -> bool:
     """True when ``cfg`` uses the synthetic dataset; its images are written (if missing) when ``write``.
 
     With several processes exactly one should write, and the others must wait for it before
-    :func:`dataset_from_config` reads the images.
+    :func:`dataset_from_config` reads the images. The generator writes only into an empty folder
+    or one it wrote itself (:mod:`.synthetic_folder`); anything else in data.root is refused.
     """
     if cfg.data.dataset != "synthetic":
         return False
@@ -32,12 +33,24 @@ def generate_if_synthetic(cfg: Config, write: bool = True) -> bool:
     return True
 
 
+def data_folder(cfg: Config) -> str:
+    """The folder the configured dataset is read from: data.root, or for the synthetic dataset the folder
+    under data.root that holds the set of data.synthetic.* (data.root itself or a set-<key> folder in it)."""
+    if cfg.data.dataset != "synthetic":
+        return cfg.data.root
+    from .synthetic import synthetic_settings
+    from .synthetic_folder import locate
+
+    return locate(cfg.data.root, synthetic_settings(**dataclasses.asdict(cfg.data.synthetic)))
+
+
 def dataset_from_config(cfg: Config) -> ReidDataset:
     """Load the configured dataset; ValueError when it has too few training images to cluster."""
-    dataset = load_dataset(cfg.data.dataset, cfg.data.root)
+    root = data_folder(cfg)
+    dataset = load_dataset(cfg.data.dataset, root)
     if len(dataset.train) <= cfg.clustering.k1:
         raise ValueError(
-            f"dataset at '{cfg.data.root}' has {len(dataset.train)} training images, not more than "
+            f"dataset at '{root}' has {len(dataset.train)} training images, not more than "
             f"clustering.k1={cfg.clustering.k1}; use more images or a smaller clustering.k1")
     return dataset
 
@@ -70,4 +83,4 @@ def training_plan(cfg: Config, dataset: ReidDataset, labels: np.ndarray, *, epoc
                       sampler=cfg.train.sampler)
 
 
-__all__ = ["augment_params", "camera_ids", "dataset_from_config", "generate_if_synthetic", "training_plan"]
+__all__ = ["augment_params", "camera_ids", "data_folder", "dataset_from_config", "generate_if_synthetic", "training_plan"]

@@ -7,25 +7,25 @@ camera applies its own colour cast and brightness. A model that ignores colour a
 shape and texture therefore separates identities better, which is what CACL's grayscale
 branch is meant to encourage.
 
-Run ``python -m cacl_dist.data.synthetic --root DIR`` to write a dataset.
+Run ``python -m cacl_dist.data.synthetic --root DIR`` to write a dataset. Which folders the
+generator may write into is decided in :mod:`cacl_dist.data.synthetic_folder`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
-import shutil
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from .synthetic_folder import SPLIT_FOLDERS, ensure_set
+
 GENERATOR_VERSION = 2
 """Bumped whenever the drawing changes, so that cached datasets are regenerated."""
 
-SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 TEXTURES = ("plain", "hstripes", "vstripes", "checks", "dots", "diagonal")
 _SUPERSAMPLE = 2
 
@@ -275,6 +275,14 @@ def _check_params(params: dict) -> None:
         raise ValueError(f"synthetic: seed={params['seed']} must be non-negative")
 
 
+def synthetic_settings(num_train_ids: int = 60, num_test_ids: int = 40, images_per_id: int = 12,
+                       num_cameras: int = 4, height: int = 128, width: int = 64, seed: int = 0) -> dict:
+    """The checked settings of a set, as its ``synthetic.json`` records them (ValueError when invalid)."""
+    params = _params(num_train_ids, num_test_ids, images_per_id, num_cameras, height, width, seed)
+    _check_params(params)
+    return params
+
+
 def generate_synthetic(
     root: str,
     num_train_ids: int = 60,
@@ -285,66 +293,24 @@ def generate_synthetic(
     width: int = 64,
     seed: int = 0,
     force: bool = False,
+    what: str = "data.root",
 ) -> str:
-    """Write a synthetic Market-1501-style dataset under ``root`` and return ``root``.
+    """Write a synthetic Market-1501-style dataset under ``root`` and return the folder that holds it.
 
     Train pids are 1..num_train_ids, test pids follow. Every identity has ``images_per_id``
     images spread over the cameras; for test identities the first image of every (pid, camera)
     goes to ``query/`` and the rest to ``bounding_box_test/``. A ``synthetic.json`` records the
-    parameters: when it matches and ``force`` is False nothing is written; otherwise only the
-    three split folders are replaced.
+    settings: a finished set with the same settings is used as it is (``force`` draws it again).
+    The folder is ``root`` itself when it is empty or holds this set, else ``root/set-<key>`` for
+    a set of other settings; a ``root`` with files the generator did not write is refused
+    (:mod:`cacl_dist.data.synthetic_folder`). ``what`` names ``root`` in errors.
     """
-    params = _params(num_train_ids, num_test_ids, images_per_id, num_cameras, height, width, seed)
-    _check_params(params)
-    root = os.path.abspath(os.path.expanduser(str(root)))
-    os.makedirs(root, exist_ok=True)
-    with _exclusive(os.path.join(root, ".synthetic.lock")):  # processes started together write it once
-        if force or not _complete(root, params):
-            _write(root, params)
-    return root
+    params = synthetic_settings(num_train_ids, num_test_ids, images_per_id, num_cameras, height, width, seed)
+    return ensure_set(str(root), params, write_images, force=force, what=what)
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path: str):
-    """Hold an exclusive lock on ``lock_path`` (released when the process ends, also on a kill). Without
-    POSIX locks, or on a filesystem whose ``flock`` fails (some network filesystems), there is no lock."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _complete(root: str, params: dict) -> bool:
-    """True when ``root`` holds a finished dataset made with ``params``."""
-    meta_path = os.path.join(root, "synthetic.json")
-    if not os.path.isfile(meta_path) or not all(os.path.isdir(os.path.join(root, d)) for d in SPLIT_FOLDERS):
-        return False
-    try:
-        with open(meta_path, encoding="utf-8") as handle:
-            return json.load(handle) == params
-    except (OSError, ValueError):
-        return False  # unreadable metadata: regenerate
-
-
-def _write(root: str, params: dict) -> None:
-    meta_path = os.path.join(root, "synthetic.json")
-    if os.path.exists(meta_path):
-        os.remove(meta_path)  # an interrupted run must not look complete
-    for sub in SPLIT_FOLDERS:
-        shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
-        os.makedirs(os.path.join(root, sub))
-
+def write_images(root: str, params: dict) -> None:
+    """Draw every image of the set ``params`` into the split folders under ``root`` (which exist)."""
     seed, num_cameras, images_per_id = params["seed"], params["num_cameras"], params["images_per_id"]
     num_train_ids, height, width = params["num_train_ids"], params["height"], params["width"]
     cameras = [make_camera(seed, c) for c in range(num_cameras)]
@@ -363,16 +329,12 @@ def _write(root: str, params: dict) -> None:
             name = f"{pid:04d}_c{cam + 1}s1_{frame:06d}_00.jpg"
             Image.fromarray(pixels).save(os.path.join(root, split, name), quality=92)
 
-    tmp_path = meta_path + ".tmp"
-    with open(tmp_path, "w", encoding="utf-8") as handle:
-        json.dump(params, handle, indent=2, sort_keys=True)
-    os.replace(tmp_path, meta_path)
-
 
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point: ``python -m cacl_dist.data.synthetic --root DIR``."""
     parser = argparse.ArgumentParser(description="Write a synthetic person re-id dataset in Market-1501 layout.")
-    parser.add_argument("--root", required=True, help="output folder")
+    parser.add_argument("--root", required=True, help="output folder: empty, or one the generator wrote (a set "
+                        "of other settings goes into a set-<key> folder inside it)")
     parser.add_argument("--num-train-ids", type=int, default=60)
     parser.add_argument("--num-test-ids", type=int, default=40)
     parser.add_argument("--images-per-id", type=int, default=12)
@@ -382,7 +344,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="regenerate even when synthetic.json matches")
     args = parser.parse_args(argv)
-    root = generate_synthetic(
+    try:
+        root = _generate_from_args(args)
+    except ValueError as exc:  # a folder it may not write into, invalid settings: one line, exit status 2
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"synthetic dataset ready at {root}")
+
+
+def _generate_from_args(args: argparse.Namespace) -> str:
+    return generate_synthetic(
         args.root,
         num_train_ids=args.num_train_ids,
         num_test_ids=args.num_test_ids,
@@ -392,8 +363,8 @@ def main(argv: list[str] | None = None) -> None:
         width=args.width,
         seed=args.seed,
         force=args.force,
+        what="--root",
     )
-    print(f"synthetic dataset ready at {root}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ from cacl_dist.data.synthetic import (
     make_camera,
     make_identity,
     render_person,
+    synthetic_settings,
 )
+from cacl_dist.data.synthetic_folder import locate
 
 from tests.helpers.synthetic import identity_specs
 
@@ -59,22 +61,117 @@ def test_layout_is_loadable_and_splits_are_consistent(tmp_path):
         assert img.size == (32, 64) and img.mode == "RGB"
 
 
-def test_idempotent_and_regenerates_on_new_parameters(tmp_path):
+def test_idempotent_and_force_redraws_only_its_own_images(tmp_path):
     root = generate_synthetic(str(tmp_path), seed=0, **SMALL)
+    before = _read_tree(root)
     (tmp_path / "keep.txt").write_text("user file")
-    marker = tmp_path / "bounding_box_train" / "marker.txt"
-    marker.write_text("present until regeneration")
+    user_file = tmp_path / "bounding_box_train" / "notes.txt"
+    user_file.write_text("a user's file among the images")
+    image = tmp_path / "bounding_box_train" / sorted(os.listdir(tmp_path / "bounding_box_train"))[0]
+    image.write_bytes(b"damaged")
     generate_synthetic(root, seed=0, **SMALL)
-    assert marker.exists(), "same parameters must not regenerate"
+    assert image.read_bytes() == b"damaged", "same parameters must not redraw"
     generate_synthetic(root, seed=0, force=True, **SMALL)
-    assert not marker.exists(), "force must regenerate"
-    params = dict(SMALL, num_train_ids=2)
-    generate_synthetic(root, seed=0, **params)
-    with open(tmp_path / "synthetic.json") as handle:
-        meta = json.load(handle)
-    assert meta["num_train_ids"] == 2 and meta["seed"] == 0
-    assert len(load_dataset("synthetic", root).train) == 2 * 5
+    assert _read_tree(root) == {**before, ("bounding_box_train", "notes.txt"): b"a user's file among the images"}
     assert (tmp_path / "keep.txt").read_text() == "user file"
+
+
+def test_other_settings_go_to_a_new_folder_and_never_touch_the_first_set(tmp_path):
+    root = generate_synthetic(str(tmp_path), seed=0, **SMALL)
+    assert root == str(tmp_path), "an empty data.root holds the set itself (the quickstart's images stay put)"
+    before = _all_bytes(tmp_path)
+    other = generate_synthetic(str(tmp_path), seed=0, **dict(SMALL, num_train_ids=2))
+    assert os.path.dirname(other) == str(tmp_path) and os.path.basename(other).startswith("set-")
+    assert {k: v for k, v in _all_bytes(tmp_path).items() if not k.startswith(os.path.basename(other))} == before
+    assert len(load_dataset("synthetic", other).train) == 2 * 5
+    assert json.loads((tmp_path / "synthetic.json").read_text())["num_train_ids"] == 5
+    # Both sets are found again where they are, without writing anything.
+    assert locate(str(tmp_path), synthetic_settings(seed=0, **SMALL)) == root
+    assert locate(str(tmp_path), synthetic_settings(seed=0, **dict(SMALL, num_train_ids=2))) == other
+    assert generate_synthetic(str(tmp_path), seed=0, **dict(SMALL, num_train_ids=2)) == other
+    assert _all_bytes(tmp_path) == {**before, **{k: v for k, v in _all_bytes(tmp_path).items() if k not in before}}
+
+
+def _all_bytes(root):
+    """Every file under ``root`` (relative path -> bytes), the generator's lock file left out."""
+    found = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            if name != ".synthetic.lock":
+                with open(path, "rb") as handle:
+                    found[os.path.relpath(path, root)] = handle.read()
+    return found
+
+
+def _market_like(root):
+    """A real dataset of a user's: images in the three split folders and a file of their own."""
+    rng = np.random.default_rng(0)
+    for sub in SPLIT_FOLDERS:
+        (root / sub).mkdir(parents=True)
+        for i in range(3):
+            (root / sub / f"{i + 1:04d}_c1s1_00000{i}_00.jpg").write_bytes(rng.bytes(64))
+    (root / "readme.txt").write_text("Market-1501")
+    return _all_bytes(root)
+
+
+def test_a_folder_with_files_it_did_not_write_is_refused_and_left_as_it_was(tmp_path):
+    before = _market_like(tmp_path / "Market-1501")
+    for params in (SMALL, dict(SMALL, seed=5)):
+        with pytest.raises(ValueError) as info:
+            generate_synthetic(str(tmp_path / "Market-1501"), **params)
+        message = str(info.value)
+        assert str(tmp_path / "Market-1501") in message and "--config configs/market1501.yaml" in message
+        assert "\n" not in message
+    with pytest.raises(ValueError, match="Market-1501"):
+        generate_synthetic(str(tmp_path / "Market-1501"), force=True, **SMALL)
+    assert _all_bytes(tmp_path / "Market-1501") == before
+    assert not (tmp_path / "Market-1501" / ".synthetic.lock").exists()
+
+
+def test_a_set_interrupted_while_written_is_finished_on_the_next_call(tmp_path, monkeypatch):
+    calls = []
+
+    def killed(root, params):
+        calls.append(root)
+        raise KeyboardInterrupt  # stands for a kill in the middle of the images
+
+    monkeypatch.setattr(synthetic, "write_images", killed)
+    with pytest.raises(KeyboardInterrupt):
+        generate_synthetic(str(tmp_path), seed=0, **SMALL)
+    monkeypatch.undo()
+    assert not (tmp_path / "synthetic.json").exists() and (tmp_path / ".synthetic-partial.json").exists()
+    root = generate_synthetic(str(tmp_path), seed=0, **SMALL)
+    assert root == str(tmp_path) and calls == [str(tmp_path)]
+    assert _read_tree(root) == _read_tree(generate_synthetic(str(tmp_path / "alone"), seed=0, **SMALL))
+    assert not (tmp_path / ".synthetic-partial.json").exists()
+
+
+def test_a_finished_set_is_used_without_a_lock_or_a_write(tmp_path, monkeypatch):
+    """A complete set on a read-only mount: neither its lock file nor any other file is opened for writing."""
+    import builtins
+
+    from cacl_dist.data import synthetic_folder
+
+    root = generate_synthetic(str(tmp_path), seed=0, **SMALL)
+    other = generate_synthetic(str(tmp_path), seed=1, **SMALL)
+    os.remove(tmp_path / ".synthetic.lock")
+    real_open = builtins.open
+
+    def read_only_open(file, mode="r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+"):
+            raise OSError(30, "Read-only file system", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    def no_makedirs(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(builtins, "open", read_only_open)
+    monkeypatch.setattr(synthetic_folder.os, "makedirs", no_makedirs)
+    assert generate_synthetic(str(tmp_path), seed=0, **SMALL) == root
+    assert generate_synthetic(str(tmp_path), seed=1, **SMALL) == other
+    with pytest.raises(ValueError, match="cannot write the synthetic set into data.root .*Read-only"):
+        generate_synthetic(str(tmp_path), seed=2, **SMALL)  # a set that is not there yet: one line
 
 
 def test_invalid_parameters_are_rejected(tmp_path):
@@ -90,6 +187,15 @@ def test_cli_writes_dataset(tmp_path, capsys):
     assert "ready" in capsys.readouterr().out
     assert len(os.listdir(tmp_path / "bounding_box_train")) == 6
     assert json.loads((tmp_path / "synthetic.json").read_text())["seed"] == 1
+
+
+def test_cli_refuses_a_folder_it_did_not_write_in_one_line(tmp_path, capsys):
+    before = _market_like(tmp_path / "data")
+    with pytest.raises(SystemExit) as info:
+        synthetic.main(["--root", str(tmp_path / "data")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: --root ")
+    assert _all_bytes(tmp_path / "data") == before
 
 
 def test_palettes_are_shared_and_cameras_cast_colour():
