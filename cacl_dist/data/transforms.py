@@ -8,6 +8,7 @@ rank or run decodes it.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,8 +72,12 @@ class AugmentParams:
 
 
 def load_image(path: str) -> torch.Tensor:
-    """Decode ``path`` into a uint8 RGB tensor of shape 3 x H x W."""
+    """Decode ``path`` into a uint8 RGB tensor of shape 3 x H x W (a regular file only: a FIFO would block)."""
+    from .integrity import not_a_regular_file
+
     try:
+        if (why := not_a_regular_file(os.stat(path).st_mode)) is not None:
+            raise ValueError(why)
         with Image.open(path) as image:
             array = np.array(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
