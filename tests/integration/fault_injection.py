@@ -30,6 +30,7 @@ from pathlib import Path
 from tests.helpers.faults import (BASE, NEXT_EPOCH, Case, Lab, Skip, no_override_prefix, one_line_error, running,
                                   stop_with)
 from tests.helpers.runs import log_text, run_cli, set_args, start_cli, tiny_overrides, wait_for
+from tests.integration.fault_hangs import HANG_CASES
 
 
 
@@ -332,6 +333,7 @@ CASES = [
          "naming it, the trained epoch is kept", case_eval_failure),
     Case("orphan_tmp", "orphan temporary checkpoint: removed on the next start", case_orphan_tmp),
     Case("pickled_callable", "callable pickled in last.pt: refused, never run", case_pickled_callable),
+    *HANG_CASES,
 ]
 
 
