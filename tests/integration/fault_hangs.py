@@ -1,6 +1,6 @@
 """Fault-injection cases for hangs and lost work (tests/integration/fault_injection.py runs and tabulates them):
 a FIFO among the images, a stop during a slow image check, a DataLoader worker killed by the kernel, and
-SIGTERM to torchrun's agent with each pipeline."""
+Ctrl-C or SIGTERM to a whole process group (DataLoader workers included) with each pipeline."""
 
 from __future__ import annotations
 
@@ -111,6 +111,27 @@ def case_worker_killed(lab: Lab):
     return ok, f"{observed}; checkpoint {'kept' if kept else 'lost'} (step {state['iter_in_epoch']})"
 
 
+def case_group_sigterm_with_workers(lab: Lab):
+    """SIGTERM to the whole process group (as torchrun's agent sends it), DataLoader workers included."""
+    from cacl_dist.checkpoint import load_checkpoint
+    from cacl_dist.logging import read_metrics
+
+    run_dir = lab.folder("group_sigterm")
+    proc = start_cli("cacl_dist.train", lab.args(run_dir, **{**BASE, "data.num_workers": 2, "train.iters_per_epoch": 60}),
+                     start_new_session=True)  # its own process group, as torchrun gives each worker
+    try:
+        wait_for(lambda: read_metrics(run_dir, "train"), proc, what="the first step")
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    step = load_checkpoint(run_dir / "last.pt")["iter_in_epoch"] if (run_dir / "last.pt").exists() else None
+    ok = proc.returncode == 3 and step is not None and 0 < step < 60 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    return ok, f"exit {proc.returncode}, checkpoint at step {step}" + (f": {lines[-1][:100]}" if lines and not ok else "")
+
+
 def sigterm_torchrun_agent(lab: Lab, name: str, pipeline: str, busy: bool = False) -> tuple[bool, str]:
     """SIGTERM to torchrun's agent at the first step (2 workers): both must checkpoint and stop, status 3.
 
@@ -164,6 +185,8 @@ HANG_CASES = [
          case_sigterm_image_check),
     Case("worker_killed", "a DataLoader worker SIGKILLed (as by the OOM killer): one line naming data.num_workers "
          "and memory, in status.txt, exit 2, the last checkpoint kept", case_worker_killed),
+    Case("group_sigterm", "SIGTERM to the process group, 2 DataLoader workers: checkpoint of the current step, exit 3",
+         case_group_sigterm_with_workers),
     Case("torchrun_sigterm", "SIGTERM to torchrun's agent (torchvision): both workers checkpoint and stop, status 3",
          case_torchrun_sigterm, torchrun=True),
     Case("torchrun_sigterm_dali", "SIGTERM to torchrun's agent (DALI on the CPU): both workers checkpoint and stop, "
