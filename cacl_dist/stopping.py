@@ -5,6 +5,14 @@
 - :func:`watch_parent`: under torchrun, a worker whose launcher dies sends itself SIGTERM, so it
   checkpoints and stops instead of training on unsupervised.
 - :class:`StopRequested`: raised where a requested stop interrupts a phase.
+
+Where the run waits, and how a stop request ends the wait: the image check asks after every file
+(a FIFO or device named like an image is refused, never read); extraction asks before every batch;
+training votes after every step; a collective (the label broadcast, run_on_main, the vote itself)
+waits at most ``dist.timeout_min`` and the request is acted on right after it (Python runs the
+handler once the wait returns, and the request is never lost); a resuming rank waits at most
+``RESUME_WAIT_S`` for the checkpoint; the run folder lock never waits. DataLoader workers leave the
+process group and ignore SIGINT/SIGUSR1, so a signal sent to the whole group reaches the main process only.
 """
 
 from __future__ import annotations
