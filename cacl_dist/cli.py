@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -50,15 +51,32 @@ def _first_os_error(exc: BaseException) -> OSError | None:
     return None
 
 
+_WORKER_DIED = re.compile(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) (?:is killed by signal: ([^.]+)|exited)")
+
+
+def _worker_died(exc: BaseException) -> str | None:
+    """The one line for a DataLoader worker process that died under the run (the kernel's out-of-memory killer,
+    a SIGKILL), which PyTorch raises as a RuntimeError wherever the main process happens to be; else None."""
+    found = _WORKER_DIED.search(str(exc)) if isinstance(exc, RuntimeError) else None
+    if found is None:
+        return None
+    how = f"was killed (signal: {found.group(2).strip()})" if found.group(2) else "ended unexpectedly"
+    return (f"a data loading worker process (pid {found.group(1).strip()}) {how}, most often by the kernel when "
+            "memory runs out; lower data.num_workers or give the job more memory, then start the same command again "
+            "(training resumes from its last checkpoint, which is kept)")
+
+
 def user_error_message(exc: BaseException) -> str | None:
     """The one-line message of a user error, or None when `exc` is a bug (it keeps its traceback).
 
     User errors: ValueError (every config and input check), FileNotFoundError, a non-finite loss
-    (FloatingPointError), and operating-system errors such as a full disk or a missing permission,
-    also when they hide under another error.
+    (FloatingPointError), a data loading worker killed for lack of memory, and operating-system errors such
+    as a full disk or a missing permission, also when they hide under another error.
     """
     if isinstance(exc, (ValueError, FloatingPointError)):
         return str(exc)
+    if (died := _worker_died(exc)) is not None:
+        return died
     os_error = _first_os_error(exc) if isinstance(exc, (OSError, RuntimeError)) else None
     if isinstance(exc, RuntimeError) and (os_error is None or os_error.errno not in _DISK_FULL):
         return None  # only a full disk counts when it hides under another error

@@ -5,6 +5,14 @@
 - :func:`watch_parent`: under torchrun, a worker whose launcher dies sends itself SIGTERM, so it
   checkpoints and stops instead of training on unsupervised.
 - :class:`StopRequested`: raised where a requested stop interrupts a phase.
+
+Where the run waits, and how a stop request ends the wait: the image check asks after every file
+(a FIFO or device named like an image is refused, never read); extraction asks before every batch;
+training votes after every step; a collective (the label broadcast, run_on_main, the vote itself)
+waits at most ``dist.timeout_min`` and the request is acted on right after it (Python runs the
+handler once the wait returns, and the request is never lost); a resuming rank waits at most
+``RESUME_WAIT_S`` for the checkpoint; the run folder lock never waits. DataLoader workers leave the
+process group and ignore SIGINT/SIGUSR1, so a signal sent to the whole group reaches the main process only.
 """
 
 from __future__ import annotations
@@ -67,22 +75,35 @@ class StopSignals:
 
 class AgreedStop:
     """A stop request that every rank honours at the same point: set locally (a signal handler may call
-    :meth:`request`), acted on through collective checks that all ranks make at the same places."""
+    :meth:`request`), acted on through collective checks that all ranks make at the same places.
+
+    A request can never be lost: :meth:`request` only ever sets ``_asked`` (never reset, never assigned from
+    a vote), and a vote's result is only ever OR-ed into ``_agreed``. A signal handler that Python runs while a
+    vote blocks, or between the vote and its result being stored, therefore still counts at the next vote.
+    """
 
     def __init__(self) -> None:
-        self.requested = False  # asked on this rank (or agreed by all)
+        self._asked = False     # asked on this rank; written only as True (by request(), e.g. in a signal handler)
+        self._agreed = False    # a vote found a request on some rank; the same on every rank
         self.honoured = False   # the run returned early because of it
 
+    @property
+    def requested(self) -> bool:
+        """Asked on this rank, or agreed by all (not yet a collective decision on its own)."""
+        return self._asked or self._agreed
+
     def request(self) -> None:
-        """Ask for a stop (safe in a signal handler)."""
-        self.requested = True
+        """Ask for a stop (safe in a signal handler: one store of True, nothing read first)."""
+        self._asked = True
 
     def agreed(self) -> bool:
-        """Whether any rank was asked to stop (a collective call: a CPU all-reduce of one number)."""
+        """Whether any rank was asked to stop by the time of this vote or an earlier one (a collective call: a
+        CPU all-reduce of one number). Every rank gets the same answer at the same call."""
         from .distributed import comm
 
-        self.requested = comm.any_rank(self.requested)
-        return self.requested
+        if comm.any_rank(self._asked):
+            self._agreed = True
+        return self._agreed
 
     def check(self) -> None:
         """Raise StopRequested on every rank when any rank was asked to stop (a collective call)."""
@@ -98,7 +119,7 @@ class AgreedStop:
         try:
             run()
         except StopRequested:
-            self.requested = True
+            self.request()
         self.check()
 
 

@@ -14,12 +14,13 @@ stderr, also written to the run folder's log, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 
 from .cli import USER_ERROR_EXIT_CODE, add_config_args, default_config_path, run_main, user_error_message
 from .config import describe, dump_yaml, load_config, validate_for_world
-from .stopping import INTERRUPTED_EXIT_CODE, STOPPED_EXIT_CODE, StopSignals, watch_parent
+from .stopping import INTERRUPTED_EXIT_CODE, STOPPED_EXIT_CODE, AgreedStop, StopRequested, StopSignals, watch_parent
 
 __all__ = ["INTERRUPTED_EXIT_CODE", "STOPPED_EXIT_CODE", "build_parser", "main"]
 
@@ -68,15 +69,22 @@ def main(argv: list[str] | None = None) -> int:
                 validate_for_world(cfg, env)  # before any work: every rank fails alike
                 comm.run_on_main(take_folder, "the run folder lock")  # held by rank 0
                 where.update(run_dir=cfg.run.output_dir, rank=env.rank)
-                trainer = Trainer(cfg, env)
-                signals.attach(trainer.request_stop)
-                trainer.fit()
-                if not trainer.stopped:
+                stop = AgreedStop()
+                signals.attach(stop.request)  # from now on also the image check ends on a signal
+                try:
+                    trainer = Trainer(cfg, env, stop)
+                except StopRequested:  # during the image check: nothing trained, nothing to save
+                    trainer = None
+                    logging.getLogger("cacl_dist").info("stopped on request during the image check")
+                if trainer is not None:
+                    trainer.fit()
+                if trainer is not None and not trainer.stopped:
                     code, outcome = 0, f"finished {position(trainer.epoch, 0)}"
                 else:
+                    where_now = position(trainer.epoch, trainer.iter_in_epoch) if trainer else "during the image check"
                     code, outcome = signals.exit_code, (
                         f"stopped on request ({_signal_name(signals.received)}) "
-                        f"{position(trainer.epoch, trainer.iter_in_epoch)}; start the same command again to resume")
+                        f"{where_now}; start the same command again to resume")
                 problem = write_status(lock.run_dir, f"{code} {outcome}") if lock.held else None
                 if problem:
                     print(f"warning: {problem}; the run {outcome}", file=sys.stderr)

@@ -51,8 +51,11 @@ from .stopping import AgreedStop, StopRequested
 class Trainer:
     """Owns the model, the optimiser, both banks and the pseudo labels of one run."""
 
-    def __init__(self, cfg: Config, env: DistEnv) -> None:
+    def __init__(self, cfg: Config, env: DistEnv, stop: AgreedStop | None = None) -> None:
+        """Set up the run; `stop` (e.g. fed by signal handlers before this exists) may end the image check early
+        with :class:`~cacl_dist.stopping.StopRequested` on every rank."""
         self.cfg, self.env = cfg, env
+        self.stop = stop if stop is not None else AgreedStop()
         self.run_dir = Path(cfg.run.output_dir)
         moved = comm.run_on_main(lambda: set_aside_if_fresh(self.run_dir), "setting an earlier run's records aside")
         self.log = setup_logging(self.run_dir, env.rank)  # (after: a fresh start's log is a new file)
@@ -66,7 +69,8 @@ class Trainer:
             comm.barrier()  # rank 0 wrote the images; the others wait before reading them
         self.dataset: ReidDataset = dataset_from_config(cfg)
         bar = functools.partial(progress, desc="check images", enabled=self.show_progress)
-        comm.run_on_main(lambda: check_dataset_images(self.dataset, self.run_dir, bar), "checking the images")
+        comm.run_on_main(lambda: check_dataset_images(self.dataset, self.run_dir, bar, lambda: self.stop.requested),
+                         "checking the images")  # a stop ends it on rank 0, and every rank raises StopRequested
         self.data_fingerprint = records_fingerprint(self.dataset.train, self.dataset.root)
         self.train_pipeline = get_pipeline(resolve_pipeline(cfg.data.pipeline, device=env.device))
         self.cluster_params = clustering.ClusterParams.from_config(cfg.clustering)  # resolves the backend
@@ -100,7 +104,6 @@ class Trainer:
         self.iter_in_epoch = 0   # steps completed inside the current epoch
         self.global_step = 0
         self.eval_history: list[dict] = []
-        self.stop = AgreedStop()
         self._unsaved = False  # state exists that no checkpoint holds yet
         self.log.info("step: precision %s (extraction %s), Adam %s, %s", cfg.train.precision, self.extraction.precision,
                       adam_kernel(cfg.optim.implementation, env.device), parallel.describe(env.device))

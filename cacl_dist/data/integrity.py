@@ -19,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cacl_dist.data.layouts import ImageRecord, ReidDataset
+from cacl_dist.stopping import StopRequested
 
 CHECK_VERSION = 2
 """Part of the run folder's record of a checked dataset: a stricter check invalidates old records."""
@@ -168,18 +170,49 @@ def _bmp_problem(path: str) -> str | None:
     return None
 
 
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def not_a_regular_file(mode: int) -> str | None:
+    """Why a file of ``os.stat`` mode ``mode`` is no image (a FIFO, a device, ...), or None for a regular file.
+
+    Only regular files are images: reading a FIFO waits for a writer forever, a device may never end.
+    """
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "a special file")
+    return f"it is {kind}, not a regular file"
+
+
+def _read_regular(path: str) -> bytes | str:
+    """The bytes of the regular file ``path``, or why it cannot be read (opening never blocks, even on a FIFO)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        return err.strerror or str(err)
+    why = not_a_regular_file(os.fstat(fd).st_mode)
+    if why is not None:
+        os.close(fd)
+        return why
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            return handle.read()
+        except OSError as err:
+            return err.strerror or str(err)
+
+
 def image_problem(path: str) -> str | None:
     """Why the image file ``path`` cannot be read by both pipelines (a short phrase), or None when it can.
 
     A JPEG or PNG is checked by its structure, without decoding (a file that passes may still
     hold damaged pixel data, which both decoders then report as an error naming the file); a BMP
-    is decoded; anything else is refused, since DALI cannot read it.
+    is decoded; anything else is refused, since DALI cannot read it, and so is anything that is
+    not a regular file (a FIFO named ``*.jpg`` is refused at once instead of read forever).
     """
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as err:
-        return err.strerror or str(err)
+    data = _read_regular(path)
+    if isinstance(data, str):
+        return data
     if data.startswith(_JPEG_SOI):
         return _jpeg_problem(data)
     if data.startswith(_PNG_SIGNATURE):
@@ -191,18 +224,28 @@ def image_problem(path: str) -> str | None:
     return f"not a JPEG, PNG or BMP file (it starts with {data[:8].hex(' ')})"
 
 
-def check_images(paths: Iterable[str], wrap: Wrap | None = None) -> None:
+def check_images(paths: Iterable[str], wrap: Wrap | None = None, should_stop: Callable[[], bool] | None = None) -> None:
     """ValueError naming the unreadable files among ``paths``; the others are remembered as good.
 
     Paths already checked in this process are skipped. ``wrap(iterable, total)`` may wrap the
-    checks in a progress bar.
+    checks in a progress bar. ``should_stop``, when given, is asked after every file; once it
+    answers True the check ends (the files not yet read are left) with
+    :class:`~cacl_dist.stopping.StopRequested`.
     """
     todo = sorted({p for p in paths if p not in _KNOWN_GOOD})
     if not todo:
         return
-    with ThreadPoolExecutor(max_workers=min(THREADS, len(todo))) as pool:
-        results = pool.map(image_problem, todo, chunksize=64)
-        problems = [(p, why) for p, why in zip(todo, wrap(results, len(todo)) if wrap else results) if why]
+    problems = []
+    pool = ThreadPoolExecutor(max_workers=min(THREADS, len(todo)))
+    try:
+        results = pool.map(image_problem, todo)
+        for path, why in zip(todo, wrap(results, len(todo)) if wrap else results):
+            if should_stop is not None and should_stop():
+                raise StopRequested("stop requested during the image check")
+            if why:
+                problems.append((path, why))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after a stop: only the reads under way finish
     bad = {p for p, _ in problems}
     _KNOWN_GOOD.update(p for p in todo if p not in bad)
     if len(problems) == 1:
@@ -227,11 +270,13 @@ def _state_digest(paths: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def check_dataset_images(dataset: ReidDataset, run_dir: str | Path | None = None, wrap: Wrap | None = None) -> bool:
+def check_dataset_images(dataset: ReidDataset, run_dir: str | Path | None = None, wrap: Wrap | None = None,
+                         should_stop: Callable[[], bool] | None = None) -> bool:
     """Check every image of ``dataset`` (:func:`check_images`); False when ``run_dir`` shows it checked before.
 
     With ``run_dir``, a dataset whose files have the sizes and modification times recorded there
-    by an earlier successful check is not read again; a successful check is recorded.
+    by an earlier successful check is not read again; a successful check is recorded. ``should_stop``:
+    as in :func:`check_images`.
     """
     paths = [r.path for split in (dataset.train, dataset.query, dataset.gallery) for r in split]
     record = Path(run_dir) / CHECK_RECORD if run_dir is not None else None
@@ -243,7 +288,7 @@ def check_dataset_images(dataset: ReidDataset, run_dir: str | Path | None = None
                 return False
         except (OSError, ValueError):
             pass  # an unreadable record: check again
-    check_images(paths, wrap)
+    check_images(paths, wrap, should_stop)
     if record is not None and digest:
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"digest": digest, "images": len(paths)}) + "\n")
@@ -266,4 +311,5 @@ def records_fingerprint(records: Sequence[ImageRecord], root: str) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["CHECK_RECORD", "check_dataset_images", "check_images", "image_problem", "records_fingerprint"]
+__all__ = ["CHECK_RECORD", "check_dataset_images", "check_images", "image_problem", "not_a_regular_file",
+           "records_fingerprint"]

@@ -8,6 +8,7 @@ rank or run decodes it.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,9 +74,14 @@ class AugmentParams:
 def load_image(path: str) -> torch.Tensor:
     """Decode ``path`` into a uint8 RGB tensor of shape 3 x H x W, as stored (EXIF orientation is not applied).
 
-    A PNG of 16 bits per channel is refused, as the image check refuses it for DALI.
+    A regular file only (a FIFO would block); a PNG of 16 bits per channel is refused, as the image
+    check refuses it for DALI.
     """
+    from .integrity import not_a_regular_file
+
     try:
+        if (why := not_a_regular_file(os.stat(path).st_mode)) is not None:
+            raise ValueError(why)
         with Image.open(path) as image:
             deep = image.format == "PNG" and any(";16" in str(tile[3]) for tile in image.tile)
             array = None if deep else np.array(image.convert("RGB"))

@@ -32,6 +32,7 @@ from tests.helpers.faults import (BASE, NEXT_EPOCH, Case, Lab, Skip, no_override
 from tests.helpers.runs import log_text, run_cli, set_args, start_cli, tiny_overrides, wait_for
 from tests.integration.fault_cases_data_loss import CASES as DATA_LOSS_CASES
 from tests.integration.fault_cases_input import INPUT_CASES
+from tests.integration.fault_hangs import HANG_CASES
 
 
 def case_gamma(lab: Lab):
@@ -334,6 +335,7 @@ CASES = [
     Case("pickled_callable", "callable pickled in last.pt: refused, never run", case_pickled_callable),
     *INPUT_CASES,
     *DATA_LOSS_CASES,
+    *HANG_CASES,
 ]
 
 

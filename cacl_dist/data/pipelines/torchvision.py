@@ -8,6 +8,8 @@ its own share of each global batch, and every image is augmented from the seed t
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -46,6 +48,24 @@ class Loader(DataLoader):
             raise ValueError(message) from None
 
 
+def leave_stopping_to_the_main_process(worker_id: int) -> None:
+    """Start of a DataLoader worker: signals meant for the run reach its main process only.
+
+    torchrun's agent sends SIGTERM to its worker's whole process group and a terminal sends Ctrl-C to its
+    foreground group; a loader worker that died of them would end the run in an error instead of a
+    checkpoint. The worker leaves the group and ignores SIGINT and SIGUSR1 (SIGTERM still ends it, as the
+    DataLoader's own shutdown needs); it ends with the main process, which stops its workers itself.
+    """
+    if hasattr(os, "setpgid"):
+        try:
+            os.setpgid(0, 0)
+        except OSError:  # e.g. not permitted here: the signals below are still ignored
+            pass
+    for sig in (signal.SIGINT, getattr(signal, "SIGUSR1", None)):
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 class PlanBatchSampler:
     """Yields this rank's ``(index, aug_seed)`` pairs for iterations ``start_iter .. num_iters - 1``."""
 
@@ -74,6 +94,7 @@ def train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: Ra
         TwoViewDataset(records, params),
         batch_sampler=PlanBatchSampler(plan, start_iter),
         num_workers=num_workers,
+        worker_init_fn=leave_stopping_to_the_main_process if num_workers > 0 else None,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
     )
@@ -89,9 +110,11 @@ def eval_loader(records: Sequence[ImageRecord], height: int, width: int, batch_s
         batch_size=batch_size,
         sampler=range(start, end),
         num_workers=num_workers,
+        worker_init_fn=leave_stopping_to_the_main_process if num_workers > 0 else None,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
     )
 
 
-__all__ = ["NAME", "Loader", "PlanBatchSampler", "eval_loader", "train_loader"]
+__all__ = ["NAME", "Loader", "PlanBatchSampler", "eval_loader", "leave_stopping_to_the_main_process",
+           "train_loader"]
