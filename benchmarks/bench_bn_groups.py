@@ -77,7 +77,7 @@ def run_case(case: dict, args, runs_dir: Path) -> dict:
     from cacl_dist.distributed import comm
     from cacl_dist.distributed.env import init_distributed
     from cacl_dist.distributed.sharding import shard_bounds
-    from cacl_dist.trainer import Trainer
+    from cacl_dist.training.trainer import Trainer
 
     logging.disable(logging.INFO)
     torch.set_num_threads(args.threads)

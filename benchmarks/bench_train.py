@@ -101,7 +101,7 @@ def build_trainer(case: dict, runs_dir: Path):
     """A real Trainer on the case's dataset with random banks, labels and centres."""
     from cacl_dist.config import load_config
     from cacl_dist.distributed.env import DistEnv
-    from cacl_dist.trainer import Trainer
+    from cacl_dist.training.trainer import Trainer
 
     precision, channels_last, compile_ = VARIANTS[case["variant"]]
     overrides = case["data_overrides"] + [

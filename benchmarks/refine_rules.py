@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def first_bank(seed: int, overrides: list[str]) -> tuple:
     """(bank, config): the branch-1 memory bank a quickstart run with run.seed = ``seed`` clusters first."""
     from cacl_dist.distributed.env import init_distributed, shutdown_distributed
-    from cacl_dist.trainer import Trainer
+    from cacl_dist.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = load_config(str(REPO / CONFIG), [f"run.seed={seed}", f"run.output_dir={run_dir}", "run.device=cpu",

@@ -6,7 +6,7 @@ owns and returns the row changes (deltas), the caller sums the deltas over ranks
 rank adds them to float64 per-cluster sums. The centres (sums / counts) then equal the
 mean of the current bank rows at every step without an all-reduce of the M x D centres.
 
-The float64 sums add in a fixed order on every device (:func:`cacl_dist.reduce.index_add_`;
+The float64 sums add in a fixed order on every device (:func:`cacl_dist.ordered_add.index_add_`;
 CUDA's atomic ``index_add_`` would not), so a run repeats bit for bit.
 
 This module holds no communication code: the caller gathers and all-reduces.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cacl_dist.reduce import index_add_
+from cacl_dist.ordered_add import index_add_
 
 # Bank rows converted to float64 at a time when summing centres (128 MB of float64).
 SUM_CHUNK_ENTRIES = 1 << 24

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from cacl_dist.cli import add_config_args, default_config_path, run_main
+from cacl_dist.cli.common import add_config_args, default_config_path, run_main
 
 from . import resources
 from .plan import Run, build_runs, check_world_size
@@ -189,7 +189,7 @@ def failure_line(log: Path, exc: Exception) -> str:
 
 
 def report_outcome(job, run: Run) -> bool:
-    from cacl_dist.logging import read_metrics
+    from cacl_dist.runs.logs import read_metrics
 
     try:
         job.results()  # one result per task; every task must have finished training

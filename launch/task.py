@@ -117,7 +117,7 @@ class TrainingTask:
     def __call__(self) -> dict:
         import submitit
 
-        from cacl_dist.train import STOPPED_EXIT_CODE, main
+        from cacl_dist.cli.train import STOPPED_EXIT_CODE, main
 
         job = submitit.JobEnvironment()
         local = job.cluster == "local"

@@ -23,7 +23,7 @@ import torch
 from cacl_dist.clustering.jaccard_reference import check_k_parameters
 from cacl_dist.clustering.knn import knn_topk_unit
 from cacl_dist.clustering.unit_rows import UnitRows
-from cacl_dist.reduce import index_add_
+from cacl_dist.ordered_add import index_add_
 
 # Entries of the per-block temporaries: small on CPU (cache-resident blocks are several times
 # faster there), large on CUDA (fewer kernel launches).
@@ -258,7 +258,7 @@ def _jaccard_block(encoding, lo, hi, later_start, later_len, col_rows, col_value
     flat = torch.repeat_interleave(local_rows, lengths) * width + partners
     overlap = torch.zeros((hi - lo) * width, dtype=torch.float64, device=flat.device)
     # Contributions of a pair arrive in ascending column order and are added in that order, as
-    # in the reference (on every device: see cacl_dist.reduce).
+    # in the reference (on every device: see cacl_dist.ordered_add).
     index_add_(overlap, flat, minima)
     nz = torch.nonzero(overlap).flatten()
     s = overlap[nz]

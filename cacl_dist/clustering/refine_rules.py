@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from cacl_dist.clustering.params import ClusterParams
-from cacl_dist.reduce import index_add_
+from cacl_dist.ordered_add import index_add_
 
 SUMS = ("cluster", "cross", "partner")
 """The per-point sums, see the module docstring."""

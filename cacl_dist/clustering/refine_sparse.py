@@ -8,7 +8,7 @@ other pairs are not read.
 
 The per-point sums of :mod:`cacl_dist.clustering.refine_rules` are scatter-adds over the pairs
 sorted by row, then column, in float64 and in that order on every device
-(:func:`cacl_dist.reduce.index_add_`): the order in which the dense path adds a matrix row. The
+(:func:`cacl_dist.ordered_add.index_add_`): the order in which the dense path adds a matrix row. The
 pairs that are not listed, and listed pairs at distance exactly 1, add 1 each, counted from the
 label sizes; so the sums, and every decision, equal the dense ones.
 """
@@ -18,7 +18,7 @@ import torch
 
 from cacl_dist.clustering.params import ClusterParams
 from cacl_dist.clustering.refine_rules import SUMS, LabelSets, decide, pair_selections
-from cacl_dist.reduce import index_add_
+from cacl_dist.ordered_add import index_add_
 
 
 def _labels_tensor(labels, device) -> torch.Tensor:

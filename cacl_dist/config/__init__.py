@@ -5,12 +5,12 @@
 - :mod:`.validation`: the cross-field rules, checked once where a config is read.
 """
 
-from .loading import (apply_overrides, config_from_dict, describe, dump_yaml, load_config, parse_override,
+from cacl_dist.config.loading import (apply_overrides, config_from_dict, describe, dump_yaml, load_config, parse_override,
                       to_dict)
-from .schema import (AugmentConfig, CheckpointConfig, ClusteringConfig, Config, ConfigError, DataConfig,
+from cacl_dist.config.schema import (AugmentConfig, CheckpointConfig, ClusteringConfig, Config, ConfigError, DataConfig,
                      DistConfig, EvalConfig, LossConfig, MemoryConfig, ModelConfig, OptimConfig, RunConfig,
                      SyntheticConfig, TrainConfig)
-from .validation import validate, validate_for_world
+from cacl_dist.config.validation import validate, validate_for_world
 
 __all__ = ["AugmentConfig", "CheckpointConfig", "ClusteringConfig", "Config", "ConfigError", "DataConfig",
            "DistConfig", "EvalConfig", "LossConfig", "MemoryConfig", "ModelConfig", "OptimConfig", "RunConfig",

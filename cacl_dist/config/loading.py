@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-from .schema import Config, ConfigError
-from .validation import validate
+from cacl_dist.config.schema import Config, ConfigError
+from cacl_dist.config.validation import validate
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

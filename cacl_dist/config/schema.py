@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..clustering.names import BACKEND_CHOICES, OUTLIER_POLICIES, REFINE_SCORES
-from ..data.layouts import DATASET_NAMES
-from ..data.names import ERASE_FILLS, ERASE_RATIO_SAMPLINGS, INTERPOLATIONS, SAMPLERS
-from ..data.pipelines import PIPELINES
+from cacl_dist.clustering.names import BACKEND_CHOICES, OUTLIER_POLICIES, REFINE_SCORES
+from cacl_dist.data.layouts import DATASET_NAMES
+from cacl_dist.data.names import ERASE_FILLS, ERASE_RATIO_SAMPLINGS, INTERPOLATIONS, SAMPLERS
+from cacl_dist.data.pipelines import PIPELINES
 
 PIPELINE_CHOICES = ("auto", *PIPELINES)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .sampler import EpochPlan, IdentitySampler, rank_share
+from cacl_dist.data.sampler import EpochPlan, IdentitySampler, rank_share
 
 
 @dataclass(frozen=True)

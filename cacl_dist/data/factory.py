@@ -11,10 +11,10 @@ import dataclasses
 import numpy as np
 import torch
 
-from ..config import Config
-from .epoch_plan import RankPlan, plan_epoch
-from .layouts import ReidDataset, load_dataset
-from .transforms import AugmentParams
+from cacl_dist.config import Config
+from cacl_dist.data.epoch_plan import RankPlan, plan_epoch
+from cacl_dist.data.layouts import ReidDataset, load_dataset
+from cacl_dist.data.transforms import AugmentParams
 
 
 def generate_if_synthetic(cfg: Config, write: bool = True) -> bool:
@@ -27,7 +27,7 @@ def generate_if_synthetic(cfg: Config, write: bool = True) -> bool:
     if cfg.data.dataset != "synthetic":
         return False
     if write:
-        from .synthetic import generate_synthetic
+        from cacl_dist.data.synthetic import generate_synthetic
 
         generate_synthetic(cfg.data.root, **dataclasses.asdict(cfg.data.synthetic))
     return True
@@ -38,8 +38,8 @@ def data_folder(cfg: Config) -> str:
     under data.root that holds the set of data.synthetic.* (data.root itself or a set-<key> folder in it)."""
     if cfg.data.dataset != "synthetic":
         return cfg.data.root
-    from .synthetic import synthetic_settings
-    from .synthetic_folder import locate
+    from cacl_dist.data.synthetic import synthetic_settings
+    from cacl_dist.data.synthetic_folder import locate
 
     return locate(cfg.data.root, synthetic_settings(**dataclasses.asdict(cfg.data.synthetic)))
 

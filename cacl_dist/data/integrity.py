@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cacl_dist.data.layouts import ImageRecord, ReidDataset
-from cacl_dist.stopping import StopRequested
+from cacl_dist.training.stopping import StopRequested
 
 CHECK_VERSION = 2
 """Part of the run folder's record of a checked dataset: a stricter check invalidates old records."""
@@ -230,7 +230,7 @@ def check_images(paths: Iterable[str], wrap: Wrap | None = None, should_stop: Ca
     Paths already checked in this process are skipped. ``wrap(iterable, total)`` may wrap the
     checks in a progress bar. ``should_stop``, when given, is asked after every file; once it
     answers True the check ends (the files not yet read are left) with
-    :class:`~cacl_dist.stopping.StopRequested`.
+    :class:`~cacl_dist.training.stopping.StopRequested`.
     """
     todo = sorted({p for p in paths if p not in _KNOWN_GOOD})
     if not todo:

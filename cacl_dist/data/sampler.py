@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .names import SAMPLERS
+from cacl_dist.data.names import SAMPLERS
 
 
 @dataclass

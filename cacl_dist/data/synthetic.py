@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .synthetic_folder import SPLIT_FOLDERS, ensure_set
+from cacl_dist.data.synthetic_folder import SPLIT_FOLDERS, ensure_set
 
 GENERATOR_VERSION = 2
 """Bumped whenever the drawing changes, so that cached datasets are regenerated."""

@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from .names import ERASE_FILLS, ERASE_RATIO_SAMPLINGS, INTERPOLATIONS
+from cacl_dist.data.names import ERASE_FILLS, ERASE_RATIO_SAMPLINGS, INTERPOLATIONS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,7 +77,7 @@ def load_image(path: str) -> torch.Tensor:
     A regular file only (a FIFO would block); a PNG of 16 bits per channel is refused, as the image
     check refuses it for DALI.
     """
-    from .integrity import not_a_regular_file
+    from cacl_dist.data.integrity import not_a_regular_file
 
     try:
         if (why := not_a_regular_file(os.stat(path).st_mode)) is not None:
@@ -90,7 +90,7 @@ def load_image(path: str) -> torch.Tensor:
             f"cannot read the image {path}: {err}; check that the file exists and is a valid image"
         ) from err
     if array is None:
-        from .integrity import DEEP_SAMPLES
+        from cacl_dist.data.integrity import DEEP_SAMPLES
 
         raise ValueError(f"cannot read the image {path}: the PNG has {DEEP_SAMPLES.format(bits=16)}")
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .transforms import AugmentParams, ViewParams
+from cacl_dist.data.transforms import AugmentParams, ViewParams
 
 ERASE_TRIES = 100
 

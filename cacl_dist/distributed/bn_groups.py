@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .group_bn import PLAIN_BATCH_NORMS
+from cacl_dist.distributed.group_bn import PLAIN_BATCH_NORMS
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from . import comm
+from cacl_dist.distributed import comm
 
 log = logging.getLogger("cacl_dist")
 

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .bn_groups import BNGroupLayout, bn_group_layout, group_reducer
-from .env import DistEnv
-from .group_bn import convert_to_group_bn
+from cacl_dist.distributed.bn_groups import BNGroupLayout, bn_group_layout, group_reducer
+from cacl_dist.distributed.env import DistEnv
+from cacl_dist.distributed.group_bn import convert_to_group_bn
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ import time
 import numpy as np
 from torch import nn
 
-from ..data.layouts import ReidDataset
-from .distances import FeatureRows, plain_blocks
-from .extract import ExtractionSettings, extract_all
-from .metrics import evaluate_ranking
-from .rerank_sparse import RerankParams, SparseReranker
+from cacl_dist.data.layouts import ReidDataset
+from cacl_dist.evaluation.distances import FeatureRows, plain_blocks
+from cacl_dist.evaluation.extract import ExtractionSettings, extract_all
+from cacl_dist.evaluation.metrics import evaluate_ranking
+from cacl_dist.evaluation.rerank_sparse import RerankParams, SparseReranker
 
 
 @dataclasses.dataclass(frozen=True)

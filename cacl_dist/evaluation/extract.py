@@ -14,17 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.layouts import ImageRecord
-from ..data.pipelines import PIPELINES, get_pipeline, resolve_pipeline
-from ..distributed import comm
-from ..distributed.parallelize import to_input
-from ..distributed.sharding import shard_bounds
-from ..logging import progress
-from ..precision import autocast, extraction_precision
-from ..stopping import StopRequested
+from cacl_dist.data.layouts import ImageRecord
+from cacl_dist.data.pipelines import PIPELINES, get_pipeline, resolve_pipeline
+from cacl_dist.distributed import comm
+from cacl_dist.distributed.parallelize import to_input
+from cacl_dist.distributed.sharding import shard_bounds
+from cacl_dist.runs.logs import progress
+from cacl_dist.training.precision import autocast, extraction_precision
+from cacl_dist.training.stopping import StopRequested
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from cacl_dist.config import Config
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class ExtractionSettings:
     mean of the two features (for a model that normalises its output, as CACL's branches do,
     the mean of the two unit features, normalised again).
     ``should_stop``, when given, is asked before every batch; once it answers True the extraction
-    raises :class:`~cacl_dist.stopping.StopRequested` (after the gather of :func:`extract_all`, so
+    raises :class:`~cacl_dist.training.stopping.StopRequested` (after the gather of :func:`extract_all`, so
     the other ranks are never left waiting in it).
     """
 

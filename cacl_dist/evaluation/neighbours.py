@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .distances import FeatureRows
+from cacl_dist.evaluation.distances import FeatureRows
 
 # Rows (and columns) per square block of the scan: 32 MB of float64 on a CPU, 512 MB on a GPU.
 CPU_SCAN_BLOCK = 2048

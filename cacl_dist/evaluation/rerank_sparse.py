@@ -31,10 +31,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..clustering.jaccard_reference import check_k_parameters
-from ..clustering.jaccard_sparse import expansion_pairs
-from .distances import FeatureRows, default_block_rows
-from .neighbours import neighbours_and_row_max, row_scale
+from cacl_dist.clustering.jaccard_reference import check_k_parameters
+from cacl_dist.clustering.jaccard_sparse import expansion_pairs
+from cacl_dist.evaluation.distances import FeatureRows, default_block_rows
+from cacl_dist.evaluation.neighbours import neighbours_and_row_max, row_scale
 
 # Contributions min(V_qk, V_gk) summed per block of query rows.
 CPU_WORK = 1 << 21

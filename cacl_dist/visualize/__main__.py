@@ -1,7 +1,7 @@
-"""`python -m cacl_dist.visualize`: see :mod:`cacl_dist.visualize.cli`."""
+"""`python -m cacl_dist.visualize`: see :mod:`cacl_dist.cli.visualize`."""
 
 import sys
 
-from .cli import main
+from cacl_dist.cli.visualize import main
 
 sys.exit(main())

@@ -1,7 +1,7 @@
 """A montage of one clustering round: sample pseudo clusters and the points refinement removed.
 
 Reads the labels the trainer saved (``RUN/pseudo_labels/epoch_EEE.npy``, ``..._raw.npy`` and
-``..._refined.npy``, :mod:`cacl_dist.pseudo_label_log`) and the training images of the run's dataset. Sections: the
+``..._refined.npy``, :mod:`cacl_dist.runs.pseudo_labels`) and the training images of the run's dataset. Sections: the
 largest clusters, the smallest clusters of two or more images, the most impure clusters (when
 the identities are known), and points that refinement took out of their DBSCAN cluster. With
 known identities a frame is green when the image shows the majority identity of its (raw)
@@ -15,9 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.layouts import ImageRecord
-from ..evaluation.cluster_quality import cluster_purity, cluster_quality
-from . import draw
+from cacl_dist.data.layouts import ImageRecord
+from cacl_dist.evaluation.cluster_quality import cluster_purity, cluster_quality
+from cacl_dist.visualize import draw
 
 
 @dataclass
@@ -110,7 +110,7 @@ def montage(records: Sequence[ImageRecord], stages: dict[str, np.ndarray], title
             per_row: int = 12):
     """The montage image of one round (PIL), with a title block and one row per :class:`Section`.
 
-    ``stages``: the labellings of the round by stage, as :func:`cacl_dist.pseudo_label_log.load_round`
+    ``stages``: the labellings of the round by stage, as :func:`cacl_dist.runs.pseudo_labels.load_round`
     returns them ('pseudo', and 'raw' + 'refined' for the refinement section).
     """
     labels, raw = stages["pseudo"], stages.get("raw")

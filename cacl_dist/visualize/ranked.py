@@ -17,10 +17,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.layouts import ImageRecord
-from ..evaluation.metrics import evaluate_ranking, stable_argsort_rows
-from ..logging import progress
-from . import draw
+from cacl_dist.data.layouts import ImageRecord
+from cacl_dist.evaluation.metrics import evaluate_ranking, stable_argsort_rows
+from cacl_dist.runs.logs import progress
+from cacl_dist.visualize import draw
 
 SELECTIONS = ("spread", "worst", "best")
 """Which queries to show: evenly spread over the query list, or those with the lowest/highest AP."""

@@ -22,8 +22,8 @@ import re
 
 import torch
 
-from cacl_dist.checkpoint import load_checkpoint, load_trained_model
-from cacl_dist.logging import read_metrics
+from cacl_dist.training.checkpoint import load_checkpoint, load_trained_model
+from cacl_dist.runs.logs import read_metrics
 from tests.helpers.runs import assert_same_state, run_cli, set_args
 
 TOL = 1e-4  # see the module docstring

@@ -35,7 +35,7 @@ def _stop_on_rank0(rank, world_size, root):
     import dataclasses
 
     from cacl_dist.distributed import comm
-    from cacl_dist.stopping import StopRequested
+    from cacl_dist.training.stopping import StopRequested
 
     records = load_dataset("synthetic", root).train
     settings = dataclasses.replace(SETTINGS, should_stop=lambda: rank == 0)

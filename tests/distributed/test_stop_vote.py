@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from cacl_dist.stopping import AgreedStop, StopSignals
+from cacl_dist.training.stopping import AgreedStop, StopSignals
 
 from tests.helpers.gloo import run_gloo
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cacl_dist.checkpoint import load_checkpoint
+from cacl_dist.training.checkpoint import load_checkpoint
 
 from tests.helpers.gloo import run_gloo
 from tests.helpers.runs import fit
@@ -13,12 +13,12 @@ QUIET = {"eval.at_start": False, "eval.every_epochs": 0, "train.epochs": 1}
 
 
 def _resume_save_and_fail(rank, world_size, run_dir, data_dir):
-    import cacl_dist.checkpoint as ckpt
+    import cacl_dist.training.checkpoint as ckpt
     from cacl_dist import clustering
     from cacl_dist.config import load_config
     from cacl_dist.distributed import comm
     from cacl_dist.distributed.env import DistEnv
-    from cacl_dist.trainer import Trainer
+    from cacl_dist.training.trainer import Trainer
     from tests.helpers.runs import tiny_overrides
 
     if rank != 0:  # a lagging shared filesystem: this rank does not list last.pt yet
@@ -70,7 +70,7 @@ def _stop_on_rank0_during_memory_init(rank, world_size, run_dir, data_dir):
 
     from cacl_dist.config import load_config
     from cacl_dist.distributed.env import DistEnv
-    from cacl_dist.trainer import Trainer
+    from cacl_dist.training.trainer import Trainer
     from tests.helpers.runs import tiny_overrides
 
     cfg = load_config(None, tiny_overrides(run_dir, data_dir, **{**QUIET, "eval.batch_size": 4}))

@@ -86,7 +86,7 @@ def stop_with(lab: Lab, name: str, sig: int, ready: Callable[[Path], bool], extr
     wait_for(lambda: ready(run_dir), proc, what=f"the moment to send signal {sig}")
     proc.send_signal(sig)
     proc.communicate(timeout=300)
-    from cacl_dist.checkpoint import load_checkpoint
+    from cacl_dist.training.checkpoint import load_checkpoint
 
     state = load_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").exists() else {}
     return proc.returncode, state, run_dir

@@ -11,7 +11,7 @@ import torch
 
 from cacl_dist.config import load_config
 from cacl_dist.distributed.env import DistEnv
-from cacl_dist.trainer import Trainer
+from cacl_dist.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 MARKET_MINI = REPO.parent / "shared" / "data" / "market1501-mini"

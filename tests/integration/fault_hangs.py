@@ -51,7 +51,7 @@ def slowed_check_module(folder: Path, marker: Path) -> str:
             return _read(path)
 
         integrity.image_problem = slow
-        from cacl_dist.train import main
+        from cacl_dist.cli.train import main
         sys.exit(main())
     """))
     return "slow_image_check"
@@ -87,7 +87,7 @@ def _children(pid: int) -> list[int]:
 
 
 def case_worker_killed(lab: Lab):
-    from cacl_dist.checkpoint import load_checkpoint
+    from cacl_dist.training.checkpoint import load_checkpoint
 
     if not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists():
         raise Skip("no /proc children lists to find the DataLoader workers")
@@ -113,8 +113,8 @@ def case_worker_killed(lab: Lab):
 
 def case_group_sigterm_with_workers(lab: Lab):
     """SIGTERM to the whole process group (as torchrun's agent sends it), DataLoader workers included."""
-    from cacl_dist.checkpoint import load_checkpoint
-    from cacl_dist.logging import read_metrics
+    from cacl_dist.training.checkpoint import load_checkpoint
+    from cacl_dist.runs.logs import read_metrics
 
     run_dir = lab.folder("group_sigterm")
     proc = start_cli("cacl_dist.train", lab.args(run_dir, **{**BASE, "data.num_workers": 2, "train.iters_per_epoch": 60}),
@@ -144,7 +144,7 @@ def sigterm_torchrun_agent(lab: Lab, name: str, pipeline: str, busy: bool = Fals
     agent = start_cli("cacl_dist.train", lab.args(run_dir, **extra), torchrun_procs=2,
                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        from cacl_dist.logging import read_metrics
+        from cacl_dist.runs.logs import read_metrics
 
         wait_for(lambda: read_metrics(run_dir, "train"), agent, what="the first step")
         sent = time.monotonic()
@@ -156,7 +156,7 @@ def sigterm_torchrun_agent(lab: Lab, name: str, pipeline: str, busy: bool = Fals
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    from cacl_dist.checkpoint import load_checkpoint
+    from cacl_dist.training.checkpoint import load_checkpoint
 
     status = (run_dir / "status.txt").read_text().strip() if (run_dir / "status.txt").exists() else "no status.txt"
     stopped = all("stopped on request at step" in log_text(run_dir, rank) for rank in (0, 1))

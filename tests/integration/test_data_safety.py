@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from cacl_dist.logging import read_metrics
+from cacl_dist.runs.logs import read_metrics
 
 from tests.helpers.runs import REPO, fit, run_cli, set_args
 from tests.helpers.user_files import market_like, tree_bytes
@@ -45,8 +45,8 @@ def test_train_with_the_default_recipe_on_a_real_dataset_is_refused_and_deletes_
 
 @pytest.mark.parametrize("entry", ["evaluate", "visualize"])
 def test_evaluate_and_visualize_of_a_synthetic_run_on_a_real_dataset_are_refused(entry, checkpoint, tmp_path, capsys):
-    from cacl_dist.evaluate import main as evaluate
-    from cacl_dist.visualize.cli import main as visualize
+    from cacl_dist.cli.evaluate import main as evaluate
+    from cacl_dist.cli.visualize import main as visualize
 
     data = tmp_path / "Market-1501"
     before = market_like(data)
@@ -72,7 +72,7 @@ def test_other_synthetic_settings_never_rewrite_a_set_in_place(tmp_path):
 
 # ------------------------------------------------------------------------ item 3: a tool's output over its input
 def test_extract_never_writes_over_the_checkpoint_or_an_image(checkpoint, synthetic_root, tmp_path, capsys):
-    from cacl_dist.extract import main as extract
+    from cacl_dist.cli.extract import main as extract
 
     images = synthetic_root / "query"
     first_image = sorted(images.iterdir())[0]
@@ -88,8 +88,8 @@ def test_extract_never_writes_over_the_checkpoint_or_an_image(checkpoint, synthe
 
 
 def test_an_output_folder_is_refused_before_any_work(checkpoint, synthetic_root, tmp_path, capsys, monkeypatch):
-    from cacl_dist import extract as extract_module
-    from cacl_dist import search as search_module
+    from cacl_dist.cli import extract as extract_module
+    from cacl_dist.cli import search as search_module
 
     def no_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the output was checked")
@@ -108,8 +108,8 @@ def test_an_output_folder_is_refused_before_any_work(checkpoint, synthetic_root,
 
 
 def test_search_never_draws_over_a_query_or_gallery_image(checkpoint, synthetic_root, tmp_path, capsys):
-    from cacl_dist.extract import main as extract
-    from cacl_dist.search import main as search
+    from cacl_dist.cli.extract import main as extract
+    from cacl_dist.cli.search import main as search
 
     images = tmp_path / "images"
     shutil.copytree(synthetic_root / "bounding_box_test", images)
@@ -126,7 +126,7 @@ def test_search_never_draws_over_a_query_or_gallery_image(checkpoint, synthetic_
 
 
 def test_export_never_writes_over_its_checkpoint_or_config(checkpoint, tmp_path, capsys):
-    from cacl_dist.export import main as export
+    from cacl_dist.cli.export import main as export
 
     hard_link = tmp_path / "model.pt"
     os.link(checkpoint, hard_link)

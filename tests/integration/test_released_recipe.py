@@ -1,7 +1,7 @@
 """A tiny run with every released-code choice of the real recipes switched on (docs/method.md section 8)."""
 
-from cacl_dist.logging import read_metrics
-from cacl_dist.run_log import eval_summary
+from cacl_dist.runs.logs import read_metrics
+from cacl_dist.training.run_log import eval_summary
 
 from tests.helpers.runs import fit
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from cacl_dist.checkpoint import load_checkpoint, load_trained_model
+from cacl_dist.training.checkpoint import load_checkpoint, load_trained_model
 from cacl_dist.data.layouts import load_dataset
 from cacl_dist.evaluation.cluster_quality import cluster_quality
 from cacl_dist.evaluation.extract import ExtractionSettings, extract_all
-from cacl_dist.logging import read_metrics
-from cacl_dist.pseudo_label_log import load_round, saved_epochs
+from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.pseudo_labels import load_round, saved_epochs
 from cacl_dist.visualize import draw
-from cacl_dist.visualize.cli import main as visualize
+from cacl_dist.cli.visualize import main as visualize
 from cacl_dist.visualize.clusters import refined_away
 from cacl_dist.visualize.ranked import RankedQuery, render
 
@@ -110,7 +110,7 @@ def test_cluster_montage_is_written(run):
 
 
 def _report(run_dir, capsys):
-    from cacl_dist.report import main as report
+    from cacl_dist.cli.report import main as report
 
     assert report([str(run_dir)]) == 0
     capsys.readouterr()
@@ -119,7 +119,7 @@ def _report(run_dir, capsys):
 
 def test_report_on_a_finished_a_running_and_a_resumed_run(run, tmp_path, synthetic_root, capsys):
     pytest.importorskip("matplotlib")
-    from cacl_dist.report import read_rows
+    from cacl_dist.runs.report import read_rows
 
     run_dir, trainer = run
     text = _report(run_dir, capsys)
@@ -164,8 +164,8 @@ def test_report_on_a_finished_a_running_and_a_resumed_run(run, tmp_path, synthet
 
 
 def test_extracted_features_equal_evaluation_features(run, tmp_path, synthetic_root, capsys):
-    from cacl_dist.export import branch_metadata, export_state_dict, export_torchscript
-    from cacl_dist.extract import main as extract
+    from cacl_dist.cli.export import branch_metadata, export_state_dict, export_torchscript
+    from cacl_dist.cli.extract import main as extract
 
     run_dir, trainer = run
     checkpoint = run_dir / "last.pt"
@@ -195,8 +195,8 @@ def test_extracted_features_equal_evaluation_features(run, tmp_path, synthetic_r
 
 
 def test_search_returns_the_nearest_neighbours(run, tmp_path, synthetic_root, capsys):
-    from cacl_dist.extract import main as extract
-    from cacl_dist.search import main as search
+    from cacl_dist.cli.extract import main as extract
+    from cacl_dist.cli.search import main as search
 
     run_dir, trainer = run
     gallery_dir = synthetic_root / "bounding_box_test"

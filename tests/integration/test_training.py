@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-from cacl_dist.checkpoint import load_checkpoint
+from cacl_dist.training.checkpoint import load_checkpoint
 from cacl_dist.config import load_config
-from cacl_dist.logging import read_metrics
+from cacl_dist.runs.logs import read_metrics
 
 from tests.helpers.runs import CPU, REPO, assert_same_state, fit, run_cli, set_args, tiny_overrides
 
@@ -163,7 +163,7 @@ def test_resume_restores_labels_and_centres_onto_the_run_device(tmp_path, synthe
     """Centres built on the CPU are moved to the trainer's device when a checkpoint is loaded
     (the 'meta' device stands in for a GPU: only where the tensors live is checked)."""
     from cacl_dist.distributed.env import DistEnv
-    from cacl_dist.trainer import Trainer
+    from cacl_dist.training.trainer import Trainer
 
     trainer = Trainer(load_config(None, tiny_overrides(tmp_path / "run", synthetic_root)), CPU)
     trainer.init_memory()

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("nvidia.dali", reason="not applicable here: optional extra NVIDIA DALI (.[dali]) not installed")
 
-from cacl_dist.checkpoint import load_checkpoint  # noqa: E402
+from cacl_dist.training.checkpoint import load_checkpoint  # noqa: E402
 from cacl_dist.data.pipelines.dali import DaliLoader  # noqa: E402
 
 from tests.helpers.runs import assert_same_state, fit  # noqa: E402

@@ -57,7 +57,7 @@ def get_pipeline(name: str) -> Pipeline:
 @functools.lru_cache(maxsize=None)
 def _dali_fails_on(device: torch.device) -> str | None:
     """Why DALI cannot run a pipeline on the CUDA ``device`` (one line), or None when it can; tried once."""
-    from . import dali
+    from cacl_dist.data.pipelines import dali
 
     try:
         dali.probe(device)
@@ -91,7 +91,7 @@ def resolve_pipeline(name: str, key: str = "data.pipeline", device: torch.device
     log line, when DALI cannot run on this driver. An explicit 'dali' without DALI installed is
     an error that says how to install it.
     """
-    from . import dali
+    from cacl_dist.data.pipelines import dali
 
     if name == "auto":
         if dali.dali_available():

@@ -1,4 +1,4 @@
-"""The atomic-free sums the sparse path takes on CUDA (cacl_dist.reduce), forced on the CPU:
+"""The atomic-free sums the sparse path takes on CUDA (cacl_dist.ordered_add), forced on the CPU:
 the same pairs and distances bit for bit, hence the reference's labels."""
 
 import dataclasses
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cacl_dist import reduce
+from cacl_dist import ordered_add as reduce
 from cacl_dist.clustering.jaccard_sparse import jaccard_sparse
 from cacl_dist.clustering.params import ClusterParams
 from cacl_dist.clustering.pseudo_labels import cluster

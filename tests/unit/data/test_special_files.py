@@ -14,7 +14,7 @@ from PIL import Image
 from cacl_dist.data import integrity
 from cacl_dist.data.integrity import check_images, image_problem
 from cacl_dist.data.transforms import load_image
-from cacl_dist.stopping import StopRequested
+from cacl_dist.training.stopping import StopRequested
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 

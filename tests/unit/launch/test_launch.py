@@ -234,7 +234,7 @@ class FakeJob:
 def task_env(monkeypatch, tmp_path):
     """Run TrainingTask.__call__ with a fake job environment, a fake training entry and a fake scontrol."""
     submitit = pytest.importorskip("submitit")
-    import cacl_dist.train
+    import cacl_dist.cli.train
     import launch.task
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -253,7 +253,7 @@ def task_env(monkeypatch, tmp_path):
         def fake_main(argv):
             seen.update(argv=argv, env={k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR")})
             return behaviour()
-        monkeypatch.setattr(cacl_dist.train, "main", fake_main)
+        monkeypatch.setattr(cacl_dist.cli.train, "main", fake_main)
 
     return install, calls, seen
 

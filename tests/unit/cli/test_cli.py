@@ -7,7 +7,7 @@ import errno
 
 import pytest
 
-from cacl_dist.cli import add_config_args, run_main, user_error_message
+from cacl_dist.cli.common import add_config_args, run_main, user_error_message
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -22,13 +22,13 @@ def test_set_takes_several_pairs_and_repeats():
     assert _parse().overrides == []
 
 
-@pytest.mark.parametrize("module", ["cacl_dist.train", "cacl_dist.evaluate", "cacl_dist.export", "launch.slurm"])
+@pytest.mark.parametrize("module", ["cacl_dist.cli.train", "cacl_dist.cli.evaluate", "cacl_dist.cli.export", "launch.slurm"])
 def test_every_entry_point_accepts_several_pairs_after_one_set(module):
     import importlib
 
     parser = importlib.import_module(module).build_parser()
-    extra = ["--checkpoint", "x.pt"] if module != "cacl_dist.train" and module != "launch.slurm" else []
-    extra += ["--format", "state_dict", "--output", "o.pt"] if module == "cacl_dist.export" else []
+    extra = ["--checkpoint", "x.pt"] if module != "cacl_dist.cli.train" and module != "launch.slurm" else []
+    extra += ["--format", "state_dict", "--output", "o.pt"] if module == "cacl_dist.cli.export" else []
     args = parser.parse_args([*extra, "--set", "train.epochs=2", "optim.lr=1e-3"])
     assert args.overrides == ["train.epochs=2", "optim.lr=1e-3"]
 

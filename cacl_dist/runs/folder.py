@@ -130,7 +130,7 @@ def write_status(run_dir: str | Path, text: str) -> str | None:
 
 def append_error_line(run_dir: str | Path | None, rank: int, line: str) -> None:
     """Write `line` (a one-line error) into the rank's log in the run folder, when that folder exists."""
-    from .logging import log_to_run_file
+    from cacl_dist.runs.logs import log_to_run_file
 
     if run_dir is not None and Path(run_dir).is_dir():
         log_to_run_file(Path(run_dir), rank, line.removeprefix("error: "))

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from cacl_dist.checkpoint import save_checkpoint
+from cacl_dist.training.checkpoint import save_checkpoint
 from cacl_dist.config import load_config, to_dict
-from cacl_dist.export import STATE_DICT_FORMAT, load_exported_branch, main
+from cacl_dist.cli.export import STATE_DICT_FORMAT, load_exported_branch, main
 from cacl_dist.models.cacl import Branch, build_model
 
 HEIGHT, WIDTH, DIM = 64, 32, 128
@@ -141,7 +141,7 @@ def test_model_override_that_does_not_fit_is_one_line_error(tiny_run, tmp_path, 
 
 
 def test_checkpoint_with_nan_weights_is_not_exported(tiny_run, tmp_path, capsys):
-    from cacl_dist.checkpoint import load_checkpoint
+    from cacl_dist.training.checkpoint import load_checkpoint
 
     state = load_checkpoint(tiny_run[0])
     name = next(k for k, v in state["model"].items() if v.is_floating_point())
@@ -154,7 +154,7 @@ def test_checkpoint_with_nan_weights_is_not_exported(tiny_run, tmp_path, capsys)
 
 
 def test_comparison_refuses_nan_outputs():
-    from cacl_dist.export import _compare
+    from cacl_dist.cli.export import _compare
 
     nan = torch.full((2, 3), float("nan"))
     with pytest.raises(RuntimeError, match="NaN or infinite"):

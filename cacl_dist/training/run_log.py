@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 
-from .config import Config, config_from_dict, to_dict
-from .data.layouts import ReidDataset
-from .distributed.bn_groups import bn_group_layout
-from .distributed.env import DistEnv
+from cacl_dist.config import Config, config_from_dict, to_dict
+from cacl_dist.data.layouts import ReidDataset
+from cacl_dist.distributed.bn_groups import bn_group_layout
+from cacl_dist.distributed.env import DistEnv
 
 
 def log_setup(log: logging.Logger, cfg: Config, env: DistEnv, dataset: ReidDataset, pipeline: str,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cacl_dist.report import markdown, read_rows, summarize, training_seconds
+from cacl_dist.runs.report import markdown, read_rows, summarize, training_seconds
 
 
 def _write(path, rows, tail=""):
@@ -62,7 +62,7 @@ def test_summary_best_last_and_time_split(tmp_path):
 
 
 def test_null_lists_and_binary_junk_are_skipped_and_named(tmp_path, capsys):
-    from cacl_dist.report import main
+    from cacl_dist.cli.report import main
 
     rows = [{"kind": "train", "step": 1, "time": 0.0, "epoch": 1, "iter": 1, "loss": 5.0}]
     _write(tmp_path / "metrics.jsonl", rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cacl_dist.cli import user_error_message
+from cacl_dist.cli.common import user_error_message
 
 
 @pytest.mark.parametrize("raised, how", [

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .report import CLUSTER_KEYS, EVAL_KEYS, LOSS_KEYS, QUALITY_KEYS, of_kind  # noqa: E402
+from cacl_dist.runs.report import CLUSTER_KEYS, EVAL_KEYS, LOSS_KEYS, QUALITY_KEYS, of_kind  # noqa: E402
 
 DPI = 100
 SIZE = (6.4, 3.6)

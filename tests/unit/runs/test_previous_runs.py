@@ -1,6 +1,6 @@
 """A fresh start in a used run folder: the earlier run's records move to previous_runs/, nothing else moves."""
 
-from cacl_dist.previous_runs import earlier_records, set_aside_if_fresh, set_aside_previous_run
+from cacl_dist.runs.previous import earlier_records, set_aside_if_fresh, set_aside_previous_run
 
 from tests.helpers.user_files import tree_bytes
 

@@ -1,9 +1,9 @@
-"""cacl_dist.reduce: the ordered index-add equals the CPU's sequential index_add_ bit for bit."""
+"""cacl_dist.ordered_add: the ordered index-add equals the CPU's sequential index_add_ bit for bit."""
 
 import pytest
 import torch
 
-from cacl_dist import reduce
+from cacl_dist import ordered_add as reduce
 
 
 def _case(seed, count, targets, shape, dtype=torch.float64):

@@ -57,7 +57,7 @@ def set_aside_previous_run(run_dir: str | Path) -> Path | None:
 def set_aside_if_fresh(run_dir: str | Path) -> str | None:
     """For a fresh start (no ``last.pt`` in ``run_dir``) :func:`set_aside_previous_run`; where the records went,
     or None (resuming, or nothing to set aside). Rank 0 calls it before the run writes anything."""
-    from .checkpoint import find_resume
+    from cacl_dist.training.checkpoint import find_resume
 
     if find_resume(run_dir) is not None:
         return None  # resuming: the records continue

@@ -6,8 +6,8 @@ import io
 import json
 import logging
 
-from cacl_dist import run_log
-from cacl_dist.logging import MetricsWriter, read_metrics, setup_logging
+from cacl_dist.training import run_log
+from cacl_dist.runs.logs import MetricsWriter, read_metrics, setup_logging
 
 
 def test_log_lines_go_above_an_active_progress_bar(tmp_path, monkeypatch):

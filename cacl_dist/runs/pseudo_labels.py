@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .evaluation.cluster_quality import QUALITY_KEYS, cluster_quality
+from cacl_dist.evaluation.cluster_quality import QUALITY_KEYS, cluster_quality
 
 LABEL_DIR = "pseudo_labels"
 """Sub-folder of the run folder that holds the labels of every round."""

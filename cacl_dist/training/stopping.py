@@ -99,7 +99,7 @@ class AgreedStop:
     def agreed(self) -> bool:
         """Whether any rank was asked to stop by the time of this vote or an earlier one (a collective call: a
         CPU all-reduce of one number). Every rank gets the same answer at the same call."""
-        from .distributed import comm
+        from cacl_dist.distributed import comm
 
         if comm.any_rank(self._asked):
             self._agreed = True

@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import add_config_args, run_main
+from cacl_dist.cli.common import add_config_args, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,15 +57,15 @@ def ranked_main(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..checkpoint import load_trained_model
-    from ..data.factory import dataset_from_config, generate_if_synthetic
-    from ..distributed import comm
-    from ..distributed.env import init_distributed, shutdown_distributed
-    from ..evaluation.extract import ExtractionSettings, extract_all
-    from ..evaluation.metrics import pairwise_distance
-    from ..evaluation.rerank import k_reciprocal_rerank
-    from ..logging import setup_logging
-    from .ranked import SELECTIONS, choose_queries, rank_queries, write_pictures
+    from cacl_dist.training.checkpoint import load_trained_model
+    from cacl_dist.data.factory import dataset_from_config, generate_if_synthetic
+    from cacl_dist.distributed import comm
+    from cacl_dist.distributed.env import init_distributed, shutdown_distributed
+    from cacl_dist.evaluation.extract import ExtractionSettings, extract_all
+    from cacl_dist.evaluation.metrics import pairwise_distance
+    from cacl_dist.evaluation.rerank import k_reciprocal_rerank
+    from cacl_dist.runs.logs import setup_logging
+    from cacl_dist.visualize.ranked import SELECTIONS, choose_queries, rank_queries, write_pictures
 
     _positive("--num-queries", args.num_queries)
     _positive("--topk", args.topk)
@@ -109,11 +109,11 @@ def ranked_main(args: argparse.Namespace) -> int:
 
 def clusters_main(args: argparse.Namespace) -> int:
     """Draw the montage of one epoch's pseudo clusters."""
-    from ..config import load_config
-    from ..data.factory import dataset_from_config, generate_if_synthetic
-    from ..pseudo_label_log import load_round, saved_epochs
-    from . import draw
-    from .clusters import montage
+    from cacl_dist.config import load_config
+    from cacl_dist.data.factory import dataset_from_config, generate_if_synthetic
+    from cacl_dist.runs.pseudo_labels import load_round, saved_epochs
+    from cacl_dist.visualize import draw
+    from cacl_dist.visualize.clusters import montage
 
     _positive("--per-section", args.per_section)
     _positive("--per-row", args.per_row)

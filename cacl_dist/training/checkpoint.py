@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from .config import Config, apply_overrides, config_from_dict, load_config
-from .models.cacl import CACLModel, build_model
+from cacl_dist.config import Config, apply_overrides, config_from_dict, load_config
+from cacl_dist.models.cacl import CACLModel, build_model
 
-FORMAT = "cacl_dist.checkpoint"
+FORMAT = "cacl_dist.checkpoint"  # the file format's name, not a module path: old checkpoints keep loading
 FORMAT_VERSION = 2
 """2: random states as tensors and plain values (version 1 stored NumPy arrays), dataset fingerprint."""
 LAST = "last.pt"

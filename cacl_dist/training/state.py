@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
-from . import run_log
-from .config import config_from_dict, to_dict
-from .distributed import comm
-from .memory import ClusterCentres
+from cacl_dist.training import checkpoint as ckpt
+from cacl_dist.training import run_log
+from cacl_dist.config import config_from_dict, to_dict
+from cacl_dist.distributed import comm
+from cacl_dist.memory import ClusterCentres
 
 RESUME_WAIT_S = 60.0
 """How long a rank waits for the checkpoint rank 0 resumes from to become visible to it (a shared
@@ -73,7 +73,7 @@ def diverged(trainer, what: str) -> ckpt.NonFiniteError:
 def write_state(trainer, state: dict, keep: bool) -> Path:
     """On rank 0: write `state` to last.pt (and epoch_NNN.pt when `keep`) unless it holds NaN or infinity.
 
-    A non-finite state raises :class:`~cacl_dist.checkpoint.NonFiniteError` and leaves the
+    A non-finite state raises :class:`~cacl_dist.training.checkpoint.NonFiniteError` and leaves the
     checkpoints on disk as they were.
     """
     bad = ckpt.nonfinite_parts(ckpt.state_parts(state))

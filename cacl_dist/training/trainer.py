@@ -24,28 +24,31 @@ from typing import Callable
 
 import torch
 
-from . import clustering, pseudo_label_log, run_log, training_state
-from .config import Config, dump_yaml
-from .data.epoch_plan import check_batch_order
-from .data.factory import augment_params, dataset_from_config, generate_if_synthetic, training_plan
-from .data.integrity import check_dataset_images, records_fingerprint
-from .data.layouts import ReidDataset
-from .data.pipelines import get_pipeline, resolve_pipeline
-from .distributed import comm
-from .distributed.bn_groups import broadcast_bn_buffers
-from .distributed.env import DistEnv
-from .distributed.parallelize import ParallelSettings, configure_backends, parallelize, prepare_model, to_input
-from .distributed.sharding import shard_bounds
-from .evaluation.evaluator import EvalOptions, evaluate
-from .evaluation.extract import ExtractionSettings, extract_shard
-from .logging import MetricsWriter, progress, setup_logging
-from .losses import cacl_loss, loss_weights
-from .memory import ClusterCentres, InstanceBank
-from .models.cacl import build_model
-from .optim import adam_kernel, build_optimizer
-from .precision import StepPrecision
-from .previous_runs import set_aside_if_fresh
-from .stopping import AgreedStop, StopRequested
+from cacl_dist import clustering
+from cacl_dist.runs import pseudo_labels as pseudo_label_log
+from cacl_dist.training import run_log
+from cacl_dist.training import state as training_state
+from cacl_dist.config import Config, dump_yaml
+from cacl_dist.data.epoch_plan import check_batch_order
+from cacl_dist.data.factory import augment_params, dataset_from_config, generate_if_synthetic, training_plan
+from cacl_dist.data.integrity import check_dataset_images, records_fingerprint
+from cacl_dist.data.layouts import ReidDataset
+from cacl_dist.data.pipelines import get_pipeline, resolve_pipeline
+from cacl_dist.distributed import comm
+from cacl_dist.distributed.bn_groups import broadcast_bn_buffers
+from cacl_dist.distributed.env import DistEnv
+from cacl_dist.distributed.parallelize import ParallelSettings, configure_backends, parallelize, prepare_model, to_input
+from cacl_dist.distributed.sharding import shard_bounds
+from cacl_dist.evaluation.evaluator import EvalOptions, evaluate
+from cacl_dist.evaluation.extract import ExtractionSettings, extract_shard
+from cacl_dist.runs.logs import MetricsWriter, progress, setup_logging
+from cacl_dist.losses import cacl_loss, loss_weights
+from cacl_dist.memory import ClusterCentres, InstanceBank
+from cacl_dist.models.cacl import build_model
+from cacl_dist.training.optim import adam_kernel, build_optimizer
+from cacl_dist.training.precision import StepPrecision
+from cacl_dist.runs.previous import set_aside_if_fresh
+from cacl_dist.training.stopping import AgreedStop, StopRequested
 
 
 class Trainer:
@@ -53,7 +56,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, env: DistEnv, stop: AgreedStop | None = None) -> None:
         """Set up the run; `stop` (e.g. fed by signal handlers before this exists) may end the image check early
-        with :class:`~cacl_dist.stopping.StopRequested` on every rank."""
+        with :class:`~cacl_dist.training.stopping.StopRequested` on every rank."""
         self.cfg, self.env = cfg, env
         self.stop = stop if stop is not None else AgreedStop()
         self.run_dir = Path(cfg.run.output_dir)
@@ -342,7 +345,7 @@ class Trainer:
         """Atomically write last.pt (rank 0) after gathering the state from every rank.
 
         A state holding NaN or infinity is not written: every rank raises
-        :class:`~cacl_dist.checkpoint.NonFiniteError` and the last good checkpoint stays.
+        :class:`~cacl_dist.training.checkpoint.NonFiniteError` and the last good checkpoint stays.
         """
         state = self.state_dict()
         path = comm.run_on_main(lambda: training_state.write_state(self, state, keep),

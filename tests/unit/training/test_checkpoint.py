@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from cacl_dist import checkpoint as ckpt
+from cacl_dist.training import checkpoint as ckpt
 
 
 def test_atomic_save_and_load(tmp_path):
@@ -147,7 +147,7 @@ def test_full_disk_is_reported_as_such_with_the_path(tmp_path, monkeypatch):
     """torch.save reports a full disk as a zip-writer RuntimeError; the save names ENOSPC and the file."""
     import errno
 
-    from cacl_dist.cli import user_error_message
+    from cacl_dist.cli.common import user_error_message
 
     path = tmp_path / "last.pt"
     ckpt.save_checkpoint(path, {"epoch": 1})

@@ -2,7 +2,7 @@
 
 import logging
 
-from cacl_dist.run_log import eval_summary, log_summary
+from cacl_dist.training.run_log import eval_summary, log_summary
 
 
 def _history(maps):

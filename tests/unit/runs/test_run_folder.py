@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from cacl_dist.run_folder import RunFolderBusy, RunFolderLock, append_error_line, prepare_run_dir
-from cacl_dist.stopping import StopSignals, watch_parent
+from cacl_dist.runs.folder import RunFolderBusy, RunFolderLock, append_error_line, prepare_run_dir
+from cacl_dist.training.stopping import StopSignals, watch_parent
 
 from tests.helpers.runs import REPO
 
@@ -30,7 +30,7 @@ def test_lock_is_exclusive_names_the_owner_and_is_free_again_after_release(tmp_p
 def test_lock_of_a_killed_process_does_not_stay(tmp_path):
     code = textwrap.dedent(f"""
         import os, sys
-        from cacl_dist.run_folder import RunFolderLock
+        from cacl_dist.runs.folder import RunFolderLock
         RunFolderLock({str(tmp_path / "run")!r}).acquire()
         os._exit(0)  # no release: the operating system drops the lock with the process
     """)
@@ -88,7 +88,7 @@ def test_parent_watch_sends_sigterm_when_the_parent_dies(tmp_path):
     marker = tmp_path / "child_got_sigterm"
     child = textwrap.dedent(f"""
         import signal, sys, time
-        from cacl_dist.stopping import watch_parent
+        from cacl_dist.training.stopping import watch_parent
         signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, "w").write("yes"), sys.exit(0)))
         watch_parent(interval_s=0.05)
         print("watching", flush=True)
@@ -117,7 +117,7 @@ def test_parent_watch_sends_sigterm_when_the_parent_dies(tmp_path):
 
 
 def test_write_status_says_why_it_could_not_write_instead_of_raising(tmp_path):
-    from cacl_dist.run_folder import write_status
+    from cacl_dist.runs.folder import write_status
 
     assert write_status(tmp_path, "running: here") is None
     assert (tmp_path / "status.txt").read_text() == "running: here\n"

@@ -1,0 +1,3 @@
+"""Command-line entries: train, evaluate, export, extract, search, visualize, report.
+
+Each stays reachable as ``python -m cacl_dist.<entry>``."""

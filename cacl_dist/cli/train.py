@@ -1,0 +1,118 @@
+"""Training entry point: `python -m cacl_dist.train` or `torchrun ... -m cacl_dist.train`.
+
+    python -m cacl_dist.train                                   # quickstart: synthetic data, CPU, minutes
+    python -m cacl_dist.train --config configs/market1501.yaml --set data.root=/data/Market-1501
+    torchrun --nproc_per_node=8 -m cacl_dist.train --config configs/market1501.yaml
+
+Starting the same command again resumes from the last checkpoint in run.output_dir (one run at a
+time per folder). SIGTERM or SIGUSR1 make the run checkpoint at its next step (or as soon as the
+current phase allows) and exit with status 3; Ctrl-C (SIGINT) does the same and exits with 130.
+A user error (bad config, unreadable data, full disk, non-finite loss, ...) ends with one line on
+stderr, also written to the run folder's log, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from cacl_dist.cli.common import USER_ERROR_EXIT_CODE, add_config_args, default_config_path, run_main, user_error_message
+from cacl_dist.config import describe, dump_yaml, load_config, validate_for_world
+from cacl_dist.training.stopping import INTERRUPTED_EXIT_CODE, STOPPED_EXIT_CODE, AgreedStop, StopRequested, StopSignals, watch_parent
+
+__all__ = ["INTERRUPTED_EXIT_CODE", "STOPPED_EXIT_CODE", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cacl_dist.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--describe-config", action="store_true",
+                        help="print every config key with its value and meaning, and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train (or print the config); returns the exit status: 0 done, 2 user error, 3 / 130 stopped on request."""
+    args = build_parser().parse_args(argv)
+    where: dict = {}  # the run folder and rank once this run holds the folder: errors go into its log too
+
+    def body() -> int:
+        cfg = load_config(args.config or default_config_path(), args.overrides)
+        if args.print_config:
+            print(dump_yaml(cfg), end="")
+            return 0
+        if args.describe_config:
+            print(describe(cfg))
+            return 0
+        from cacl_dist.distributed import comm
+        from cacl_dist.distributed.env import init_distributed, shutdown_distributed
+        from cacl_dist.runs.folder import RunFolderLock, write_status
+        from cacl_dist.training.run_log import position
+        from cacl_dist.training.trainer import Trainer
+
+        def take_folder() -> None:  # rank 0
+            lock.acquire()
+            problem = write_status(lock.run_dir, f"running: {lock.describe_holder()}")
+            if problem:  # before any work: a run whose outcome cannot be recorded does not start
+                raise ValueError(f"{problem}; the run folder's status file must be a file this run can replace: "
+                                 "move what is in the way aside, or pick another run.output_dir")
+
+        with StopSignals() as signals:  # a signal from now on stops the run at its next chance
+            watch_parent()
+            env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
+            lock = RunFolderLock(cfg.run.output_dir)
+            try:
+                validate_for_world(cfg, env)  # before any work: every rank fails alike
+                comm.run_on_main(take_folder, "the run folder lock")  # held by rank 0
+                where.update(run_dir=cfg.run.output_dir, rank=env.rank)
+                stop = AgreedStop()
+                signals.attach(stop.request)  # from now on also the image check ends on a signal
+                try:
+                    trainer = Trainer(cfg, env, stop)
+                except StopRequested:  # during the image check: nothing trained, nothing to save
+                    trainer = None
+                    logging.getLogger("cacl_dist").info("stopped on request during the image check")
+                if trainer is not None:
+                    trainer.fit()
+                if trainer is not None and not trainer.stopped:
+                    code, outcome = 0, f"finished {position(trainer.epoch, 0)}"
+                else:
+                    where_now = position(trainer.epoch, trainer.iter_in_epoch) if trainer else "during the image check"
+                    code, outcome = signals.exit_code, (
+                        f"stopped on request ({_signal_name(signals.received)}) "
+                        f"{where_now}; start the same command again to resume")
+                problem = write_status(lock.run_dir, f"{code} {outcome}") if lock.held else None
+                if problem:
+                    print(f"warning: {problem}; the run {outcome}", file=sys.stderr)
+                return code
+            except Exception as exc:
+                if lock.held:  # rank 0, while the folder is still this run's
+                    message = user_error_message(exc)
+                    write_status(lock.run_dir, f"{USER_ERROR_EXIT_CODE} error: {message}" if message is not None
+                                 else f"1 crashed: {type(exc).__name__}: {exc} (traceback on stderr)")
+                raise
+            finally:
+                lock.release()
+                shutdown_distributed()
+
+    def log_error(line: str) -> None:
+        from cacl_dist.runs.folder import append_error_line
+
+        append_error_line(where.get("run_dir"), where.get("rank", 0), line)
+
+    return run_main(body, on_error=log_error)
+
+
+def _signal_name(signum: int | None) -> str:
+    try:
+        return signal.Signals(signum).name
+    except (TypeError, ValueError):
+        return "request"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
