@@ -29,9 +29,7 @@ import argparse
 import contextlib
 import importlib
 import inspect
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +39,7 @@ import torch
 from cacl_dist.training.checkpoint import load_trained_model
 from cacl_dist.cli.common import add_config_args, run_main
 from cacl_dist.cli.outputs import check_output
+from cacl_dist.runs.files import atomic_path
 
 FORMATS: tuple[str, ...] = ("export", "torchscript", "onnx", "state_dict")
 STATE_DICT_FORMAT = "cacl_dist.branch"
@@ -69,23 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _atomic_write(path: Path, write: Callable[[str], None], check: Callable[[str], None] | None = None) -> None:
     """Call ``write(tmp)`` on a temporary file beside `path`, optionally ``check(tmp)``, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, not mkstemp's owner-only mode
+    with atomic_path(path) as tmp:
         write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
         if check is not None:
             check(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _missing_packages(names: tuple[str, ...]) -> list[str]:

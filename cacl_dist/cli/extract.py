@@ -30,6 +30,7 @@ import torch
 from cacl_dist.cli.common import add_config_args, run_main
 from cacl_dist.data.layouts import IMAGE_EXTENSIONS, ImageRecord, check_file_names, read_list_lines
 from cacl_dist.cli.outputs import check_output
+from cacl_dist.runs.files import atomic_file
 
 
 @dataclasses.dataclass
@@ -172,24 +173,12 @@ def features_of(model: FeatureModel, records: list[ImageRecord], settings, rank:
 
 def save_features(path: str | Path, names: list[str], records: list[ImageRecord], feats: np.ndarray,
                   model: FeatureModel) -> Path:
-    """Write the .npz (a temporary file of its own beside it, then a rename)."""
-    import tempfile
-
+    """Write the .npz atomically (:func:`~cacl_dist.runs.files.atomic_file`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # a name of its own
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, names=np.array(names), paths=np.array([r.path for r in records]),
-                     features=feats.astype(np.float32), model=np.array(model.source),
-                     height=np.array(model.height), width=np.array(model.width))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, not mkstemp's owner-only mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        np.savez(fh, names=np.array(names), paths=np.array([r.path for r in records]),
+                 features=feats.astype(np.float32), model=np.array(model.source),
+                 height=np.array(model.height), width=np.array(model.width))
     return path
 
 

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cacl_dist.data.layouts import ImageRecord, ReidDataset
+from cacl_dist.runs.files import write_atomically
 from cacl_dist.training.stopping import StopRequested
 
 CHECK_VERSION = 2
@@ -290,8 +291,7 @@ def check_dataset_images(dataset: ReidDataset, run_dir: str | Path | None = None
             pass  # an unreadable record: check again
     check_images(paths, wrap, should_stop)
     if record is not None and digest:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"digest": digest, "images": len(paths)}) + "\n")
+        write_atomically(record, json.dumps({"digest": digest, "images": len(paths)}) + "\n")
     return True
 
 

@@ -23,6 +23,8 @@ import json
 import os
 from typing import Callable
 
+from cacl_dist.runs.files import FileLock, write_atomically
+
 MARKER = "synthetic.json"
 """The settings of a finished set, written last."""
 PARTIAL_MARKER = ".synthetic-partial.json"
@@ -114,7 +116,7 @@ def ensure_set(root: str, params: dict, write: Callable[[str, dict], None], forc
     with contextlib.ExitStack() as stack:
         try:
             os.makedirs(root, exist_ok=True)
-            stack.enter_context(_exclusive(os.path.join(root, LOCK_NAME)))
+            stack.enter_context(FileLock(os.path.join(root, LOCK_NAME)))  # waits; none without flock
         except OSError as exc:
             raise ValueError(f"cannot write the synthetic set into {what} '{root}' ({exc.strerror or exc}); "
                              f"point {what} at a folder you can write to") from None
@@ -131,10 +133,7 @@ def ensure_set(root: str, params: dict, write: Callable[[str, dict], None], forc
 
 
 def _write_json(path: str, value: dict) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(value, indent=2, sort_keys=True))
 
 
 def _write_marked(folder: str, params: dict, write: Callable[[str, dict], None]) -> None:
@@ -148,27 +147,6 @@ def _write_marked(folder: str, params: dict, write: Callable[[str, dict], None])
     write(folder, params)
     _write_json(os.path.join(folder, MARKER), params)
     os.remove(os.path.join(folder, PARTIAL_MARKER))
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: str):
-    """Hold an exclusive lock on ``lock_path`` (released when the process ends, also on a kill). Without
-    POSIX locks, or on a filesystem whose ``flock`` fails (some network filesystems), there is no lock."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 __all__ = ["LOCK_NAME", "MARKER", "PARTIAL_MARKER", "SPLIT_FOLDERS", "ensure_set", "is_complete", "locate",

@@ -1,7 +1,7 @@
 """The run folder as a resource: usable before any work starts, and held by one run at a time.
 
-:class:`RunFolderLock` takes an exclusive ``flock`` on ``<run folder>/.lock`` (the holder writes
-its host and pid into the file). The operating system drops the lock when the holding process
+:class:`RunFolderLock` takes an exclusive lock (:class:`~cacl_dist.runs.files.FileLock`) on
+``<run folder>/.lock`` (the holder writes its host and pid into the file). The operating system drops the lock when the holding process
 ends, however it ends, so a killed run never leaves the folder locked; a second run on the same
 folder stops at once with one line naming the folder and the holder. On filesystems without
 working ``flock`` (some network filesystems) the lock is best effort.
@@ -9,11 +9,12 @@ working ``flock`` (some network filesystems) the lock is best effort.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import time
 from pathlib import Path
+
+from cacl_dist.runs.files import FileLock, write_atomically
 
 LOCK_NAME = ".lock"
 STATUS_NAME = "status.txt"
@@ -49,37 +50,26 @@ class RunFolderLock:
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
-        self._fd: int | None = None
+        self._lock = FileLock(self.path)
 
     @property
     def held(self) -> bool:
         """True while this object holds the lock."""
-        return self._fd is not None
+        return self._lock.held
 
     def acquire(self) -> "RunFolderLock":
         """Create the run folder if needed and lock it; RunFolderBusy (a ValueError) when another run holds it."""
-        try:
-            import fcntl
-        except ImportError:  # not a POSIX system: no lock
-            return self
         prepare_run_dir(self.run_dir)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            free = self._lock.acquire(wait=False)
         except PermissionError:
             raise ValueError(f"run.output_dir '{self.run_dir}' is not writable (cannot create {LOCK_NAME}); fix "
                              "its permissions or pick another run.output_dir") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return self  # flock unsupported here (e.g. some network filesystems): run without the lock
+        if not free:
             raise RunFolderBusy(
                 f"run folder '{self.run_dir}' is in use by another run ({self.owner() or 'owner unknown'}); "
-                "wait for it to end or stop it, or pick another run.output_dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, (self.describe_holder() + "\n").encode())
-        self._fd = fd
+                "wait for it to end or stop it, or pick another run.output_dir")
+        self._lock.write_note(self.describe_holder() + "\n")
         return self
 
     @staticmethod
@@ -89,16 +79,11 @@ class RunFolderLock:
 
     def owner(self) -> str:
         """What the holder wrote into the lock file ('' when unreadable)."""
-        try:
-            return self.path.read_text().strip()
-        except OSError:
-            return ""
+        return self._lock.read_note()
 
     def release(self) -> None:
         """Drop the lock (the file stays: removing it would race with a run that is taking it)."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
+        self._lock.release()
 
     def __enter__(self) -> "RunFolderLock":
         return self.acquire()
@@ -115,15 +100,9 @@ def write_status(run_dir: str | Path, text: str) -> str | None:
     Returns None, or why the status could not be written (one phrase naming the file): it never raises, so
     that it cannot hide what happened (e.g. a full disk); the caller decides whether to stop or warn."""
     path = Path(run_dir) / STATUS_NAME
-    tmp = path.with_name(f".{STATUS_NAME}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(" ".join(text.split()) + "\n")
-        os.replace(tmp, path)
+        write_atomically(path, " ".join(text.split()) + "\n")
     except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         return f"cannot write '{path}' ({exc.strerror or exc})"
     return None
 

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from cacl_dist.evaluation.cluster_quality import QUALITY_KEYS, cluster_quality
+from cacl_dist.runs.files import atomic_file
 
 LABEL_DIR = "pseudo_labels"
 """Sub-folder of the run folder that holds the labels of every round."""
@@ -53,11 +54,9 @@ def quality_stats(labels: np.ndarray, raw_labels: np.ndarray | None, identities:
 
 
 def _save(path: Path, labels: np.ndarray) -> None:
-    """np.save to a temporary name, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    """np.save atomically: a reader never sees half a file."""
+    with atomic_file(path) as fh:
         np.save(fh, np.asarray(labels, dtype=np.int32))
-    os.replace(tmp, path)
 
 
 def record_round(run_dir: str | Path, epoch: int, result, records: Sequence) -> dict[str, float]:

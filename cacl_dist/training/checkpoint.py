@@ -15,10 +15,8 @@ model a checkpoint was trained with, for evaluation and export.
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,13 +26,14 @@ import torch
 
 from cacl_dist.config import Config, apply_overrides, config_from_dict, load_config
 from cacl_dist.models.cacl import CACLModel, build_model
+from cacl_dist.runs.files import atomic_file
 
 FORMAT = "cacl_dist.checkpoint"  # the file format's name, not a module path: old checkpoints keep loading
 FORMAT_VERSION = 2
 """2: random states as tensors and plain values (version 1 stored NumPy arrays), dataset fingerprint."""
 LAST = "last.pt"
 _TEMPORARY = re.compile(r"^\.(last|epoch_\d+)\.pt\.[A-Za-z0-9_]+\.tmp$")
-"""Names :func:`save_checkpoint` gives its temporaries (``tempfile.mkstemp`` beside ``last.pt`` or ``epoch_NNN.pt``)."""
+"""Names :func:`save_checkpoint` gives its temporaries (:func:`~cacl_dist.runs.files.atomic_file` beside ``last.pt`` or ``epoch_NNN.pt``)."""
 
 
 class NonFiniteError(FloatingPointError, ValueError):
@@ -100,35 +99,18 @@ def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write `state` atomically to `path` (temporary file + fsync + rename)."""
+    """Write `state` atomically to `path` (:func:`~cacl_dist.runs.files.atomic_file`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # an ordinary file like the rest of the run folder, not mkstemp's 0600
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_file(path) as fh:
             torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         cause = _os_error_behind(exc)
         if cause is not None:  # e.g. ENOSPC, which torch.save reports as a zip-writer RuntimeError
             raise OSError(cause.errno, f"{cause.strerror} (writing the checkpoint)", str(path)) from None
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
     return path
 
 

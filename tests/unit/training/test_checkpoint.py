@@ -157,7 +157,7 @@ def test_full_disk_is_reported_as_such_with_the_path(tmp_path, monkeypatch):
         os.close(fd)
         return real_fdopen(os.open("/dev/full", os.O_WRONLY), mode, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt.os, "fdopen", full_disk)
+    monkeypatch.setattr(os, "fdopen", full_disk)  # the atomic write opens its temporary through os.fdopen
     with pytest.raises(OSError) as info:
         ckpt.save_checkpoint(path, {"epoch": 2, "weights": torch.zeros(100_000)})
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
