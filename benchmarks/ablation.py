@@ -42,10 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from cacl_dist.runs.logs import read_metrics  # noqa: E402
+from cacl_dist.runs.metrics import EVAL_SCORES, read_complete  # noqa: E402
 from benchmarks.machine import cpu_description, git_commit, load_average  # noqa: E402
 
-METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+METRIC_KEYS = EVAL_SCORES
 
 
 @dataclass(frozen=True)
@@ -214,10 +214,9 @@ def run_one(suite: Suite, variant: str, seed: int, args: argparse.Namespace, run
     load_after = load_now()
     if proc.returncode != 0:
         raise RuntimeError(f"run {variant} seed {seed} failed (exit {proc.returncode}); see {log_path}")
-    evals = read_metrics(run_dir, "eval")
-    if not evals:
+    curve = eval_curve(run_dir)
+    if not curve:
         raise RuntimeError(f"run {variant} seed {seed} wrote no evaluation to {run_dir / 'metrics.jsonl'}")
-    curve = [{"epoch": r["epoch"], **{k: r[k] for k in METRIC_KEYS}} for r in evals]
     best = max(curve, key=lambda p: (p["mAP"], -p["epoch"]))
     result = {"variant": variant, "seed": seed, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
               "threads": threads, "load_before": load_before, "load_after": load_after, "run_dir": str(run_dir),
@@ -226,6 +225,11 @@ def run_one(suite: Suite, variant: str, seed: int, args: argparse.Namespace, run
         f"(best {100 * best['mAP']:.1f} at epoch {best['epoch']}), rank-1 {100 * curve[-1]['rank1']:.1f} "
         f"({wall:.0f} s wall, {cpu:.0f} s CPU, load {load_before} -> {load_after})")
     return result
+
+
+def eval_curve(run_dir: Path) -> list[dict]:
+    """Epoch and scores of each evaluation of a run (a torn or junk line of its metrics.jsonl is skipped)."""
+    return [{"epoch": r["epoch"], **{k: r[k] for k in METRIC_KEYS}} for r in read_complete(run_dir, "eval")]
 
 
 # ------------------------------------------------------------------------------------- report

@@ -189,7 +189,7 @@ def failure_line(log: Path, exc: Exception) -> str:
 
 
 def report_outcome(job, run: Run) -> bool:
-    from cacl_dist.runs.logs import read_metrics
+    from cacl_dist.runs.metrics import read_complete
 
     try:
         job.results()  # one result per task; every task must have finished training
@@ -197,7 +197,7 @@ def report_outcome(job, run: Run) -> bool:
         print(f"job {job.job_id} did not finish training: {failure_line(job.paths.stderr, exc)} "
               f"(log: {job.paths.stderr})", file=sys.stderr, flush=True)
         return False
-    evals = read_metrics(run.run_dir, "eval") if (run.run_dir / "metrics.jsonl").exists() else []
+    evals = read_complete(run.run_dir, "eval")  # skips a torn or junk line
     summary = f"; last evaluation mAP {100 * evals[-1]['mAP']:.1f}%" if evals else ""
     print(f"job {job.job_id} finished: {run.run_dir}{summary}", flush=True)
     return True

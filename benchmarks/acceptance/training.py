@@ -47,7 +47,7 @@ def part_two_process(ctx: Context) -> dict:
     import torch
 
     from cacl_dist.training.checkpoint import load_checkpoint
-    from cacl_dist.runs.logs import read_metrics
+    from cacl_dist.runs.metrics import read_metrics
 
     work = Path(ctx.work) / "two_process"
     shutil.rmtree(work, ignore_errors=True)
@@ -181,7 +181,7 @@ def _wait_for_training(proc, metrics: Path, timeout: float) -> bool:
 def part_resume(ctx: Context) -> dict:
     """ResNet-50 x 2 in bf16 + channels-last: a short schedule with evaluation, SIGTERM mid-epoch, resume."""
     from cacl_dist.training.checkpoint import load_checkpoint
-    from cacl_dist.runs.logs import read_metrics
+    from cacl_dist.runs.metrics import read_metrics
 
     run_dir = Path(ctx.work) / "resume_run"
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from cacl_dist.cli.common import run_main
-from cacl_dist.runs.report import _config, markdown, read_rows, summarize
+from cacl_dist.runs.report import markdown, read_config, read_rows, summarize
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         if not rows:
             raise ValueError(f"'{run / 'metrics.jsonl'}' holds no records yet; run the report after the first "
                              "logging step")
-        config = _config(run)
+        config = read_config(run)
         out = Path(args.output) if args.output else run / "report"
         out.mkdir(parents=True, exist_ok=True)
         try:

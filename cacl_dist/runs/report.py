@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cacl_dist.runs.logs import read_metric_rows
+from cacl_dist.runs.metrics import CLUSTER_COUNTS, EVAL_SCORES, METRICS_NAME, QUALITY_SCORES, read_metric_rows
 
 EVAL_KEYS = (("mAP", "mAP"), ("rank1", "rank-1"), ("mINP", "mINP"))
-LOSS_KEYS = ("loss", "instance", "inter", "intra_rgb", "intra_gray")
-CLUSTER_KEYS = (("num_clusters", "pseudo clusters"), ("num_raw_clusters", "raw DBSCAN clusters"),
-                ("num_outliers", "outliers"), ("num_refined_away", "refined away"))
+"""The plotted scores of the eval rows (of :data:`~cacl_dist.runs.metrics.EVAL_SCORES`) and their labels."""
+CLUSTER_KEYS = tuple(zip(CLUSTER_COUNTS, ("pseudo clusters", "raw DBSCAN clusters", "outliers", "refined away")))
 QUALITY_KEYS = (("fscore", "pairwise F"), ("ari", "ARI"), ("nmi", "NMI"))
+"""The plotted pseudo-label scores (of :data:`~cacl_dist.runs.metrics.QUALITY_SCORES`) and their labels."""
 
 
 def read_rows(run_dir: str | Path) -> tuple[list[dict], int]:
@@ -22,7 +22,7 @@ def read_rows(run_dir: str | Path) -> tuple[list[dict], int]:
     Rows come back in step order. A line that is not JSON (the half-written end of a file that
     a running job is appending to) is skipped and counted.
     """
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"'{path}' does not exist; pass a run folder (run.output_dir of a cacl_dist run)")
     latest: dict[tuple[str, int], dict] = {}
@@ -64,7 +64,8 @@ def training_seconds(train_rows: list[dict], batch_size: int | None) -> float | 
     return total
 
 
-def _config(run_dir: Path) -> dict:
+def read_config(run_dir: Path) -> dict:
+    """The run's config.yaml as a dict ({} when missing or unreadable: the report then says '?')."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return {}
@@ -144,7 +145,7 @@ def markdown(run_dir: Path, summary: dict, config: dict, plots: list[str], note:
         lines += ["| | epoch | mAP | rank-1 | rank-5 | rank-10 | mINP |", "|---|---|---|---|---|---|---|"]
         for name, row in (("best (by mAP)", best), ("last", last)):
             lines.append(f"| {name} | {row.get('epoch', '?')} | " + " | ".join(
-                _pct(row, k) for k in ("mAP", "rank1", "rank5", "rank10", "mINP")) + " |")
+                _pct(row, k) for k in EVAL_SCORES) + " |")
     cluster = summary["last_cluster"]
     if cluster is not None:
         lines += ["", "## Last clustering", "",
@@ -157,7 +158,7 @@ def markdown(run_dir: Path, summary: dict, config: dict, plots: list[str], note:
             for prefix, name in (("pseudo", "pseudo labels"), ("raw", "raw DBSCAN")):
                 if f"{prefix}_fscore" in cluster:
                     lines.append(f"| {name} | " + " | ".join(f"{cluster[f'{prefix}_{k}']:.3f}" for k in
-                                                             ("precision", "recall", "fscore", "ari", "nmi")) + " |")
+                                                             QUALITY_SCORES) + " |")
     lines += ["", "## Time", "",
               f"- training steps: {_seconds(summary['training_s'])} (from the logged images/s)",
               f"- clustering: {_seconds(summary['clustering_s'])}",

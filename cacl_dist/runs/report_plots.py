@@ -1,4 +1,4 @@
-"""The PNG plots of the training report (:mod:`cacl_dist.report`), drawn with matplotlib's Agg backend.
+"""The PNG plots of the training report (:mod:`cacl_dist.cli.report`), drawn with matplotlib's Agg backend.
 
 Importing this module imports matplotlib; the report catches the ImportError when it is missing.
 """
@@ -13,7 +13,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from cacl_dist.runs.report import CLUSTER_KEYS, EVAL_KEYS, LOSS_KEYS, QUALITY_KEYS, of_kind  # noqa: E402
+from cacl_dist.runs.metrics import LOSS_KEYS  # noqa: E402
+from cacl_dist.runs.report import CLUSTER_KEYS, EVAL_KEYS, QUALITY_KEYS, of_kind  # noqa: E402
 
 DPI = 100
 SIZE = (6.4, 3.6)

@@ -41,7 +41,8 @@ from cacl_dist.distributed.parallelize import ParallelSettings, configure_backen
 from cacl_dist.distributed.sharding import shard_bounds
 from cacl_dist.evaluation.evaluator import EvalOptions, evaluate
 from cacl_dist.evaluation.extract import ExtractionSettings, extract_shard
-from cacl_dist.runs.logs import MetricsWriter, progress, setup_logging
+from cacl_dist.runs.logs import progress, setup_logging
+from cacl_dist.runs.metrics import MetricsWriter
 from cacl_dist.losses import cacl_loss, loss_weights
 from cacl_dist.memory import ClusterCentres, InstanceBank
 from cacl_dist.models.cacl import build_model

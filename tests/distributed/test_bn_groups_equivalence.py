@@ -23,7 +23,7 @@ import re
 import torch
 
 from cacl_dist.training.checkpoint import load_checkpoint, load_trained_model
-from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.metrics import read_metrics
 from tests.helpers.runs import assert_same_state, run_cli, set_args
 
 TOL = 1e-4  # see the module docstring

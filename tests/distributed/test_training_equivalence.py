@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cacl_dist.training.checkpoint import load_checkpoint
-from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.metrics import read_metrics
 from tests.helpers.runs import assert_same_state, run_cli, set_args
 
 

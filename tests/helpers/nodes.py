@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from cacl_dist.training.checkpoint import load_checkpoint
-from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.metrics import read_metrics
 
 from tests.helpers.gloo import free_port
 from tests.helpers.runs import REPO, log_text, wait_for

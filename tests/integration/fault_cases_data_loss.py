@@ -94,7 +94,7 @@ def case_output_in_data(lab: Lab):
 
 
 def case_fresh_start(lab: Lab):
-    from cacl_dist.runs.logs import read_metrics
+    from cacl_dist.runs.metrics import read_metrics
 
     run_dir = lab.copy_of_base("fresh_start")
     (run_dir / "last.pt").unlink()

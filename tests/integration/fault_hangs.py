@@ -114,7 +114,7 @@ def case_worker_killed(lab: Lab):
 def case_group_sigterm_with_workers(lab: Lab):
     """SIGTERM to the whole process group (as torchrun's agent sends it), DataLoader workers included."""
     from cacl_dist.training.checkpoint import load_checkpoint
-    from cacl_dist.runs.logs import read_metrics
+    from cacl_dist.runs.metrics import read_metrics
 
     run_dir = lab.folder("group_sigterm")
     proc = start_cli("cacl_dist.train", lab.args(run_dir, **{**BASE, "data.num_workers": 2, "train.iters_per_epoch": 60}),
@@ -144,7 +144,7 @@ def sigterm_torchrun_agent(lab: Lab, name: str, pipeline: str, busy: bool = Fals
     agent = start_cli("cacl_dist.train", lab.args(run_dir, **extra), torchrun_procs=2,
                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        from cacl_dist.runs.logs import read_metrics
+        from cacl_dist.runs.metrics import read_metrics
 
         wait_for(lambda: read_metrics(run_dir, "train"), agent, what="the first step")
         sent = time.monotonic()

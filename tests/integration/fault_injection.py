@@ -136,7 +136,7 @@ def case_sigterm_start_up(lab: Lab):
 
 
 def case_ctrl_c(lab: Lab):
-    from cacl_dist.runs.logs import read_metrics
+    from cacl_dist.runs.metrics import read_metrics
 
     code, state, run_dir = stop_with(lab, "ctrl_c", signal.SIGINT, lambda d: read_metrics(d, "train"),
                                  {"train.iters_per_epoch": 30})
@@ -145,7 +145,7 @@ def case_ctrl_c(lab: Lab):
 
 
 def case_metrics_once(lab: Lab):
-    from cacl_dist.runs.logs import read_metrics
+    from cacl_dist.runs.metrics import read_metrics
 
     run_dir = lab.copy_of_base("metrics_once")
     args = lab.args(run_dir, **NEXT_EPOCH, **{"checkpoint.every_steps": 1})
@@ -198,7 +198,7 @@ def case_world_size(lab: Lab):
 
 
 def case_agent_killed(lab: Lab):
-    from cacl_dist.runs.logs import read_metrics
+    from cacl_dist.runs.metrics import read_metrics
 
     run_dir = lab.folder("agent_killed")
     agent = start_cli("cacl_dist.train", lab.args(run_dir, **{"train.iters_per_epoch": 200}), torchrun_procs=2,
@@ -246,7 +246,7 @@ def case_nan_checkpoint(lab: Lab):
 
 
 def case_lr_on_resume(lab: Lab):
-    from cacl_dist.runs.logs import read_metrics
+    from cacl_dist.runs.metrics import read_metrics
 
     run_dir = lab.copy_of_base("lr_change")
     result = run_cli("cacl_dist.train", lab.args(run_dir, **NEXT_EPOCH, **{"optim.lr": 0.0005}))
@@ -256,7 +256,7 @@ def case_lr_on_resume(lab: Lab):
 
 def case_eval_failure(lab: Lab):
     from cacl_dist.training.checkpoint import load_checkpoint
-    from cacl_dist.runs.logs import read_metrics
+    from cacl_dist.runs.metrics import read_metrics
 
     data = lab.folder("eval_fail_data")
     shutil.copytree(lab.data, data)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.metrics import read_metrics
 
 from tests.helpers.runs import REPO, fit, run_cli, set_args
 from tests.helpers.user_files import market_like, tree_bytes

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cacl_dist.training.checkpoint import FORMAT, NonFiniteError, load_checkpoint, save_checkpoint
-from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.metrics import read_metrics
 from cacl_dist.training.trainer import Trainer
 
 from tests.helpers.runs import assert_same_state, fit, run_cli, set_args

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from cacl_dist.training.checkpoint import load_checkpoint
-from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.metrics import read_metrics
 
 from tests.helpers.runs import run_cli, tiny_overrides
 

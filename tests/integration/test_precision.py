@@ -8,7 +8,7 @@ import torch
 from cacl_dist.training.checkpoint import load_checkpoint
 from cacl_dist.config import load_config
 from cacl_dist.distributed.env import DistEnv
-from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.metrics import read_metrics
 from cacl_dist.training.trainer import Trainer
 
 from tests.helpers.runs import tiny_overrides

@@ -1,6 +1,6 @@
 """A tiny run with every released-code choice of the real recipes switched on (docs/method.md section 8)."""
 
-from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.metrics import read_metrics
 from cacl_dist.training.run_log import eval_summary
 
 from tests.helpers.runs import fit

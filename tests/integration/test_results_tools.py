@@ -15,7 +15,7 @@ from cacl_dist.training.checkpoint import load_checkpoint, load_trained_model
 from cacl_dist.data.layouts import load_dataset
 from cacl_dist.evaluation.cluster_quality import cluster_quality
 from cacl_dist.evaluation.extract import ExtractionSettings, extract_all
-from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.metrics import read_metrics
 from cacl_dist.runs.pseudo_labels import load_round, saved_epochs
 from cacl_dist.visualize import draw
 from cacl_dist.cli.visualize import main as visualize

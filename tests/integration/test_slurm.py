@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from cacl_dist.training.checkpoint import load_checkpoint
-from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.metrics import read_metrics
 
 from tests.helpers.runs import REPO, assert_same_state, run_cli, set_args, tiny_overrides
 from .slurm_cluster import PARTITION, ClusterUnavailable, LocalSlurm

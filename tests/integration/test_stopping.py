@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from cacl_dist.training.checkpoint import load_checkpoint
-from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.metrics import read_metrics
 
 from tests.helpers.runs import assert_same_state, log_text, run_cli, set_args, start_cli, wait_for
 

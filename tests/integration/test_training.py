@@ -13,7 +13,7 @@ import torch
 
 from cacl_dist.training.checkpoint import load_checkpoint
 from cacl_dist.config import load_config
-from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.metrics import read_metrics
 
 from tests.helpers.runs import CPU, REPO, assert_same_state, fit, run_cli, set_args, tiny_overrides
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cacl_dist.training.checkpoint import load_checkpoint
-from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.metrics import read_metrics
 
 from tests.helpers.gloo import free_port
 from tests.helpers.nodes import finish, run_with_a_killed_node, start_agent, start_store_host

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from cacl_dist.runs.logs import read_metrics
+from cacl_dist.runs.metrics import read_metrics
 
 from tests.helpers.runs import (file_permissions_apply, fit, log_text, run_cli, set_args, start_cli, tiny_overrides,
                                 wait_for)
