@@ -14,6 +14,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Callable
 
 PREVIOUS_RUNS = "previous_runs"
 """Sub-folder of the run folder that keeps the records of earlier runs, one folder per fresh start."""
@@ -54,12 +55,11 @@ def set_aside_previous_run(run_dir: str | Path) -> Path | None:
     return target
 
 
-def set_aside_if_fresh(run_dir: str | Path) -> str | None:
-    """For a fresh start (no ``last.pt`` in ``run_dir``) :func:`set_aside_previous_run`; where the records went,
-    or None (resuming, or nothing to set aside). Rank 0 calls it before the run writes anything."""
-    from cacl_dist.training.checkpoint import find_resume
-
-    if find_resume(run_dir) is not None:
+def set_aside_if_fresh(run_dir: str | Path, find_resume: Callable[[Path], Path | None]) -> str | None:
+    """For a fresh start (`find_resume` finds no checkpoint in ``run_dir``, i.e. no ``last.pt``)
+    :func:`set_aside_previous_run`; where the records went, or None (resuming, or nothing to set aside).
+    Rank 0 calls it before the run writes anything; the checkpointer passes its ``find_resume``."""
+    if find_resume(Path(run_dir)) is not None:
         return None  # resuming: the records continue
     moved = set_aside_previous_run(run_dir)
     return None if moved is None else str(moved)

@@ -49,6 +49,7 @@ from cacl_dist.models.cacl import build_model
 from cacl_dist.training.optim import adam_kernel, build_optimizer
 from cacl_dist.training.precision import StepPrecision
 from cacl_dist.runs.previous import set_aside_if_fresh
+from cacl_dist.training.checkpoint import find_resume
 from cacl_dist.training.stopping import AgreedStop, StopRequested
 
 
@@ -61,7 +62,8 @@ class Trainer:
         self.cfg, self.env = cfg, env
         self.stop = stop if stop is not None else AgreedStop()
         self.run_dir = Path(cfg.run.output_dir)
-        moved = comm.run_on_main(lambda: set_aside_if_fresh(self.run_dir), "setting an earlier run's records aside")
+        moved = comm.run_on_main(lambda: set_aside_if_fresh(self.run_dir, find_resume),
+                                 "setting an earlier run's records aside")
         self.log = setup_logging(self.run_dir, env.rank)  # (after: a fresh start's log is a new file)
         if moved is not None:
             self.log.info("fresh start (no last.pt): the earlier run's records were moved to %s", moved)

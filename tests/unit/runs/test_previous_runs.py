@@ -1,6 +1,7 @@
 """A fresh start in a used run folder: the earlier run's records move to previous_runs/, nothing else moves."""
 
 from cacl_dist.runs.previous import earlier_records, set_aside_if_fresh, set_aside_previous_run
+from cacl_dist.training.checkpoint import find_resume
 
 from tests.helpers.user_files import tree_bytes
 
@@ -40,6 +41,6 @@ def test_a_folder_with_last_pt_resumes_and_keeps_its_records(tmp_path):
     _used_folder(tmp_path)
     (tmp_path / "last.pt").write_bytes(b"checkpoint")
     before = tree_bytes(tmp_path)
-    assert set_aside_if_fresh(tmp_path) is None
+    assert set_aside_if_fresh(tmp_path, find_resume) is None
     assert tree_bytes(tmp_path) == before
-    assert set_aside_if_fresh(tmp_path / "missing") is None
+    assert set_aside_if_fresh(tmp_path / "missing", find_resume) is None
