@@ -16,6 +16,7 @@ import torch
 from cacl_dist.clustering.cuml_backend import INSTALL_HINT, cuml_available
 from cacl_dist.clustering.names import (AUTO, BACKEND_CHOICES, BACKENDS, OUTLIER_POLICIES, REFINE_SCORES,
                                         SPARSE_BACKENDS, check_choice)
+from cacl_dist.errors import UserError
 
 if TYPE_CHECKING:
     from cacl_dist.config import ClusteringConfig
@@ -35,8 +36,8 @@ def resolve_backend(name: str) -> str:
     if name == "cuml" and not cuml_available():
         where = "no CUDA device is visible" if not torch.cuda.is_available() else \
             f"cuML/CuPy are not installed ({INSTALL_HINT})"
-        raise ValueError(f"clustering.backend 'cuml' cannot run here: {where}. "
-                         "Use clustering.backend=torch (same labels, CPU or CUDA).")
+        raise UserError(f"clustering.backend 'cuml' cannot run here: {where}. "
+                        "Use clustering.backend=torch (same labels, CPU or CUDA).")
     return name
 
 
@@ -75,10 +76,10 @@ class ClusterParams:
         check_choice("refine_score", self.refine_score, REFINE_SCORES)
         check_choice("outliers", self.outliers, OUTLIER_POLICIES)
         if not self.ratio_cluster > 0:
-            raise ValueError(f"clustering.ratio_cluster must be positive, got {self.ratio_cluster}; "
-                             "the released code uses 1.0.")
+            raise UserError(f"clustering.ratio_cluster must be positive, got {self.ratio_cluster}; "
+                            "the released code uses 1.0.")
         if self.refine and self.eps_tight > self.eps:
-            raise ValueError(
+            raise UserError(
                 f"clustering.eps_tight={self.eps_tight} is larger than clustering.eps={self.eps}; refinement "
                 "over-segments with a tighter radius, so set eps_tight <= eps (the default is eps - 0.02)."
             )

@@ -14,6 +14,7 @@ from cacl_dist.clustering.names import BACKEND_CHOICES, OUTLIER_POLICIES, REFINE
 from cacl_dist.data.layouts import DATASET_NAMES
 from cacl_dist.data.names import ERASE_FILLS, ERASE_RATIO_SAMPLINGS, INTERPOLATIONS, SAMPLERS
 from cacl_dist.data.pipelines import PIPELINES
+from cacl_dist.errors import ConfigError
 
 PIPELINE_CHOICES = ("auto", *PIPELINES)
 
@@ -307,6 +308,3 @@ class Config:
     dist: DistConfig = field(default_factory=DistConfig)
     """Distributed settings."""
 
-
-class ConfigError(ValueError):
-    """A configuration key or value that cannot be used; the message names it."""

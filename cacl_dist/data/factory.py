@@ -15,6 +15,7 @@ from cacl_dist.config import Config
 from cacl_dist.data.epoch_plan import RankPlan, plan_epoch
 from cacl_dist.data.layouts import ReidDataset, load_dataset
 from cacl_dist.data.transforms import AugmentParams
+from cacl_dist.errors import UserError
 
 
 def generate_if_synthetic(cfg: Config, write: bool = True) -> bool:
@@ -49,7 +50,7 @@ def dataset_from_config(cfg: Config) -> ReidDataset:
     root = data_folder(cfg)
     dataset = load_dataset(cfg.data.dataset, root)
     if len(dataset.train) <= cfg.clustering.k1:
-        raise ValueError(
+        raise UserError(
             f"dataset at '{root}' has {len(dataset.train)} training images, not more than "
             f"clustering.k1={cfg.clustering.k1}; use more images or a smaller clustering.k1")
     return dataset
@@ -75,8 +76,8 @@ def training_plan(cfg: Config, dataset: ReidDataset, labels: np.ndarray, *, epoc
                   rank: int, world_size: int, device: torch.device) -> RankPlan:
     """The training plan of ``epoch`` under the pseudo ``labels`` (< ``num_clusters``) for ``rank``."""
     if cfg.train.batch_size % world_size:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the world size "
-                         f"{world_size}; choose a global batch that splits evenly across ranks")
+        raise UserError(f"train.batch_size={cfg.train.batch_size} is not divisible by the world size "
+                        f"{world_size}; choose a global batch that splits evenly across ranks")
     return plan_epoch(labels, camera_ids(dataset), epoch=epoch, num_iters=cfg.train.iters_per_epoch,
                       batch_size=cfg.train.batch_size, num_instances=cfg.train.num_instances, seed=cfg.run.seed,
                       num_clusters=num_clusters, rank=rank, world_size=world_size, device=device,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cacl_dist.data.names import SAMPLERS
+from cacl_dist.errors import UserError
 
 
 @dataclass
@@ -120,9 +121,9 @@ class IdentitySampler:
         if self.policy == "released":
             used = pass_len // self.batch_size * self.batch_size
             if used == 0 and num_iters:
-                raise ValueError(f"train.sampler 'released' drops the last partial batch of every pass, but a pass "
-                                 f"of this epoch has {pass_len} images, fewer than train.batch_size "
-                                 f"({self.batch_size}); use train.sampler=cacl or a smaller batch")
+                raise UserError(f"train.sampler 'released' drops the last partial batch of every pass, but a pass "
+                                f"of this epoch has {pass_len} images, fewer than train.batch_size "
+                                f"({self.batch_size}); use train.sampler=cacl or a smaller batch")
         num_passes = -(-total // used) if total else 0
         num_groups = self.num_identities
         # Identity order of every pass: shuffle each row independently.

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cacl_dist.runs.logs import read_metric_rows
+from cacl_dist.errors import MissingFileError
 
 EVAL_KEYS = (("mAP", "mAP"), ("rank1", "rank-1"), ("mINP", "mINP"))
 LOSS_KEYS = ("loss", "instance", "inter", "intra_rgb", "intra_gray")
@@ -24,7 +25,7 @@ def read_rows(run_dir: str | Path) -> tuple[list[dict], int]:
     """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"'{path}' does not exist; pass a run folder (run.output_dir of a cacl_dist run)")
+        raise MissingFileError(f"'{path}' does not exist; pass a run folder (run.output_dir of a cacl_dist run)")
     latest: dict[tuple[str, int], dict] = {}
     rows, skipped = read_metric_rows(path)
     for row in rows:
