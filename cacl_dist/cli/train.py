@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
             lock = RunFolderLock(cfg.run.output_dir)
             try:
-                validate_for_world(cfg, env)  # before any work: every rank fails alike
+                validate_for_world(cfg, env.world_size)  # before any work: every rank fails alike
                 comm.run_on_main(take_folder, "the run folder lock")  # held by rank 0
                 where.update(run_dir=cfg.run.output_dir, rank=env.rank)
                 stop = AgreedStop()

@@ -127,21 +127,4 @@ def _validate_bn_group(cfg: Config) -> None:
                           "choose a divisor of the global batch")
 
 
-
-def validate_for_world(cfg: Config, env) -> None:
-    """Rules that depend on the number of processes (``env.world_size``, e.g. a DistEnv), checked at start-up
-    before any work: the global batch splits evenly over the ranks, and each rank's share can train BatchNorm."""
-    world = env.world_size
-    batch = cfg.train.batch_size
-    if batch % world:
-        raise ConfigError(
-            f"config key 'train.batch_size': the global batch {batch} does not split over {world} processes; "
-            f"pick a multiple of {world} (e.g. {max(world, batch - batch % world)}) or start another number of "
-            "processes")
-    if batch // world < 2 and not cfg.model.frozen_bn:
-        raise ConfigError(
-            f"config key 'train.batch_size': {batch} over {world} process(es) leaves {batch // world} image per "
-            f"rank, but BatchNorm needs at least 2 in training; use train.batch_size >= {2 * world}")
-
-
-__all__ = ["validate", "validate_for_world"]
+__all__ = ["validate"]

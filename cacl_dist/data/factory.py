@@ -75,9 +75,6 @@ def camera_ids(dataset: ReidDataset) -> np.ndarray | None:
 def training_plan(cfg: Config, dataset: ReidDataset, labels: np.ndarray, *, epoch: int, num_clusters: int,
                   rank: int, world_size: int, device: torch.device) -> RankPlan:
     """The training plan of ``epoch`` under the pseudo ``labels`` (< ``num_clusters``) for ``rank``."""
-    if cfg.train.batch_size % world_size:
-        raise UserError(f"train.batch_size={cfg.train.batch_size} is not divisible by the world size "
-                        f"{world_size}; choose a global batch that splits evenly across ranks")
     return plan_epoch(labels, camera_ids(dataset), epoch=epoch, num_iters=cfg.train.iters_per_epoch,
                       batch_size=cfg.train.batch_size, num_instances=cfg.train.num_instances, seed=cfg.run.seed,
                       num_clusters=num_clusters, rank=rank, world_size=world_size, device=device,

@@ -28,7 +28,7 @@ from cacl_dist import clustering
 from cacl_dist.runs import pseudo_labels as pseudo_label_log
 from cacl_dist.training import run_log
 from cacl_dist.training import state as training_state
-from cacl_dist.config import Config, dump_yaml
+from cacl_dist.config import Config, dump_yaml, validate_for_world
 from cacl_dist.data.epoch_plan import check_batch_order
 from cacl_dist.data.factory import augment_params, dataset_from_config, generate_if_synthetic, training_plan
 from cacl_dist.data.integrity import check_dataset_images, records_fingerprint
@@ -77,7 +77,9 @@ class Trainer:
         self.data_fingerprint = records_fingerprint(self.dataset.train, self.dataset.root)
         self.train_pipeline = get_pipeline(resolve_pipeline(cfg.data.pipeline, device=env.device))
         self.cluster_params = clustering.ClusterParams.from_config(cfg.clustering)  # resolves the backend
-        run_log.log_setup(self.log, cfg, env, self.dataset, self.train_pipeline.NAME, self.cluster_params.backend)
+        bn_layout = validate_for_world(cfg, env.world_size)  # checked at start-up; here for its BatchNorm layout
+        run_log.log_setup(self.log, cfg, env, self.dataset, self.train_pipeline.NAME, self.cluster_params.backend,
+                          bn_layout)
 
         torch.manual_seed(cfg.run.seed)
         parallel = ParallelSettings.from_config(cfg)
@@ -88,7 +90,7 @@ class Trainer:
         self.eval_options = EvalOptions.from_config(cfg.eval)  # flip averaging, re-ranking
         model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool, cfg.model.last_stride,
                             cfg.model.predictor_init)
-        self.model = prepare_model(model.to(env.device), env, parallel)
+        self.model = prepare_model(model.to(env.device), env, bn_layout, parallel)
         self.online = parallelize(self.model.online, env, parallel)
         self.branch_gray = parallelize(self.model.branch_gray, env, parallel)
         params = [p for p in self.model.parameters() if p.requires_grad]
