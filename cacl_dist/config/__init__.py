@@ -8,13 +8,14 @@
 
 from cacl_dist.config.loading import (apply_overrides, config_from_dict, describe, dump_yaml, load_config, parse_override,
                       to_dict)
-from cacl_dist.config.schema import (AugmentConfig, CheckpointConfig, ClusteringConfig, Config, ConfigError, DataConfig,
+from cacl_dist.config.schema import (AugmentConfig, CheckpointConfig, Config, ConfigError, DataConfig,
                      DistConfig, EvalConfig, LossConfig, MemoryConfig, ModelConfig, OptimConfig, RunConfig,
                      SyntheticConfig, TrainConfig)
 from cacl_dist.config.validation import validate
+from cacl_dist.clustering.params import ClusterParams
 from cacl_dist.config.world import validate_for_world
 
-__all__ = ["AugmentConfig", "CheckpointConfig", "ClusteringConfig", "Config", "ConfigError", "DataConfig",
+__all__ = ["AugmentConfig", "CheckpointConfig", "ClusterParams", "Config", "ConfigError", "DataConfig",
            "DistConfig", "EvalConfig", "LossConfig", "MemoryConfig", "ModelConfig", "OptimConfig", "RunConfig",
            "SyntheticConfig", "TrainConfig", "apply_overrides", "config_from_dict", "describe", "dump_yaml",
            "load_config", "parse_override", "to_dict", "validate", "validate_for_world"]

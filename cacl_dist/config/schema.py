@@ -1,5 +1,9 @@
 """The configuration schema: one dataclass per concern, a docstring under every field.
 
+A section that a component reads whole is that component's parameter object, defined (with its
+docstrings and checks) beside the component and composed here: ``clustering`` is
+:class:`cacl_dist.clustering.params.ClusterParams`.
+
 The docstrings are the reference that `python -m cacl_dist.train --describe-config` prints
 (see :func:`cacl_dist.config.describe`). Choices (``Literal`` fields) are checked when a config
 is read; cross-field rules live in :mod:`cacl_dist.config.validation`.
@@ -10,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cacl_dist.clustering.names import BACKEND_CHOICES, OUTLIER_POLICIES, REFINE_SCORES
+from cacl_dist.clustering.params import ClusterParams
 from cacl_dist.data.layouts import DATASET_NAMES
 from cacl_dist.data.names import ERASE_FILLS, ERASE_RATIO_SAMPLINGS, INTERPOLATIONS, SAMPLERS
 from cacl_dist.data.pipelines import PIPELINES
@@ -139,41 +143,6 @@ class MemoryConfig:
 
 
 @dataclass
-class ClusteringConfig:
-    k1: int = 30
-    """k of the k-reciprocal nearest neighbours."""
-    k2: int = 6
-    """Neighbours averaged by the query expansion (1 switches it off)."""
-    eps: float = 0.6
-    """DBSCAN radius on the Jaccard distance."""
-    eps_tight: float = 0.58
-    """DBSCAN radius of the over-segmentation used by refinement."""
-    min_samples: int = 4
-    """DBSCAN minimum neighbourhood size (a point counts itself)."""
-    refine: bool = True
-    """Run cluster refinement after DBSCAN."""
-    refine_score: Literal[REFINE_SCORES] = "paper"
-    """Refinement rule (docs/method.md section 4.3): 'official' is the authors' released code (SIC.py: a per-point
-    score of each tight cluster against the raw cluster's mean distance, point by point); 'paper' keeps a
-    sub-cluster iff its mean distance to the rest of the cluster is below the cluster's mean pair distance (a
-    cluster of exactly two tight sub-clusters then dissolves whole); 'paper_all' measures a sub-cluster's
-    distance to all other members of the cluster, its own included."""
-    ratio_cluster: float = 1.0
-    """refine_score 'official' only: a point stays when ratio_cluster x score(its tight cluster) <= the raw
-    cluster's mean distance (the released code's --ratio_cluster, 1.0); must be positive."""
-    outliers: Literal[OUTLIER_POLICIES] = "singleton"
-    """Outliers and refined-away points: own singleton clusters (paper) or left out of the epoch."""
-    backend: Literal[BACKEND_CHOICES] = "auto"
-    """Clustering implementation: 'torch' (sparse and exact, CPU or CUDA), 'sklearn' (the dense
-    reference), 'cuml' (sparse graph + RAPIDS cuML DBSCAN on a dense GPU matrix; extra 'cuml');
-    'auto' picks the fastest exact one available and the epoch log names it."""
-    shard_knn: bool = True
-    """With several processes and a sparse backend, every rank searches the nearest neighbours of
-    its share of the bank (against all rows) and rank 0 gathers them; false: rank 0 searches alone.
-    The labels are the same either way."""
-
-
-@dataclass
 class LossConfig:
     tau: float = 0.05
     """Temperature of the intra-view cluster softmax."""
@@ -293,7 +262,7 @@ class Config:
     """The two branches and the predictor."""
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     """Instance memory banks."""
-    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    clustering: ClusterParams = field(default_factory=ClusterParams)
     """Pseudo labels: Jaccard distance, DBSCAN, refinement."""
     loss: LossConfig = field(default_factory=LossConfig)
     """CACL losses."""

@@ -26,7 +26,7 @@ def world_problems(cfg: Config, world_size: int, batch_size: int | None = None) 
     if world < 1:
         raise ValueError(f"world_size must be at least 1, got {world_size}")
     if batch % world:
-        problems.append(f"{batch} does not split over {world} processes")
+        problems.append(f"the global batch {batch} does not split over {world} processes")
     if batch % k:
         problems.append(f"{batch} is not a multiple of train.num_instances ({k})")
     if group and not cfg.model.sync_bn and batch % group:

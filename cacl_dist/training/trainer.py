@@ -76,7 +76,7 @@ class Trainer:
                          "checking the images")  # a stop ends it on rank 0, and every rank raises StopRequested
         self.data_fingerprint = records_fingerprint(self.dataset.train, self.dataset.root)
         self.train_pipeline = get_pipeline(resolve_pipeline(cfg.data.pipeline, device=env.device))
-        self.cluster_params = clustering.ClusterParams.from_config(cfg.clustering)  # resolves the backend
+        self.cluster_params = cfg.clustering.resolved()
         bn_layout = validate_for_world(cfg, env.world_size)  # checked at start-up; here for its BatchNorm layout
         run_log.log_setup(self.log, cfg, env, self.dataset, self.train_pipeline.NAME, self.cluster_params.backend,
                           bn_layout)
