@@ -76,9 +76,9 @@ def ranked_main(args: argparse.Namespace) -> int:
     env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
     try:
         setup_logging(None, env.rank)
-        if generate_if_synthetic(cfg, write=env.is_main):
+        if generate_if_synthetic(cfg.data, write=env.is_main):
             comm.barrier()
-        dataset = dataset_from_config(cfg)
+        dataset = dataset_from_config(cfg.data, cfg.clustering.k1)
         if not dataset.has_eval:
             raise UserError(f"dataset '{dataset.name}' at '{dataset.root}' has no query/gallery split to rank")
         settings = ExtractionSettings.from_config(cfg, env.device, show_progress=env.is_main and cfg.run.progress)
@@ -129,8 +129,8 @@ def clusters_main(args: argparse.Namespace) -> int:
     epoch = epochs[-1] if args.epoch is None else args.epoch
     stages = load_round(run, epoch)
     cfg = load_config(str(config_path), args.overrides)
-    generate_if_synthetic(cfg)
-    records = dataset_from_config(cfg).train
+    generate_if_synthetic(cfg.data)
+    records = dataset_from_config(cfg.data, cfg.clustering.k1).train
     if len(records) != len(stages["pseudo"]):
         raise UserError(f"the dataset at '{cfg.data.root}' has {len(records)} training images but the labels of "
                         f"epoch {epoch} have {len(stages['pseudo'])}; point --set data.root=... at the run's dataset")

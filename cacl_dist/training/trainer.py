@@ -68,9 +68,9 @@ class Trainer:
         self.show_progress = cfg.run.progress and env.is_main
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        if generate_if_synthetic(cfg, write=env.is_main):
+        if generate_if_synthetic(cfg.data, write=env.is_main):
             comm.barrier()  # rank 0 wrote the images; the others wait before reading them
-        self.dataset: ReidDataset = dataset_from_config(cfg)
+        self.dataset: ReidDataset = dataset_from_config(cfg.data, cfg.clustering.k1)
         bar = functools.partial(progress, desc="check images", enabled=self.show_progress)
         comm.run_on_main(lambda: check_dataset_images(self.dataset, self.run_dir, bar, lambda: self.stop.requested),
                          "checking the images")  # a stop ends it on rank 0, and every rank raises StopRequested
@@ -243,11 +243,11 @@ class Trainer:
         """Run the remaining steps of the current epoch; StopRequested (after the step) when asked to stop."""
         cfg = self.cfg
         self.model.train(frozen_bn=self.cfg.model.frozen_bn)
-        plan = training_plan(cfg, self.dataset, self.labels.cpu().numpy(), epoch=self.epoch,
+        plan = training_plan(cfg.train, cfg.run.seed, self.dataset, self.labels.cpu().numpy(), epoch=self.epoch,
                              num_clusters=self.centres_rgb.num_clusters, rank=self.env.rank,
                              world_size=self.env.world_size, device=self.env.device)
         loader = self.train_pipeline.train_loader(
-            self.dataset.train, augment_params(cfg), plan, self.iter_in_epoch, cfg.data.num_workers, self.env.device)
+            self.dataset.train, augment_params(cfg.data, cfg.augment), plan, self.iter_in_epoch, cfg.data.num_workers, self.env.device)
         running: dict[str, torch.Tensor] = {}
         count = 0
         t0 = time.perf_counter()
