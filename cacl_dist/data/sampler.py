@@ -84,7 +84,9 @@ class IdentitySampler:
         self.policy = policy
         members = np.flatnonzero(labels >= 0)
         if members.size == 0:
-            raise ValueError("no image has a pseudo label >= 0, so there is nothing to sample this epoch")
+            raise UserError("no image has a pseudo label >= 0, so there is nothing to sample this epoch; with "
+                            "clustering.outliers=drop every image was an outlier: use clustering.outliers=singleton "
+                            "or a larger clustering.eps")
         self.batch_size = int(batch_size)
         self.num_instances = int(num_instances)
         self.seed = int(seed)
