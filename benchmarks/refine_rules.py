@@ -88,7 +88,7 @@ def rule_counts(raw: np.ndarray, tight: np.ndarray, refined: np.ndarray, removed
 
 def measure(seed: int, overrides: list[str]) -> dict:
     feats, cfg = first_bank(seed, overrides)
-    params = ClusterParams.from_config(dataclasses.replace(cfg.clustering, backend="sklearn"))
+    params = dataclasses.replace(cfg.clustering, backend="sklearn")
     dist = jaccard_distance_reference(feats, params.k1, params.k2)
     raw = dbscan_precomputed(dist, params.eps, params.min_samples)
     tight = dbscan_precomputed(dist, params.eps_tight, params.min_samples)

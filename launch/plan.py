@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cacl_dist.config import Config, ConfigError, load_config, parse_override
+from cacl_dist.config import Config, ConfigError, load_config, parse_override, validate_for_world
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,7 @@ def build_runs(config: str | None, overrides: list[str], sweeps: list[str], cwd:
 
 
 def check_world_size(runs: list[Run], world_size: int) -> None:
-    """The global batch must split evenly over the job's processes (else the job fails after queueing)."""
+    """Every run must fit the job's processes (else the job fails after queueing): the training entry's own check."""
     for run in runs:
-        if run.cfg.train.batch_size % world_size:
-            raise ConfigError(
-                f"config key 'train.batch_size': {run.cfg.train.batch_size} does not split over {world_size} "
-                f"processes (nodes x tasks per node); pick a multiple of {world_size} or change the job shape")
+        where = f"; run {run.name}" if len(runs) > 1 else ""
+        validate_for_world(run.cfg, world_size, processes=f"nodes x tasks per node{where}")

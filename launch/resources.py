@@ -12,6 +12,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from cacl_dist.errors import UserError
+
 SINFO_FORMAT = "%N|%P|%c|%m|%G|%a|%l"
 """One line per node and partition: name, partition (default marked '*'), CPUs, memory in MB,
 generic resources, partition availability, partition time limit."""
@@ -48,7 +50,7 @@ def parse_time_minutes(text: str) -> float:
     raw = text.strip()
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", raw)
     if not match:
-        raise ValueError(f"--time '{text}' is not a SLURM time (e.g. 90, 24:00:00 or 2-00:00:00)")
+        raise UserError(f"--time '{text}' is not a SLURM time (e.g. 90, 24:00:00 or 2-00:00:00)")
     days, a, b, c = match.groups()
     parts = [int(x) for x in (a, b, c) if x is not None]
     if days is not None:  # D-HH[:MM[:SS]]
@@ -61,7 +63,7 @@ def parse_time_minutes(text: str) -> float:
     else:
         total = parts[0] * 60 + parts[1] + parts[2] / 60
     if total <= 0:
-        raise ValueError(f"--time '{text}' must be longer than zero")
+        raise UserError(f"--time '{text}' must be longer than zero")
     return total
 
 
@@ -107,16 +109,16 @@ def parse_sinfo(text: str) -> list[Node]:
 def query_nodes() -> list[Node]:
     """The cluster's nodes from `sinfo`; a ValueError when SLURM is not reachable from here."""
     if shutil.which("sinfo") is None:
-        raise ValueError("SLURM's 'sinfo' is not on PATH: run this on a SLURM login node, or pass --local "
-                         "to run on this machine")
+        raise UserError("SLURM's 'sinfo' is not on PATH: run this on a SLURM login node, or pass --local "
+                        "to run on this machine")
     try:
         result = subprocess.run(["sinfo", "-h", "-N", "-o", SINFO_FORMAT], capture_output=True, text=True,
                                 timeout=60)
     except subprocess.TimeoutExpired:
-        raise ValueError("'sinfo' did not answer within 60 s; is the SLURM controller up?") from None
+        raise UserError("'sinfo' did not answer within 60 s; is the SLURM controller up?") from None
     if result.returncode != 0:
         detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ValueError(f"'sinfo' failed ({detail}); is the SLURM controller up?")
+        raise UserError(f"'sinfo' failed ({detail}); is the SLURM controller up?")
     return parse_sinfo(result.stdout)
 
 
@@ -132,20 +134,20 @@ def _describe_partitions(nodes: list[Node]) -> str:
 def check_request(nodes: list[Node], request: Request, partition: str | None) -> str:
     """Return the partition the job goes to, or raise a one-line ValueError saying why it cannot run."""
     if not nodes:
-        raise ValueError("sinfo lists no nodes: this SLURM cluster has nothing to run on")
+        raise UserError("sinfo lists no nodes: this SLURM cluster has nothing to run on")
     if partition is None:
         defaults = {n.partition for n in nodes if n.is_default}
         if not defaults:
-            raise ValueError(f"the cluster has no default partition; pass --partition "
-                             f"(partitions: {_describe_partitions(nodes)})")
+            raise UserError(f"the cluster has no default partition; pass --partition "
+                            f"(partitions: {_describe_partitions(nodes)})")
         partition = sorted(defaults)[0]
     members = [n for n in nodes if n.partition == partition]
     if not members:
-        raise ValueError(f"partition '{partition}' does not exist on this cluster "
-                         f"(partitions: {_describe_partitions(nodes)}); pass one of them with --partition")
+        raise UserError(f"partition '{partition}' does not exist on this cluster "
+                        f"(partitions: {_describe_partitions(nodes)}); pass one of them with --partition")
     if not any(n.available for n in members):
-        raise ValueError(f"partition '{partition}' is down; pick another with --partition "
-                         f"(partitions: {_describe_partitions(nodes)})")
+        raise UserError(f"partition '{partition}' is down; pick another with --partition "
+                        f"(partitions: {_describe_partitions(nodes)})")
     cpus_needed = request.tasks_per_node * request.cpus_per_task
     wants = [("GPUs", request.gpus_per_node, max(n.gpus for n in members), "--gpus-per-node"),
              ("CPUs", cpus_needed, max(n.cpus for n in members), "--cpus-per-task x tasks per node")]
@@ -154,16 +156,16 @@ def check_request(nodes: list[Node], request: Request, partition: str | None) ->
                       "--mem-gb"))
     for what, need, most, flag in wants:
         if need > most:
-            raise ValueError(f"impossible request: {need} {what} per node ({flag}) but no node of partition "
-                             f"'{partition}' has more than {most}")
+            raise UserError(f"impossible request: {need} {what} per node ({flag}) but no node of partition "
+                            f"'{partition}' has more than {most}")
     fitting = sorted({n.name for n in members if n.gpus >= request.gpus_per_node and n.cpus >= cpus_needed
                       and (request.mem_gb is None or n.memory_mb >= request.mem_gb * 1024)})
     if len(fitting) < request.nodes:
-        raise ValueError(f"impossible request: {request.nodes} nodes with {request.gpus_per_node} GPUs and "
-                         f"{cpus_needed} CPUs each, but partition '{partition}' has only {len(fitting)} such "
-                         f"node{'s' if len(fitting) != 1 else ''}; lower --nodes")
+        raise UserError(f"impossible request: {request.nodes} nodes with {request.gpus_per_node} GPUs and "
+                        f"{cpus_needed} CPUs each, but partition '{partition}' has only {len(fitting)} such "
+                        f"node{'s' if len(fitting) != 1 else ''}; lower --nodes")
     limits = [n.time_limit_min for n in members if n.time_limit_min is not None]
     if limits and len(limits) == len(members) and request.time_min > max(limits):
-        raise ValueError(f"--time of {request.time_min:.0f} min exceeds the time limit of partition "
-                         f"'{partition}' ({max(limits):.0f} min); ask for less, the run resumes in the next job")
+        raise UserError(f"--time of {request.time_min:.0f} min exceeds the time limit of partition "
+                        f"'{partition}' ({max(limits):.0f} min); ask for less, the run resumes in the next job")
     return partition

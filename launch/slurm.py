@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from cacl_dist.cli.common import add_config_args, default_config_path, run_main
+from cacl_dist.errors import UserError
 
 from . import resources
 from .plan import Run, build_runs, check_world_size
@@ -77,19 +78,19 @@ def _validate_shape(args: argparse.Namespace) -> None:
                              ("--signal-delay-s", args.signal_delay_s, 1), ("--max-requeues", args.max_requeues, 0),
                              ("--array-parallelism", args.array_parallelism, 1)):
         if value < low:
-            raise ValueError(f"{flag} must be at least {low}, got {value}")
+            raise UserError(f"{flag} must be at least {low}, got {value}")
     if args.tasks_per_node is not None:
         if args.gpus_per_node > 0 and args.tasks_per_node != args.gpus_per_node:
-            raise ValueError(f"--tasks-per-node {args.tasks_per_node} with --gpus-per-node {args.gpus_per_node}: "
-                             "GPU jobs run one task per GPU; drop --tasks-per-node")
+            raise UserError(f"--tasks-per-node {args.tasks_per_node} with --gpus-per-node {args.gpus_per_node}: "
+                            "GPU jobs run one task per GPU; drop --tasks-per-node")
         if args.tasks_per_node < 1:
-            raise ValueError(f"--tasks-per-node must be at least 1, got {args.tasks_per_node}")
+            raise UserError(f"--tasks-per-node must be at least 1, got {args.tasks_per_node}")
     if args.cpus_per_task is not None and args.cpus_per_task < 1:
-        raise ValueError(f"--cpus-per-task must be at least 1, got {args.cpus_per_task}")
+        raise UserError(f"--cpus-per-task must be at least 1, got {args.cpus_per_task}")
     if args.mem_gb is not None and args.mem_gb <= 0:
-        raise ValueError(f"--mem-gb must be positive, got {args.mem_gb}")
+        raise UserError(f"--mem-gb must be positive, got {args.mem_gb}")
     if args.local and args.nodes != 1:
-        raise ValueError("--local runs on this machine only: use --nodes 1")
+        raise UserError("--local runs on this machine only: use --nodes 1")
 
 
 def plan_request(args: argparse.Namespace, runs: list[Run]) -> resources.Request:
@@ -106,8 +107,8 @@ def check_local(request: resources.Request) -> None:
 
         found = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if request.gpus_per_node > found:
-            raise ValueError(f"impossible request: --gpus-per-node {request.gpus_per_node} with --local, but this "
-                             f"machine has {found} CUDA device{'s' if found != 1 else ''}")
+            raise UserError(f"impossible request: --gpus-per-node {request.gpus_per_node} with --local, but this "
+                            f"machine has {found} CUDA device{'s' if found != 1 else ''}")
 
 
 def make_executor(args: argparse.Namespace, request: resources.Request, partition: str | None, folder: Path,
@@ -115,8 +116,8 @@ def make_executor(args: argparse.Namespace, request: resources.Request, partitio
     try:
         import submitit
     except ImportError:
-        raise ValueError("submitting jobs needs submitit: pip install cacl_dist[slurm] "
-                         "(or pip install 'submitit>=1.5')") from None
+        raise UserError("submitting jobs needs submitit: pip install cacl_dist[slurm] "
+                        "(or pip install 'submitit>=1.5')") from None
     executor = submitit.AutoExecutor(folder=folder, cluster="local" if args.local else "slurm")
     params = dict(name=name, timeout_min=max(1, math.ceil(request.time_min)), nodes=request.nodes,
                   tasks_per_node=request.tasks_per_node, cpus_per_task=request.cpus_per_task,
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             partition = resources.check_request(resources.query_nodes(), request, args.partition)
             if shutil.which("sbatch") is None:
-                raise ValueError("SLURM's 'sbatch' is not on PATH: run this on a SLURM login node, or pass --local")
+                raise UserError("SLURM's 'sbatch' is not on PATH: run this on a SLURM login node, or pass --local")
         base = Path(runs[0].run_dir.parent if args.sweep else runs[0].run_dir)
         folder = Path(args.log_dir).resolve() if args.log_dir else base / "slurm"
         name = args.job_name or f"cacl-{Path(config).stem if config else 'default'}"

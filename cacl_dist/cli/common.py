@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from cacl_dist.errors import UserError
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
 USER_ERROR_EXIT_CODE = 2
@@ -69,11 +71,12 @@ def _worker_died(exc: BaseException) -> str | None:
 def user_error_message(exc: BaseException) -> str | None:
     """The one-line message of a user error, or None when `exc` is a bug (it keeps its traceback).
 
-    User errors: ValueError (every config and input check), FileNotFoundError, a non-finite loss
-    (FloatingPointError), a data loading worker killed for lack of memory, and operating-system errors such
-    as a full disk or a missing permission, also when they hide under another error.
+    User errors: a :class:`~cacl_dist.errors.UserError` (every config and input check, a non-finite loss or
+    state, a file we looked for and did not find), a data loading worker killed for lack of memory, and
+    operating-system errors with an errno such as a full disk or a missing permission, also when a full disk
+    hides under another error. Any other exception, a plain ValueError included, is a bug.
     """
-    if isinstance(exc, (ValueError, FloatingPointError)):
+    if isinstance(exc, UserError):
         return str(exc)
     if (died := _worker_died(exc)) is not None:
         return died
@@ -81,7 +84,7 @@ def user_error_message(exc: BaseException) -> str | None:
     if isinstance(exc, RuntimeError) and (os_error is None or os_error.errno not in _DISK_FULL):
         return None  # only a full disk counts when it hides under another error
     if os_error is None:
-        return str(exc) if isinstance(exc, OSError) else None  # e.g. our own FileNotFoundError messages
+        return None  # an OSError without an errno that is not ours
     where = f"'{os_error.filename}': " if os_error.filename else ""
     text = f"{where}{os_error.strerror or os_error}"
     hint = _OS_ERROR_HINTS.get(os_error.errno)

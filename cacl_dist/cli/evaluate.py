@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
         try:
             setup_logging(None, env.rank)
-            if generate_if_synthetic(cfg, write=env.is_main):
+            if generate_if_synthetic(cfg.data, write=env.is_main):
                 comm.barrier()  # rank 0 wrote the images; the others wait before reading them
-            dataset = dataset_from_config(cfg)
+            dataset = dataset_from_config(cfg.data, cfg.clustering.k1)
             branch = model.inference_branch().to(env.device)
             settings = ExtractionSettings.from_config(cfg, env.device, show_progress=env.is_main and cfg.run.progress)
             settings = dataclasses.replace(settings, channels_last=False)  # the rebuilt branch is not NHWC

@@ -40,6 +40,7 @@ from cacl_dist.training.checkpoint import load_trained_model
 from cacl_dist.cli.common import add_config_args, run_main
 from cacl_dist.cli.outputs import check_output
 from cacl_dist.runs.files import atomic_path
+from cacl_dist.errors import UserError
 
 FORMATS: tuple[str, ...] = ("export", "torchscript", "onnx", "state_dict")
 STATE_DICT_FORMAT = "cacl_dist.branch"
@@ -84,10 +85,10 @@ def _missing_packages(names: tuple[str, ...]) -> list[str]:
     return missing
 
 
-def _onnx_missing_error(missing: list[str]) -> ValueError:
-    return ValueError(f"ONNX export needs the packages {' and '.join(ONNX_PACKAGES)} "
-                      f"(missing here: {', '.join(missing)}); install them with: pip install onnx onnxscript "
-                      "(or pip install -e \".[onnx]\")")
+def _onnx_missing_error(missing: list[str]) -> UserError:
+    return UserError(f"ONNX export needs the packages {' and '.join(ONNX_PACKAGES)} "
+                     f"(missing here: {', '.join(missing)}); install them with: pip install onnx onnxscript "
+                     "(or pip install -e \".[onnx]\")")
 
 
 @contextlib.contextmanager
@@ -242,7 +243,7 @@ def load_exported_branch(path: str | Path):
 
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("meta", {}).get("format") != STATE_DICT_FORMAT:
-        raise ValueError(f"'{path}' is not a cacl_dist state_dict export (no '{STATE_DICT_FORMAT}' tag)")
+        raise UserError(f"'{path}' is not a cacl_dist state_dict export (no '{STATE_DICT_FORMAT}' tag)")
     meta = payload["meta"]
     branch = Branch(meta["backbone"], pretrained="none", pool=meta["pool"], last_stride=meta["last_stride"])
     branch.load_state_dict(payload["state_dict"])
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         if args.format not in FORMATS:
-            raise ValueError(f"unknown export format '{args.format}'; choose one of {', '.join(FORMATS)}")
+            raise UserError(f"unknown export format '{args.format}'; choose one of {', '.join(FORMATS)}")
         output = check_output(args.output, [("--checkpoint", args.checkpoint), ("--config", args.config)],
                               "model.onnx")
 
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         height = cfg.data.height if args.height is None else args.height
         width = cfg.data.width if args.width is None else args.width
         if height <= 0 or width <= 0:
-            raise ValueError(f"--height and --width must be positive, got {height} x {width}")
+            raise UserError(f"--height and --width must be positive, got {height} x {width}")
 
         branch = model.inference_branch().cpu().eval()
         dim = branch.dim

@@ -31,6 +31,7 @@ from cacl_dist.cli.common import add_config_args, run_main
 from cacl_dist.data.layouts import IMAGE_EXTENSIONS, ImageRecord, check_file_names, read_list_lines
 from cacl_dist.cli.outputs import check_output
 from cacl_dist.runs.files import atomic_file
+from cacl_dist.errors import MissingFileError, UserError
 
 
 @dataclasses.dataclass
@@ -74,11 +75,11 @@ def load_feature_model(path: str | Path, config: str | None = None, overrides: l
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint '{path}' does not exist")
+        raise MissingFileError(f"--checkpoint '{path}' does not exist")
     if _is_torchscript(path):
         if height is None or width is None:
-            raise ValueError(f"'{path}' is a TorchScript export, which does not store its input size; pass "
-                             "--height and --width (the data.height x data.width it was exported with)")
+            raise UserError(f"'{path}' is a TorchScript export, which does not store its input size; pass "
+                            "--height and --width (the data.height x data.width it was exported with)")
         import warnings
 
         with warnings.catch_warnings():
@@ -88,8 +89,8 @@ def load_feature_model(path: str | Path, config: str | None = None, overrides: l
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as exc:  # a foreign or broken file, whatever torch makes of it
-        raise ValueError(f"cannot read --checkpoint '{path}' ({type(exc).__name__}); pass a cacl_dist "
-                         "checkpoint, a TorchScript export or a state_dict export") from None
+        raise UserError(f"cannot read --checkpoint '{path}' ({type(exc).__name__}); pass a cacl_dist "
+                        "checkpoint, a TorchScript export or a state_dict export") from None
     tag = payload.get("format") if isinstance(payload, dict) else None
     meta_tag = payload.get("meta", {}).get("format") if isinstance(payload, dict) else None
     del payload
@@ -100,8 +101,8 @@ def load_feature_model(path: str | Path, config: str | None = None, overrides: l
         meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
         return FeatureModel(branch, height or meta["height"], width or meta["width"], str(path.resolve()))
     if tag is None:
-        raise ValueError(f"'{path}' is neither a cacl_dist checkpoint nor one of its exports (TorchScript, "
-                         "state_dict)")
+        raise UserError(f"'{path}' is neither a cacl_dist checkpoint nor one of its exports (TorchScript, "
+                        "state_dict)")
     from cacl_dist.training.checkpoint import load_trained_model
 
     _, cfg, model = load_trained_model(path, config, overrides or [])
@@ -119,7 +120,7 @@ def image_records(spec: str | Path) -> tuple[list[str], list[ImageRecord]]:
             paths += [Path(dirpath) / f for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS)]
         paths.sort()
         if not paths:
-            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under '{spec}'")
+            raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under '{spec}'")
         names = [str(p.relative_to(spec)) for p in paths]
     elif spec.is_file() and spec.suffix.lower() in IMAGE_EXTENSIONS:
         paths, names = [spec], [spec.name]
@@ -131,13 +132,13 @@ def image_records(spec: str | Path) -> tuple[list[str], list[ImageRecord]]:
                 continue
             path = spec.parent / name
             if not path.is_file():
-                raise FileNotFoundError(f"{spec} line {line_no} names {path}, which does not exist")
+                raise MissingFileError(f"{spec} line {line_no} names {path}, which does not exist")
             paths.append(path)
             names.append(name)
         if not paths:
-            raise ValueError(f"the list '{spec}' names no images (one path per line)")
+            raise UserError(f"the list '{spec}' names no images (one path per line)")
     else:
-        raise FileNotFoundError(f"'{spec}' is neither a folder, an image nor a list file")
+        raise MissingFileError(f"'{spec}' is neither a folder, an image nor a list file")
     records = [ImageRecord(str(p.resolve()), -1, -1) for p in paths]
     check_file_names(r.path for r in records)
     return names, records
@@ -206,9 +207,9 @@ def check_model_args(args: argparse.Namespace) -> None:
     for name, low in (("height", 1), ("width", 1), ("batch_size", 1), ("num_workers", 0)):
         value = getattr(args, name)
         if value is not None and value < low:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+            raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
     if args.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device '{args.device}' is not one of auto, cpu, cuda")
+        raise UserError(f"--device '{args.device}' is not one of auto, cpu, cuda")
 
 
 def main(argv: list[str] | None = None) -> int:

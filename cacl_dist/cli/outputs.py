@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from cacl_dist.errors import UserError
+
 
 def check_output(output: str | Path, inputs: Iterable[tuple[str, str | Path | None]], example: str,
                  flag: str = "--output") -> Path:
@@ -21,7 +23,7 @@ def check_output(output: str | Path, inputs: Iterable[tuple[str, str | Path | No
     """
     path = Path(output).expanduser()
     if path.is_dir():
-        raise ValueError(f"{flag} '{output}' is a folder; pass a file name, e.g. {path / example}")
+        raise UserError(f"{flag} '{output}' is a folder; pass a file name, e.g. {path / example}")
     try:
         written = os.stat(path)
     except OSError:  # nothing there yet (or not reachable): it cannot be an input that was read
@@ -34,8 +36,8 @@ def check_output(output: str | Path, inputs: Iterable[tuple[str, str | Path | No
         except OSError:
             continue
         if same:
-            raise ValueError(f"{flag} '{output}' is {what} '{source}', one of this command's inputs, which it never "
-                             "writes over; pass another file name")
+            raise UserError(f"{flag} '{output}' is {what} '{source}', one of this command's inputs, which it never "
+                            "writes over; pass another file name")
     return path
 
 

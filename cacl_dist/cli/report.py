@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cacl_dist.cli.common import run_main
 from cacl_dist.runs.report import markdown, read_config, read_rows, summarize
+from cacl_dist.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         run = Path(args.run)
         rows, skipped = read_rows(run)
         if not rows:
-            raise ValueError(f"'{run / 'metrics.jsonl'}' holds no records yet; run the report after the first "
-                             "logging step")
+            raise UserError(f"'{run / 'metrics.jsonl'}' holds no records yet; run the report after the first "
+                            "logging step")
         config = read_config(run)
         out = Path(args.output) if args.output else run / "report"
         out.mkdir(parents=True, exist_ok=True)

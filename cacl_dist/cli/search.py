@@ -25,6 +25,7 @@ import numpy as np
 
 from cacl_dist.cli.common import run_main
 from cacl_dist.evaluation.metrics import pairwise_distance, stable_argsort_rows
+from cacl_dist.errors import MissingFileError, UserError
 
 
 def nearest(query_feats: np.ndarray, gallery_feats: np.ndarray, topk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,7 +34,7 @@ def nearest(query_feats: np.ndarray, gallery_feats: np.ndarray, topk: int) -> tu
     Euclidean distance as in evaluation; ties keep the lower gallery index first.
     """
     if gallery_feats.shape[0] == 0:
-        raise ValueError("the gallery is empty")
+        raise UserError("the gallery is empty")
     dist = pairwise_distance(query_feats, gallery_feats)
     order = stable_argsort_rows(dist)[:, :topk]
     return order, np.take_along_axis(dist, order, axis=1)
@@ -43,25 +44,25 @@ def load_gallery(path: str | Path) -> dict:
     """The arrays of a features .npz written by `cacl_dist.extract` (names, paths, features, model, size)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--features '{path}' does not exist; write it with python -m cacl_dist.extract")
+        raise MissingFileError(f"--features '{path}' does not exist; write it with python -m cacl_dist.extract")
     try:
         with np.load(path, allow_pickle=False) as data:
             gallery = {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # e.g. a truncated file
-        raise ValueError(f"--features '{path}' is not a readable .npz ({exc}); write it again with "
-                         "python -m cacl_dist.extract") from None
+        raise UserError(f"--features '{path}' is not a readable .npz ({exc}); write it again with "
+                        "python -m cacl_dist.extract") from None
     missing = {"names", "paths", "features"} - set(gallery)
     if missing:
-        raise ValueError(f"--features '{path}' lacks {', '.join(sorted(missing))}; write it with "
-                         "python -m cacl_dist.extract")
+        raise UserError(f"--features '{path}' lacks {', '.join(sorted(missing))}; write it with "
+                        "python -m cacl_dist.extract")
     feats, names, paths = gallery["features"], gallery["names"], gallery["paths"]
     if feats.ndim != 2 or feats.dtype.kind != "f" or not len(feats) or names.ndim != 1 or paths.ndim != 1:
-        raise ValueError(f"--features '{path}' holds features of shape {feats.shape} ({feats.dtype}), names of shape "
-                         f"{names.shape} and paths of shape {paths.shape}, not the rows x dims floats and one name "
-                         "and path per row of python -m cacl_dist.extract; write it again")
+        raise UserError(f"--features '{path}' holds features of shape {feats.shape} ({feats.dtype}), names of shape "
+                        f"{names.shape} and paths of shape {paths.shape}, not the rows x dims floats and one name "
+                        "and path per row of python -m cacl_dist.extract; write it again")
     if not len(names) == len(paths) == len(feats):
-        raise ValueError(f"--features '{path}' holds {len(names)} names and {len(paths)} paths for {len(feats)} "
-                         "feature rows; write it again with python -m cacl_dist.extract")
+        raise UserError(f"--features '{path}' holds {len(names)} names and {len(paths)} paths for {len(feats)} "
+                        "feature rows; write it again with python -m cacl_dist.extract")
     return gallery
 
 
@@ -76,10 +77,10 @@ def _query_features(args: argparse.Namespace, records, gallery: dict, model=None
             return gallery["features"][[index[r.path] for r in records]]
         source = args.checkpoint or (str(gallery["model"]) if "model" in gallery else None)
         if not source:
-            raise ValueError("the query images need a model: pass --checkpoint")
+            raise UserError("the query images need a model: pass --checkpoint")
         if not Path(source).is_file():
-            raise FileNotFoundError(f"the model the features were extracted with, '{source}', is gone; pass "
-                                    "--checkpoint")
+            raise MissingFileError(f"the model the features were extracted with, '{source}', is gone; pass "
+                                   "--checkpoint")
         height = args.height or (int(gallery["height"]) if "height" in gallery else None)
         width = args.width or (int(gallery["width"]) if "width" in gallery else None)
         model = load_feature_model(source, args.config, args.overrides, height, width)
@@ -123,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
 
         check_model_args(args)
         if args.topk < 1:
-            raise ValueError(f"--topk must be at least 1, got {args.topk}")
+            raise UserError(f"--topk must be at least 1, got {args.topk}")
         if (args.features is None) == (args.gallery is None):
-            raise ValueError("pass either --features F.npz or --gallery DIR (with --checkpoint)")
+            raise UserError("pass either --features F.npz or --gallery DIR (with --checkpoint)")
         if args.gallery is not None and not args.checkpoint:
-            raise ValueError("--gallery needs --checkpoint to extract its features")
+            raise UserError("--gallery needs --checkpoint to extract its features")
         query_names, query_records = image_records(args.query)
         if args.features is not None:
             gallery = load_gallery(args.features)

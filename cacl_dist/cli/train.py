@@ -21,6 +21,7 @@ import sys
 from cacl_dist.cli.common import USER_ERROR_EXIT_CODE, add_config_args, default_config_path, run_main, user_error_message
 from cacl_dist.config import describe, dump_yaml, load_config, validate_for_world
 from cacl_dist.training.stopping import INTERRUPTED_EXIT_CODE, STOPPED_EXIT_CODE, AgreedStop, StopRequested, StopSignals, watch_parent
+from cacl_dist.errors import UserError
 
 __all__ = ["INTERRUPTED_EXIT_CODE", "STOPPED_EXIT_CODE", "build_parser", "main"]
 
@@ -58,15 +59,15 @@ def main(argv: list[str] | None = None) -> int:
             lock.acquire()
             problem = write_status(lock.run_dir, f"running: {lock.describe_holder()}")
             if problem:  # before any work: a run whose outcome cannot be recorded does not start
-                raise ValueError(f"{problem}; the run folder's status file must be a file this run can replace: "
-                                 "move what is in the way aside, or pick another run.output_dir")
+                raise UserError(f"{problem}; the run folder's status file must be a file this run can replace: "
+                                "move what is in the way aside, or pick another run.output_dir")
 
         with StopSignals() as signals:  # a signal from now on stops the run at its next chance
             watch_parent()
             env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
             lock = RunFolderLock(cfg.run.output_dir)
             try:
-                validate_for_world(cfg, env)  # before any work: every rank fails alike
+                validate_for_world(cfg, env.world_size)  # before any work: every rank fails alike
                 comm.run_on_main(take_folder, "the run folder lock")  # held by rank 0
                 where.update(run_dir=cfg.run.output_dir, rank=env.rank)
                 stop = AgreedStop()

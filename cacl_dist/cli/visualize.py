@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from cacl_dist.cli.common import add_config_args, run_main
+from cacl_dist.errors import MissingFileError, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _positive(name: str, value: int) -> None:
     if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
+        raise UserError(f"{name} must be at least 1, got {value}")
 
 
 def ranked_main(args: argparse.Namespace) -> int:
@@ -70,16 +71,16 @@ def ranked_main(args: argparse.Namespace) -> int:
     _positive("--num-queries", args.num_queries)
     _positive("--topk", args.topk)
     if args.select not in SELECTIONS:
-        raise ValueError(f"--select '{args.select}' is not one of {', '.join(SELECTIONS)}")
+        raise UserError(f"--select '{args.select}' is not one of {', '.join(SELECTIONS)}")
     state, cfg, model = load_trained_model(args.checkpoint, args.config, args.overrides)
     env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
     try:
         setup_logging(None, env.rank)
-        if generate_if_synthetic(cfg, write=env.is_main):
+        if generate_if_synthetic(cfg.data, write=env.is_main):
             comm.barrier()
-        dataset = dataset_from_config(cfg)
+        dataset = dataset_from_config(cfg.data, cfg.clustering.k1)
         if not dataset.has_eval:
-            raise ValueError(f"dataset '{dataset.name}' at '{dataset.root}' has no query/gallery split to rank")
+            raise UserError(f"dataset '{dataset.name}' at '{dataset.root}' has no query/gallery split to rank")
         settings = ExtractionSettings.from_config(cfg, env.device, show_progress=env.is_main and cfg.run.progress)
         settings = dataclasses.replace(settings, channels_last=False)  # the rebuilt branch is not NHWC
         feats = extract_all(model.inference_branch().to(env.device), list(dataset.query) + list(dataset.gallery),
@@ -120,19 +121,19 @@ def clusters_main(args: argparse.Namespace) -> int:
     run = Path(args.run)
     config_path = run / "config.yaml"
     if not config_path.is_file():
-        raise FileNotFoundError(f"--run '{run}' holds no config.yaml; pass a cacl_dist run folder")
+        raise MissingFileError(f"--run '{run}' holds no config.yaml; pass a cacl_dist run folder")
     epochs = saved_epochs(run)
     if not epochs:
-        raise FileNotFoundError(f"--run '{run}' holds no pseudo labels (pseudo_labels/epoch_*.npy); they are "
-                                "written from the first clustering of a run on")
+        raise MissingFileError(f"--run '{run}' holds no pseudo labels (pseudo_labels/epoch_*.npy); they are "
+                               "written from the first clustering of a run on")
     epoch = epochs[-1] if args.epoch is None else args.epoch
     stages = load_round(run, epoch)
     cfg = load_config(str(config_path), args.overrides)
-    generate_if_synthetic(cfg)
-    records = dataset_from_config(cfg).train
+    generate_if_synthetic(cfg.data)
+    records = dataset_from_config(cfg.data, cfg.clustering.k1).train
     if len(records) != len(stages["pseudo"]):
-        raise ValueError(f"the dataset at '{cfg.data.root}' has {len(records)} training images but the labels of "
-                         f"epoch {epoch} have {len(stages['pseudo'])}; point --set data.root=... at the run's dataset")
+        raise UserError(f"the dataset at '{cfg.data.root}' has {len(records)} training images but the labels of "
+                        f"epoch {epoch} have {len(stages['pseudo'])}; point --set data.root=... at the run's dataset")
     image = montage(records, stages, f"{run} - pseudo labels of epoch {epoch}", args.per_section, args.per_row)
     out = draw.save_png(image, args.output or run / "clusters" / f"epoch_{epoch:03d}.png")
     print(f"wrote {out} (epoch {epoch} of {', '.join(map(str, epochs))} stored)")

@@ -1,8 +1,8 @@
 """Pseudo labels for CACL: k-reciprocal Jaccard distance, DBSCAN, refinement, label assignment.
 
 One entry: ``cluster(feats, params, neighbours=None) -> ClusterResult`` (:mod:`.pseudo_labels`),
-with ``params`` a :class:`~cacl_dist.clustering.params.ClusterParams` built once, from the
-config by ``ClusterParams.from_config`` (which resolves the backend) or directly.
+with ``params`` a :class:`~cacl_dist.clustering.params.ClusterParams` built once: it is the
+config's ``clustering`` section (``.resolved()`` resolves its backend), or built directly.
 
 The path that runs by default (``clustering.backend`` auto = torch) is sparse and exact, on
 the device of the features (CPU or CUDA), and never builds an N x N matrix:

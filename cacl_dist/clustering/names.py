@@ -1,10 +1,12 @@
 """The names of the clustering choices, defined once for the config and the clustering package.
 
-This module imports nothing, so the config can take its allowed values from here without
+This module imports nothing but the error classes, so the config can take its allowed values from here without
 loading torch. Inside the package the names are checked once, when a
 :class:`~cacl_dist.clustering.params.ClusterParams` is built; the functions that act on a
 choice read it from those params and do not check it again.
 """
+
+from cacl_dist.errors import ConfigError
 
 REFINE_SCORES = ("paper", "official", "paper_all")
 """Refinement rules, see :mod:`cacl_dist.clustering.refine_rules`."""
@@ -26,6 +28,6 @@ BACKEND_CHOICES = (AUTO, *BACKENDS)
 
 
 def check_choice(key: str, value, allowed: tuple) -> None:
-    """Raise ValueError naming ``clustering.<key>`` unless ``value`` is one of ``allowed``."""
+    """Raise ConfigError naming ``clustering.<key>`` unless ``value`` is one of ``allowed``."""
     if value not in allowed:
-        raise ValueError(f"clustering.{key} must be one of {', '.join(allowed)}; got {value!r}.")
+        raise ConfigError(f"clustering.{key} must be one of {', '.join(allowed)}; got {value!r}.")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cacl_dist.clustering.names import AUTO
 from cacl_dist.clustering.params import ClusterParams
 from cacl_dist.clustering.reference import cluster_dense
 from cacl_dist.clustering.torch_backend import cluster_sparse
@@ -85,6 +86,8 @@ def cluster(feats, params: ClusterParams, neighbours=None) -> ClusterResult:
     :func:`~cacl_dist.clustering.torch_backend.neighbours_of_rows`).
     """
     start = time.perf_counter()
+    if params.backend == AUTO:
+        params = params.resolved()
     if params.takes_neighbours:
         raw, refined, num_removed = cluster_sparse(feats, params, neighbours=neighbours)
     elif neighbours is not None:

@@ -2,17 +2,20 @@
 
 - :mod:`.schema`: one dataclass per concern with a docstring under every field;
 - :mod:`.loading`: YAML and overrides in, type checks, YAML and the key reference out;
-- :mod:`.validation`: the cross-field rules, checked once where a config is read.
+- :mod:`.validation`: the cross-field rules, checked once where a config is read;
+- :mod:`.world`: the rules of a number of processes (batch split, instances, BatchNorm groups).
 """
 
 from cacl_dist.config.loading import (apply_overrides, config_from_dict, describe, dump_yaml, load_config, parse_override,
                       to_dict)
-from cacl_dist.config.schema import (AugmentConfig, CheckpointConfig, ClusteringConfig, Config, ConfigError, DataConfig,
+from cacl_dist.config.schema import (AugmentConfig, CheckpointConfig, Config, ConfigError, DataConfig,
                      DistConfig, EvalConfig, LossConfig, MemoryConfig, ModelConfig, OptimConfig, RunConfig,
                      SyntheticConfig, TrainConfig)
-from cacl_dist.config.validation import validate, validate_for_world
+from cacl_dist.config.validation import validate
+from cacl_dist.clustering.params import ClusterParams
+from cacl_dist.config.world import validate_for_world
 
-__all__ = ["AugmentConfig", "CheckpointConfig", "ClusteringConfig", "Config", "ConfigError", "DataConfig",
+__all__ = ["AugmentConfig", "CheckpointConfig", "ClusterParams", "Config", "ConfigError", "DataConfig",
            "DistConfig", "EvalConfig", "LossConfig", "MemoryConfig", "ModelConfig", "OptimConfig", "RunConfig",
            "SyntheticConfig", "TrainConfig", "apply_overrides", "config_from_dict", "describe", "dump_yaml",
            "load_config", "parse_override", "to_dict", "validate", "validate_for_world"]

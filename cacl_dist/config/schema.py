@@ -1,5 +1,10 @@
 """The configuration schema: one dataclass per concern, a docstring under every field.
 
+A section that a component reads whole is that component's parameter object, defined (with its
+docstrings and checks) beside the component and composed here: ``clustering`` is
+:class:`cacl_dist.clustering.params.ClusterParams`; ``data`` (with ``data.synthetic``) and ``augment``
+live in :mod:`cacl_dist.data.settings`.
+
 The docstrings are the reference that `python -m cacl_dist.train --describe-config` prints
 (see :func:`cacl_dist.config.describe`). Choices (``Literal`` fields) are checked when a config
 is read; cross-field rules live in :mod:`cacl_dist.config.validation`.
@@ -10,12 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cacl_dist.clustering.names import BACKEND_CHOICES, OUTLIER_POLICIES, REFINE_SCORES
-from cacl_dist.data.layouts import DATASET_NAMES
-from cacl_dist.data.names import ERASE_FILLS, ERASE_RATIO_SAMPLINGS, INTERPOLATIONS, SAMPLERS
-from cacl_dist.data.pipelines import PIPELINES
-
-PIPELINE_CHOICES = ("auto", *PIPELINES)
+from cacl_dist.clustering.params import ClusterParams
+from cacl_dist.data.names import SAMPLERS
+from cacl_dist.data.settings import AugmentConfig, DataConfig, SyntheticConfig
+from cacl_dist.errors import ConfigError
 
 
 @dataclass
@@ -32,76 +35,6 @@ class RunConfig:
     """Show progress bars on rank 0."""
     debug_checks: bool = False
     """Check labels and bank indices on every step (host syncs, slower); off: checked once per epoch."""
-
-
-@dataclass
-class SyntheticConfig:
-    num_train_ids: int = 60
-    """Identities in the synthetic training split."""
-    num_test_ids: int = 40
-    """Identities in the synthetic query/gallery split (disjoint from training)."""
-    images_per_id: int = 12
-    """Images drawn per identity."""
-    num_cameras: int = 4
-    """Cameras; each applies its own colour cast and brightness."""
-    height: int = 128
-    """Height of the written images in pixels."""
-    width: int = 64
-    """Width of the written images in pixels."""
-    seed: int = 0
-    """Seed of the generator (the same seed always writes the same files)."""
-
-
-@dataclass
-class DataConfig:
-    dataset: Literal[DATASET_NAMES] = "synthetic"
-    """Dataset layout. 'folder' is a plain folder of unlabelled crops (training only); 'custom' reads
-    list files train.txt (+ query.txt, gallery.txt to evaluate) of 'path pid camera' lines under root."""
-    root: str = "data_cache/synthetic"
-    """Dataset root folder. For 'synthetic' it is generated there when missing; for 'custom' it holds the lists."""
-    height: int = 256
-    """Network input height in pixels."""
-    width: int = 128
-    """Network input width in pixels."""
-    resize_interpolation: Literal[INTERPOLATIONS] = "bilinear"
-    """Filter that resizes every image to height x width (training views, memory initialisation, evaluation;
-    antialiased when shrinking): 'bilinear', or 'bicubic' as the released code does."""
-    num_workers: int = 4
-    """DataLoader worker processes per rank (0 loads in the main process); DALI threads (at least 1)."""
-    pipeline: Literal[PIPELINE_CHOICES] = "auto"
-    ("Training input pipeline: 'dali' (NVIDIA DALI on the GPU, or CPU-only; `pip install cacl_dist[dali]`), "
-     "'torchvision' (PIL in DataLoader workers), or 'auto': dali when DALI is installed, else torchvision.")
-    eval_pipeline: Literal[PIPELINE_CHOICES] = "torchvision"
-    ("Pipeline of feature extraction (memory initialisation, evaluation; resize + normalise only): "
-     "dali, torchvision, or auto as for data.pipeline.")
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    """Generator settings, used only when dataset is 'synthetic'."""
-
-
-@dataclass
-class AugmentConfig:
-    flip_p: float = 0.5
-    """Probability of a horizontal flip, per view."""
-    pad: int = 10
-    """Zero padding in pixels before the random crop back to the input size."""
-    erase_p: float = 0.5
-    """Probability of random erasing, per view."""
-    erase_area_min: float = 0.02
-    """Smallest erased area, as a fraction of the image (the rectangle's area is uniform in [min, max])."""
-    erase_area_max: float = 0.4
-    """Largest erased area, as a fraction of the image."""
-    erase_ratio_min: float = 0.3
-    """Smallest aspect ratio h / w of the erased rectangle (up to 100 draws until one fits)."""
-    erase_ratio_max: float = 3.3
-    """Largest aspect ratio h / w of the erased rectangle (the released code: 1 / 0.3 = 3.3333333333333335)."""
-    erase_ratio_sampling: Literal[ERASE_RATIO_SAMPLINGS] = "log_uniform"
-    """How the aspect ratio is drawn in [min, max]: 'log_uniform' (r and 1/r equally likely) or 'uniform'
-    (the released code)."""
-    erase_fill: Literal[ERASE_FILLS] = "zero"
-    """Value of the erased pixels in the normalised tensor: 'zero' (the ImageNet mean colour), or
-    'imagenet_mean': the numbers 0.485 / 0.456 / 0.406 per channel, as the released code writes them."""
-    gray_second_view: bool = True
-    """Convert the second view to grayscale (CACL). False gives a plain two-RGB-view ablation."""
 
 
 @dataclass
@@ -135,41 +68,6 @@ class MemoryConfig:
     """alpha of the bank update v <- alpha * v + (1 - alpha) * x, then re-normalised."""
     init_gray_from: Literal["gray", "rgb"] = "gray"
     """Images that fill the branch-2 bank before epoch 1: grayscale (paper) or RGB (authors' code)."""
-
-
-@dataclass
-class ClusteringConfig:
-    k1: int = 30
-    """k of the k-reciprocal nearest neighbours."""
-    k2: int = 6
-    """Neighbours averaged by the query expansion (1 switches it off)."""
-    eps: float = 0.6
-    """DBSCAN radius on the Jaccard distance."""
-    eps_tight: float = 0.58
-    """DBSCAN radius of the over-segmentation used by refinement."""
-    min_samples: int = 4
-    """DBSCAN minimum neighbourhood size (a point counts itself)."""
-    refine: bool = True
-    """Run cluster refinement after DBSCAN."""
-    refine_score: Literal[REFINE_SCORES] = "paper"
-    """Refinement rule (docs/method.md section 4.3): 'official' is the authors' released code (SIC.py: a per-point
-    score of each tight cluster against the raw cluster's mean distance, point by point); 'paper' keeps a
-    sub-cluster iff its mean distance to the rest of the cluster is below the cluster's mean pair distance (a
-    cluster of exactly two tight sub-clusters then dissolves whole); 'paper_all' measures a sub-cluster's
-    distance to all other members of the cluster, its own included."""
-    ratio_cluster: float = 1.0
-    """refine_score 'official' only: a point stays when ratio_cluster x score(its tight cluster) <= the raw
-    cluster's mean distance (the released code's --ratio_cluster, 1.0); must be positive."""
-    outliers: Literal[OUTLIER_POLICIES] = "singleton"
-    """Outliers and refined-away points: own singleton clusters (paper) or left out of the epoch."""
-    backend: Literal[BACKEND_CHOICES] = "auto"
-    """Clustering implementation: 'torch' (sparse and exact, CPU or CUDA), 'sklearn' (the dense
-    reference), 'cuml' (sparse graph + RAPIDS cuML DBSCAN on a dense GPU matrix; extra 'cuml');
-    'auto' picks the fastest exact one available and the epoch log names it."""
-    shard_knn: bool = True
-    """With several processes and a sparse backend, every rank searches the nearest neighbours of
-    its share of the bank (against all rows) and rank 0 gathers them; false: rank 0 searches alone.
-    The labels are the same either way."""
 
 
 @dataclass
@@ -292,7 +190,7 @@ class Config:
     """The two branches and the predictor."""
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     """Instance memory banks."""
-    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    clustering: ClusterParams = field(default_factory=ClusterParams)
     """Pseudo labels: Jaccard distance, DBSCAN, refinement."""
     loss: LossConfig = field(default_factory=LossConfig)
     """CACL losses."""
@@ -307,6 +205,3 @@ class Config:
     dist: DistConfig = field(default_factory=DistConfig)
     """Distributed settings."""
 
-
-class ConfigError(ValueError):
-    """A configuration key or value that cannot be used; the message names it."""

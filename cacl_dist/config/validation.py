@@ -18,17 +18,16 @@ MAX_IMAGE_SIZE = 2048
 def validate(cfg: Config) -> None:
     """Cross-field checks with messages that name the key."""
     _validate_ranges(cfg)
+    cfg.clustering.check()  # the section's own rules, defined with it
     _validate_run_folder(cfg)
     positive = {
         "train.epochs": cfg.train.epochs, "train.iters_per_epoch": cfg.train.iters_per_epoch,
         "train.batch_size": cfg.train.batch_size, "train.num_instances": cfg.train.num_instances,
         "data.height": cfg.data.height, "data.width": cfg.data.width,
-        "clustering.k1": cfg.clustering.k1, "clustering.k2": cfg.clustering.k2,
-        "clustering.min_samples": cfg.clustering.min_samples, "eval.batch_size": cfg.eval.batch_size,
+        "eval.batch_size": cfg.eval.batch_size,
         "eval.rerank_k1": cfg.eval.rerank_k1, "eval.rerank_k2": cfg.eval.rerank_k2,
         "run.log_every": cfg.run.log_every, "optim.step_size": cfg.optim.step_size,
         "dist.timeout_min": cfg.dist.timeout_min, "loss.tau": cfg.loss.tau,
-        "clustering.ratio_cluster": cfg.clustering.ratio_cluster,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -51,10 +50,6 @@ def validate(cfg: Config) -> None:
     if not 0.0 < cfg.optim.gamma <= 1.0:
         raise ConfigError(f"config key 'optim.gamma': must lie in (0, 1] (the learning rate is multiplied by it "
                           f"every optim.step_size epochs), got {cfg.optim.gamma}")
-    if not 0.0 < cfg.clustering.eps_tight <= cfg.clustering.eps <= 1.0:
-        raise ConfigError(
-            f"config keys 'clustering.eps_tight' ({cfg.clustering.eps_tight}) and 'clustering.eps' "
-            f"({cfg.clustering.eps}): need 0 < eps_tight <= eps <= 1")
     a = cfg.augment
     if not 0.0 < a.erase_area_min <= a.erase_area_max <= 1.0:
         raise ConfigError(f"config keys 'augment.erase_area_min' ({a.erase_area_min}) and 'augment.erase_area_max' "
@@ -72,9 +67,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"config key 'train.batch_size': {cfg.train.batch_size} is not a multiple of "
             f"train.num_instances ({cfg.train.num_instances})")
-    if cfg.clustering.k2 > cfg.clustering.k1:
-        raise ConfigError(f"config keys 'clustering.k2' ({cfg.clustering.k2}) and 'clustering.k1' "
-                          f"({cfg.clustering.k1}): query expansion needs k2 <= k1")
     if cfg.data.dataset == "synthetic" and cfg.data.synthetic.num_cameras < 2:
         raise ConfigError(f"config key 'data.synthetic.num_cameras': {cfg.data.synthetic.num_cameras} camera(s), but "
                           "evaluation matches a query only on other cameras; use at least 2")
@@ -127,21 +119,4 @@ def _validate_bn_group(cfg: Config) -> None:
                           "choose a divisor of the global batch")
 
 
-
-def validate_for_world(cfg: Config, env) -> None:
-    """Rules that depend on the number of processes (``env.world_size``, e.g. a DistEnv), checked at start-up
-    before any work: the global batch splits evenly over the ranks, and each rank's share can train BatchNorm."""
-    world = env.world_size
-    batch = cfg.train.batch_size
-    if batch % world:
-        raise ConfigError(
-            f"config key 'train.batch_size': the global batch {batch} does not split over {world} processes; "
-            f"pick a multiple of {world} (e.g. {max(world, batch - batch % world)}) or start another number of "
-            "processes")
-    if batch // world < 2 and not cfg.model.frozen_bn:
-        raise ConfigError(
-            f"config key 'train.batch_size': {batch} over {world} process(es) leaves {batch // world} image per "
-            f"rank, but BatchNorm needs at least 2 in training; use train.batch_size >= {2 * world}")
-
-
-__all__ = ["validate", "validate_for_world"]
+__all__ = ["validate"]

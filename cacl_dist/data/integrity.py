@@ -28,6 +28,7 @@ from pathlib import Path
 from cacl_dist.data.layouts import ImageRecord, ReidDataset
 from cacl_dist.runs.files import write_atomically
 from cacl_dist.training.stopping import StopRequested
+from cacl_dist.errors import UserError
 
 CHECK_VERSION = 2
 """Part of the run folder's record of a checked dataset: a stricter check invalidates old records."""
@@ -251,12 +252,12 @@ def check_images(paths: Iterable[str], wrap: Wrap | None = None, should_stop: Ca
     _KNOWN_GOOD.update(p for p in todo if p not in bad)
     if len(problems) == 1:
         path, why = problems[0]
-        raise ValueError(f"cannot read the image {path}: {why}; replace or remove the file, or re-extract the dataset")
+        raise UserError(f"cannot read the image {path}: {why}; replace or remove the file, or re-extract the dataset")
     if problems:
         named = "; ".join(f"{p}: {why}" for p, why in problems[:SHOWN])
         more = f" (and {len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""
-        raise ValueError(f"{len(problems)} of {len(todo)} images cannot be read: {named}{more}; replace or remove "
-                         "these files, or re-extract the dataset")
+        raise UserError(f"{len(problems)} of {len(todo)} images cannot be read: {named}{more}; replace or remove "
+                        "these files, or re-extract the dataset")
 
 
 def _state_digest(paths: Sequence[str]) -> str:

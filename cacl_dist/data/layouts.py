@@ -19,6 +19,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from cacl_dist.errors import MissingFileError, UserError
+
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 """File extensions (lower case) treated as images."""
@@ -77,13 +79,13 @@ def load_dataset(name: str, root: str) -> ReidDataset:
     ValueError for an unknown name, an empty split or a file name that cannot be parsed.
     """
     if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset name {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+        raise UserError(f"unknown dataset name {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     root = os.path.abspath(os.path.expanduser(str(root)))
     if not os.path.isdir(root):
         hint = ""
         if name == "synthetic":
             hint = f" (create it with: python -m cacl_dist.data.synthetic --root {root})"
-        raise FileNotFoundError(f"dataset root {root} for {name!r} does not exist or is not a folder{hint}")
+        raise MissingFileError(f"dataset root {root} for {name!r} does not exist or is not a folder{hint}")
     dataset = ReidDataset(name=name, root=root, **_LAYOUTS[name](name, root))
     check_file_names(r.path for split in (dataset.train, dataset.query, dataset.gallery) for r in split)
     return dataset
@@ -97,8 +99,8 @@ def check_file_names(paths) -> None:
             path.encode("utf-8")
         except UnicodeEncodeError:
             shown = os.fsencode(path).decode("utf-8", "backslashreplace")
-            raise ValueError(f"the file name {shown} is not UTF-8 text; rename it (e.g. `convmv -f latin1 -t utf8 "
-                             "--notest -r FOLDER`)") from None
+            raise UserError(f"the file name {shown} is not UTF-8 text; rename it (e.g. `convmv -f latin1 -t utf8 "
+                            "--notest -r FOLDER`)") from None
 
 
 MAX_LABEL = 2**63 - 1
@@ -113,8 +115,8 @@ def read_list_lines(list_path: str, what: str):
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line_no = data[:exc.start].count(b"\n") + 1
-        raise ValueError(f"{what}: {list_path} line {line_no} is not UTF-8 text (byte 0x{data[exc.start]:02x}); "
-                         "save the list as UTF-8 and name the files in UTF-8") from None
+        raise UserError(f"{what}: {list_path} line {line_no} is not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                        "save the list as UTF-8 and name the files in UTF-8") from None
     return enumerate(text.splitlines(), start=1)
 
 
@@ -129,7 +131,7 @@ def _load_named_folders(name: str, root: str, pattern: re.Pattern) -> dict[str, 
     for split, sub in _MARKET_SPLITS:
         folder = os.path.join(root, sub)
         if not os.path.isdir(folder):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{name}: expected the folder {folder} ({split} split) with images named "
                 f"{_PATTERN_HELP[name]}; check that --root points at the extracted dataset"
             )
@@ -137,7 +139,7 @@ def _load_named_folders(name: str, root: str, pattern: re.Pattern) -> dict[str, 
         for fname in _list_images(folder):
             match = pattern.match(os.path.splitext(fname)[0])
             if match is None:
-                raise ValueError(
+                raise UserError(
                     f"{name}: cannot parse pid/camera from {os.path.join(folder, fname)}; "
                     f"expected {_PATTERN_HELP[name]}"
                 )
@@ -145,13 +147,13 @@ def _load_named_folders(name: str, root: str, pattern: re.Pattern) -> dict[str, 
             if pid == -1:
                 continue  # junk images are dropped everywhere
             if pid < -1 or cam < 1:
-                raise ValueError(
+                raise UserError(
                     f"{name}: {os.path.join(folder, fname)} has pid {pid} / camera {cam}; expected "
                     f"pid >= -1 and camera >= 1 ({_PATTERN_HELP[name]})"
                 )
             records.append(ImageRecord(os.path.join(folder, fname), pid, cam - 1))
         if not records:
-            raise ValueError(f"{name}: the {split} split {folder} contains no usable images")
+            raise UserError(f"{name}: the {split} split {folder} contains no usable images")
         splits[split] = records
     return splits
 
@@ -163,12 +165,12 @@ def _load_msmt17(root: str) -> dict[str, list[ImageRecord]]:
     elif os.path.isdir(os.path.join(root, "train")):
         train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
     else:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"msmt17: found neither {os.path.join(root, 'train')} (MSMT17_V1) nor "
             f"{os.path.join(root, 'mask_train_v2')} (MSMT17_V2); point --root at the extracted folder"
         )
     if not os.path.isdir(test_dir):
-        raise FileNotFoundError(f"msmt17: expected the folder {test_dir} next to {train_dir}")
+        raise MissingFileError(f"msmt17: expected the folder {test_dir} next to {train_dir}")
     splits: dict[str, list[ImageRecord]] = {}
     for split, list_name in _MSMT_LISTS:
         image_dir = train_dir if split == "train" else test_dir
@@ -177,7 +179,7 @@ def _load_msmt17(root: str) -> dict[str, list[ImageRecord]]:
             # The validation list holds further training images; older copies may lack it.
             records += _read_msmt_list(os.path.join(root, "list_val.txt"), image_dir, required=False)
         if not records:
-            raise ValueError(f"msmt17: the {split} split ({os.path.join(root, list_name)}) lists no images")
+            raise UserError(f"msmt17: the {split} split ({os.path.join(root, list_name)}) lists no images")
         splits[split] = sorted(records, key=lambda r: r.path)
     return splits
 
@@ -186,7 +188,7 @@ def _read_msmt_list(list_path: str, image_dir: str, required: bool) -> list[Imag
     """Parse an MSMT17 list file of ``relative/path.jpg label`` lines."""
     if not os.path.isfile(list_path):
         if required:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"msmt17: expected the list file {list_path} (lines like "
                 "'0000_000/0000_000_01_0303morning_0015_0.jpg 0')"
             )
@@ -197,18 +199,18 @@ def _read_msmt_list(list_path: str, image_dir: str, required: bool) -> list[Imag
         if not fields:
             continue
         if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-            raise ValueError(
+            raise UserError(
                 f"msmt17: {list_path} line {line_no} is {line.strip()!r}; expected 'relative/path.jpg label'"
             )
         rel, pid = fields[0], int(fields[1])
         if pid > MAX_LABEL:
-            raise ValueError(f"msmt17: {list_path} line {line_no} has label {pid}; labels are at most 2^63 - 1")
+            raise UserError(f"msmt17: {list_path} line {line_no} has label {pid}; labels are at most 2^63 - 1")
         name_fields = os.path.basename(rel).split("_")
         if len(name_fields) < 3 or not name_fields[2].isdigit() or int(name_fields[2]) < 1:
-            raise ValueError(f"msmt17: cannot parse the camera of {rel} in {list_path}; expected {_MSMT_NAME_HELP}")
+            raise UserError(f"msmt17: cannot parse the camera of {rel} in {list_path}; expected {_MSMT_NAME_HELP}")
         path = os.path.join(image_dir, rel)
         if not records and not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"msmt17: {list_path} line {line_no} names {path}, which does not exist; "
                 f"the images of this list are expected under {image_dir}"
             )
@@ -225,7 +227,7 @@ def _load_plain_folder(root: str) -> list[ImageRecord]:
         dirnames.sort()
         paths.extend(os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS))
     if not paths:
-        raise ValueError(
+        raise UserError(
             f"folder: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}; "
             "point --root at a folder that contains person crops"
         )
@@ -247,17 +249,17 @@ def _parse_custom_line(list_path: str, line_no: int, line: str, split: str) -> I
     fields = line.rsplit(None, 2)
     where = f"custom: {list_path} line {line_no}"
     if len(fields) != 3 or not all(f.lstrip("-").isdigit() for f in fields[1:]):
-        raise ValueError(f"{where} is {line.strip()!r}; expected {_CUSTOM_LINE_HELP}")
+        raise UserError(f"{where} is {line.strip()!r}; expected {_CUSTOM_LINE_HELP}")
     rel, pid, cam = fields[0], int(fields[1]), int(fields[2])
     low = -1 if split == "train" else 0  # -1 = unknown, only for training images
     if not (low <= pid <= MAX_LABEL and low <= cam <= MAX_LABEL):
-        raise ValueError(f"{where} has pid {pid} / camera {cam}; {split} images need pid >= {low} and camera >= "
-                         f"{low}, both at most 2^63 - 1" + (" (-1 marks an unknown one)" if low < 0 else ""))
+        raise UserError(f"{where} has pid {pid} / camera {cam}; {split} images need pid >= {low} and camera >= "
+                        f"{low}, both at most 2^63 - 1" + (" (-1 marks an unknown one)" if low < 0 else ""))
     path = os.path.normpath(os.path.join(os.path.dirname(list_path), os.path.expanduser(rel)))
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{where} names {path}, which does not exist")
+        raise MissingFileError(f"{where} names {path}, which does not exist")
     if not path.lower().endswith(IMAGE_EXTENSIONS):
-        raise ValueError(f"{where} names {path}, which is not an image ({', '.join(IMAGE_EXTENSIONS)})")
+        raise UserError(f"{where} names {path}, which is not an image ({', '.join(IMAGE_EXTENSIONS)})")
     return ImageRecord(path, pid, cam)
 
 
@@ -268,12 +270,12 @@ def _read_custom_list(list_path: str, split: str) -> list[ImageRecord]:
         if line.strip() and not line.lstrip().startswith("#"):
             record = _parse_custom_line(list_path, line_no, line, split)
             if record.path in first_line:
-                raise ValueError(f"custom: {list_path} lines {first_line[record.path]} and {line_no} both name "
-                                 f"{record.path}; list every image once")
+                raise UserError(f"custom: {list_path} lines {first_line[record.path]} and {line_no} both name "
+                                f"{record.path}; list every image once")
             first_line[record.path] = line_no
             records.append(record)
     if not records:
-        raise ValueError(f"custom: {list_path} lists no images; expected lines {_CUSTOM_LINE_HELP}")
+        raise UserError(f"custom: {list_path} lists no images; expected lines {_CUSTOM_LINE_HELP}")
     return sorted(records, key=lambda r: r.path)
 
 
@@ -281,21 +283,21 @@ def _load_custom(_name: str, root: str) -> dict[str, list[ImageRecord]]:
     """Your own labelled data: train.txt, and optionally query.txt + gallery.txt, under ``root``."""
     paths = {split: os.path.join(root, fname) for split, fname in CUSTOM_LISTS}
     if not os.path.isfile(paths["train"]):
-        raise FileNotFoundError(f"custom: expected the list file {paths['train']} with lines {_CUSTOM_LINE_HELP}")
+        raise MissingFileError(f"custom: expected the list file {paths['train']} with lines {_CUSTOM_LINE_HELP}")
     has = {split: os.path.isfile(paths[split]) for split in ("query", "gallery")}
     if has["query"] != has["gallery"]:
         present, missing = ("query", "gallery") if has["query"] else ("gallery", "query")
-        raise FileNotFoundError(f"custom: {paths[present]} exists but {paths[missing]} does not; evaluation "
-                                "needs both (or remove both to train only)")
+        raise MissingFileError(f"custom: {paths[present]} exists but {paths[missing]} does not; evaluation "
+                               "needs both (or remove both to train only)")
     splits = {"train": _read_custom_list(paths["train"], "train"), "query": [], "gallery": []}
     if has["query"]:
         splits["query"] = _read_custom_list(paths["query"], "query")
         splits["gallery"] = _read_custom_list(paths["gallery"], "gallery")
         both = sorted({r.path for r in splits["query"]} & {r.path for r in splits["gallery"]})
         if both:
-            raise ValueError(f"custom: {len(both)} image(s) of {paths['query']} are also in {paths['gallery']} "
-                             f"(first {both[0]}); a query found as itself scores rank-1 100%; remove them from "
-                             "one of the lists")
+            raise UserError(f"custom: {len(both)} image(s) of {paths['query']} are also in {paths['gallery']} "
+                            f"(first {both[0]}); a query found as itself scores rank-1 100%; remove them from "
+                            "one of the lists")
     return splits
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cacl_dist.data.names import SAMPLERS
+from cacl_dist.errors import UserError
 
 
 @dataclass
@@ -83,7 +84,9 @@ class IdentitySampler:
         self.policy = policy
         members = np.flatnonzero(labels >= 0)
         if members.size == 0:
-            raise ValueError("no image has a pseudo label >= 0, so there is nothing to sample this epoch")
+            raise UserError("no image has a pseudo label >= 0, so there is nothing to sample this epoch; with "
+                            "clustering.outliers=drop every image was an outlier: use clustering.outliers=singleton "
+                            "or a larger clustering.eps")
         self.batch_size = int(batch_size)
         self.num_instances = int(num_instances)
         self.seed = int(seed)
@@ -120,9 +123,9 @@ class IdentitySampler:
         if self.policy == "released":
             used = pass_len // self.batch_size * self.batch_size
             if used == 0 and num_iters:
-                raise ValueError(f"train.sampler 'released' drops the last partial batch of every pass, but a pass "
-                                 f"of this epoch has {pass_len} images, fewer than train.batch_size "
-                                 f"({self.batch_size}); use train.sampler=cacl or a smaller batch")
+                raise UserError(f"train.sampler 'released' drops the last partial batch of every pass, but a pass "
+                                f"of this epoch has {pass_len} images, fewer than train.batch_size "
+                                f"({self.batch_size}); use train.sampler=cacl or a smaller batch")
         num_passes = -(-total // used) if total else 0
         num_groups = self.num_identities
         # Identity order of every pass: shuffle each row independently.

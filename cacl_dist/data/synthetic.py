@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from cacl_dist.data.synthetic_folder import SPLIT_FOLDERS, ensure_set
+from cacl_dist.errors import UserError
 
 GENERATOR_VERSION = 2
 """Bumped whenever the drawing changes, so that cached datasets are regenerated."""
@@ -261,18 +262,18 @@ def _params(num_train_ids, num_test_ids, images_per_id, num_cameras, height, wid
 def _check_params(params: dict) -> None:
     for key in ("num_train_ids", "num_test_ids", "images_per_id", "num_cameras"):
         if params[key] < 1:
-            raise ValueError(f"synthetic: {key}={params[key]} must be at least 1")
+            raise UserError(f"synthetic: {key}={params[key]} must be at least 1")
     if params["images_per_id"] <= params["num_cameras"]:
-        raise ValueError(
+        raise UserError(
             f"synthetic: images_per_id={params['images_per_id']} must exceed num_cameras={params['num_cameras']} "
             "so that every test identity keeps gallery images after the query is taken"
         )
     if params["height"] < 16 or params["width"] < 8:
-        raise ValueError(f"synthetic: height={params['height']} x width={params['width']} must be at least 16 x 8")
+        raise UserError(f"synthetic: height={params['height']} x width={params['width']} must be at least 16 x 8")
     if params["num_train_ids"] + params["num_test_ids"] > 9999:
-        raise ValueError("synthetic: num_train_ids + num_test_ids must stay below 10000 (4-digit pids)")
+        raise UserError("synthetic: num_train_ids + num_test_ids must stay below 10000 (4-digit pids)")
     if params["seed"] < 0:
-        raise ValueError(f"synthetic: seed={params['seed']} must be non-negative")
+        raise UserError(f"synthetic: seed={params['seed']} must be non-negative")
 
 
 def synthetic_settings(num_train_ids: int = 60, num_test_ids: int = 40, images_per_id: int = 12,

@@ -24,6 +24,7 @@ import os
 from typing import Callable
 
 from cacl_dist.runs.files import FileLock, write_atomically
+from cacl_dist.errors import UserError
 
 MARKER = "synthetic.json"
 """The settings of a finished set, written last."""
@@ -92,8 +93,8 @@ def _refuse_foreign(folder: str, what: str) -> None:
     if _is_empty(folder) or written_settings(folder) is not None:
         return
     if not os.path.isdir(folder):
-        raise ValueError(f"{what} '{folder}' is not a folder; point {what} at an empty folder for the synthetic set")
-    raise ValueError(
+        raise UserError(f"{what} '{folder}' is not a folder; point {what} at an empty folder for the synthetic set")
+    raise UserError(
         f"{what} '{folder}' holds files the synthetic generator did not write, so it writes nothing there "
         "(data.dataset 'synthetic' is the default recipe's); for a real dataset pass its recipe, e.g. "
         "--config configs/market1501.yaml, or point data.root at an empty folder for the synthetic set")
@@ -118,15 +119,15 @@ def ensure_set(root: str, params: dict, write: Callable[[str, dict], None], forc
             os.makedirs(root, exist_ok=True)
             stack.enter_context(FileLock(os.path.join(root, LOCK_NAME)))  # waits; none without flock
         except OSError as exc:
-            raise ValueError(f"cannot write the synthetic set into {what} '{root}' ({exc.strerror or exc}); "
-                             f"point {what} at a folder you can write to") from None
+            raise UserError(f"cannot write the synthetic set into {what} '{root}' ({exc.strerror or exc}); "
+                            f"point {what} at a folder you can write to") from None
         folder = locate(root, params)  # again under the lock: another process may have written meanwhile
         if folder != root:
             _refuse_foreign(folder, f"the synthetic set folder under {what}")
             settings = written_settings(folder)
             if settings is not None and settings != params:
-                raise ValueError(f"'{folder}' holds a synthetic set of other settings; move it away or point "
-                                 f"{what} at another folder")
+                raise UserError(f"'{folder}' holds a synthetic set of other settings; move it away or point "
+                                f"{what} at another folder")
         if force or not is_complete(folder, params):
             _write_marked(folder, params, write)
     return folder

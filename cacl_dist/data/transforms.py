@@ -19,6 +19,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from cacl_dist.data.names import ERASE_FILLS, ERASE_RATIO_SAMPLINGS, INTERPOLATIONS
+from cacl_dist.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,18 +82,18 @@ def load_image(path: str) -> torch.Tensor:
 
     try:
         if (why := not_a_regular_file(os.stat(path).st_mode)) is not None:
-            raise ValueError(why)
+            raise UserError(why)
         with Image.open(path) as image:
             deep = image.format == "PNG" and any(";16" in str(tile[3]) for tile in image.tile)
             array = None if deep else np.array(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(
+        raise UserError(
             f"cannot read the image {path}: {err}; check that the file exists and is a valid image"
         ) from err
     if array is None:
         from cacl_dist.data.integrity import DEEP_SAMPLES
 
-        raise ValueError(f"cannot read the image {path}: the PNG has {DEEP_SAMPLES.format(bits=16)}")
+        raise UserError(f"cannot read the image {path}: the PNG has {DEEP_SAMPLES.format(bits=16)}")
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 

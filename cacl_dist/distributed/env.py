@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from cacl_dist.distributed import comm
+from cacl_dist.errors import UserError
 
 log = logging.getLogger("cacl_dist")
 
@@ -42,7 +43,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+        raise UserError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
 def pick_device(preference: str, local_rank: int) -> torch.device:
@@ -55,7 +56,7 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
         return torch.device("cpu")
     has_cuda = torch.cuda.is_available()
     if preference == "cuda" and not has_cuda:
-        raise ValueError("run.device is 'cuda' but no CUDA device is visible; use run.device=cpu or auto")
+        raise UserError("run.device is 'cuda' but no CUDA device is visible; use run.device=cpu or auto")
     if has_cuda:
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
@@ -72,7 +73,7 @@ def check_gpus_per_node(backend: str, local_world_size: int, local_rank: int) ->
     gpus = torch.cuda.device_count()
     procs = max(local_world_size, local_rank + 1)
     if procs > gpus:
-        raise ValueError(
+        raise UserError(
             f"{procs} processes on this node (--nproc_per_node / LOCAL_WORLD_SIZE) but only {gpus} GPU(s) "
             f"visible: NCCL needs one GPU per process; start at most --nproc_per_node={gpus}, or set "
             "dist.backend=gloo to share a GPU between processes for testing")
@@ -95,7 +96,7 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_min: f
     if backend == "auto":
         backend = "nccl" if dev.type == "cuda" else "gloo"
     if backend == "nccl" and dev.type != "cuda":
-        raise ValueError("dist.backend is 'nccl' but training runs on the CPU; use dist.backend=gloo or auto")
+        raise UserError("dist.backend is 'nccl' but training runs on the CPU; use dist.backend=gloo or auto")
     check_gpus_per_node(backend, _env_int("LOCAL_WORLD_SIZE", local_rank + 1), local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

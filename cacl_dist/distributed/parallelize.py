@@ -17,21 +17,16 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cacl_dist.distributed.bn_groups import BNGroupLayout, bn_group_layout, group_reducer
+from cacl_dist.distributed.bn_groups import BNGroupLayout, group_reducer
 from cacl_dist.distributed.env import DistEnv
 from cacl_dist.distributed.group_bn import convert_to_group_bn
 
 
 @dataclass(frozen=True)
 class ParallelSettings:
-    """The layout keys of a run (model.sync_bn / bn_group_size, train.* and dist.*), as requested in the config.
+    """How the branches run (train.* and dist.* keys), as requested in the config; the BatchNorm groups come
+    as a :class:`BNGroupLayout` (:func:`cacl_dist.config.validate_for_world`)."""
 
-    `global_batch` is train.batch_size, which the BatchNorm groups split over the processes.
-    """
-
-    sync_bn: bool = False
-    bn_group_size: int = 0
-    global_batch: int = 0
     channels_last: bool = False
     compile: bool = False
     cudnn_benchmark: bool = True
@@ -42,15 +37,10 @@ class ParallelSettings:
     @classmethod
     def from_config(cls, cfg) -> ParallelSettings:
         """Read the settings from a cacl_dist Config."""
-        return cls(sync_bn=cfg.model.sync_bn, bn_group_size=cfg.model.bn_group_size,
-                   global_batch=cfg.train.batch_size, channels_last=cfg.train.channels_last,
+        return cls(channels_last=cfg.train.channels_last,
                    compile=cfg.train.compile, cudnn_benchmark=cfg.train.cudnn_benchmark,
                    deterministic=cfg.train.deterministic,
                    ddp_bucket_view=cfg.dist.ddp_bucket_view, ddp_static_graph=cfg.dist.ddp_static_graph)
-
-    def bn_layout(self, world_size: int) -> BNGroupLayout:
-        """How the BatchNorm statistics group is realised on `world_size` processes (ValueError if it cannot be)."""
-        return bn_group_layout(self.bn_group_size, self.global_batch, world_size, self.sync_bn)
 
     @property
     def static_graph(self) -> bool:
@@ -83,14 +73,13 @@ def configure_backends(device: torch.device, settings: ParallelSettings) -> None
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def prepare_model(model: nn.Module, env: DistEnv, settings: ParallelSettings) -> nn.Module:
-    """Realise the BatchNorm statistics groups and set the memory format, in place.
+def prepare_model(model: nn.Module, env: DistEnv, layout: BNGroupLayout, settings: ParallelSettings) -> nn.Module:
+    """Realise the BatchNorm statistics groups of `layout` and set the memory format, in place.
 
     Ghost groups or groups synchronised over a process subgroup replace the BatchNorm layers by
     GroupBatchNorm (same parameters and buffers); plain and per-process groups keep them.
     Creating the subgroups is collective: every rank calls this.
     """
-    layout = settings.bn_layout(env.world_size)
     if layout.converts:
         model = convert_to_group_bn(model, layout.groups_per_process, group_reducer(layout, env.rank))
     if settings.channels_last:

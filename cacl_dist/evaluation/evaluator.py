@@ -13,6 +13,7 @@ from cacl_dist.evaluation.distances import FeatureRows, plain_blocks
 from cacl_dist.evaluation.extract import ExtractionSettings, extract_all
 from cacl_dist.evaluation.metrics import evaluate_ranking
 from cacl_dist.evaluation.rerank_sparse import RerankParams, SparseReranker
+from cacl_dist.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +59,7 @@ def evaluate(model: nn.Module, dataset: ReidDataset, settings: ExtractionSetting
     """
     options = options or EvalOptions()
     if not dataset.has_eval:
-        raise ValueError(f"dataset '{dataset.name}' at '{dataset.root}' has no query/gallery split to evaluate on")
+        raise UserError(f"dataset '{dataset.name}' at '{dataset.root}' has no query/gallery split to evaluate on")
     t0 = time.perf_counter()
     records = list(dataset.query) + list(dataset.gallery)
     settings = dataclasses.replace(settings, flip=options.flip)

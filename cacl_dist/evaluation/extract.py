@@ -22,6 +22,7 @@ from cacl_dist.distributed.sharding import shard_bounds
 from cacl_dist.runs.logs import progress
 from cacl_dist.training.precision import autocast, extraction_precision
 from cacl_dist.training.stopping import StopRequested
+from cacl_dist.errors import UserError
 
 if TYPE_CHECKING:
     from cacl_dist.config import Config
@@ -60,8 +61,8 @@ class ExtractionSettings:
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
-            raise ValueError(f"extraction pipeline '{self.pipeline}' is not one of {', '.join(PIPELINES)}; "
-                             "resolve data.eval_pipeline first")
+            raise UserError(f"extraction pipeline '{self.pipeline}' is not one of {', '.join(PIPELINES)}; "
+                            "resolve data.eval_pipeline first")
         object.__setattr__(self, "device", torch.device(self.device))
 
     @classmethod

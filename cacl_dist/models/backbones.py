@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
+from cacl_dist.errors import UserError
+
 #: torchvision ImageNet weight files accepted per backbone, in order of preference.
 IMAGENET_WEIGHT_FILES: dict[str, tuple[str, ...]] = {
     "resnet18": ("resnet18-f37072fd.pth",),
@@ -126,7 +128,7 @@ def imagenet_weight_path(name: str) -> Path:
     Raises ValueError naming the expected file and folder when no accepted file is present.
     """
     if name not in IMAGENET_WEIGHT_FILES:
-        raise ValueError(
+        raise UserError(
             f"backbone {name!r} has no ImageNet weights; use pretrained='none' or pass the "
             f"path of a state dict file (ImageNet weights exist for {sorted(IMAGENET_WEIGHT_FILES)})"
         )
@@ -138,7 +140,7 @@ def imagenet_weight_path(name: str) -> Path:
     wanted = IMAGENET_WEIGHT_FILES[name][0]
     alternatives = IMAGENET_WEIGHT_FILES[name][1:]
     also = f" (or {', '.join(alternatives)})" if alternatives else ""
-    raise ValueError(
+    raise UserError(
         f"pretrained='imagenet' for {name!r}: ImageNet weights not found at {folder / wanted}{also}. "
         f"Weights are never downloaded: copy {wanted} (https://download.pytorch.org/models/{wanted}) "
         f"into {folder} (set TORCH_HOME to change the folder), or pass pretrained=<path to a "
@@ -155,14 +157,14 @@ def _extract_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
             break
         state = inner
     if not isinstance(state, dict) or not state:
-        raise ValueError(
+        raise UserError(
             f"pretrained file {path} does not hold a state dict (got {type(loaded).__name__}); "
             f"save one with torch.save(model.state_dict(), path)"
         )
     cleaned: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
-            raise ValueError(
+            raise UserError(
                 f"pretrained file {path}: entry {key!r} is a {type(value).__name__}, not a tensor; "
                 f"save a plain state dict with torch.save(model.state_dict(), path)"
             )
@@ -182,7 +184,7 @@ def load_backbone_weights(body: nn.Module, path: str | os.PathLike) -> None:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors have several types across torch versions
-        raise ValueError(
+        raise UserError(
             f"cannot read pretrained file {path}: {err}. It must be a torch.save'd state dict "
             f"of tensors (optionally under a 'state_dict' or 'model' key)."
         ) from err
@@ -200,7 +202,7 @@ def load_backbone_weights(body: nn.Module, path: str | os.PathLike) -> None:
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
             if keys:
                 problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:5])})")
-        raise ValueError(
+        raise UserError(
             f"pretrained file {path} does not match the backbone: {'; '.join(problems)}. "
             f"Expected torchvision ResNet key names such as 'conv1.weight' and 'layer1.0.conv1.weight' "
             f"for the same architecture."
@@ -218,9 +220,9 @@ def build_backbone(name: str, last_stride: int = 1, pretrained: str = "none") ->
             (torchvision weights from the local torch hub cache), or a path to a state dict.
     """
     if name not in BACKBONE_NAMES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
+        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
     if last_stride not in (1, 2):
-        raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+        raise UserError(f"last_stride must be 1 or 2, got {last_stride!r}")
     pretrained_str = str(pretrained)
     mode = pretrained_str.lower()
     weights_path = None
@@ -229,7 +231,7 @@ def build_backbone(name: str, last_stride: int = 1, pretrained: str = "none") ->
     elif mode != "none":
         weights_path = Path(pretrained_str).expanduser()
         if not weights_path.is_file():
-            raise ValueError(
+            raise UserError(
                 f"pretrained={pretrained_str!r} is neither 'none', 'imagenet' nor an existing file; "
                 f"pass one of those or the path of a .pth/.pt state dict"
             )

@@ -15,32 +15,29 @@ import time
 from pathlib import Path
 
 from cacl_dist.runs.files import FileLock, write_atomically
+from cacl_dist.errors import RunFolderBusy, UserError
 
 LOCK_NAME = ".lock"
 STATUS_NAME = "status.txt"
-
-
-class RunFolderBusy(ValueError):
-    """Another live run holds the run folder's lock."""
 
 
 def prepare_run_dir(run_dir: str | Path) -> Path:
     """Create `run_dir` (and its parents) or fail with one line saying why it cannot be a run folder."""
     path = Path(run_dir)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"run.output_dir '{path}' is a file, not a folder; point run.output_dir at a folder "
-                         "(it is created when missing)")
+        raise UserError(f"run.output_dir '{path}' is a file, not a folder; point run.output_dir at a folder "
+                        "(it is created when missing)")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"run.output_dir '{path}' cannot be created: a part of that path is a file; "
-                         "pick another run.output_dir") from None
+        raise UserError(f"run.output_dir '{path}' cannot be created: a part of that path is a file; "
+                        "pick another run.output_dir") from None
     except PermissionError:
-        raise ValueError(f"run.output_dir '{path}' cannot be created (permission denied); pick a folder you can "
-                         "write to") from None
+        raise UserError(f"run.output_dir '{path}' cannot be created (permission denied); pick a folder you can "
+                        "write to") from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"run.output_dir '{path}' is not writable; fix its permissions or pick another "
-                         "run.output_dir")
+        raise UserError(f"run.output_dir '{path}' is not writable; fix its permissions or pick another "
+                        "run.output_dir")
     return path
 
 
@@ -63,8 +60,8 @@ class RunFolderLock:
         try:
             free = self._lock.acquire(wait=False)
         except PermissionError:
-            raise ValueError(f"run.output_dir '{self.run_dir}' is not writable (cannot create {LOCK_NAME}); fix "
-                             "its permissions or pick another run.output_dir") from None
+            raise UserError(f"run.output_dir '{self.run_dir}' is not writable (cannot create {LOCK_NAME}); fix "
+                            "its permissions or pick another run.output_dir") from None
         if not free:
             raise RunFolderBusy(
                 f"run folder '{self.run_dir}' is in use by another run ({self.owner() or 'owner unknown'}); "

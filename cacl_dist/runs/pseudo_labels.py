@@ -22,6 +22,7 @@ import numpy as np
 
 from cacl_dist.evaluation.cluster_quality import QUALITY_KEYS, cluster_quality
 from cacl_dist.runs.files import atomic_file
+from cacl_dist.errors import MissingFileError
 
 LABEL_DIR = "pseudo_labels"
 """Sub-folder of the run folder that holds the labels of every round."""
@@ -92,7 +93,7 @@ def load_round(run_dir: str | Path, epoch: int) -> dict[str, np.ndarray]:
     if not path.is_file():
         have = saved_epochs(run_dir)
         listed = f"stored epochs: {', '.join(map(str, have))}" if have else "none are stored"
-        raise FileNotFoundError(f"no pseudo labels for epoch {epoch} at {path} ({listed})")
+        raise MissingFileError(f"no pseudo labels for epoch {epoch} at {path} ({listed})")
     stages = {}
     for stage in STAGES:
         if label_path(run_dir, epoch, stage).is_file():

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cacl_dist.runs.metrics import CLUSTER_COUNTS, EVAL_SCORES, METRICS_NAME, QUALITY_SCORES, read_metric_rows
+from cacl_dist.errors import MissingFileError
 
 EVAL_KEYS = (("mAP", "mAP"), ("rank1", "rank-1"), ("mINP", "mINP"))
 """The plotted scores of the eval rows (of :data:`~cacl_dist.runs.metrics.EVAL_SCORES`) and their labels."""
@@ -24,7 +25,7 @@ def read_rows(run_dir: str | Path) -> tuple[list[dict], int]:
     """
     path = Path(run_dir) / METRICS_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"'{path}' does not exist; pass a run folder (run.output_dir of a cacl_dist run)")
+        raise MissingFileError(f"'{path}' does not exist; pass a run folder (run.output_dir of a cacl_dist run)")
     latest: dict[tuple[str, int], dict] = {}
     rows, skipped = read_metric_rows(path)
     for row in rows:

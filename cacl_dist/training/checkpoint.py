@@ -27,6 +27,7 @@ import torch
 from cacl_dist.config import Config, apply_overrides, config_from_dict, load_config
 from cacl_dist.models.cacl import CACLModel, build_model
 from cacl_dist.runs.files import atomic_file
+from cacl_dist.errors import MissingFileError, NonFiniteError, UserError
 
 FORMAT = "cacl_dist.checkpoint"  # the file format's name, not a module path: old checkpoints keep loading
 FORMAT_VERSION = 2
@@ -34,10 +35,6 @@ FORMAT_VERSION = 2
 LAST = "last.pt"
 _TEMPORARY = re.compile(r"^\.(last|epoch_\d+)\.pt\.[A-Za-z0-9_]+\.tmp$")
 """Names :func:`save_checkpoint` gives its temporaries (:func:`~cacl_dist.runs.files.atomic_file` beside ``last.pt`` or ``epoch_NNN.pt``)."""
-
-
-class NonFiniteError(FloatingPointError, ValueError):
-    """Training state holding NaN or infinity: never written to, or read from, a checkpoint."""
 
 
 def nonfinite_parts(parts: dict[str, Iterable[torch.Tensor]]) -> list[str]:
@@ -148,27 +145,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+        raise MissingFileError(f"checkpoint '{path}' does not exist")
     try:
         with _allow_numpy_arrays():
             state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         unsafe = re.search(r"GLOBAL (\S+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
         if unsafe:
-            raise ValueError(
+            raise UserError(
                 f"checkpoint '{path}' holds more than tensors and plain values ({unsafe.group(1)}), and loading it "
                 "could run code; refusing it. Pass a checkpoint written by cacl_dist from a source you trust") from None
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         reason = "not a torch.save file" if isinstance(exc, pickle.UnpicklingError) else (lines or [""])[0][:200]
-        raise ValueError(
+        raise UserError(
             f"checkpoint '{path}' is truncated or corrupt and cannot be read ({type(exc).__name__}: {reason}). "
             "Delete or move it to resume from scratch, or pass another checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(
+        raise UserError(
             f"checkpoint '{path}' was not written by cacl_dist (no '{FORMAT}' tag); pass a checkpoint "
             "from a cacl_dist run folder, or move this file out of the run folder")
     if state.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
+        raise UserError(
             f"checkpoint '{path}' has format version {state['format_version']}, newer than this cacl_dist "
             f"understands ({FORMAT_VERSION}); upgrade cacl_dist")
     if check_finite:
@@ -194,18 +191,18 @@ def load_trained_model(checkpoint: str | Path, config: str | None,
     elif isinstance(state.get("config"), dict):
         cfg = apply_overrides(config_from_dict(state["config"]), overrides)
     else:
-        raise ValueError(f"checkpoint '{checkpoint}' stores no config; pass the run's recipe with --config")
+        raise UserError(f"checkpoint '{checkpoint}' stores no config; pass the run's recipe with --config")
     if "model" not in state:
-        raise ValueError(f"checkpoint '{checkpoint}' holds no model weights")
+        raise UserError(f"checkpoint '{checkpoint}' holds no model weights")
     model = build_model(cfg.model.backbone, "none", cfg.model.pool, cfg.model.last_stride)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[1:] or [str(exc)])
         first = detail if len(detail) <= 200 else detail[:200] + "..."
-        raise ValueError(f"checkpoint '{checkpoint}' does not fit model.backbone={cfg.model.backbone} "
-                         f"model.pool={cfg.model.pool} ({first}); drop the --set/--config that changed the "
-                         "model") from None
+        raise UserError(f"checkpoint '{checkpoint}' does not fit model.backbone={cfg.model.backbone} "
+                        f"model.pool={cfg.model.pool} ({first}); drop the --set/--config that changed the "
+                        "model") from None
     return state, cfg, model
 
 

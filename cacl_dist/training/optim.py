@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from cacl_dist.errors import UserError
+
 
 def adam_kernel(implementation: str, device: torch.device) -> str:
     """Resolve optim.implementation: 'auto' is fused on CUDA and foreach elsewhere."""
     if implementation == "auto":
         return "fused" if device.type == "cuda" else "foreach"
     if implementation == "fused" and device.type != "cuda":
-        raise ValueError(f"optim.implementation 'fused' needs CUDA but training runs on {device}; "
-                         "use foreach or auto")
+        raise UserError(f"optim.implementation 'fused' needs CUDA but training runs on {device}; "
+                        "use foreach or auto")
     return implementation
 
 

@@ -12,6 +12,8 @@ import logging
 
 import torch
 
+from cacl_dist.errors import UserError
+
 log = logging.getLogger("cacl_dist")
 
 #: Autocast dtype of each precision name (None: autocast off).
@@ -45,7 +47,7 @@ def _make_grad_scaler(device: torch.device):
         return amp_scaler(device.type)
     if device.type == "cuda":  # torch releases before torch.amp.GradScaler
         return torch.cuda.amp.GradScaler()
-    raise ValueError("train.precision=fp16 on the CPU needs torch.amp.GradScaler (torch >= 2.3); use bf16 or fp32")
+    raise UserError("train.precision=fp16 on the CPU needs torch.amp.GradScaler (torch >= 2.3); use bf16 or fp32")
 
 
 class StepPrecision:

@@ -10,23 +10,19 @@ import logging
 
 from cacl_dist.config import Config, config_from_dict, to_dict
 from cacl_dist.data.layouts import ReidDataset
-from cacl_dist.distributed.bn_groups import bn_group_layout
+from cacl_dist.distributed.bn_groups import BNGroupLayout
 from cacl_dist.distributed.env import DistEnv
 
 
 def log_setup(log: logging.Logger, cfg: Config, env: DistEnv, dataset: ReidDataset, pipeline: str,
-              cluster_backend: str) -> None:
-    """Dataset sizes, world size and batch split, input pipeline, clustering backend and BatchNorm groups.
-
-    Raises ValueError (one line) when model.bn_group_size does not fit this world size.
-    """
+              cluster_backend: str, layout: BNGroupLayout) -> None:
+    """Dataset sizes, world size and batch split, input pipeline, clustering backend and BatchNorm groups."""
     per_rank = cfg.train.batch_size // env.world_size
     log.info("dataset %s at %s: %d train, %d query, %d gallery images", dataset.name, dataset.root,
              len(dataset.train), len(dataset.query), len(dataset.gallery))
     log.info("world size %d on %s (%s); global batch %d, %d per rank; input pipeline %s", env.world_size,
              env.device, env.backend or "single process", cfg.train.batch_size, per_rank, pipeline)
     log.info("clustering: backend %s (%s) on rank 0's %s", cluster_backend, cfg.clustering.backend, env.device)
-    layout = bn_group_layout(cfg.model.bn_group_size, cfg.train.batch_size, env.world_size, cfg.model.sync_bn)
     few = layout.mode == "per-process" and per_rank < 16  # statistics over so few images cost accuracy
     log.log(logging.WARNING if few else logging.INFO, "%s", layout.describe())
 

@@ -24,6 +24,7 @@ from cacl_dist.training import run_log
 from cacl_dist.config import config_from_dict, to_dict
 from cacl_dist.distributed import comm
 from cacl_dist.memory import ClusterCentres
+from cacl_dist.errors import MissingFileError, UserError
 
 RESUME_WAIT_S = 60.0
 """How long a rank waits for the checkpoint rank 0 resumes from to become visible to it (a shared
@@ -95,12 +96,12 @@ def check_resumable(trainer, state: dict, source: str) -> list[str]:
     dataset = trainer.dataset
     planned = trainer.cfg.train.epochs
     if state["epoch"] > planned:
-        raise ValueError(
+        raise UserError(
             f"{source} has trained {state['epoch']} epochs, more than train.epochs={planned}; to continue that run "
             f"pass train.epochs >= {state['epoch']}, and for a new run use a new run.output_dir (or move "
             f"{ckpt.LAST} out of the run folder: a fresh start keeps the earlier records in previous_runs/)")
     if state["num_train"] != len(dataset.train):
-        raise ValueError(
+        raise UserError(
             f"{source} was trained on {state['num_train']} images but the dataset at '{dataset.root}' "
             f"has {len(dataset.train)}; point data.root at the original dataset or use a new run.output_dir")
     old, new = to_dict(config_from_dict(state["config"])), to_dict(trainer.cfg)
@@ -108,11 +109,11 @@ def check_resumable(trainer, state: dict, source: str) -> list[str]:
     show = {key: f"{key}={_value(old, key)!r} (now {_value(new, key)!r})" for key in changed}
     fixed = [show[k] for k in changed if k in FIXED_KEYS]
     if fixed:
-        raise ValueError(f"{source} was trained with {', '.join(fixed)}, which a resumed run cannot change; drop "
-                         "the change or use a new run.output_dir")
+        raise UserError(f"{source} was trained with {', '.join(fixed)}, which a resumed run cannot change; drop "
+                        "the change or use a new run.output_dir")
     in_epoch = [show[k] for k in changed if k in FIXED_IN_EPOCH_KEYS]
     if in_epoch and state["iter_in_epoch"] > 0:
-        raise ValueError(
+        raise UserError(
             f"{source} stopped inside epoch {state['epoch'] + 1} (step {state['iter_in_epoch']}), which was planned "
             f"with {', '.join(in_epoch)}; resume with the old values, or change them when an epoch has ended")
     stored = state.get("data_fingerprint")
@@ -120,7 +121,7 @@ def check_resumable(trainer, state: dict, source: str) -> list[str]:
         trainer.log.warning("%s records no fingerprint of its training images (an older checkpoint); cannot check "
                             "that '%s' holds the images it was trained on", source, dataset.root)
     elif stored != trainer.data_fingerprint:
-        raise ValueError(
+        raise UserError(
             f"{source} was trained on other images than those at '{dataset.root}' (same number, other names or "
             "sizes); point data.root at the original dataset or use a new run.output_dir")
     return [f"{key} {_value(old, key)!r} -> {_value(new, key)!r}" for key in changed]
@@ -165,8 +166,8 @@ def restore_state(trainer, state: dict, source: str = "checkpoint") -> None:
         trainer.model.load_state_dict(state["model"])
     except RuntimeError:
         model_keys = [key for key in changed if key.startswith("model.")] or ["model.*"]
-        raise ValueError(f"{source} holds a model that does not fit this run's {', '.join(model_keys)}; resume "
-                         "with the run's own model settings (its config.yaml), or use a new run.output_dir") from None
+        raise UserError(f"{source} holds a model that does not fit this run's {', '.join(model_keys)}; resume "
+                        "with the run's own model settings (its config.yaml), or use a new run.output_dir") from None
     _restore_optimizer(trainer, state)
     trainer.precision.load_state_dict(state.get("grad_scaler"))
     start, end = trainer.shard
@@ -207,7 +208,7 @@ def read_when_visible(path: Path, wait_s: float = RESUME_WAIT_S) -> dict:
     while not path.is_file() and time.monotonic() < deadline:
         time.sleep(0.5)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"rank {comm.rank()} cannot see the checkpoint '{path}' that rank 0 resumes from (waited "
             f"{wait_s:.0f} s); put run.output_dir on a filesystem that every node shares")
     return ckpt.load_checkpoint(path)

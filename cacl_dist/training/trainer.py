@@ -28,7 +28,7 @@ from cacl_dist import clustering
 from cacl_dist.runs import pseudo_labels as pseudo_label_log
 from cacl_dist.training import run_log
 from cacl_dist.training import state as training_state
-from cacl_dist.config import Config, dump_yaml
+from cacl_dist.config import Config, dump_yaml, validate_for_world
 from cacl_dist.data.epoch_plan import check_batch_order
 from cacl_dist.data.factory import augment_params, dataset_from_config, generate_if_synthetic, training_plan
 from cacl_dist.data.integrity import check_dataset_images, records_fingerprint
@@ -71,16 +71,18 @@ class Trainer:
         self.show_progress = cfg.run.progress and env.is_main
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        if generate_if_synthetic(cfg, write=env.is_main):
+        if generate_if_synthetic(cfg.data, write=env.is_main):
             comm.barrier()  # rank 0 wrote the images; the others wait before reading them
-        self.dataset: ReidDataset = dataset_from_config(cfg)
+        self.dataset: ReidDataset = dataset_from_config(cfg.data, cfg.clustering.k1)
         bar = functools.partial(progress, desc="check images", enabled=self.show_progress)
         comm.run_on_main(lambda: check_dataset_images(self.dataset, self.run_dir, bar, lambda: self.stop.requested),
                          "checking the images")  # a stop ends it on rank 0, and every rank raises StopRequested
         self.data_fingerprint = records_fingerprint(self.dataset.train, self.dataset.root)
         self.train_pipeline = get_pipeline(resolve_pipeline(cfg.data.pipeline, device=env.device))
-        self.cluster_params = clustering.ClusterParams.from_config(cfg.clustering)  # resolves the backend
-        run_log.log_setup(self.log, cfg, env, self.dataset, self.train_pipeline.NAME, self.cluster_params.backend)
+        self.cluster_params = cfg.clustering.resolved()
+        bn_layout = validate_for_world(cfg, env.world_size)  # checked at start-up; here for its BatchNorm layout
+        run_log.log_setup(self.log, cfg, env, self.dataset, self.train_pipeline.NAME, self.cluster_params.backend,
+                          bn_layout)
 
         torch.manual_seed(cfg.run.seed)
         parallel = ParallelSettings.from_config(cfg)
@@ -91,7 +93,7 @@ class Trainer:
         self.eval_options = EvalOptions.from_config(cfg.eval)  # flip averaging, re-ranking
         model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool, cfg.model.last_stride,
                             cfg.model.predictor_init)
-        self.model = prepare_model(model.to(env.device), env, parallel)
+        self.model = prepare_model(model.to(env.device), env, bn_layout, parallel)
         self.online = parallelize(self.model.online, env, parallel)
         self.branch_gray = parallelize(self.model.branch_gray, env, parallel)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -244,11 +246,11 @@ class Trainer:
         """Run the remaining steps of the current epoch; StopRequested (after the step) when asked to stop."""
         cfg = self.cfg
         self.model.train(frozen_bn=self.cfg.model.frozen_bn)
-        plan = training_plan(cfg, self.dataset, self.labels.cpu().numpy(), epoch=self.epoch,
+        plan = training_plan(cfg.train, cfg.run.seed, self.dataset, self.labels.cpu().numpy(), epoch=self.epoch,
                              num_clusters=self.centres_rgb.num_clusters, rank=self.env.rank,
                              world_size=self.env.world_size, device=self.env.device)
         loader = self.train_pipeline.train_loader(
-            self.dataset.train, augment_params(cfg), plan, self.iter_in_epoch, cfg.data.num_workers, self.env.device)
+            self.dataset.train, augment_params(cfg.data, cfg.augment), plan, self.iter_in_epoch, cfg.data.num_workers, self.env.device)
         running: dict[str, torch.Tensor] = {}
         count = 0
         t0 = time.perf_counter()

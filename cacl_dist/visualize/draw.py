@@ -14,6 +14,8 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from cacl_dist.errors import UserError
+
 CORRECT = (30, 160, 40)
 """Frame of a gallery image of the query's identity (or a cluster member of the majority identity)."""
 WRONG = (215, 35, 35)
@@ -87,7 +89,7 @@ def fitted(path: str | Path) -> Image.Image:
         with Image.open(path) as image:
             image = image.convert("RGB")
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read the image {path}: {err}") from None
+        raise UserError(f"cannot read the image {path}: {err}") from None
     scale = min(TILE_W / image.width, TILE_H / image.height)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     canvas = Image.new("RGB", (TILE_W, TILE_H), BACKGROUND)

@@ -21,6 +21,7 @@ from cacl_dist.data.layouts import ImageRecord
 from cacl_dist.evaluation.metrics import evaluate_ranking, stable_argsort_rows
 from cacl_dist.runs.logs import progress
 from cacl_dist.visualize import draw
+from cacl_dist.errors import UserError
 
 SELECTIONS = ("spread", "worst", "best")
 """Which queries to show: evenly spread over the query list, or those with the lowest/highest AP."""
@@ -80,7 +81,7 @@ def choose_queries(dist: np.ndarray, query: Sequence[ImageRecord], gallery: Sequ
                    selection: str = "spread", show_progress: bool = False) -> list[int]:
     """``num`` query indices: evenly spread over the list, or the worst / best by AP (no-match queries last)."""
     if selection not in SELECTIONS:
-        raise ValueError(f"--select '{selection}' is not one of {', '.join(SELECTIONS)}")
+        raise UserError(f"--select '{selection}' is not one of {', '.join(SELECTIONS)}")
     total = len(query)
     num = min(num, total)
     if selection == "spread":

@@ -35,10 +35,10 @@ def _load_epoch(rank, world_size, root):
     dataset = load_dataset("synthetic", root)
     env = DistEnv(rank, world_size, rank, torch.device("cpu"), "gloo")
     labels = _labels(len(dataset.train))
-    plan = training_plan(cfg, dataset, labels, epoch=1, num_clusters=int(labels.max()) + 1, rank=env.rank,
+    plan = training_plan(cfg.train, cfg.run.seed, dataset, labels, epoch=1, num_clusters=int(labels.max()) + 1, rank=env.rank,
                          world_size=env.world_size, device=env.device)
     loader = get_pipeline(resolve_pipeline(cfg.data.pipeline)).train_loader(
-        dataset.train, augment_params(cfg), plan, 0, cfg.data.num_workers, env.device)
+        dataset.train, augment_params(cfg.data, cfg.augment), plan, 0, cfg.data.num_workers, env.device)
     assert isinstance(loader, dp.DaliLoader)
     steps = [(rgb, gray, index) for rgb, gray, index in loader]
     gathered = [comm.all_gather_cat(index) for _, _, index in steps]  # the global batch of each step
@@ -61,7 +61,7 @@ def test_each_rank_gets_its_slice_and_the_union_is_the_global_batch(tmp_path):
             assert gathered[it].tolist() == plan.indices[it].tolist()  # union over ranks = global batch
     # A sample's views do not depend on the rank layout: one process loading whole global batches
     # gives every rank's rows.
-    whole = list(dp.train_loader(dataset.train, augment_params(cfg), RankPlan.build(plan, 0, 1), num_workers=1))
+    whole = list(dp.train_loader(dataset.train, augment_params(cfg.data, cfg.augment), RankPlan.build(plan, 0, 1), num_workers=1))
     for it, (rgb, gray, index) in enumerate(whole):
         for rank, (steps, _) in enumerate(results):
             rows = slice(4 * rank, 4 * rank + 4)

@@ -45,11 +45,11 @@ def _worker(rank, world_size, device_type):
     device = torch.device(device_type, 0) if device_type == "cuda" else torch.device("cpu")
     env = DistEnv(rank, world_size, rank, device, "gloo")
     out = {}
-    for name, settings in (("pairs", ParallelSettings(bn_group_size=8, global_batch=4 * PER_RANK)),
-                           ("all", ParallelSettings(sync_bn=True, global_batch=4 * PER_RANK))):
+    for name, layout in (("pairs", bn_group_layout(8, 4 * PER_RANK, world_size)),
+                         ("all", bn_group_layout(0, 4 * PER_RANK, world_size, sync_bn=True))):
         for kind in ("2d", "1d"):
             x, upstream, weight, bias = _data(kind)
-            layer = prepare_model(nn.Sequential(_plain(kind, weight, bias)).to(device), env, settings)[0]
+            layer = prepare_model(nn.Sequential(_plain(kind, weight, bias)).to(device), env, layout, ParallelSettings())[0]
             assert isinstance(layer, GroupBatchNorm) and layer.reducer is not None
             assert layer.weight.device.type == device.type
             mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)

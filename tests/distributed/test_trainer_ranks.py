@@ -90,7 +90,7 @@ def test_a_stop_on_one_rank_during_memory_init_stops_both_without_a_half_filled_
     from cacl_dist.data.factory import generate_if_synthetic
     from tests.helpers.runs import tiny_overrides
 
-    generate_if_synthetic(load_config(None, tiny_overrides(tmp_path / "prepare", synthetic_root)))  # the images
+    generate_if_synthetic(load_config(None, tiny_overrides(tmp_path / "prepare", synthetic_root)).data)  # the images
     results = run_gloo(_stop_on_rank0_during_memory_init, 2, run_dir, synthetic_root, timeout=300.0,
                        pg_timeout=120.0)
     assert results == [(True, 0, 0), (True, 0, 0)]

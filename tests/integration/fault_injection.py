@@ -350,7 +350,7 @@ def run_cases(names: list[str] | None, keep: Path | None = None) -> list[tuple[C
     root = Path(tempfile.mkdtemp(prefix="faults_")) if keep is None else keep
     root.mkdir(parents=True, exist_ok=True)
     lab = Lab(root)
-    generate_if_synthetic(load_config(None, tiny_overrides(root / "prepare", lab.data)))
+    generate_if_synthetic(load_config(None, tiny_overrides(root / "prepare", lab.data)).data)
     rows = []
     try:
         for case in CASES:

@@ -151,7 +151,7 @@ def test_missing_imagenet_weights_say_where_to_put_them(tmp_path, synthetic_root
 def test_plain_folder_of_crops_trains_without_evaluation(tmp_path, synthetic_root):
     from cacl_dist.data.factory import generate_if_synthetic
 
-    generate_if_synthetic(load_config(None, tiny_overrides(tmp_path / "prepare", synthetic_root)))  # writes images
+    generate_if_synthetic(load_config(None, tiny_overrides(tmp_path / "prepare", synthetic_root)).data)  # writes images
     trainer = fit(tmp_path / "run", synthetic_root, **{
         "data.dataset": "folder", "data.root": str(synthetic_root / "bounding_box_train"), "train.epochs": 1})
     assert trainer.eval_history == []  # no query/gallery split: nothing to evaluate

@@ -70,7 +70,7 @@ def test_unreadable_data_folder_is_one_line_in_the_log(tmp_path, synthetic_root)
     from cacl_dist.data.factory import generate_if_synthetic
 
     prefix = file_permissions_apply()
-    generate_if_synthetic(load_config(None, tiny_overrides(tmp_path / "prepare", synthetic_root)))  # the images
+    generate_if_synthetic(load_config(None, tiny_overrides(tmp_path / "prepare", synthetic_root)).data)  # the images
     data = tmp_path / "data"
     shutil.copytree(synthetic_root, data)
     (data / "bounding_box_train").chmod(0)

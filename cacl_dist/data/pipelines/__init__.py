@@ -20,6 +20,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from cacl_dist.errors import UserError
+
 if TYPE_CHECKING:
     import torch
 
@@ -108,7 +110,7 @@ def resolve_pipeline(name: str, key: str = "data.pipeline", device: torch.device
                  "pipeline)", key, dali.INSTALL_HINT)
         return "torchvision"
     if name not in PIPELINES:
-        raise ValueError(f"{key} '{name}' is not available; choose one of auto, {', '.join(PIPELINES)}")
+        raise UserError(f"{key} '{name}' is not available; choose one of auto, {', '.join(PIPELINES)}")
     if name == "dali":
         dali.require_dali(key)
     return name

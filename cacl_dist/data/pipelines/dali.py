@@ -40,6 +40,7 @@ from cacl_dist.data.layouts import ImageRecord
 from cacl_dist.data.pipelines.checks import check_eval_inputs, check_train_inputs
 from cacl_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentParams, load_image
 from cacl_dist.data.view_params import draw_view_batch
+from cacl_dist.errors import UserError
 
 NAME = "dali"
 INSTALL_HINT = "pip install cacl_dist[dali]"
@@ -60,8 +61,8 @@ def dali_available() -> bool:
 def require_dali(key: str = "data.pipeline"):
     """The ``nvidia.dali`` module, or a ValueError naming config ``key`` that says how to install it."""
     if not dali_available():
-        raise ValueError(f"{key} is 'dali' but NVIDIA DALI is not installed; run `{INSTALL_HINT}` "
-                         f"(or set {key} to auto or torchvision)")
+        raise UserError(f"{key} is 'dali' but NVIDIA DALI is not installed; run `{INSTALL_HINT}` "
+                        f"(or set {key} to auto or torchvision)")
     return importlib.import_module("nvidia.dali")
 
 
@@ -89,7 +90,7 @@ def _device_id(device: torch.device) -> int | None:
     if device.type == "cuda":
         return device.index if device.index is not None else torch.cuda.current_device()
     if device.type != "cpu":
-        raise ValueError(f"the DALI pipeline runs on CUDA or the CPU, not on '{device}'")
+        raise UserError(f"the DALI pipeline runs on CUDA or the CPU, not on '{device}'")
     return None
 
 
@@ -304,7 +305,7 @@ class DaliLoader:
             try:
                 load_image(path)
             except ValueError as bad:
-                return ValueError(f"the DALI pipeline stopped on an unreadable image: {bad}")
+                return UserError(f"the DALI pipeline stopped on an unreadable image: {bad}")
         lines = str(err).strip().splitlines()
         reason = lines[-1] if lines else type(err).__name__
         return RuntimeError(f"the DALI pipeline failed ({reason}) near {len(candidates)} images "

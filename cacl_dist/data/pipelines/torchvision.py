@@ -20,6 +20,7 @@ from cacl_dist.data.epoch_plan import RankPlan
 from cacl_dist.data.layouts import ImageRecord
 from cacl_dist.data.pipelines.checks import check_eval_inputs, check_start_iter, check_train_inputs
 from cacl_dist.data.transforms import AugmentParams
+from cacl_dist.errors import UserError
 
 NAME = "torchvision"
 
@@ -45,7 +46,7 @@ class Loader(DataLoader):
             message = _worker_message(str(err))
             if message == str(err):
                 raise
-            raise ValueError(message) from None
+            raise UserError(message) from None
 
 
 def leave_stopping_to_the_main_process(worker_id: int) -> None:

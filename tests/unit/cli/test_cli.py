@@ -8,6 +8,7 @@ import errno
 import pytest
 
 from cacl_dist.cli.common import add_config_args, run_main, user_error_message
+from cacl_dist.errors import ConfigError, MissingFileError, NonFiniteError, UserError
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -39,14 +40,33 @@ def test_every_entry_point_accepts_several_pairs_after_one_set(module):
     (OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.jsonl"), ["metrics.jsonl",
                                                                                  "free disk space"]),
     (IsADirectoryError(errno.EISDIR, "Is a directory", "/runs/x"), ["'/runs/x'", "folder, not a file"]),
-    (FloatingPointError("non-finite loss at step 3; lower optim.lr"), ["non-finite loss", "optim.lr"]),
-    (FileNotFoundError("checkpoint 'x.pt' does not exist"), ["checkpoint 'x.pt' does not exist"]),
+    (NonFiniteError("non-finite loss at step 3; lower optim.lr"), ["non-finite loss", "optim.lr"]),
+    (MissingFileError("checkpoint 'x.pt' does not exist"), ["checkpoint 'x.pt' does not exist"]),
+    (ConfigError("config key 'train.epochs': must be positive, got 0"), ["train.epochs"]),
+    (UserError("dataset root /data/x does not exist"), ["/data/x"]),
 ])
 def test_user_errors_become_one_line(exc, needles):
     message = user_error_message(exc)
     assert message is not None and "\n" not in message
     for needle in needles:
         assert needle in message
+
+
+@pytest.mark.parametrize("exc", [
+    ValueError("too many values to unpack (expected 2)"),  # a bug in our code, or a library's
+    FloatingPointError("overflow encountered in exp"),
+    FileNotFoundError("no file"),  # without an errno: not the operating system's, not one of ours
+    KeyError("epoch"),
+])
+def test_other_errors_are_bugs_and_keep_their_traceback(exc):
+    assert user_error_message(exc) is None
+
+
+def test_user_errors_stay_value_errors():
+    """Code that catches ValueError around a check keeps working."""
+    for cls in (UserError, ConfigError, MissingFileError, NonFiniteError):
+        assert issubclass(cls, ValueError)
+    assert issubclass(MissingFileError, FileNotFoundError) and issubclass(NonFiniteError, FloatingPointError)
 
 
 def test_full_disk_hidden_under_a_runtime_error_is_found():
@@ -77,3 +97,29 @@ def test_run_main_prints_one_line_hands_it_over_and_exits_2(capsys):
     assert err.count("\n") == 1 and err.startswith("error: ") and seen == [err.strip()]
     with pytest.raises(KeyError):
         run_main(lambda: {}["bug"])
+
+
+@pytest.mark.parametrize("raised, bug", [(ValueError("not enough values to unpack"), True),
+                                         (UserError("dataset root /nowhere does not exist"), False)])
+def test_train_keeps_the_traceback_of_a_bug_and_one_line_for_a_user_error(tmp_path, monkeypatch, capsys, raised, bug):
+    """A plain ValueError is a bug: it propagates (traceback) and the run folder says 'crashed'; a UserError is
+    one line on stderr, exit status 2, and the status file says 'error'."""
+    import cacl_dist.training.trainer as trainer_module
+    from cacl_dist.cli import train
+
+    class Failing:
+        def __init__(self, *args, **kwargs):
+            raise raised
+
+    monkeypatch.setattr(trainer_module, "Trainer", Failing)
+    argv = ["--set", f"run.output_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'data'}", "run.device=cpu"]
+    status = tmp_path / "run" / "status.txt"
+    if bug:
+        with pytest.raises(ValueError, match="not enough values to unpack"):
+            train.main(argv)
+        assert status.read_text().startswith("1 crashed: ValueError: not enough values to unpack")
+    else:
+        assert train.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == "error: dataset root /nowhere does not exist" and err.count("\n") == 1
+        assert status.read_text().startswith("2 error: dataset root /nowhere does not exist")

@@ -31,7 +31,6 @@ from cacl_dist.clustering.pseudo_labels import cluster
 from cacl_dist.clustering.refine import refine_clusters
 from cacl_dist.clustering.refine_sparse import refine_sparse
 from cacl_dist.clustering.unit_rows import UnitRows
-from cacl_dist.config import ClusteringConfig
 
 from tests.helpers.clustering import dense_from_pairs
 
@@ -339,11 +338,14 @@ def test_cluster_torch_equals_sklearn(score):
 
 def test_cluster_runs_the_configured_backend():
     feats = torch.from_numpy(sphere_blobs(200, 16, 8, 0.6, seed=9)).float()
-    cfg = ClusteringConfig(k1=10, k2=3, backend="torch")
-    result = cluster(feats, ClusterParams.from_config(cfg))
+    cfg = ClusterParams(k1=10, k2=3, backend="torch")
+    result = cluster(feats, cfg.resolved())
     assert result.backend == "torch"
     ref = cluster(feats.numpy(), ClusterParams(k1=10, k2=3, backend="sklearn"))
     np.testing.assert_array_equal(result.labels, ref.labels)
+    auto = cluster(feats, ClusterParams(k1=10, k2=3))  # the config's default backend, resolved by cluster()
+    assert auto.backend == "torch" and ClusterParams().takes_neighbours
+    np.testing.assert_array_equal(auto.labels, ref.labels)
     with pytest.raises(ValueError, match="'gpu'"):
         cluster(feats, ClusterParams(backend="gpu"))
 

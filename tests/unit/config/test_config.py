@@ -136,17 +136,42 @@ def test_non_finite_float_in_a_file_names_file_and_key(tmp_path):
     (4, 4, False, "leaves 1 image per rank"),
 ])
 def test_batch_must_suit_the_world_size(batch, world, frozen_bn, needle):
-    from types import SimpleNamespace
-
     from cacl_dist.config import validate_for_world
 
     cfg = load_config(None, [f"train.batch_size={batch}", "train.num_instances=1", f"model.frozen_bn={frozen_bn}"])
     with pytest.raises(ConfigError, match=needle) as info:
-        validate_for_world(cfg, SimpleNamespace(world_size=world))
+        validate_for_world(cfg, world)
     assert "train.batch_size" in str(info.value)
-    validate_for_world(cfg, SimpleNamespace(world_size=1))  # one process: fine
+    validate_for_world(cfg, 1)  # one process: fine
     frozen = load_config(None, [f"train.batch_size={world}", "train.num_instances=1", "model.frozen_bn=true"])
-    validate_for_world(frozen, SimpleNamespace(world_size=world))  # frozen BatchNorm trains on 1 image per rank
+    validate_for_world(frozen, world)  # frozen BatchNorm trains on 1 image per rank
+
+
+def test_a_batch_that_does_not_fit_the_world_lists_every_rule_and_a_batch_that_keeps_them_all():
+    from cacl_dist.config import validate_for_world
+    from cacl_dist.config.world import world_problems
+
+    cfg = load_config(None, ["train.batch_size=32", "train.num_instances=4", "model.bn_group_size=16"])
+    with pytest.raises(ConfigError) as info:
+        validate_for_world(cfg, 3)
+    line = str(info.value)
+    assert "\n" not in line and "32 does not split over 3 processes" in line
+    suggested = int(line.split("train.batch_size=")[1].split(",")[0])
+    assert suggested == 48 and world_problems(cfg, 3, suggested) == []  # not 30: no multiple of 4 or 16
+    cfg = load_config(None, ["train.batch_size=48", "train.num_instances=4", "model.bn_group_size=16"])
+    with pytest.raises(ConfigError) as info:  # splits over 2 (24 each), but a group of 16 fits neither way
+        validate_for_world(cfg, 2)
+    assert "model.bn_group_size 16 does not fit 24 images per process" in str(info.value)
+    assert "train.batch_size=64" in str(info.value)  # 32 and 64 are as near; the larger keeps more images
+    tiny = load_config(None, ["train.batch_size=6", "train.num_instances=2"])
+    with pytest.raises(ConfigError) as info:  # two rules at once: the split and one image per rank
+        validate_for_world(tiny, 4)
+    assert "6 does not split over 4 processes" in str(info.value)
+    problems = world_problems(tiny, 4, 4)
+    assert len(problems) == 1 and "leaves 1 image per rank" in problems[0]
+    assert world_problems(tiny, 4, 8) == [] and "train.batch_size=8" in str(info.value)
+    layout = validate_for_world(load_config(None, ["train.batch_size=64", "model.bn_group_size=16"]), 8)
+    assert (layout.mode, layout.ranks_per_group) == ("synced", 2)  # the layout the trainer realises
 
 
 @pytest.mark.parametrize("override, needle", [

@@ -75,12 +75,13 @@ def test_config_keys_reach_the_augmentation_and_the_extraction():
                              "augment.erase_area_max=0.3", "augment.erase_ratio_min=0.3",
                              "augment.erase_ratio_max=3.3333333333333335", "augment.erase_ratio_sampling=uniform",
                              "augment.erase_fill=imagenet_mean"])
-    params = augment_params(cfg)
+    params = augment_params(cfg.data, cfg.augment)
     assert params.erase_scale == (0.05, 0.3) and params.erase_ratio == (0.3, 1 / 0.3)
     assert (params.erase_ratio_sampling, params.erase_fill, params.interpolation) == ("uniform", "imagenet_mean",
                                                                                       "bicubic")
     assert ExtractionSettings.from_config(cfg, torch.device("cpu")).interpolation == "bicubic"
-    default = augment_params(load_config(None))
+    defaults = load_config(None)
+    default = augment_params(defaults.data, defaults.augment)
     assert (default.erase_scale, default.erase_ratio, default.erase_ratio_sampling, default.erase_fill,
             default.interpolation) == ((0.02, 0.4), (0.3, 3.3), "log_uniform", "zero", "bilinear")
 

@@ -189,3 +189,14 @@ def test_batch_order_check_names_the_plan():
     check_batch_order(torch.tensor([4, 2]), np.array([4, 2]))
     with pytest.raises(RuntimeError, match="epoch plan"):
         check_batch_order(torch.tensor([2, 4]), np.array([4, 2]))
+
+
+def test_an_epoch_without_any_labelled_image_is_a_user_error_saying_what_to_change():
+    from cacl_dist.errors import UserError
+
+    with pytest.raises(UserError, match="clustering.outliers=singleton") as info:
+        IdentitySampler(np.full(12, -1), None, batch_size=8, num_instances=4, seed=0)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError) as info:  # a bad argument stays a plain ValueError: a bug of the caller
+        IdentitySampler(np.zeros((2, 2)), None, batch_size=8, num_instances=4, seed=0)
+    assert not isinstance(info.value, UserError)

@@ -131,7 +131,7 @@ def test_parse_sweep_splits_values():
 def test_global_batch_must_split_over_the_job(tmp_path):
     runs = build_runs(QUICKSTART, [], [], tmp_path)  # batch 32
     check_world_size(runs, 16)
-    with pytest.raises(ConfigError, match="'train.batch_size': 32 does not split over 3 processes"):
+    with pytest.raises(ConfigError, match="'train.batch_size': the global batch 32 does not split over 3 processes .nodes x tasks per node.; use train.batch_size=96"):
         check_world_size(runs, 3)
 
 
@@ -192,7 +192,7 @@ def test_check_prints_the_plan_without_submitting(monkeypatch, capsys, tmp_path)
     (["--gpus-per-node", "16"], "impossible request: 16 GPUs per node"),
     (["--config", "/nonexistent/recipe.yaml"], "config file '/nonexistent/recipe.yaml' does not exist"),
     (["--set", "model.pool=max"], "config key 'model.pool'"),
-    (["--gpus-per-node", "3"], "'train.batch_size': 32 does not split over 3 processes"),
+    (["--gpus-per-node", "3"], "'train.batch_size': the global batch 32 does not split over 3 processes"),
     (["--gpus-per-node", "2", "--tasks-per-node", "4"], "GPU jobs run one task per GPU"),
     (["--local", "--nodes", "2"], "--local runs on this machine only"),
     (["--time", "soon"], "--time 'soon' is not a SLURM time"),

@@ -12,6 +12,7 @@ from cacl_dist.config import ConfigError, load_config
 from cacl_dist.distributed import comm
 from cacl_dist.distributed.env import DistEnv
 from cacl_dist.distributed.group_bn import GroupBatchNorm
+from cacl_dist.distributed.bn_groups import bn_group_layout
 from cacl_dist.distributed.parallelize import ParallelSettings, prepare_model
 from cacl_dist.losses import cacl_loss
 from cacl_dist.memory import ClusterCentres, InstanceBank
@@ -122,14 +123,14 @@ def test_adam_kernels_resolve_and_agree():
 
 
 def test_prepare_model_channels_last_and_sync_bn_on_cpu_synchronises_all_ranks():
-    model = prepare_model(build_model("resnet_tiny"), DistEnv(0, 2, 0, CPU, "gloo"),
-                          ParallelSettings(sync_bn=True, channels_last=True, global_batch=32))
+    model = prepare_model(build_model("resnet_tiny"), DistEnv(0, 2, 0, CPU, "gloo"), bn_group_layout(0, 32, 2, sync_bn=True),
+                          ParallelSettings(channels_last=True))
     layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert layers and all(isinstance(m, GroupBatchNorm) and m.reducer.size == 2 for m in layers)
     conv = model.online.branch.backbone.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
-    single = prepare_model(build_model("resnet_tiny"), DistEnv(0, 1, 0, CPU, None),
-                           ParallelSettings(sync_bn=True, global_batch=32))
+    single = prepare_model(build_model("resnet_tiny"), DistEnv(0, 1, 0, CPU, None), bn_group_layout(0, 32, 1, sync_bn=True),
+                           ParallelSettings())
     assert not any(isinstance(m, GroupBatchNorm) for m in single.modules())  # one process: plain BatchNorm
 
 
