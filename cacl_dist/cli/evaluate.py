@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model = load_feature_model(args.checkpoint, args.config, args.overrides)
         if model.cfg is None:
-            raise ValueError(f"--checkpoint '{args.checkpoint}' is a {model.kind} export, which stores no config; "
+            raise ValueError(f"--checkpoint '{args.checkpoint}' is an export ({model.kind}), which stores no config; "
                              "pass the recipe of the dataset to evaluate on with --config")
         cfg = model.cfg
         env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)

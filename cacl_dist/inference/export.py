@@ -127,10 +127,14 @@ def export_program(branch: torch.nn.Module, path: Path, height: int, width: int,
 
     def check(tmp: str) -> None:
         images = torch.randn(VERIFY_BATCH, 3, height, width)
-        with torch.no_grad():
-            _compare("export", torch.export.load(tmp).module()(images), branch(images), 1e-5)
+        with torch.no_grad(), open(tmp, "rb") as fh:  # a buffer: torch warns about a name not ending in .pt2
+            _compare("export", torch.export.load(fh).module()(images), branch(images), 1e-5)
 
-    _atomic_write(path, lambda tmp: torch.export.save(program, tmp), check if verify else None)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a buffer: torch warns about a file name not ending in .pt2
+            torch.export.save(program, fh)
+
+    _atomic_write(path, write, check if verify else None)
 
 
 def _onnx_export(branch: torch.nn.Module, example: torch.Tensor, target: str) -> None:

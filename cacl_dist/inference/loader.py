@@ -57,6 +57,11 @@ class _Sized(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.module(images)
 
+    def train(self, mode: bool = True) -> _Sized:
+        """Only this wrapper's flag: an export is fixed in eval mode (an exported program refuses ``train()``)."""
+        self.training = mode
+        return self
+
 
 def file_kind(path: Path) -> str:
     """'torchscript', 'export' or 'torch.save' (a checkpoint or a state_dict export, or not ours)."""
@@ -133,7 +138,8 @@ def load_feature_model(path: str | Path, config: str | None = None, overrides: l
         return FeatureModel(_Sized(module, h, w).eval(), h, w, source, kind, cfg)
     if kind == "export":
         check_program_archive(path)
-        program = torch.export.load(str(path))
+        with open(path, "rb") as fh:  # a buffer: torch warns about a file name not ending in .pt2
+            program = torch.export.load(fh)
         cfg = _user_config(config, overrides)
         h, w = _size(path, "torch.export", (height, width), _program_size(program), cfg)
         return FeatureModel(_Sized(program.module(), h, w), h, w, source, kind, cfg)
