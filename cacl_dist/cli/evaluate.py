@@ -1,7 +1,9 @@
 """Evaluate a checkpoint: `python -m cacl_dist.evaluate --checkpoint RUN/last.pt [--config ...]`.
 
 The run's own config (stored in the checkpoint) is used unless --config is given; --set adjusts
-either, e.g. `--set data.root=/elsewhere` or `--set eval.rerank=true`. Runs under torchrun too.
+either, e.g. `--set data.root=/elsewhere` or `--set eval.rerank=true`. --checkpoint may also be an
+export of python -m cacl_dist.export (torch.export .pt2, TorchScript, state_dict); it stores no
+config, so pass the recipe of the dataset with --config. Runs under torchrun too.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ import argparse
 import json
 import sys
 
+from cacl_dist.errors import UserError
 from cacl_dist.cli.common import add_config_args, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cacl_dist.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a cacl_dist checkpoint, e.g. runs/x/last.pt")
+    parser.add_argument("--checkpoint", required=True, help="a cacl_dist checkpoint (e.g. runs/x/last.pt) or export")
     add_config_args(parser, default_config=False)
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
     return parser
@@ -26,31 +29,26 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        import dataclasses
-
-        from cacl_dist.training.checkpoint import load_trained_model
         from cacl_dist.data.factory import dataset_from_config, generate_if_synthetic
         from cacl_dist.distributed import comm
         from cacl_dist.distributed.env import init_distributed, shutdown_distributed
-        from cacl_dist.evaluation.evaluator import EvalOptions, evaluate
-        from cacl_dist.evaluation.extract import ExtractionSettings
+        from cacl_dist.inference.features import extraction_settings
+        from cacl_dist.inference.loader import load_feature_model
         from cacl_dist.runs.logs import setup_logging
 
-        state, cfg, model = load_trained_model(args.checkpoint, args.config, args.overrides)
+        model = load_feature_model(args.checkpoint, args.config, args.overrides)
+        if model.cfg is None:
+            raise UserError(f"--checkpoint '{args.checkpoint}' is an export ({model.kind}), which stores no config; "
+                            "pass the recipe of the dataset to evaluate on with --config")
+        cfg = model.cfg
         env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
         try:
             setup_logging(None, env.rank)
             if generate_if_synthetic(cfg.data, write=env.is_main):
                 comm.barrier()  # rank 0 wrote the images; the others wait before reading them
             dataset = dataset_from_config(cfg.data, cfg.clustering.k1)
-            branch = model.inference_branch().to(env.device)
-            settings = ExtractionSettings.from_config(cfg, env.device, show_progress=env.is_main and cfg.run.progress)
-            settings = dataclasses.replace(settings, channels_last=False)  # the rebuilt branch is not NHWC
-            scored = comm.run_everywhere(lambda: evaluate(branch, dataset, settings, rank=env.rank,
-                                                          world_size=env.world_size,
-                                                          options=EvalOptions.from_config(cfg.eval)),
-                                         "the evaluation (scored on rank 0)")  # a failure stops every rank
-            metrics = comm.broadcast_object(scored, src=0, what="evaluation metrics")
+            settings = extraction_settings(model, env.device, show_progress=env.is_main and cfg.run.progress)
+            metrics = _scored(model, dataset, settings, env)
         finally:
             shutdown_distributed()
         if env.is_main:
@@ -58,13 +56,49 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(metrics))
             else:
                 print(f"{dataset.name} ({len(dataset.query)} query, {len(dataset.gallery)} gallery), "
-                      f"checkpoint {args.checkpoint} (epoch {state['epoch']}):")
+                      f"{model.kind} {args.checkpoint}{_epoch(model)}:")
                 print(f"  mAP {100 * metrics['mAP']:.1f}%  rank-1 {100 * metrics['rank1']:.1f}%  "
                       f"rank-5 {100 * metrics['rank5']:.1f}%  rank-10 {100 * metrics['rank10']:.1f}%  "
                       f"mINP {100 * metrics['mINP']:.1f}%")
         return 0
 
     return run_main(body)
+
+
+def _epoch(model) -> str:
+    return "" if model.epoch is None else f" (epoch {model.epoch})"
+
+
+def _scored(model, dataset, settings, env) -> dict:
+    """The metrics on every rank: features of every rank's shard, ranked on rank 0 as training evaluates."""
+    import time
+
+    import numpy as np
+
+    from cacl_dist.distributed import comm
+    from cacl_dist.evaluation.evaluator import evaluate_features
+    from cacl_dist.evaluation.rerank_sparse import RerankParams
+    from cacl_dist.inference.features import features
+
+    if not dataset.has_eval:
+        raise UserError(f"dataset '{dataset.name}' at '{dataset.root}' has no query/gallery split to evaluate on")
+    t0 = time.perf_counter()
+    feats = features(model, list(dataset.query) + list(dataset.gallery), settings, env.rank, env.world_size,
+                     desc="evaluate")
+
+    def score() -> dict | None:
+        if env.rank != 0:
+            return None
+        n, device = len(dataset.query), settings.device
+        ids = [np.array([getattr(r, key) for r in split]) for key in ("pid", "camid")
+               for split in (dataset.query, dataset.gallery)]
+        found = evaluate_features(feats[:n].to(device), feats[n:].to(device), *ids,
+                                  rerank=RerankParams.from_config(model.cfg.eval), device=device)
+        result = {k: float(found[k]) for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
+        return {**result, "num_valid_queries": int(found["num_valid_queries"]), "seconds": time.perf_counter() - t0}
+
+    scored = comm.run_everywhere(score, "the evaluation (scored on rank 0)")  # a failure stops every rank
+    return comm.broadcast_object(scored, src=0, what="evaluation metrics")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ extracted now with --checkpoint. --query is one image, a folder or a list file. 
 come from the model: --checkpoint, or the one the .npz was extracted with (its stored path);
 query images that are themselves in the .npz reuse their stored features and need no model.
 For every query the nearest gallery images are printed with their Euclidean distance between
-L2-normalised features (the distance evaluation ranks by; 0 is identical, 2 is opposite).
+L2-normalised features (the distance evaluation ranks by; 0 is identical, 2 is opposite), or, when
+the config says eval.rerank (the checkpoint's, or --config/--set eval.rerank=true), ranked by the
+k-reciprocal re-ranked distance of evaluation, computed over all queries and the gallery at once.
 --output draws one row per query (the query, then its top-K) into a PNG.
 """
 
@@ -17,64 +19,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from cacl_dist.cli.common import run_main
-from cacl_dist.evaluation.metrics import pairwise_distance, stable_argsort_rows
 from cacl_dist.errors import MissingFileError, UserError
+from cacl_dist.cli.common import run_main
 
 
-def nearest(query_feats: np.ndarray, gallery_feats: np.ndarray, topk: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, distances), each (Q, K): the ``topk`` nearest gallery rows of every query row, nearest first.
-
-    Euclidean distance as in evaluation; ties keep the lower gallery index first.
-    """
-    if gallery_feats.shape[0] == 0:
-        raise UserError("the gallery is empty")
-    dist = pairwise_distance(query_feats, gallery_feats)
-    order = stable_argsort_rows(dist)[:, :topk]
-    return order, np.take_along_axis(dist, order, axis=1)
-
-
-def load_gallery(path: str | Path) -> dict:
-    """The arrays of a features .npz written by `cacl_dist.extract` (names, paths, features, model, size)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"--features '{path}' does not exist; write it with python -m cacl_dist.extract")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            gallery = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # e.g. a truncated file
-        raise UserError(f"--features '{path}' is not a readable .npz ({exc}); write it again with "
-                        "python -m cacl_dist.extract") from None
-    missing = {"names", "paths", "features"} - set(gallery)
-    if missing:
-        raise UserError(f"--features '{path}' lacks {', '.join(sorted(missing))}; write it with "
-                        "python -m cacl_dist.extract")
-    feats, names, paths = gallery["features"], gallery["names"], gallery["paths"]
-    if feats.ndim != 2 or feats.dtype.kind != "f" or not len(feats) or names.ndim != 1 or paths.ndim != 1:
-        raise UserError(f"--features '{path}' holds features of shape {feats.shape} ({feats.dtype}), names of shape "
-                        f"{names.shape} and paths of shape {paths.shape}, not the rows x dims floats and one name "
-                        "and path per row of python -m cacl_dist.extract; write it again")
-    if not len(names) == len(paths) == len(feats):
-        raise UserError(f"--features '{path}' holds {len(names)} names and {len(paths)} paths for {len(feats)} "
-                        "feature rows; write it again with python -m cacl_dist.extract")
-    return gallery
-
-
-def _query_features(args: argparse.Namespace, records, gallery: dict, model=None) -> np.ndarray:
-    """Stored features when every query is in the .npz, else features from ``model`` or the one named."""
+def _query_features(args: argparse.Namespace, records, gallery: dict, model=None) -> tuple[np.ndarray, object]:
+    """(features, model): stored features when every query is in the .npz, else those of ``model`` or the one
+    the .npz names."""
     from cacl_dist.distributed.env import init_distributed
-    from cacl_dist.cli.extract import extraction_settings, features_of, load_feature_model
+    from cacl_dist.inference.features import extraction_settings, features
+    from cacl_dist.inference.loader import load_feature_model
 
     if model is None:
         index = {p: i for i, p in enumerate(gallery["paths"].tolist())}
         if all(r.path in index for r in records):
-            return gallery["features"][[index[r.path] for r in records]]
+            return gallery["features"][[index[r.path] for r in records]], None
         source = args.checkpoint or (str(gallery["model"]) if "model" in gallery else None)
         if not source:
             raise UserError("the query images need a model: pass --checkpoint")
@@ -86,7 +49,17 @@ def _query_features(args: argparse.Namespace, records, gallery: dict, model=None
         model = load_feature_model(source, args.config, args.overrides, height, width)
     env = init_distributed(args.device)
     settings = extraction_settings(model, env.device, args.batch_size, args.num_workers)
-    return features_of(model, records, settings)
+    return features(model, records, settings).numpy(), model
+
+
+def _rerank_params(args: argparse.Namespace, model):
+    """The re-ranking of the model's config, else of --config/--set, else None (Euclidean)."""
+    from cacl_dist.config import load_config
+    from cacl_dist.evaluation.rerank_sparse import RerankParams
+
+    cfg = model.cfg if model is not None and model.cfg is not None else (
+        load_config(args.config, args.overrides) if args.config or args.overrides else None)
+    return None if cfg is None else RerankParams.from_config(cfg.eval)
 
 
 def draw_results(out: str | Path, query_records, query_names, gallery: dict, order, dist) -> Path:
@@ -105,7 +78,7 @@ def draw_results(out: str | Path, query_records, query_names, gallery: dict, ord
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m cacl_dist.search`."""
-    from cacl_dist.cli.extract import add_model_args, check_model_args, model_inputs
+    from cacl_dist.cli.model_args import add_model_args, check_model_args, model_inputs
     from cacl_dist.cli.outputs import check_output
 
     parser = argparse.ArgumentParser(prog="python -m cacl_dist.search", description=__doc__,
@@ -120,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from cacl_dist.distributed.env import init_distributed, shutdown_distributed
-        from cacl_dist.cli.extract import extraction_settings, features_of, image_records, load_feature_model
+        from cacl_dist.inference.feature_files import image_records, load_gallery
+        from cacl_dist.inference.features import extraction_settings, features
+        from cacl_dist.inference.loader import load_feature_model
+        from cacl_dist.inference.ranking import rank
 
         check_model_args(args)
         if args.topk < 1:
@@ -150,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
                 settings = extraction_settings(model, init_distributed(args.device).device, args.batch_size,
                                                args.num_workers, show_progress=True)
                 gallery = {"names": np.array(names), "paths": np.array([r.path for r in records]),
-                           "features": features_of(model, records, settings)}
-            query_feats = _query_features(args, query_records, gallery, model)
+                           "features": features(model, records, settings).numpy()}
+            query_feats, query_model = _query_features(args, query_records, gallery, model)
         finally:
             shutdown_distributed()
         topk = min(args.topk, len(gallery["names"]))
-        order, dist = nearest(query_feats, gallery["features"], topk)
+        order, dist = rank(query_feats, gallery["features"], _rerank_params(args, query_model)).top(topk)
         for q, name in enumerate(query_names):
             print(f"query {name}")
             for pos, (g, d) in enumerate(zip(order[q], dist[q]), start=1):

@@ -8,8 +8,10 @@ ranked    one PNG per query (the query, then its top-K gallery images framed gre
           red when wrong, grey when the protocol ignores them: same identity and camera), with
           index.html (every picture with its AP) and ranked.json. Uses the run's config (stored
           in the checkpoint) for data and image size unless --config is given; --set adjusts it
-          (e.g. --set eval.rerank=true ranks by the re-ranked distance). Runs under torchrun too
-          (the features are extracted in shards). Default output: CHECKPOINT_FOLDER/ranked/.
+          (e.g. --set eval.rerank=true ranks by the re-ranked distance, eval.flip=true averages
+          each image with its mirror image), and ranks exactly as evaluation does. --checkpoint may
+          be an export (pass the dataset's --config). Runs under torchrun too (the features are
+          extracted in shards). Default output: CHECKPOINT_FOLDER/ranked/.
 clusters  a montage of the pseudo clusters of one epoch (largest, smallest, most impure) and of
           points refinement removed, from the labels the run saved in RUN/pseudo_labels/.
           Default epoch: the last one stored; default output: RUN/clusters/epoch_EEE.png.
@@ -21,8 +23,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from cacl_dist.cli.common import add_config_args, run_main
 from cacl_dist.errors import MissingFileError, UserError
+from cacl_dist.cli.common import add_config_args, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="{ranked,clusters}", required=True)
     ranked = sub.add_parser("ranked", help="ranked lists of queries with correctness frames")
-    ranked.add_argument("--checkpoint", required=True, help="a cacl_dist checkpoint, e.g. runs/x/last.pt")
+    ranked.add_argument("--checkpoint", required=True, help="a cacl_dist checkpoint (e.g. runs/x/last.pt) or export")
     ranked.add_argument("--num-queries", type=int, default=20, help="how many queries to draw (default 20)")
     ranked.add_argument("--topk", type=int, default=10, help="gallery images per query (default 10)")
     ranked.add_argument("--select", default="spread", help="spread (default; evenly over the query list), "
@@ -54,17 +56,15 @@ def _positive(name: str, value: int) -> None:
 
 def ranked_main(args: argparse.Namespace) -> int:
     """Extract query and gallery features with the checkpoint, then draw the chosen queries."""
-    import dataclasses
-
     import numpy as np
 
-    from cacl_dist.training.checkpoint import load_trained_model
     from cacl_dist.data.factory import dataset_from_config, generate_if_synthetic
     from cacl_dist.distributed import comm
     from cacl_dist.distributed.env import init_distributed, shutdown_distributed
-    from cacl_dist.evaluation.extract import ExtractionSettings, extract_all
-    from cacl_dist.evaluation.metrics import pairwise_distance
-    from cacl_dist.evaluation.rerank import k_reciprocal_rerank
+    from cacl_dist.evaluation.rerank_sparse import RerankParams
+    from cacl_dist.inference.features import extraction_settings, features
+    from cacl_dist.inference.loader import load_feature_model
+    from cacl_dist.inference.ranking import rank
     from cacl_dist.runs.logs import setup_logging
     from cacl_dist.visualize.ranked import SELECTIONS, choose_queries, rank_queries, write_pictures
 
@@ -72,7 +72,11 @@ def ranked_main(args: argparse.Namespace) -> int:
     _positive("--topk", args.topk)
     if args.select not in SELECTIONS:
         raise UserError(f"--select '{args.select}' is not one of {', '.join(SELECTIONS)}")
-    state, cfg, model = load_trained_model(args.checkpoint, args.config, args.overrides)
+    model = load_feature_model(args.checkpoint, args.config, args.overrides)
+    if model.cfg is None:
+        raise UserError(f"--checkpoint '{args.checkpoint}' is an export ({model.kind}), which stores no config; "
+                        "pass the recipe of the dataset with --config")
+    cfg = model.cfg
     env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
     try:
         setup_logging(None, env.rank)
@@ -81,26 +85,22 @@ def ranked_main(args: argparse.Namespace) -> int:
         dataset = dataset_from_config(cfg.data, cfg.clustering.k1)
         if not dataset.has_eval:
             raise UserError(f"dataset '{dataset.name}' at '{dataset.root}' has no query/gallery split to rank")
-        settings = ExtractionSettings.from_config(cfg, env.device, show_progress=env.is_main and cfg.run.progress)
-        settings = dataclasses.replace(settings, channels_last=False)  # the rebuilt branch is not NHWC
-        feats = extract_all(model.inference_branch().to(env.device), list(dataset.query) + list(dataset.gallery),
-                            settings, rank=env.rank, world_size=env.world_size, desc="features").numpy()
+        settings = extraction_settings(model, env.device, show_progress=env.is_main and cfg.run.progress)
+        feats = features(model, list(dataset.query) + list(dataset.gallery), settings, env.rank, env.world_size)
     finally:
         shutdown_distributed()
     if not env.is_main:
         return 0
     num_query = len(dataset.query)
-    q, g = feats[:num_query], feats[num_query:]
-    if cfg.eval.rerank:
-        dist = k_reciprocal_rerank(q, g, cfg.eval.rerank_k1, cfg.eval.rerank_k2, cfg.eval.rerank_lambda)
-    else:
-        dist = pairwise_distance(q, g)
+    ranking = rank(feats[:num_query], feats[num_query:], RerankParams.from_config(cfg.eval), settings.device)
+    dist = ranking.ranked_by
     chosen = choose_queries(dist, dataset.query, dataset.gallery, args.num_queries, args.select, cfg.run.progress)
     topk = min(args.topk, len(dataset.gallery))
-    ranked = rank_queries(dist, dataset.query, dataset.gallery, chosen, topk)
+    ranked = rank_queries(dist, dataset.query, dataset.gallery, chosen, topk, shown=ranking.shown)
     out = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent / "ranked"
-    title = (f"{dataset.name}: {args.checkpoint} (epoch {state.get('epoch', '?')}), top {topk} of "
-             f"{len(dataset.gallery)} gallery images, {'re-ranked' if cfg.eval.rerank else 'Euclidean'} distance")
+    epoch = "?" if model.epoch is None else model.epoch
+    title = (f"{dataset.name}: {args.checkpoint} (epoch {epoch}), top {topk} of "
+             f"{len(dataset.gallery)} gallery images, {'re-ranked' if ranking.reranked else 'Euclidean'} distance")
     index = write_pictures(out, ranked, dataset.query, dataset.gallery, title, topk, cfg.run.progress)
     aps = [r.ap for r in ranked if r.ap is not None]
     mean = f", mean AP {np.mean(aps):.3f}" if aps else ""

@@ -7,7 +7,7 @@ what stays the same across the extractions of a run (image size, batch, pipeline
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
@@ -66,14 +66,24 @@ class ExtractionSettings:
         object.__setattr__(self, "device", torch.device(self.device))
 
     @classmethod
-    def from_config(cls, cfg: Config, device: torch.device, show_progress: bool = False) -> ExtractionSettings:
-        """The settings of a run: data.eval_pipeline resolved, eval.precision 'train' -> train.precision."""
-        return cls(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size,
-                   num_workers=cfg.data.num_workers, device=device,
-                   pipeline=resolve_pipeline(cfg.data.eval_pipeline, "data.eval_pipeline", device),
-                   precision=extraction_precision(cfg.eval.precision, cfg.train.precision),
-                   channels_last=cfg.train.channels_last, show_progress=show_progress,
-                   interpolation=cfg.data.resize_interpolation)
+    def from_config(cls, cfg: Config, device: torch.device, show_progress: bool = False,
+                    **changes) -> ExtractionSettings:
+        """The settings of a run: data.eval_pipeline resolved, eval.precision 'train' -> train.precision.
+
+        ``changes`` set other fields at once (e.g. ``flip=cfg.eval.flip``, ``should_stop=...``, the input size
+        of an export); a value of None keeps the config's.
+        """
+        values = dict(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size,
+                      num_workers=cfg.data.num_workers, device=device,
+                      pipeline=resolve_pipeline(cfg.data.eval_pipeline, "data.eval_pipeline", device),
+                      precision=extraction_precision(cfg.eval.precision, cfg.train.precision),
+                      channels_last=cfg.train.channels_last, show_progress=show_progress,
+                      interpolation=cfg.data.resize_interpolation)
+        unknown = set(changes) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"ExtractionSettings has no field {', '.join(sorted(unknown))}")
+        values.update({k: v for k, v in changes.items() if v is not None})
+        return cls(**values)
 
 
 @torch.no_grad()

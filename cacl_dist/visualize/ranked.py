@@ -60,8 +60,13 @@ def query_ap(dist_row: np.ndarray, q_pid: int, q_cam: int, g_pids: np.ndarray, g
 
 
 def rank_queries(dist: np.ndarray, query: Sequence[ImageRecord], gallery: Sequence[ImageRecord],
-                 chosen: Sequence[int], topk: int) -> list[RankedQuery]:
-    """The top-``topk`` gallery images of every query index in ``chosen`` under the (Q, G) ``dist``."""
+                 chosen: Sequence[int], topk: int, shown: np.ndarray | None = None) -> list[RankedQuery]:
+    """The top-``topk`` gallery images of every query index in ``chosen`` under the (Q, G) ``dist``.
+
+    ``shown`` (default ``dist``) gives the distances listed, when they are not those ranked by (the Euclidean
+    distance of a squared-distance ranking).
+    """
+    shown = dist if shown is None else shown
     g_pids = np.array([r.pid for r in gallery], dtype=np.int64)
     g_cams = np.array([r.camid for r in gallery], dtype=np.int64)
     rows = np.asarray(chosen, dtype=np.int64)
@@ -71,7 +76,7 @@ def rank_queries(dist: np.ndarray, query: Sequence[ImageRecord], gallery: Sequen
         top = order[row]
         rec = query[q]
         ranked.append(RankedQuery(
-            query=q, gallery=top.tolist(), distances=[float(d) for d in dist[q, top]],
+            query=q, gallery=top.tolist(), distances=[float(d) for d in shown[q, top]],
             status=match_status(rec.pid, rec.camid, g_pids[top], g_cams[top]),
             ap=query_ap(dist[q], rec.pid, rec.camid, g_pids, g_cams)))
     return ranked

@@ -90,11 +90,12 @@ def test_extract_never_writes_over_the_checkpoint_or_an_image(checkpoint, synthe
 def test_an_output_folder_is_refused_before_any_work(checkpoint, synthetic_root, tmp_path, capsys, monkeypatch):
     from cacl_dist.cli import extract as extract_module
     from cacl_dist.cli import search as search_module
+    from cacl_dist.inference import loader
 
     def no_work(*args, **kwargs):
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr(extract_module, "load_feature_model", no_work)
+    monkeypatch.setattr(loader, "load_feature_model", no_work)  # the one loader both entries use
     folder = tmp_path / "out"
     folder.mkdir()
     (folder / "mine.txt").write_text("a user's file")

@@ -164,7 +164,7 @@ def test_report_on_a_finished_a_running_and_a_resumed_run(run, tmp_path, synthet
 
 
 def test_extracted_features_equal_evaluation_features(run, tmp_path, synthetic_root, capsys):
-    from cacl_dist.cli.export import branch_metadata, export_state_dict, export_torchscript
+    from cacl_dist.inference.export import branch_metadata, export_state_dict, export_torchscript
     from cacl_dist.cli.extract import main as extract
 
     run_dir, trainer = run

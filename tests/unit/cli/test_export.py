@@ -10,7 +10,8 @@ import torch
 
 from cacl_dist.training.checkpoint import save_checkpoint
 from cacl_dist.config import load_config, to_dict
-from cacl_dist.cli.export import STATE_DICT_FORMAT, load_exported_branch, main
+from cacl_dist.cli.export import main
+from cacl_dist.inference.loader import STATE_DICT_FORMAT, load_exported_branch
 from cacl_dist.models.cacl import Branch, build_model
 
 HEIGHT, WIDTH, DIM = 64, 32, 128
@@ -154,7 +155,7 @@ def test_checkpoint_with_nan_weights_is_not_exported(tiny_run, tmp_path, capsys)
 
 
 def test_comparison_refuses_nan_outputs():
-    from cacl_dist.cli.export import _compare
+    from cacl_dist.inference.export import _compare
 
     nan = torch.full((2, 3), float("nan"))
     with pytest.raises(RuntimeError, match="NaN or infinite"):

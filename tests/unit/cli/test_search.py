@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cacl_dist.cli.search import load_gallery, main
+from cacl_dist.cli.search import main
+from cacl_dist.inference.feature_files import load_gallery
 
 
 def _npz(path, names=2, paths=2, rows=2, dims=4):
@@ -43,7 +44,7 @@ def test_names_that_do_not_match_the_feature_rows_are_refused(tmp_path, counts, 
 def test_image_lists_and_folders_of_extract_and_search_name_what_is_not_utf8(tmp_path):
     import os
 
-    from cacl_dist.cli.extract import image_records
+    from cacl_dist.inference.feature_files import image_records
 
     Image.fromarray(np.zeros((8, 4, 3), np.uint8)).save(tmp_path / "a.png")
     listing = tmp_path / "list.txt"

@@ -1,0 +1,1 @@
+"""Inference: one loader (checkpoints and exports, weights only), features, the shared ranking, export writers."""
