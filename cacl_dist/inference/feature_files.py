@@ -8,7 +8,6 @@ path of the model file), ``height`` and ``width``.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cacl_dist.errors import MissingFileError, UserError
+from cacl_dist.runs.files import atomic_file
 from cacl_dist.data.layouts import IMAGE_EXTENSIONS, ImageRecord, check_file_names, read_list_lines
 from cacl_dist.inference.loader import FeatureModel
 
