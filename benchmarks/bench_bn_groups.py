@@ -87,7 +87,7 @@ def run_case(case: dict, args, runs_dir: Path) -> dict:
         f"run.output_dir={runs_dir / 'run'}", "run.progress=false", "run.device=cpu",
         f"model.backbone={args.backbone}", "model.pretrained=none", f"data.height={args.height}",
         f"data.width={args.width}", f"train.batch_size={args.batch}", f"model.bn_group_size={case['group']}",
-        "clustering.k1=4"]
+        "clustering.k1=4", "clustering.k2=4"]
     env = init_distributed("cpu", "gloo")
     trainer = Trainer(load_config(None, overrides), env)
     num, dim = len(trainer.dataset.train), trainer.model.dim

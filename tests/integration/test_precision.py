@@ -57,7 +57,7 @@ def crops(synthetic_root):
     """The tiny synthetic dataset, written once (the runs read its training folder directly)."""
     from cacl_dist.data.factory import generate_if_synthetic
 
-    generate_if_synthetic(load_config(None, tiny_overrides(synthetic_root / "prepare", synthetic_root)).data)
+    generate_if_synthetic(load_config(None, tiny_overrides(synthetic_root.parent / "prepare", synthetic_root)).data)
     return synthetic_root
 
 
