@@ -68,7 +68,7 @@ def first_bank(seed: int, overrides: list[str]) -> tuple:
         try:
             trainer = Trainer(cfg, env)
             trainer.init_memory()
-            return trainer.bank_rgb.rows.clone(), cfg
+            return trainer.banks.rgb.rows.clone(), cfg
         finally:
             shutdown_distributed()
 
