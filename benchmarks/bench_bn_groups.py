@@ -33,14 +33,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from machine import cpu_description, git_commit
+
 REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-import torch  # noqa: E402
-
-from machine import cpu_description, git_commit  # noqa: E402
 
 MARKET_MINI = REPO.parent / "shared" / "data" / "market1501-mini"
 

@@ -41,16 +41,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from bench_train_report import fmt, markdown, plot
+from machine import cpu_description, cpu_matmul_gflops, git_commit, gpu_description, load_average
+from scaling_model import GPU_PEAK_TFLOPS, estimates, gpu_peak_key
+
 REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-import torch  # noqa: E402
-
-from bench_train_report import fmt, markdown, plot  # noqa: E402
-from machine import cpu_description, cpu_matmul_gflops, git_commit, gpu_description, load_average  # noqa: E402
-from scaling_model import GPU_PEAK_TFLOPS, estimates, gpu_peak_key  # noqa: E402
 
 VARIANTS = {  # name -> (train.precision, channels_last, compile)
     "fp32": ("fp32", False, False),
