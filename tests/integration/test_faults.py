@@ -71,7 +71,7 @@ def test_nan_between_logging_steps_is_never_checkpointed(runs, tmp_path, monkeyp
 
     def poisoned(self, *args, **kwargs):
         parts = original(self, *args, **kwargs)
-        if self.global_step == 3:  # the first step of epoch 2, which is checkpointed but not logged
+        if self.progress.global_step == 3:  # the first step of epoch 2, which is checkpointed but not logged
             with torch.no_grad():
                 next(self.model.parameters()).fill_(float("nan"))
         return parts
@@ -138,7 +138,7 @@ def test_checkpoint_without_fingerprint_resumes_with_a_warning(runs, tmp_path):
     state = load_checkpoint(run / "last.pt")
     del state["data_fingerprint"]
     save_checkpoint(run / "last.pt", {k: v for k, v in state.items() if k not in ("format", "format_version")})
-    assert fit(run, data).epoch == 2
+    assert fit(run, data).progress.epoch == 2
     assert "records no fingerprint" in (run / "log_rank0.txt").read_text()
 
 
@@ -158,7 +158,7 @@ def test_failed_evaluation_keeps_the_epoch_and_the_resume_evaluates_it(runs, tmp
     original = Trainer.evaluate
 
     def failing(self):
-        if self.epoch == 2:
+        if self.progress.epoch == 2:
             raise RuntimeError("evaluation failed")
         return original(self)
 
