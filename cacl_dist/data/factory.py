@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from cacl_dist.config import Config
-from cacl_dist.data.epoch_plan import RankPlan, plan_epoch
+from cacl_dist.data.epoch_plan import EpochPlan, plan_epoch
 from cacl_dist.data.layouts import ReidDataset, load_dataset
 from cacl_dist.data.transforms import AugmentParams
 
@@ -72,7 +72,7 @@ def camera_ids(dataset: ReidDataset) -> np.ndarray | None:
 
 
 def training_plan(cfg: Config, dataset: ReidDataset, labels: np.ndarray, *, epoch: int, num_clusters: int,
-                  rank: int, world_size: int, device: torch.device) -> RankPlan:
+                  rank: int, world_size: int, device: torch.device) -> EpochPlan:
     """The training plan of ``epoch`` under the pseudo ``labels`` (< ``num_clusters``) for ``rank``."""
     if cfg.train.batch_size % world_size:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the world size "

@@ -161,7 +161,7 @@ class Checkpointer:
         ckpt.set_rng_state(state["rng"])
 
     def check_resumable(self, state: dict, source: str) -> list[str]:
-        """ValueError (one line) when `state` cannot continue in this run; else the changed keys, as 'key old -> new'."""
+        """ValueError (one line) when `state` cannot continue in this run; else the changed keys ('key old -> new')."""
         dataset = self.dataset
         planned = self.cfg.train.epochs
         if state["epoch"] > planned:

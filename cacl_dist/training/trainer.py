@@ -10,8 +10,9 @@ Each step reads like the data flow in docs/architecture.md section 3:
 6. at the end of the epoch: checkpoint, then evaluate when due and checkpoint again with the result.
 
 Each component keeps its own state (progress, optimiser, banks, pseudo labels); the checkpointer
-gathers and restores it and says when an evaluation is due. No non-finite state is ever saved; a stop request (e.g. SIGTERM) is honoured at the next step,
-between phases and between extraction batches, on every rank alike, saving any unsaved state.
+gathers and restores it and says when an evaluation is due. No non-finite state is ever saved;
+a stop request (e.g. SIGTERM) is honoured at the next step, between phases and between
+extraction batches, on every rank alike, saving any unsaved state.
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ class Trainer:
                                  shard_bounds(num_train, env.rank, env.world_size), env.device)
         self.pseudo = PseudoLabels(env.device)
         self.progress = Progress()
-        self.checkpointer = Checkpointer(cfg, self.run_dir, self.dataset, self.data_fingerprint, TrainingParts(
-            self.progress, self.model, self.optimiser, self.precision, self.banks, self.pseudo), env.world_size, self.log)
+        parts = TrainingParts(self.progress, self.model, self.optimiser, self.precision, self.banks, self.pseudo)
+        self.checkpointer = Checkpointer(cfg, self.run_dir, self.dataset, self.data_fingerprint, parts, env.world_size,
+                                         self.log)
         self.log.info("step: precision %s (extraction %s), Adam %s, %s", cfg.train.precision, self.extraction.precision,
                       adam_kernel(cfg.optim.implementation, env.device), parallel.describe(env.device))
 
@@ -249,7 +251,7 @@ class Trainer:
             it = progress.iter_in_epoch
             if cfg.run.debug_checks:
                 check_batch_order(indices, plan.local_indices[it])
-            parts = self.train_step(images_rgb, images_gray, plan.indices_dev[it], plan.mine,
+            parts = self.train_step(images_rgb, images_gray, plan.indices_dev[it], plan.local_columns,
                                     int(plan.max_repeats[it]))
             for name, value in parts.items():
                 running[name] = running.get(name, 0) + value.detach()
@@ -267,8 +269,8 @@ class Trainer:
                 raise StopRequested("stop requested")
 
     def train_step(self, images_rgb: torch.Tensor, images_gray: torch.Tensor, global_indices: torch.Tensor,
-                   mine: slice, num_rounds: int | None = None) -> dict[str, torch.Tensor]:
-        """One optimiser step on this rank's slice `mine` of the global batch, with the memory update.
+                   local_columns: slice, num_rounds: int | None = None) -> dict[str, torch.Tensor]:
+        """One optimiser step on this rank's columns `local_columns` of the global batch, with the memory update.
 
         `global_indices` (on the device) are the dataset indices of the whole global batch, known
         from the epoch plan, so no indices travel between ranks and nothing waits for the device.
@@ -279,10 +281,10 @@ class Trainer:
         with self.precision.autocast():
             x, z = self.online(images_rgb)
             x_gray = self.branch_gray(images_gray)
-        parts = cacl_loss(x, z, x_gray, pseudo.labels[global_indices[mine]], pseudo.centres_rgb.centres(),
-                          pseudo.centres_gray.centres(), tau=cfg.loss.tau, gamma=cfg.loss.focal_gamma,
-                          valid_M=pseudo.centres_rgb.valid(), validate=cfg.run.debug_checks,
-                          **loss_weights(cfg.loss))
+        labels = pseudo.labels[global_indices[local_columns]]
+        parts = cacl_loss(x, z, x_gray, labels, pseudo.centres_rgb.centres(), pseudo.centres_gray.centres(),
+                          tau=cfg.loss.tau, gamma=cfg.loss.focal_gamma, valid_M=pseudo.centres_rgb.valid(),
+                          validate=cfg.run.debug_checks, **loss_weights(cfg.loss))
         gathering = comm.all_gather_start(torch.cat([x, x_gray], dim=1).detach().float())
         self.optimiser.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(parts.total)  # DDP all-reduces and the gather overlap with this
