@@ -106,7 +106,7 @@ def build_trainer(case: dict, runs_dir: Path):
         "model.pretrained=none", f"data.height={case['height']}", f"data.width={case['width']}",
         f"train.batch_size={case['batch']}", f"train.precision={precision}", "eval.precision=fp32",
         f"train.channels_last={str(channels_last).lower()}", f"train.compile={str(compile_).lower()}",
-        "clustering.k1=4", f"run.device={case['device']}"]
+        "clustering.k1=4", "clustering.k2=4", f"run.device={case['device']}"]
     device = torch.device(case["device"])
     trainer = Trainer(load_config(None, overrides), DistEnv(0, 1, 0, device, None))
     num, dim = len(trainer.dataset.train), trainer.model.dim
