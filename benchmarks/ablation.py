@@ -38,12 +38,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from cacl_dist.runs.metrics import EVAL_SCORES, read_complete
+from machine import cpu_description, git_commit, load_average
 
-from cacl_dist.runs.metrics import EVAL_SCORES, read_complete  # noqa: E402
-from benchmarks.machine import cpu_description, git_commit, load_average  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 METRIC_KEYS = EVAL_SCORES
 

@@ -33,14 +33,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from machine import cpu_description, git_commit
+
 REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-import torch  # noqa: E402
-
-from machine import cpu_description, git_commit  # noqa: E402
 
 MARKET_MINI = REPO.parent / "shared" / "data" / "market1501-mini"
 
@@ -93,9 +90,9 @@ def run_case(case: dict, args, runs_dir: Path) -> dict:
     num, dim = len(trainer.dataset.train), trainer.model.dim
     gen = torch.Generator().manual_seed(0)
     start, end = shard_bounds(num, env.rank, env.world_size)
-    trainer.bank_rgb.load(torch.randn(num, dim, generator=gen)[start:end])
-    trainer.bank_gray.load(torch.randn(num, dim, generator=gen)[start:end])
-    trainer.set_pseudo_labels(torch.randperm(num, generator=gen) % max(1, num // 8))
+    trainer.banks.rgb.load(torch.randn(num, dim, generator=gen)[start:end])
+    trainer.banks.gray.load(torch.randn(num, dim, generator=gen)[start:end])
+    trainer.pseudo.assign(torch.randperm(num, generator=gen) % max(1, num // 8), trainer.banks)
     shape = (args.batch, 3, args.height, args.width)
     rgb, gray = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
     indices = torch.randperm(num, generator=gen)[: args.batch]

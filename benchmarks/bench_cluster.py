@@ -38,12 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from machine import cpu_description, git_commit, gpu_description
+from cacl_dist.clustering.names import BACKENDS  # (imports nothing else)
 
-from benchmarks.machine import cpu_description, git_commit, gpu_description  # noqa: E402
-from cacl_dist.clustering.names import BACKENDS  # noqa: E402  (imports nothing else)
+REPO = Path(__file__).resolve().parents[1]
 
 #: How a measurement that the time budget left no room for is reported (skipped, or stopped at the end).
 BUDGET_SPENT = "the time budget (--budget-s) was spent"

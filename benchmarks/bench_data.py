@@ -34,20 +34,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from machine import cpu_description, git_commit, gpu_description
+from cacl_dist.data.epoch_plan import plan_epoch
+from cacl_dist.data.layouts import load_dataset
+from cacl_dist.data.pipelines import dali as dali_pipeline
+from cacl_dist.data.pipelines import torchvision as torchvision_pipeline
+from cacl_dist.data.transforms import AugmentParams
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.machine import cpu_description, git_commit, gpu_description  # noqa: E402
-from cacl_dist.data.epoch_plan import plan_epoch  # noqa: E402
-from cacl_dist.data.layouts import load_dataset  # noqa: E402
-from cacl_dist.data.pipelines import dali as dali_pipeline  # noqa: E402
-from cacl_dist.data.pipelines import torchvision as torchvision_pipeline  # noqa: E402
-from cacl_dist.data.transforms import AugmentParams  # noqa: E402
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -39,11 +39,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from machine import cpu_description, git_commit, gpu_description
 
-from benchmarks.machine import cpu_description, git_commit, gpu_description  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SIZES = {"quick": (500, 2_500), "market": (3_368, 15_913), "msmt17": (11_659, 82_161), "200k": (20_000, 180_000)}
 METHODS = ("plain", "plain_matrix", "rerank", "rerank_dense")

@@ -3,6 +3,10 @@
     bash scripts/gpu_acceptance.sh [--data DIR] [--out DIR] [--work DIR] [--bundle FILE] [--dry-run]
     python3 benchmarks/gpu_acceptance.py [...the same...] [--budget-s S] [--parts NAME ...]
 
+The script imports its parts as ``benchmarks.acceptance``: run it from the repository root with the root on
+PYTHONPATH (``PYTHONPATH=$PWD python3 benchmarks/...``), as scripts/gpu_acceptance.sh does; cacl_dist comes from
+the installed package.
+
 For one NVIDIA GPU, no internet, the repository plus a Market-1501 layout folder (e.g.
 market1501-mini, ~52 MB). Each part runs in its own process (a new session, so everything it
 starts goes with it) under its own time limit, shortened so the parts after it keep their
@@ -42,13 +46,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks.acceptance.common import Context  # (stdlib only)
+from benchmarks.acceptance.report import screen, summary_markdown, write_part
+from benchmarks.machine import file_tag
 
-from benchmarks.acceptance.common import Context  # noqa: E402  (stdlib only)
-from benchmarks.acceptance.report import screen, summary_markdown, write_part  # noqa: E402
-from benchmarks.machine import file_tag  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)

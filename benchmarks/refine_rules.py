@@ -29,18 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from machine import cpu_description, git_commit
+from cacl_dist.clustering.dbscan import dbscan_precomputed
+from cacl_dist.clustering.jaccard_reference import jaccard_distance_reference
+from cacl_dist.clustering.names import REFINE_SCORES
+from cacl_dist.clustering.params import ClusterParams
+from cacl_dist.clustering.refine import refine_clusters
+from cacl_dist.clustering.refine_rules import LabelSets
+from cacl_dist.config import load_config
 
-from benchmarks.machine import cpu_description, git_commit  # noqa: E402
-from cacl_dist.clustering.dbscan import dbscan_precomputed  # noqa: E402
-from cacl_dist.clustering.jaccard_reference import jaccard_distance_reference  # noqa: E402
-from cacl_dist.clustering.names import REFINE_SCORES  # noqa: E402
-from cacl_dist.clustering.params import ClusterParams  # noqa: E402
-from cacl_dist.clustering.refine import refine_clusters  # noqa: E402
-from cacl_dist.clustering.refine_rules import LabelSets  # noqa: E402
-from cacl_dist.config import load_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CONFIG = "configs/quickstart.yaml"
 RULES = ("official", "paper", "paper_all")
@@ -68,7 +66,7 @@ def first_bank(seed: int, overrides: list[str]) -> tuple:
         try:
             trainer = Trainer(cfg, env)
             trainer.init_memory()
-            return trainer.bank_rgb.rows.clone(), cfg
+            return trainer.banks.rgb.rows.clone(), cfg
         finally:
             shutdown_distributed()
 

@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                 if trainer is not None:
                     trainer.fit()
                 if trainer is not None and not trainer.stopped:
-                    code, outcome = 0, f"finished {position(trainer.epoch, 0)}"
+                    code, outcome = 0, f"finished {position(trainer.progress.epoch, 0)}"
                 else:
-                    where_now = position(trainer.epoch, trainer.iter_in_epoch) if trainer else "during the image check"
+                    where_now = position(trainer.progress.epoch, trainer.progress.iter_in_epoch) if trainer else "during the image check"
                     code, outcome = signals.exit_code, (
                         f"stopped on request ({_signal_name(signals.received)}) "
                         f"{where_now}; start the same command again to resume")

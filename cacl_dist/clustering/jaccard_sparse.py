@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cacl_dist.clustering.jaccard_reference import check_k_parameters
+from cacl_dist.clustering.inputs import check_k_parameters
 from cacl_dist.clustering.knn import knn_topk_unit
 from cacl_dist.clustering.unit_rows import UnitRows
 from cacl_dist.ordered_add import index_add_
@@ -289,9 +289,9 @@ def jaccard_sparse(feats, k1: int = 30, k2: int = 6, max_distance: float = 0.6,
         k1, k2: as in :func:`~cacl_dist.clustering.jaccard_reference.jaccard_distance_reference`.
         max_distance: largest distance kept; with max_distance >= 1 every pair with d_ij < 1
             (sharing a support element) is returned, all other pairs have d_ij = 1 exactly.
-        block_size: rows per block of the neighbour search (see :func:`~cacl_dist.clustering.knn.knn_topk`).
+        block_size: rows per block of the neighbour search (see :func:`~cacl_dist.clustering.knn.knn_topk_unit`).
         budget: entries allowed per block of the Jaccard accumulation (default: by device).
-        precision: neighbour-search matmul precision (see :func:`~cacl_dist.clustering.knn.knn_topk`).
+        precision: neighbour-search matmul precision (see :func:`~cacl_dist.clustering.knn.knn_topk_unit`).
         device: where to compute (default: the input's device).
 
     Returns:

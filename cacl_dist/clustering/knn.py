@@ -1,6 +1,6 @@
 """Blocked k-nearest-neighbour search by cosine similarity, in torch (CPU or CUDA).
 
-:func:`knn_topk` returns R(i) of docs/method.md section 4.1 for every point without an N x N matrix.
+:func:`knn_topk_unit` returns R(i) of docs/method.md section 4.1 for every point without an N x N matrix.
 The order equals :func:`~cacl_dist.clustering.jaccard_reference.k_nearest_neighbours` on the
 reference's encoding distance 2 - 2 <x_i, x_j> (float64): the point itself first, then
 ascending distance, equal distances by ascending index.
@@ -264,12 +264,12 @@ def _rank_block_candidates(dist_BW, cand_BW, k):
     return torch.gather(cand_BW, 1, where), where
 
 
-def knn_topk(feats_ND, k: int, block_size=None, precision: str = "auto",
-             margin: int = 32, device=None) -> tuple:
+def knn_topk_unit(units: UnitRows, k: int, block_size=None,
+                  precision: str = "auto", margin: int = 32, rows=None) -> tuple:
     """Return (sims_NK, idx_NK): the k nearest points of every point by cosine similarity.
 
     Args:
-        feats_ND: (N, D) numpy array or torch tensor; rows are L2-normalised here.
+        units: the (N, D) features as :class:`UnitRows` (rows L2-normalised, on the device to compute on).
         k: neighbours per point, the point itself included (at rank 0); 1 <= k <= N.
         block_size: rows per block: of the square low-precision blocks, or of the float64
             strips for ``precision="float64"`` (default: planned from a memory budget by
@@ -278,21 +278,12 @@ def knn_topk(feats_ND, k: int, block_size=None, precision: str = "auto",
             in that precision, re-scored in float64, see the module docstring); ``"auto"``:
             tfloat32 on CUDA, float32 otherwise.
         margin: extra low-precision candidates per row re-scored in float64.
-        device: where to compute (default: the input's device).
+        rows: ``(start, stop)`` computes only those rows (against all points), so that processes
+            can share the search: the concatenation of the row ranges equals the whole result.
 
     Returns:
         sims_NK: float64 cosine similarities <x_i, x_idx[i, r]>; idx_NK: int64 indices,
         ordered as the reference orders the distance 2 - 2 <x_i, x_j> (ties by index).
-    """
-    return knn_topk_unit(UnitRows(feats_ND, device), k, block_size, precision, margin)
-
-
-def knn_topk_unit(units: UnitRows, k: int, block_size=None,
-                  precision: str = "auto", margin: int = 32, rows=None) -> tuple:
-    """:func:`knn_topk` on features already wrapped in :class:`UnitRows`.
-
-    ``rows=(start, stop)`` computes only those rows (against all points), so that processes
-    can share the search: the concatenation of the row ranges equals the whole result.
     """
     num_points = units.num_points
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_points:

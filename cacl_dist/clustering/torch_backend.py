@@ -34,7 +34,7 @@ def neighbours_of_rows(feats, params: ClusterParams, rows: tuple, block_size=Non
 
     ``rows=(start, stop)``; the results for consecutive row ranges concatenate to the
     ``neighbours`` that :func:`cluster_sparse` accepts. ``block_size``: rows per block of the
-    search (see :func:`~cacl_dist.clustering.knn.knn_topk`).
+    search (see :func:`~cacl_dist.clustering.knn.knn_topk_unit`).
     """
     assert params.takes_neighbours, f"backend {params.backend!r} does not take precomputed neighbours"
     return knn_topk_unit(UnitRows(feats), params.k1, block_size=block_size, rows=rows)

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import torch
 
-from cacl_dist.clustering.jaccard_reference import as_float64_features
+from cacl_dist.clustering.inputs import as_float64_features
 
 # Rows per float64 tile: about 32 MB at D=2048 on a CPU, 512 MB on CUDA.
 CPU_TILE = 2048

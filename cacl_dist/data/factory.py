@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from cacl_dist.data.epoch_plan import RankPlan, plan_epoch
+from cacl_dist.data.epoch_plan import EpochPlan, plan_epoch
 from cacl_dist.data.layouts import ReidDataset, load_dataset
 from cacl_dist.data.settings import AugmentConfig, DataConfig
 from cacl_dist.data.transforms import AugmentParams
@@ -74,7 +74,7 @@ def camera_ids(dataset: ReidDataset) -> np.ndarray | None:
 
 
 def training_plan(train, seed: int, dataset: ReidDataset, labels: np.ndarray, *, epoch: int, num_clusters: int,
-                  rank: int, world_size: int, device: torch.device) -> RankPlan:
+                  rank: int, world_size: int, device: torch.device) -> EpochPlan:
     """The training plan of ``epoch`` under the pseudo ``labels`` (< ``num_clusters``) for ``rank``.
 
     ``train`` is the config's train section (iters_per_epoch, batch_size, num_instances, sampler) and

@@ -31,7 +31,7 @@ from cacl_dist.errors import UserError
 
 
 @dataclass
-class EpochPlan:
+class GlobalBatches:
     """The global batches of one epoch: dataset indices and one augmentation seed per image."""
 
     indices: np.ndarray  # (num_iters, batch_size) int64
@@ -112,7 +112,7 @@ class IdentitySampler:
         """Number of distinct pseudo identities that are sampled."""
         return int(self._group_start.size)
 
-    def plan(self, epoch: int, num_iters: int) -> EpochPlan:
+    def plan(self, epoch: int, num_iters: int) -> GlobalBatches:
         """The ``num_iters`` global batches of ``epoch`` (deterministic in seed and epoch)."""
         if epoch < 0 or num_iters < 0:
             raise ValueError(f"epoch={epoch} and num_iters={num_iters} must be non-negative")
@@ -136,7 +136,7 @@ class IdentitySampler:
         stream = passes[:, :used].reshape(-1)[:total]
         aug_rng = np.random.default_rng([self.seed, epoch, 1])
         aug_seeds = aug_rng.integers(0, 2**63 - 1, size=(num_iters, self.batch_size), dtype=np.int64)
-        return EpochPlan(indices=stream.reshape(num_iters, self.batch_size).astype(np.int64), aug_seeds=aug_seeds)
+        return GlobalBatches(indices=stream.reshape(num_iters, self.batch_size).astype(np.int64), aug_seeds=aug_seeds)
 
     def _draw_blocks(self, groups: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Sorted-member positions (num_blocks, K) of the blocks of ``groups`` and a mask of used slots."""

@@ -105,19 +105,6 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(tensor) / world_size()
 
 
-def broadcast_tensor(tensor: torch.Tensor, src: int = 0, what: str = "a tensor") -> torch.Tensor:
-    """Rank `src`'s tensor on every rank (shape and dtype must agree); fails loudly on timeout."""
-    if not is_distributed():
-        return tensor
-    dev = _comm_device(tensor)
-    buf = tensor.detach().to(dev).contiguous().clone()
-    try:
-        dist.broadcast(buf, src=src)
-    except RuntimeError as exc:
-        raise _gave_up(what, src, exc) from exc
-    return buf.to(tensor.device)
-
-
 def gather_cat(tensor: torch.Tensor, dst: int = 0, device: torch.device | str | None = None) -> torch.Tensor | None:
     """On rank `dst`: every rank's tensor concatenated along dim 0 in rank order (rows may differ per
     rank), on `device` (default: the input's device). None on the other ranks.

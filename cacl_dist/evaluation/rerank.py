@@ -12,9 +12,8 @@ It serves as a cross-check of the sparse version and for small sets; memory grow
 import numpy as np
 import scipy.sparse
 
+from cacl_dist.clustering.inputs import as_float64_features, check_k_parameters
 from cacl_dist.clustering.jaccard_reference import (
-    as_float64_features,
-    check_k_parameters,
     expansion_sets,
     gram_matrix,
     jaccard_rows,

@@ -31,7 +31,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from cacl_dist.clustering.jaccard_reference import check_k_parameters
+from cacl_dist.clustering.inputs import check_k_parameters
 from cacl_dist.clustering.jaccard_sparse import expansion_pairs
 from cacl_dist.evaluation.distances import FeatureRows, default_block_rows
 from cacl_dist.evaluation.neighbours import neighbours_and_row_max, row_scale

@@ -9,8 +9,10 @@ Each step reads like the data flow in docs/architecture.md section 3:
    and centres are updated (the step itself never waits for the device: no host syncs);
 6. at the end of the epoch: checkpoint, then evaluate when due and checkpoint again with the result.
 
-No non-finite state is ever saved; a stop request (e.g. SIGTERM) is honoured at the next step,
-between phases and between extraction batches, on every rank alike, saving any unsaved state.
+Each component keeps its own state (progress, optimiser, banks, pseudo labels); the checkpointer
+gathers and restores it and says when an evaluation is due. No non-finite state is ever saved;
+a stop request (e.g. SIGTERM) is honoured at the next step, between phases and between
+extraction batches, on every rank alike, saving any unsaved state.
 """
 
 from __future__ import annotations
@@ -20,14 +22,12 @@ import functools
 import math
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from cacl_dist import clustering
 from cacl_dist.runs import pseudo_labels as pseudo_label_log
 from cacl_dist.training import run_log
-from cacl_dist.training import state as training_state
 from cacl_dist.config import Config, dump_yaml, validate_for_world
 from cacl_dist.data.epoch_plan import check_batch_order
 from cacl_dist.data.factory import augment_params, dataset_from_config, generate_if_synthetic, training_plan
@@ -41,13 +41,17 @@ from cacl_dist.distributed.parallelize import ParallelSettings, configure_backen
 from cacl_dist.distributed.sharding import shard_bounds
 from cacl_dist.evaluation.evaluator import EvalOptions, evaluate
 from cacl_dist.evaluation.extract import ExtractionSettings, extract_shard
-from cacl_dist.runs.logs import progress, setup_logging
+from cacl_dist.runs.logs import progress as progress_bar
+from cacl_dist.runs.logs import setup_logging
 from cacl_dist.runs.metrics import MetricsWriter
 from cacl_dist.losses import cacl_loss, loss_weights
-from cacl_dist.memory import ClusterCentres, InstanceBank
 from cacl_dist.models.cacl import build_model
-from cacl_dist.training.optim import adam_kernel, build_optimizer
+from cacl_dist.training.banks import MemoryBanks
+from cacl_dist.training.checkpointer import Checkpointer, TrainingParts
+from cacl_dist.training.labels import PseudoLabels
+from cacl_dist.training.optim import Optimiser, adam_kernel
 from cacl_dist.training.precision import StepPrecision
+from cacl_dist.training.progress import Progress
 from cacl_dist.runs.previous import set_aside_if_fresh
 from cacl_dist.training.checkpoint import find_resume
 from cacl_dist.training.stopping import AgreedStop, StopRequested
@@ -74,7 +78,7 @@ class Trainer:
         if generate_if_synthetic(cfg.data, write=env.is_main):
             comm.barrier()  # rank 0 wrote the images; the others wait before reading them
         self.dataset: ReidDataset = dataset_from_config(cfg.data, cfg.clustering.k1)
-        bar = functools.partial(progress, desc="check images", enabled=self.show_progress)
+        bar = functools.partial(progress_bar, desc="check images", enabled=self.show_progress)
         comm.run_on_main(lambda: check_dataset_images(self.dataset, self.run_dir, bar, lambda: self.stop.requested),
                          "checking the images")  # a stop ends it on rank 0, and every rank raises StopRequested
         self.data_fingerprint = records_fingerprint(self.dataset.train, self.dataset.root)
@@ -96,23 +100,16 @@ class Trainer:
         self.model = prepare_model(model.to(env.device), env, bn_layout, parallel)
         self.online = parallelize(self.model.online, env, parallel)
         self.branch_gray = parallelize(self.model.branch_gray, env, parallel)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = build_optimizer(params, cfg.optim, env.device)
+        self.optimiser = Optimiser([p for p in self.model.parameters() if p.requires_grad], cfg.optim, env.device)
 
         num_train = len(self.dataset.train)
-        self.shard = shard_bounds(num_train, env.rank, env.world_size)
-        dim = self.model.online.branch.dim
-        self.bank_rgb = InstanceBank(num_train, dim, *self.shard, device=env.device)
-        self.bank_gray = InstanceBank(num_train, dim, *self.shard, device=env.device)
-        self.labels: torch.Tensor | None = None  # (N,) int64 on the device
-        self.centres_rgb: ClusterCentres | None = None
-        self.centres_gray: ClusterCentres | None = None
-        self.cluster_stats: dict = {}
-        self.epoch = 0           # epochs completed
-        self.iter_in_epoch = 0   # steps completed inside the current epoch
-        self.global_step = 0
-        self.eval_history: list[dict] = []
-        self._unsaved = False  # state exists that no checkpoint holds yet
+        self.banks = MemoryBanks(num_train, self.model.online.branch.dim,
+                                 shard_bounds(num_train, env.rank, env.world_size), env.device)
+        self.pseudo = PseudoLabels(env.device)
+        self.progress = Progress()
+        parts = TrainingParts(self.progress, self.model, self.optimiser, self.precision, self.banks, self.pseudo)
+        self.checkpointer = Checkpointer(cfg, self.run_dir, self.dataset, self.data_fingerprint, parts, env.world_size,
+                                         self.log)
         self.log.info("step: precision %s (extraction %s), Adam %s, %s", cfg.train.precision, self.extraction.precision,
                       adam_kernel(cfg.optim.implementation, env.device), parallel.describe(env.device))
 
@@ -122,33 +119,46 @@ class Trainer:
 
         Returns early, after a checkpoint of any unsaved state, when a stop was requested (``stopped``).
         """
+        progress = self.progress
         try:
-            self.stop.check()
-            resumed = self.resume()
-            if self.env.is_main:  # once a resume has accepted this config
-                (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
-            if not resumed:
-                self.stop.phase(self.init_memory)
-            while True:
-                if self._eval_pending():  # at the start, after an epoch, or one a stop interrupted
-                    self.stop.phase(self.evaluate)
-                    if self.epoch > 0:
-                        self.save(keep=self._keep_due())  # the same state, with the evaluation in its history
-                if self.epoch >= self.cfg.train.epochs:
-                    break
+            self.start()
+            self.evaluate_if_due()  # before training (eval.at_start), or the one a stop interrupted
+            while progress.epoch < self.cfg.train.epochs:
                 self.stop.check()
-                if self.iter_in_epoch == 0:
+                if progress.iter_in_epoch == 0:
                     self.stop.phase(self.cluster)
                 self.train_epoch()
-                self.scheduler.step()
-                self.epoch, self.iter_in_epoch, self._unsaved = self.epoch + 1, 0, True
-                self.save(keep=self._keep_due())  # before the evaluation: a failing evaluation never costs the epoch
+                self.end_epoch()
+                self.evaluate_if_due()
         except StopRequested:
             return self._stop_here()
-        if self.env.is_main and (summary := run_log.log_summary(self.log, self.eval_history)) is not None:
-            self.metrics.write("summary", self.global_step, **summary)  # first, last and best evaluation
+        if self.env.is_main and (summary := run_log.log_summary(self.log, progress.eval_history)) is not None:
+            self.metrics.write("summary", progress.global_step, **summary)  # first, last and best evaluation
         self.metrics.close()
-        return self.eval_history
+        return progress.eval_history
+
+    def start(self) -> None:
+        """Resume from the run folder, or fill the banks for a fresh start; record the config in use."""
+        self.stop.check()
+        resumed = self.resume()
+        if self.env.is_main:  # once a resume has accepted this config
+            (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+        if not resumed:
+            self.stop.phase(self.init_memory)
+
+    def end_epoch(self) -> None:
+        """Step the schedule and checkpoint, before any evaluation: a failing evaluation never costs the epoch."""
+        self.optimiser.scheduler.step()
+        self.progress.epoch_done()
+        self.checkpointer.unsaved = True
+        self.save(keep=self.checkpointer.keep_due())
+
+    def evaluate_if_due(self) -> None:
+        """Evaluate when due, then checkpoint the same state again with the evaluation in its history."""
+        if self.checkpointer.evaluation_due():
+            self.stop.phase(self.evaluate)
+            if self.progress.epoch > 0:
+                self.save(keep=self.checkpointer.keep_due())
 
     def request_stop(self) -> None:
         """Ask the run to checkpoint and return at its next step or between phases (e.g. on SIGTERM).
@@ -163,29 +173,29 @@ class Trainer:
         return self.stop.honoured
 
     def _stop_here(self) -> list[dict]:
-        saved = not comm.any_rank(not self._unsaved)  # only when every rank finished its part (e.g. of the banks)
+        saved = not comm.any_rank(not self.checkpointer.unsaved)  # only when every rank finished its part
         if saved:
             self.save()
         self.stop.honoured = True
-        self.log.info("stopped on request %s; %s", run_log.position(self.epoch, self.iter_in_epoch),
+        self.log.info("stopped on request %s; %s", run_log.position(self.progress.epoch, self.progress.iter_in_epoch),
                       "checkpoint written, start the same command again to resume" if saved else
                       "nothing new to checkpoint, start the same command again to continue")
         self.metrics.close()
-        return self.eval_history
+        return self.progress.eval_history
 
     # ----------------------------------------------------------------------------- steps
     def init_memory(self) -> None:
         """Fill both banks with features of the plain training images (each rank its own rows)."""
         t0 = time.perf_counter()
-        start, end = self.shard
+        start, end = self.banks.shard
         feats = extract_shard(self.model.online.branch, self.dataset.train, start, end, self.extraction,
                               desc="memory rgb")
-        self.bank_rgb.load(feats.to(self.env.device))
+        self.banks.rgb.load(feats.to(self.env.device))
         gray = self.cfg.memory.init_gray_from == "gray"
         feats = extract_shard(self.model.branch_gray, self.dataset.train, start, end, self.extraction, gray=gray,
                               desc="memory gray")
-        self.bank_gray.load(feats.to(self.env.device))
-        self._unsaved = True
+        self.banks.gray.load(feats.to(self.env.device))
+        self.checkpointer.unsaved = True
         self.log.info("memory banks initialised: %d rows on this rank (of %d), %.1f s",
                       end - start, len(self.dataset.train), time.perf_counter() - t0)
 
@@ -196,7 +206,8 @@ class Trainer:
         at once and all of them raise it (``comm.run_on_main``).
         """
         shared = self.env.world_size > 1 and self.cfg.clustering.shard_knn and self.cluster_params.takes_neighbours
-        rows = self.bank_rgb.rows
+        rows = self.banks.rgb.rows
+        epoch = self.progress.epoch + 1
         feats = comm.all_gather_cat(rows) if shared else comm.gather_cat(rows, dst=0)  # whole bank (rank 0)
         neighbours, knn_seconds = self._shared_neighbours(feats) if shared else (None, 0.0)
         results: list[clustering.ClusterResult] = []
@@ -206,13 +217,14 @@ class Trainer:
             stats = {k: getattr(results[0], k) for k in ("num_clusters", "num_raw_clusters", "num_outliers",
                                                          "num_refined_away", "backend", "seconds")}
             stats["seconds"] += knn_seconds  # the neighbour search shared by all ranks
-            stats.update(pseudo_label_log.record_round(self.run_dir, self.epoch + 1, results[0], self.dataset.train))
+            stats.update(pseudo_label_log.record_round(self.run_dir, epoch, results[0], self.dataset.train))
             return results[0].labels, stats
 
-        labels, self.cluster_stats = comm.run_on_main(on_main, "the pseudo labels (clustering on rank 0)")
-        self.set_pseudo_labels(torch.as_tensor(labels, dtype=torch.int64))
-        run_log.log_clustering(self.log, self.epoch + 1, self.cluster_stats)
-        self.metrics.write("cluster", self.global_step, epoch=self.epoch + 1, **self.cluster_stats)
+        labels, stats = comm.run_on_main(on_main, "the pseudo labels (clustering on rank 0)")
+        self.pseudo.assign(torch.as_tensor(labels, dtype=torch.int64), self.banks)
+        self.pseudo.cluster_stats = stats
+        run_log.log_clustering(self.log, epoch, stats)
+        self.metrics.write("cluster", self.progress.global_step, epoch=epoch, **stats)
         return results[0] if results else None
 
     def _shared_neighbours(self, feats: torch.Tensor) -> tuple:
@@ -226,88 +238,63 @@ class Trainer:
         neighbours = (comm.all_gather_cat(sims), comm.all_gather_cat(idx))
         return neighbours, time.perf_counter() - start
 
-    def set_pseudo_labels(self, labels: torch.Tensor) -> None:
-        """Use `labels` (one per training image, -1 for outliers) from now on, with exact centres of the banks."""
-        self.labels = labels.to(self.env.device)
-        self.build_centres()
-
-    def build_centres(self) -> None:
-        """Per-cluster sums of each rank's own rows, all-reduced into exact centres."""
-        assert self.labels is not None
-        num_clusters = int(self.labels.max().item()) + 1
-        self.centres_rgb = self._reduced_centres(self.bank_rgb, num_clusters)
-        self.centres_gray = self._reduced_centres(self.bank_gray, num_clusters)
-
-    def _reduced_centres(self, bank: InstanceBank, num_clusters: int) -> ClusterCentres:
-        sums, counts = ClusterCentres.local_sums(bank, self.labels, num_clusters)
-        return ClusterCentres(comm.all_reduce_sum(sums), comm.all_reduce_sum(counts))
-
     def train_epoch(self) -> None:
         """Run the remaining steps of the current epoch; StopRequested (after the step) when asked to stop."""
-        cfg = self.cfg
+        cfg, progress, pseudo = self.cfg, self.progress, self.pseudo
         self.model.train(frozen_bn=self.cfg.model.frozen_bn)
-        plan = training_plan(cfg.train, cfg.run.seed, self.dataset, self.labels.cpu().numpy(), epoch=self.epoch,
-                             num_clusters=self.centres_rgb.num_clusters, rank=self.env.rank,
+        plan = training_plan(cfg.train, cfg.run.seed, self.dataset, pseudo.labels.cpu().numpy(), epoch=progress.epoch,
+                             num_clusters=pseudo.centres_rgb.num_clusters, rank=self.env.rank,
                              world_size=self.env.world_size, device=self.env.device)
-        loader = self.train_pipeline.train_loader(
-            self.dataset.train, augment_params(cfg.data, cfg.augment), plan, self.iter_in_epoch, cfg.data.num_workers, self.env.device)
+        loader = self.train_pipeline.train_loader(self.dataset.train, augment_params(cfg.data, cfg.augment), plan,
+                                                  progress.iter_in_epoch, cfg.data.num_workers, self.env.device)
         running: dict[str, torch.Tensor] = {}
         count = 0
         t0 = time.perf_counter()
-        steps = progress(loader, total=len(loader), desc=f"epoch {self.epoch + 1}", enabled=self.show_progress)
+        steps = progress_bar(loader, total=len(loader), desc=f"epoch {progress.epoch + 1}",
+                             enabled=self.show_progress)
         for images_rgb, images_gray, indices in steps:
-            it = self.iter_in_epoch
+            it = progress.iter_in_epoch
             if cfg.run.debug_checks:
                 check_batch_order(indices, plan.local_indices[it])
-            parts = self.train_step(images_rgb, images_gray, plan.indices_dev[it], plan.mine,
+            parts = self.train_step(images_rgb, images_gray, plan.indices_dev[it], plan.local_columns,
                                     int(plan.max_repeats[it]))
             for name, value in parts.items():
                 running[name] = running.get(name, 0) + value.detach()
             count += 1
-            self.iter_in_epoch += 1
-            self.global_step += 1
-            self._unsaved = True
+            progress.step_done()
+            self.checkpointer.unsaved = True
             stop = self.stop.agreed()  # every step: a CPU all-reduce, no device sync
-            if stop or self.global_step % cfg.run.log_every == 0 or self.iter_in_epoch == cfg.train.iters_per_epoch:
+            if (stop or progress.global_step % cfg.run.log_every == 0
+                    or progress.iter_in_epoch == cfg.train.iters_per_epoch):
                 self._log_losses(running, count, time.perf_counter() - t0)
                 running, count, t0 = {}, 0, time.perf_counter()
-            every = cfg.checkpoint.every_steps
-            if every and self.iter_in_epoch % every == 0 and self.iter_in_epoch < cfg.train.iters_per_epoch:
+            if self.checkpointer.save_due_in_epoch():
                 self.save()
             if stop:
                 raise StopRequested("stop requested")
 
     def train_step(self, images_rgb: torch.Tensor, images_gray: torch.Tensor, global_indices: torch.Tensor,
-                   mine: slice, num_rounds: int | None = None,
-                   phase_done: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
-        """One optimiser step on this rank's slice `mine` of the global batch, with the memory update.
+                   local_columns: slice, num_rounds: int | None = None) -> dict[str, torch.Tensor]:
+        """One optimiser step on this rank's columns `local_columns` of the global batch, with the memory update.
 
         `global_indices` (on the device) are the dataset indices of the whole global batch, known
         from the epoch plan, so no indices travel between ranks and nothing waits for the device.
-        `phase_done(name)`, for profiling, is called after each phase: forward, losses, backward,
-        gather+bank, optimizer.
         """
-        cfg, device = self.cfg, self.env.device
-        done = phase_done or (lambda phase: None)
+        cfg, device, pseudo = self.cfg, self.env.device, self.pseudo
         images_rgb = to_input(images_rgb, device, cfg.train.channels_last)
         images_gray = to_input(images_gray, device, cfg.train.channels_last)
         with self.precision.autocast():
             x, z = self.online(images_rgb)
             x_gray = self.branch_gray(images_gray)
-        done("forward")
-        parts = cacl_loss(x, z, x_gray, self.labels[global_indices[mine]], self.centres_rgb.centres(),
-                          self.centres_gray.centres(), tau=cfg.loss.tau, gamma=cfg.loss.focal_gamma,
-                          valid_M=self.centres_rgb.valid(), validate=cfg.run.debug_checks,
-                          **loss_weights(cfg.loss))
-        done("losses")
+        labels = pseudo.labels[global_indices[local_columns]]
+        parts = cacl_loss(x, z, x_gray, labels, pseudo.centres_rgb.centres(), pseudo.centres_gray.centres(),
+                          tau=cfg.loss.tau, gamma=cfg.loss.focal_gamma, valid_M=pseudo.centres_rgb.valid(),
+                          validate=cfg.run.debug_checks, **loss_weights(cfg.loss))
         gathering = comm.all_gather_start(torch.cat([x, x_gray], dim=1).detach().float())
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimiser.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(parts.total)  # DDP all-reduces and the gather overlap with this
-        done("backward")
         self.update_memory(gathering.wait(), global_indices, num_rounds)
-        done("gather+bank")
-        self.precision.step(self.optimizer)
-        done("optimizer")
+        self.precision.step(self.optimiser.optimizer)
         return {"loss": parts.total, "instance": parts.instance, "inter": parts.inter,
                 "intra_rgb": parts.intra_rgb, "intra_gray": parts.intra_gray}
 
@@ -320,12 +307,12 @@ class Trainer:
         dim, momentum = feats_G2D.shape[1] // 2, self.cfg.memory.momentum
         check = self.cfg.run.debug_checks
         rounds = None if check else num_rounds
-        delta_rgb, _ = self.bank_rgb.update(indices_G, feats_G2D[:, :dim], momentum, rounds, validate=check)
-        delta_gray, _ = self.bank_gray.update(indices_G, feats_G2D[:, dim:], momentum, rounds, validate=check)
+        delta_rgb, _ = self.banks.rgb.update(indices_G, feats_G2D[:, :dim], momentum, rounds, validate=check)
+        delta_gray, _ = self.banks.gray.update(indices_G, feats_G2D[:, dim:], momentum, rounds, validate=check)
         deltas = comm.all_reduce_sum(torch.cat([delta_rgb, delta_gray], dim=1))
-        batch_labels = self.labels[indices_G]
-        self.centres_rgb.apply_delta(batch_labels, deltas[:, :dim], validate=check)
-        self.centres_gray.apply_delta(batch_labels, deltas[:, dim:], validate=check)
+        batch_labels = self.pseudo.labels[indices_G]
+        self.pseudo.centres_rgb.apply_delta(batch_labels, deltas[:, :dim], validate=check)
+        self.pseudo.centres_gray.apply_delta(batch_labels, deltas[:, dim:], validate=check)
 
     def evaluate(self) -> dict:
         """Evaluate branch 1 on query/gallery; record and return the metrics (a failure stops every rank)."""
@@ -334,65 +321,43 @@ class Trainer:
             self.model.online.branch, self.dataset, self.extraction, rank=self.env.rank,
             world_size=self.env.world_size, options=self.eval_options), "the evaluation (scored on rank 0)")
         metrics = comm.broadcast_object(metrics, src=0, what="evaluation metrics")  # rank 0 scored them
-        metrics = {"epoch": self.epoch, **metrics}
-        self.eval_history.append(metrics)
-        self._unsaved = True
+        metrics = {"epoch": self.progress.epoch, **metrics}
+        self.progress.eval_history.append(metrics)
+        self.checkpointer.unsaved = True
         run_log.log_evaluation(self.log, metrics)
-        self.metrics.write("eval", self.global_step, **metrics)
+        self.metrics.write("eval", self.progress.global_step, **metrics)
         return metrics
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
         """Everything a resumed run needs (collective call); the banks are gathered whole to rank 0 only."""
-        return training_state.gather_state(self)
-
-    def save(self, keep: bool = False) -> None:
-        """Atomically write last.pt (rank 0) after gathering the state from every rank.
-
-        A state holding NaN or infinity is not written: every rank raises
-        :class:`~cacl_dist.training.checkpoint.NonFiniteError` and the last good checkpoint stays.
-        """
-        state = self.state_dict()
-        path = comm.run_on_main(lambda: training_state.write_state(self, state, keep),
-                                "the checkpoint (written by rank 0)")  # a failure (e.g. a full disk) stops every rank
-        self._unsaved = False
-        self.log.info("checkpoint written: %s (%s)", path, run_log.position(self.epoch, self.iter_in_epoch))
-
-    def resume(self) -> bool:
-        """Restore the run folder's last checkpoint if rank 0 finds one (every rank follows); True when resumed."""
-        path = training_state.shared_resume_path(self.run_dir)
-        if path is None:
-            return False
-        state = comm.run_everywhere(lambda: training_state.read_when_visible(path), f"reading {path}")
-        self.load_state_dict(state, source=str(path))
-        evaluated = {h["epoch"] for h in self.eval_history}
-        self.metrics.rewind(lambda row: run_log.written_before_checkpoint(row, self.global_step, self.epoch, evaluated),
-                            next_step=self.global_step + 1)  # what was recorded after the checkpoint comes again
-        self._unsaved = False
-        self.log.info("resumed from %s (%s)", path, run_log.position(self.epoch, self.iter_in_epoch))
-        return True
+        return self.checkpointer.state_dict()
 
     def load_state_dict(self, state: dict, source: str = "checkpoint") -> None:
         """Restore what `state_dict` produced: banks re-sharded for this world size, labels and centres on
         this rank's device."""
-        training_state.restore_state(self, state, source)
+        self.checkpointer.load_state_dict(state, source)
 
-    # ----------------------------------------------------------------------------- helpers
-    def _eval_due(self) -> bool:
-        every = self.cfg.eval.every_epochs
-        last = self.epoch == self.cfg.train.epochs
-        return self.dataset.has_eval and (last or (every > 0 and self.epoch % every == 0))
+    def save(self, keep: bool = False) -> None:
+        """Checkpoint every component's state (a collective call; rank 0 writes; see Checkpointer.save)."""
+        path = self.checkpointer.save(keep)
+        self.log.info("checkpoint written: %s (%s)", path, self._position())
 
-    def _eval_pending(self) -> bool:
-        """An evaluation is due at this epoch boundary (or before training) and has not run yet."""
-        if self.iter_in_epoch or not self.dataset.has_eval:
+    def resume(self) -> bool:
+        """Restore the run folder's last checkpoint if rank 0 finds one (every rank follows); True when resumed."""
+        path = self.checkpointer.resume()
+        if path is None:
             return False
-        due = self.cfg.eval.at_start if self.epoch == 0 else self._eval_due()
-        return due and all(h["epoch"] != self.epoch for h in self.eval_history)
+        progress = self.progress
+        evaluated = {h["epoch"] for h in progress.eval_history}
+        self.metrics.rewind(
+            lambda row: run_log.written_before_checkpoint(row, progress.global_step, progress.epoch, evaluated),
+            next_step=progress.global_step + 1)  # what was recorded after the checkpoint comes again
+        self.log.info("resumed from %s (%s)", path, self._position())
+        return True
 
-    def _keep_due(self) -> bool:
-        every = self.cfg.checkpoint.keep_every_epochs
-        return every > 0 and self.epoch % every == 0
+    def _position(self) -> str:
+        return run_log.position(self.progress.epoch, self.progress.iter_in_epoch)
 
     def _log_losses(self, running: dict[str, torch.Tensor], count: int, seconds: float) -> None:
         names = sorted(running)
@@ -400,13 +365,12 @@ class Trainer:
         values = comm.all_reduce_mean(stacked).tolist()
         row = dict(zip(names, values))
         images_per_s = count * self.cfg.train.batch_size / max(seconds, 1e-9)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.metrics.write("train", self.global_step, epoch=self.epoch + 1, iter=self.iter_in_epoch, lr=lr,
+        lr, epoch, step = self.optimiser.lr, self.progress.epoch + 1, self.progress.iter_in_epoch
+        self.metrics.write("train", self.progress.global_step, epoch=epoch, iter=step, lr=lr,
                            images_per_s=images_per_s, **row)
         if not all(math.isfinite(v) for v in values):
-            raise training_state.diverged(self, f"non-finite loss {row}")
-        run_log.log_losses(self.log, self.epoch + 1, self.iter_in_epoch, self.cfg.train.iters_per_epoch, row, lr,
-                           images_per_s)
+            raise self.checkpointer.diverged(f"non-finite loss {row}")
+        run_log.log_losses(self.log, epoch, step, self.cfg.train.iters_per_epoch, row, lr, images_per_s)
 
 
 __all__ = ["Trainer"]

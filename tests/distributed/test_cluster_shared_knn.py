@@ -4,10 +4,10 @@ import numpy as np
 import torch
 
 from cacl_dist.clustering import ClusterParams, cluster, neighbours_of_rows
-from cacl_dist.clustering.knn import knn_topk
 from cacl_dist.distributed import comm
 from cacl_dist.distributed.sharding import shard_bounds
 
+from tests.helpers.clustering import knn_topk
 from tests.helpers.gloo import run_gloo
 
 

@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("nvidia.dali", reason="not applicable here: optional extra NVIDIA DALI (.[dali]) not installed")
 
 from cacl_dist.config import load_config  # noqa: E402
-from cacl_dist.data.epoch_plan import RankPlan  # noqa: E402
+from cacl_dist.data.epoch_plan import EpochPlan  # noqa: E402
 from cacl_dist.data.factory import augment_params, camera_ids, training_plan  # noqa: E402
 from cacl_dist.data.layouts import load_dataset  # noqa: E402
 from cacl_dist.data.pipelines import dali as dp  # noqa: E402
@@ -61,7 +61,7 @@ def test_each_rank_gets_its_slice_and_the_union_is_the_global_batch(tmp_path):
             assert gathered[it].tolist() == plan.indices[it].tolist()  # union over ranks = global batch
     # A sample's views do not depend on the rank layout: one process loading whole global batches
     # gives every rank's rows.
-    whole = list(dp.train_loader(dataset.train, augment_params(cfg.data, cfg.augment), RankPlan.build(plan, 0, 1), num_workers=1))
+    whole = list(dp.train_loader(dataset.train, augment_params(cfg.data, cfg.augment), EpochPlan.build(plan, 0, 1), num_workers=1))
     for it, (rgb, gray, index) in enumerate(whole):
         for rank, (steps, _) in enumerate(results):
             rows = slice(4 * rank, 4 * rank + 4)

@@ -25,10 +25,10 @@ def _resume_save_and_fail(rank, world_size, run_dir, data_dir):
         ckpt.find_resume = lambda run_dir: None
     cfg = load_config(None, tiny_overrides(run_dir, data_dir, **{**QUIET, "train.epochs": 2}))
     trainer = Trainer(cfg, DistEnv(rank, world_size, rank, torch.device("cpu"), "gloo"))
-    out = {"resumed": trainer.resume(), "epoch": trainer.epoch}
+    out = {"resumed": trainer.resume(), "epoch": trainer.progress.epoch}
     state = trainer.state_dict()
     out["state_banks"] = (state["bank_rgb"], state["bank_gray"])
-    out["all_gathered"] = (comm.all_gather_cat(trainer.bank_rgb.rows), comm.all_gather_cat(trainer.bank_gray.rows))
+    out["all_gathered"] = (comm.all_gather_cat(trainer.banks.rgb.rows), comm.all_gather_cat(trainer.banks.gray.rows))
     trainer.save()
 
     def broken(*args, **kwargs):
@@ -78,7 +78,7 @@ def _stop_on_rank0_during_memory_init(rank, world_size, run_dir, data_dir):
     if rank == 0:  # rank 0 alone is asked to stop, while it fills its share of the banks
         trainer.extraction = dataclasses.replace(trainer.extraction, should_stop=lambda: True)
     trainer.fit()
-    return trainer.stopped, trainer.epoch, trainer.global_step
+    return trainer.stopped, trainer.progress.epoch, trainer.progress.global_step
 
 
 def test_a_stop_on_one_rank_during_memory_init_stops_both_without_a_half_filled_checkpoint(tmp_path,

@@ -71,7 +71,7 @@ def test_nan_between_logging_steps_is_never_checkpointed(runs, tmp_path, monkeyp
 
     def poisoned(self, *args, **kwargs):
         parts = original(self, *args, **kwargs)
-        if self.global_step == 3:  # the first step of epoch 2, which is checkpointed but not logged
+        if self.progress.global_step == 3:  # the first step of epoch 2, which is checkpointed but not logged
             with torch.no_grad():
                 next(self.model.parameters()).fill_(float("nan"))
         return parts
@@ -102,9 +102,9 @@ def test_changed_learning_rate_and_schedule_apply_on_resume(runs, tmp_path):
     trainer = fit(run, data, **{"optim.lr": 1e-3, "optim.step_size": 1, "optim.gamma": 0.5})
     epoch_2 = [row["lr"] for row in read_metrics(run, "train") if row["epoch"] == 2]
     assert epoch_2 and all(lr == pytest.approx(5e-4) for lr in epoch_2)  # 1e-3 * 0.5 ** (1 epoch // 1)
-    assert trainer.scheduler.base_lrs == [1e-3]
-    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4)  # after the step of epoch 2
-    assert trainer.scheduler.get_last_lr() == [pytest.approx(2.5e-4)]
+    assert trainer.optimiser.scheduler.base_lrs == [1e-3]
+    assert trainer.optimiser.optimizer.param_groups[0]["lr"] == pytest.approx(2.5e-4)  # after the step of epoch 2
+    assert trainer.optimiser.scheduler.get_last_lr() == [pytest.approx(2.5e-4)]
     assert "optim.lr 0.00035 -> 0.001" in (run / "log_rank0.txt").read_text()
 
 
@@ -138,7 +138,7 @@ def test_checkpoint_without_fingerprint_resumes_with_a_warning(runs, tmp_path):
     state = load_checkpoint(run / "last.pt")
     del state["data_fingerprint"]
     save_checkpoint(run / "last.pt", {k: v for k, v in state.items() if k not in ("format", "format_version")})
-    assert fit(run, data).epoch == 2
+    assert fit(run, data).progress.epoch == 2
     assert "records no fingerprint" in (run / "log_rank0.txt").read_text()
 
 
@@ -158,7 +158,7 @@ def test_failed_evaluation_keeps_the_epoch_and_the_resume_evaluates_it(runs, tmp
     original = Trainer.evaluate
 
     def failing(self):
-        if self.epoch == 2:
+        if self.progress.epoch == 2:
             raise RuntimeError("evaluation failed")
         return original(self)
 
@@ -169,7 +169,7 @@ def test_failed_evaluation_keeps_the_epoch_and_the_resume_evaluates_it(runs, tmp
     monkeypatch.undo()
     resumed = fit(run, data)
     straight = load_checkpoint(runs / "straight" / "last.pt")
-    assert [h["epoch"] for h in resumed.eval_history] == [0, 1, 2]
+    assert [h["epoch"] for h in resumed.progress.eval_history] == [0, 1, 2]
     final = load_checkpoint(run / "last.pt")
     assert [h["mAP"] for h in final["eval_history"]] == [h["mAP"] for h in straight["eval_history"]]
     assert_same_state(straight, final, exact=True)

@@ -75,8 +75,9 @@ def test_time_limits_keep_the_minimum_of_the_later_parts():
 
 
 def _harness(*args, timeout=300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.run([sys.executable, "benchmarks/gpu_acceptance.py", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)  # as scripts/gpu_acceptance.sh runs it
 
 
 def test_a_failed_data_part_stops_the_parts_that_read_data(tmp_path):

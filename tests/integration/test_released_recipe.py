@@ -16,9 +16,9 @@ RELEASED = {
 
 def test_released_settings_train_cluster_and_report_last_and_best(tmp_path):
     trainer = fit(tmp_path / "run", tmp_path / "data", **RELEASED)
-    assert [h["epoch"] for h in trainer.eval_history] == [0, 1, 2]
+    assert [h["epoch"] for h in trainer.progress.eval_history] == [0, 1, 2]
     clusters = read_metrics(tmp_path / "run", "cluster")
     assert len(clusters) == 2 and all(c["num_clusters"] > 0 for c in clusters)
     [summary] = read_metrics(tmp_path / "run", "summary")
-    expected = eval_summary(trainer.eval_history)
+    expected = eval_summary(trainer.progress.eval_history)
     assert {k: summary[k] for k in expected} == expected

@@ -126,7 +126,7 @@ def test_report_on_a_finished_a_running_and_a_resumed_run(run, tmp_path, synthet
     assert "(finished)" in text and "pseudo labels |" in text
     for name in ("evaluation", "losses", "clustering", "pseudo_label_quality", "speed"):
         assert (run_dir / "report" / f"{name}.png").is_file() and f"({name}.png)" in text
-    last = trainer.eval_history[-1]
+    last = trainer.progress.eval_history[-1]
     assert f"| last | 2 | {100 * last['mAP']:.1f}% |" in text
 
     # still running: a half-written last line is skipped
@@ -238,6 +238,6 @@ def test_custom_lists_train_and_evaluate_like_the_same_images(run, tmp_path, syn
         (root / f"{split}.txt").write_text("# path pid camera\n" + "".join(lines))
     custom = fit(tmp_path / "custom_run", root, **{"data.dataset": "custom", "data.root": str(root)})
     assert custom.dataset.name == "custom" and custom.dataset.has_eval
-    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in custom.eval_history]
-    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in trainer.eval_history]
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in custom.progress.eval_history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in trainer.progress.eval_history]
     assert "pseudo_fscore" in read_metrics(tmp_path / "custom_run", "cluster")[0]

@@ -19,7 +19,7 @@ from tests.helpers.runs import CPU, REPO, assert_same_state, fit, run_cli, set_a
 
 def test_fit_trains_clusters_evaluates_and_checkpoints(tmp_path, synthetic_root):
     trainer = fit(tmp_path / "run", synthetic_root)
-    history = trainer.eval_history
+    history = trainer.progress.eval_history
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert all(0.0 <= h["mAP"] <= 1.0 for h in history)
     rows = read_metrics(tmp_path / "run")
@@ -40,7 +40,7 @@ def test_resume_after_one_epoch_matches_straight_run(tmp_path, synthetic_root):
     fit(tmp_path / "straight", synthetic_root)
     fit(tmp_path / "split", synthetic_root, **{"train.epochs": 1})
     resumed = fit(tmp_path / "split", synthetic_root)  # same folder, 2 epochs: resumes after epoch 1
-    assert resumed.epoch == 2
+    assert resumed.progress.epoch == 2
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "split" / "last.pt")
     assert_same_state(a, b, exact=True)
@@ -108,7 +108,7 @@ def test_evaluate_cli_reproduces_the_last_evaluation(tmp_path, synthetic_root):
     import json
 
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
-    expected = trainer.eval_history[-1]
+    expected = trainer.progress.eval_history[-1]
     for key in ("mAP", "rank1", "rank5", "rank10", "mINP"):
         assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key
 
@@ -154,7 +154,7 @@ def test_plain_folder_of_crops_trains_without_evaluation(tmp_path, synthetic_roo
     generate_if_synthetic(load_config(None, tiny_overrides(tmp_path / "prepare", synthetic_root)).data)  # writes images
     trainer = fit(tmp_path / "run", synthetic_root, **{
         "data.dataset": "folder", "data.root": str(synthetic_root / "bounding_box_train"), "train.epochs": 1})
-    assert trainer.eval_history == []  # no query/gallery split: nothing to evaluate
+    assert trainer.progress.eval_history == []  # no query/gallery split: nothing to evaluate
     assert len(read_metrics(tmp_path / "run", "train")) == 3
     assert load_checkpoint(tmp_path / "run" / "last.pt")["labels"].shape == (96,)
 
@@ -162,15 +162,14 @@ def test_plain_folder_of_crops_trains_without_evaluation(tmp_path, synthetic_roo
 def test_resume_restores_labels_and_centres_onto_the_run_device(tmp_path, synthetic_root):
     """Centres built on the CPU are moved to the trainer's device when a checkpoint is loaded
     (the 'meta' device stands in for a GPU: only where the tensors live is checked)."""
-    from cacl_dist.distributed.env import DistEnv
     from cacl_dist.training.trainer import Trainer
 
     trainer = Trainer(load_config(None, tiny_overrides(tmp_path / "run", synthetic_root)), CPU)
     trainer.init_memory()
     trainer.cluster()
     state = trainer.state_dict()
-    trainer.env = DistEnv(0, 1, 0, torch.device("meta"), None)
+    trainer.pseudo.device = torch.device("meta")  # the device the pseudo labels live on
     trainer.load_state_dict(state)
-    assert trainer.labels.device.type == "meta"
-    for centres in (trainer.centres_rgb, trainer.centres_gray):
+    assert trainer.pseudo.labels.device.type == "meta"
+    for centres in (trainer.pseudo.centres_rgb, trainer.pseudo.centres_gray):
         assert centres.sums_MD.device.type == "meta" and centres.counts_M.device.type == "meta"

@@ -26,10 +26,10 @@ def test_dali_training_resumes_exactly(tmp_path, synthetic_root, monkeypatch):
     monkeypatch.setattr(DaliLoader, "__iter__", counting_iter)
     straight = fit(tmp_path / "straight", synthetic_root, **DALI)
     assert built, "the DALI pipeline was not used"
-    assert [h["epoch"] for h in straight.eval_history] == [0, 1, 2]
+    assert [h["epoch"] for h in straight.progress.eval_history] == [0, 1, 2]
     fit(tmp_path / "split", synthetic_root, **DALI, **{"train.epochs": 1})
     resumed = fit(tmp_path / "split", synthetic_root, **DALI)
-    assert resumed.epoch == 2
+    assert resumed.progress.epoch == 2
     a = load_checkpoint(tmp_path / "straight" / "last.pt")
     b = load_checkpoint(tmp_path / "split" / "last.pt")
     assert_same_state(a, b, exact=True)

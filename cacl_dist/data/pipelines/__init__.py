@@ -25,7 +25,7 @@ from cacl_dist.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-    from cacl_dist.data.epoch_plan import RankPlan
+    from cacl_dist.data.epoch_plan import EpochPlan
     from cacl_dist.data.layouts import ImageRecord
     from cacl_dist.data.transforms import AugmentParams
 
@@ -39,7 +39,7 @@ class Pipeline(Protocol):
 
     NAME: str
 
-    def train_loader(self, records: Sequence[ImageRecord], params: AugmentParams, plan: RankPlan,
+    def train_loader(self, records: Sequence[ImageRecord], params: AugmentParams, plan: EpochPlan,
                      start_iter: int = 0, num_workers: int = 0, device: torch.device | str = "cpu") -> Iterable:
         """This rank's training batches of ``plan`` from ``start_iter`` on (``len`` = batches left)."""
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from cacl_dist.data.epoch_plan import RankPlan
+from cacl_dist.data.epoch_plan import EpochPlan
 
 
-def check_train_inputs(plan: RankPlan, num_records: int, start_iter: int) -> None:
+def check_train_inputs(plan: EpochPlan, num_records: int, start_iter: int) -> None:
     """ValueError unless the plan indexes ``num_records`` records and ``start_iter`` lies in the plan."""
     indices = plan.indices
     if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= num_records):
@@ -15,7 +15,7 @@ def check_train_inputs(plan: RankPlan, num_records: int, start_iter: int) -> Non
     check_start_iter(plan, start_iter)
 
 
-def check_start_iter(plan: RankPlan, start_iter: int) -> None:
+def check_start_iter(plan: EpochPlan, start_iter: int) -> None:
     """ValueError unless ``0 <= start_iter <= plan.num_iters``."""
     if not 0 <= start_iter <= plan.num_iters:
         raise ValueError(f"start_iter={start_iter} is outside the plan's 0..{plan.num_iters} iterations")

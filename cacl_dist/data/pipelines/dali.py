@@ -1,7 +1,7 @@
 """The "dali" pipeline: NVIDIA DALI decodes and augments the two views, on the GPU or the CPU.
 
 One DALI pipeline per rank and epoch. DALI's file reader reads this rank's share of every
-global batch of the :class:`~cacl_dist.data.epoch_plan.RankPlan` in plan order, with the dataset
+global batch of the :class:`~cacl_dist.data.epoch_plan.EpochPlan` in plan order, with the dataset
 indices as labels, in its own threads; an external source feeds the augmentation choices of
 both views (drawn on the host from each sample's seed in the plan, a batch at a time, see
 :mod:`cacl_dist.data.view_params`). DALI does the pixel work: decoding (``mixed`` on the GPU,
@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from cacl_dist.data.epoch_plan import RankPlan
+from cacl_dist.data.epoch_plan import EpochPlan
 from cacl_dist.data.integrity import check_images
 from cacl_dist.data.layouts import ImageRecord
 from cacl_dist.data.pipelines.checks import check_eval_inputs, check_train_inputs
@@ -323,7 +323,7 @@ def view_inputs(params: AugmentParams, aug_seeds: np.ndarray, view: int) -> tupl
     return ([start, mirror] if params.pad > 0 else [mirror]), choice.erase
 
 
-def train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: RankPlan, start_iter: int = 0,
+def train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: EpochPlan, start_iter: int = 0,
                  num_workers: int = 0, device: torch.device | str = "cpu") -> DaliLoader:
     """This rank's batches ``(views_rgb B x 3 x H x W, views_gray, indices)`` on ``device`` (DALI).
 

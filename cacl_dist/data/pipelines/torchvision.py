@@ -2,7 +2,7 @@
 
 It runs everywhere (CPU or GPU hosts) and yields batches on the CPU; the caller moves them to
 its device. :mod:`cacl_dist.data.pipelines.dali` is the DALI counterpart with the same output
-contract. Training reads a :class:`~cacl_dist.data.epoch_plan.RankPlan`: the rank iterates over
+contract. Training reads a :class:`~cacl_dist.data.epoch_plan.EpochPlan`: the rank iterates over
 its own share of each global batch, and every image is augmented from the seed the plan gave it.
 """
 
@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cacl_dist.data.datasets import EvalDataset, TwoViewDataset
-from cacl_dist.data.epoch_plan import RankPlan
+from cacl_dist.data.epoch_plan import EpochPlan
 from cacl_dist.data.layouts import ImageRecord
 from cacl_dist.data.pipelines.checks import check_eval_inputs, check_start_iter, check_train_inputs
 from cacl_dist.data.transforms import AugmentParams
@@ -70,7 +70,7 @@ def leave_stopping_to_the_main_process(worker_id: int) -> None:
 class PlanBatchSampler:
     """Yields this rank's ``(index, aug_seed)`` pairs for iterations ``start_iter .. num_iters - 1``."""
 
-    def __init__(self, plan: RankPlan, start_iter: int = 0):
+    def __init__(self, plan: EpochPlan, start_iter: int = 0):
         check_start_iter(plan, start_iter)
         self.indices = plan.local_indices
         self.aug_seeds = plan.local_seeds
@@ -84,7 +84,7 @@ class PlanBatchSampler:
             yield list(zip(self.indices[it].tolist(), self.aug_seeds[it].tolist()))
 
 
-def train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: RankPlan, start_iter: int = 0,
+def train_loader(records: Sequence[ImageRecord], params: AugmentParams, plan: EpochPlan, start_iter: int = 0,
                  num_workers: int = 0, device: torch.device | str = "cpu") -> Loader:
     """Loader of this rank's training batches ``(views_rgb B x 3 x H x W, views_gray, indices int64 B)``.
 

@@ -16,6 +16,8 @@ from cacl_dist.clustering.blocks import (
 from cacl_dist.clustering.jaccard_reference import gram_matrix, k_nearest_neighbours, l2_normalise_rows
 from cacl_dist.clustering.unit_rows import UnitRows
 
+from tests.helpers.clustering import knn_topk
+
 MILLION, DIM = 1_000_000, 2048
 
 
@@ -61,7 +63,7 @@ def test_the_search_uses_the_planned_strips(monkeypatch):
     original = UnitRows.similarity_rows
     monkeypatch.setattr(UnitRows, "similarity_rows",
                         lambda self, index: strips.append(index.numel()) or original(self, index))
-    _, idx = knn.knn_topk(torch.from_numpy(feats), 15, precision="bfloat16", margin=0)
+    _, idx = knn_topk(torch.from_numpy(feats), 15, precision="bfloat16", margin=0)
     assert len(strips) > 1 and max(strips) == 5
     unit = l2_normalise_rows(feats)
     np.testing.assert_array_equal(idx.numpy(), k_nearest_neighbours(2.0 - 2.0 * gram_matrix(unit), 15))

@@ -7,6 +7,8 @@ import torch
 from cacl_dist.clustering import knn
 from cacl_dist.clustering.jaccard_reference import gram_matrix, k_nearest_neighbours, l2_normalise_rows
 
+from tests.helpers.clustering import knn_topk
+
 
 class LegacyMatmul:
     """torch 2.1-2.8: only ``allow_tf32``."""
@@ -123,7 +125,7 @@ def test_search_runs_after_the_new_api_was_used():
     unit = l2_normalise_rows(feats)
     try:
         matmul.fp32_precision = "tf32"
-        _, idx = knn.knn_topk(torch.from_numpy(feats).float(), 10, precision="float32")
+        _, idx = knn_topk(torch.from_numpy(feats).float(), 10, precision="float32")
         assert matmul.fp32_precision == "tf32"
     finally:
         matmul.fp32_precision = saved

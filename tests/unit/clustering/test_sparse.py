@@ -10,8 +10,8 @@ import torch
 
 from cacl_dist.clustering.dbscan import dbscan_precomputed
 from cacl_dist.clustering.dbscan_sparse import connected_components, dbscan_sparse
+from cacl_dist.clustering.inputs import as_float64_features
 from cacl_dist.clustering.jaccard_reference import (
-    as_float64_features,
     gram_matrix,
     jaccard_distance_reference,
     jaccard_rows,
@@ -23,7 +23,6 @@ from cacl_dist.clustering.jaccard_sparse import jaccard_sparse
 from cacl_dist.clustering.knn import (
     _low_precision_rank,
     error_bound,
-    knn_topk,
     knn_topk_unit,
 )
 from cacl_dist.clustering.params import ClusterParams
@@ -32,7 +31,7 @@ from cacl_dist.clustering.refine import refine_clusters
 from cacl_dist.clustering.refine_sparse import refine_sparse
 from cacl_dist.clustering.unit_rows import UnitRows
 
-from tests.helpers.clustering import dense_from_pairs
+from tests.helpers.clustering import dense_from_pairs, knn_topk
 
 MINI_ROOT = str(Path(__file__).resolve().parents[3].parent / "shared" / "data" / "market1501-mini")
 

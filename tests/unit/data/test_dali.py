@@ -12,11 +12,11 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali", reason="not applicable here: optional extra NVIDIA DALI (.[dali]) not installed")
 
-from cacl_dist.data.epoch_plan import RankPlan  # noqa: E402
+from cacl_dist.data.epoch_plan import EpochPlan  # noqa: E402
 from cacl_dist.data.layouts import ImageRecord  # noqa: E402
 from cacl_dist.data.pipelines import dali as dp  # noqa: E402
 from cacl_dist.data.pipelines.torchvision import eval_loader as build_tv_eval_loader  # noqa: E402
-from cacl_dist.data.sampler import EpochPlan  # noqa: E402
+from cacl_dist.data.sampler import GlobalBatches  # noqa: E402
 from cacl_dist.data.transforms import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -48,10 +48,10 @@ def _write_images(folder: Path, sizes, seed: int = 0) -> list[ImageRecord]:
     return records
 
 
-def _plan(indices: np.ndarray, seed: int = 0) -> RankPlan:
+def _plan(indices: np.ndarray, seed: int = 0) -> EpochPlan:
     indices = np.atleast_2d(indices).astype(np.int64)
     seeds = np.random.default_rng(seed).integers(0, 2**62, indices.shape)
-    return RankPlan.build(EpochPlan(indices=indices, aug_seeds=seeds), 0, 1)
+    return EpochPlan.build(GlobalBatches(indices=indices, aug_seeds=seeds), 0, 1)
 
 
 def _unnormalise(x: torch.Tensor) -> torch.Tensor:
@@ -198,11 +198,11 @@ def test_unreadable_image_is_named_and_never_hangs(tmp_path):
         import numpy as np
         from cacl_dist.data.layouts import ImageRecord
         from cacl_dist.data.pipelines import dali as dp
-        from cacl_dist.data.epoch_plan import RankPlan
-        from cacl_dist.data.sampler import EpochPlan
+        from cacl_dist.data.epoch_plan import EpochPlan
+        from cacl_dist.data.sampler import GlobalBatches
         from cacl_dist.data.transforms import AugmentParams
         records = [ImageRecord(path={str(good)!r}, pid=0, camid=0), ImageRecord(path={str(bad)!r}, pid=0, camid=0)]
-        plan = RankPlan.build(EpochPlan(indices=np.array([[0, 0], [0, 1], [0, 0]]),
+        plan = EpochPlan.build(GlobalBatches(indices=np.array([[0, 0], [0, 1], [0, 0]]),
                                         aug_seeds=np.zeros((3, 2), np.int64)), 0, 1)
         for loader in (dp.train_loader(records, AugmentParams(height=32, width=16), plan),
                        dp.eval_loader(records, 32, 16, batch_size=2)):
@@ -232,11 +232,11 @@ def test_image_dali_cannot_parse_is_named_instead_of_a_crash(tmp_path, kind):
         import numpy as np
         from cacl_dist.data.layouts import ImageRecord
         from cacl_dist.data.pipelines import dali as dp
-        from cacl_dist.data.epoch_plan import RankPlan
-        from cacl_dist.data.sampler import EpochPlan
+        from cacl_dist.data.epoch_plan import EpochPlan
+        from cacl_dist.data.sampler import GlobalBatches
         from cacl_dist.data.transforms import AugmentParams
         records = [ImageRecord(path=p, pid=0, camid=0) for p in {[r.path for r in records]!r}]
-        plan = RankPlan.build(EpochPlan(indices=np.arange(40)[None], aug_seeds=np.zeros((1, 40), np.int64)), 0, 1)
+        plan = EpochPlan.build(GlobalBatches(indices=np.arange(40)[None], aug_seeds=np.zeros((1, 40), np.int64)), 0, 1)
         for make in (lambda: dp.eval_loader(records, 32, 16, batch_size=40),
                      lambda: dp.train_loader(records, AugmentParams(height=32, width=16), plan)):
             try:

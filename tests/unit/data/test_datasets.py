@@ -6,12 +6,12 @@ import torch
 from PIL import Image
 
 from cacl_dist.data.datasets import EvalDataset, TwoViewDataset
-from cacl_dist.data.epoch_plan import RankPlan
+from cacl_dist.data.epoch_plan import EpochPlan
 from cacl_dist.data.layouts import ImageRecord
 from cacl_dist.data.pipelines import get_pipeline
 from cacl_dist.data.pipelines import torchvision as tv_pipeline
 from cacl_dist.data.pipelines.torchvision import PlanBatchSampler, eval_loader, train_loader
-from cacl_dist.data.sampler import EpochPlan, IdentitySampler
+from cacl_dist.data.sampler import GlobalBatches, IdentitySampler
 from cacl_dist.data.transforms import AugmentParams, eval_transform, load_image, two_views
 
 PARAMS = AugmentParams(height=32, width=16)
@@ -53,21 +53,21 @@ def test_eval_dataset_item(records):
 
 
 def test_plan_batch_sampler_slices_and_skips(plan):
-    sampler = PlanBatchSampler(RankPlan.build(plan, rank=1, world_size=2), start_iter=3)
+    sampler = PlanBatchSampler(EpochPlan.build(plan, rank=1, world_size=2), start_iter=3)
     batches = list(sampler)
     assert len(sampler) == len(batches) == 2
     for it, batch in zip(range(3, 5), batches):
         assert batch == list(zip(plan.indices[it, 4:].tolist(), plan.aug_seeds[it, 4:].tolist()))
-    assert list(PlanBatchSampler(RankPlan.build(plan, 0, 1), start_iter=5)) == []
-    assert len(list(PlanBatchSampler(RankPlan.build(plan, 0, 4)))) == 5
+    assert list(PlanBatchSampler(EpochPlan.build(plan, 0, 1), start_iter=5)) == []
+    assert len(list(PlanBatchSampler(EpochPlan.build(plan, 0, 4)))) == 5
     with pytest.raises(ValueError, match="start_iter=6"):
-        PlanBatchSampler(RankPlan.build(plan, 0, 1), start_iter=6)
+        PlanBatchSampler(EpochPlan.build(plan, 0, 1), start_iter=6)
     with pytest.raises(ValueError, match="not divisible"):
-        PlanBatchSampler(RankPlan.build(plan, 0, 3))
+        PlanBatchSampler(EpochPlan.build(plan, 0, 3))
 
 
 def test_train_loader_batches_match_the_plan(records, plan):
-    loader = train_loader(records, PARAMS, RankPlan.build(plan, rank=0, world_size=2), start_iter=1, num_workers=0)
+    loader = train_loader(records, PARAMS, EpochPlan.build(plan, rank=0, world_size=2), start_iter=1, num_workers=0)
     batches = list(loader)
     assert len(batches) == 4
     for it, (views_rgb, views_gray, indices) in zip(range(1, 5), batches):
@@ -79,17 +79,17 @@ def test_train_loader_batches_match_the_plan(records, plan):
 
 
 def test_train_loader_is_identical_with_worker_processes(records, plan):
-    serial = list(train_loader(records, PARAMS, RankPlan.build(plan, 1, 2), 3, num_workers=0))
-    workers = list(train_loader(records, PARAMS, RankPlan.build(plan, 1, 2), 3, num_workers=2))
+    serial = list(train_loader(records, PARAMS, EpochPlan.build(plan, 1, 2), 3, num_workers=0))
+    workers = list(train_loader(records, PARAMS, EpochPlan.build(plan, 1, 2), 3, num_workers=2))
     assert len(serial) == len(workers) == 2
     for a, b in zip(serial, workers):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_train_loader_rejects_plan_for_other_records(records):
-    bad = EpochPlan(indices=np.array([[0, 12]], dtype=np.int64), aug_seeds=np.zeros((1, 2), dtype=np.int64))
+    bad = GlobalBatches(indices=np.array([[0, 12]], dtype=np.int64), aug_seeds=np.zeros((1, 2), dtype=np.int64))
     with pytest.raises(ValueError, match="12 training records"):
-        train_loader(records, PARAMS, RankPlan.build(bad, 0, 1), 0, 0)
+        train_loader(records, PARAMS, EpochPlan.build(bad, 0, 1), 0, 0)
 
 
 def test_eval_loader_range_keeps_global_indices(records):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cacl_dist.data.epoch_plan import RankPlan, check_batch_order, plan_epoch
-from cacl_dist.data.sampler import EpochPlan, IdentitySampler
+from cacl_dist.data.epoch_plan import EpochPlan, check_batch_order, plan_epoch
+from cacl_dist.data.sampler import GlobalBatches, IdentitySampler
 from tests.helpers.plans import rank_slice
 
 
@@ -38,7 +38,7 @@ def _check_block(block, labels, camids, k):
 def test_plan_shapes_and_dtypes():
     labels, cams = _random_labels()
     plan = IdentitySampler(labels, cams, batch_size=32, num_instances=4, seed=1).plan(epoch=0, num_iters=7)
-    assert isinstance(plan, EpochPlan) and plan.num_iters == 7
+    assert isinstance(plan, GlobalBatches) and plan.num_iters == 7
     assert plan.indices.shape == plan.aug_seeds.shape == (7, 32)
     assert plan.indices.dtype == plan.aug_seeds.dtype == np.int64
     assert plan.indices.min() >= 0 and plan.indices.max() < labels.size
@@ -175,14 +175,14 @@ def test_rank_plan_holds_the_sampler_plan_and_this_ranks_share():
         np.testing.assert_array_equal(plan.indices_dev.numpy(), sampled.indices)
         np.testing.assert_array_equal(plan.local_indices, rank_slice(sampled.indices, rank, 4))
         np.testing.assert_array_equal(plan.local_seeds, rank_slice(sampled.aug_seeds, rank, 4))
-        assert plan.mine == slice(8 * rank, 8 * rank + 8) and plan.num_iters == 5
+        assert plan.local_columns == slice(8 * rank, 8 * rank + 8) and plan.num_iters == 5
     repeats = [max(Counter(row).values()) for row in sampled.indices.tolist()]
     assert plan.max_repeats.tolist() == repeats
     top = int(labels[sampled.indices].max())  # a planned label that is one too large for top clusters
     with pytest.raises(ValueError, match=rf"outside \[0, {top}\)"):
         plan_epoch(labels, cams, epoch=1, num_iters=5, batch_size=32, num_instances=4, seed=2, num_clusters=top)
     with pytest.raises(ValueError, match="not divisible"):
-        RankPlan.build(sampled, 0, 3)
+        EpochPlan.build(sampled, 0, 3)
 
 
 def test_batch_order_check_names_the_plan():

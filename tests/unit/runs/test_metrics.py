@@ -114,8 +114,11 @@ def test_the_launcher_reports_the_last_evaluation_despite_junk_and_a_torn_line(t
     assert report_outcome(job, SimpleNamespace(run_dir=tmp_path / "none")) is True  # no metrics.jsonl yet
 
 
-def test_the_ablation_reads_each_evaluation_despite_junk_and_a_torn_line(tmp_path):
-    from benchmarks.ablation import eval_curve
+def test_the_ablation_reads_each_evaluation_despite_junk_and_a_torn_line(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[3] / "benchmarks"))  # as the script runs
+    from ablation import eval_curve
 
     _run_with_junk(tmp_path / "run")
     assert [(p["epoch"], p["mAP"], p["mINP"]) for p in eval_curve(tmp_path / "run")] == [(0, 0.1, 0.1), (2, 0.25, 0.25)]

@@ -1,0 +1,54 @@
+"""The pseudo labels of the current epoch and the exact cluster centres of both banks under them."""
+
+from __future__ import annotations
+
+import torch
+
+from cacl_dist.distributed import comm
+from cacl_dist.memory import ClusterCentres, InstanceBank
+from cacl_dist.training.banks import MemoryBanks
+
+
+class PseudoLabels:
+    """One label per training image (-1 for outliers), the centres of each bank, and the clustering's figures."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = device
+        self.labels: torch.Tensor | None = None  # (N,) int64 on the device
+        self.centres_rgb: ClusterCentres | None = None
+        self.centres_gray: ClusterCentres | None = None
+        self.cluster_stats: dict = {}
+
+    def assign(self, labels: torch.Tensor, banks: MemoryBanks) -> None:
+        """Use `labels` from now on, with exact centres: each rank's per-cluster sums of its own rows, all-reduced."""
+        self.labels = labels.to(self.device)
+        num_clusters = int(self.labels.max().item()) + 1
+        self.centres_rgb = self._reduced_centres(banks.rgb, num_clusters)
+        self.centres_gray = self._reduced_centres(banks.gray, num_clusters)
+
+    def _reduced_centres(self, bank: InstanceBank, num_clusters: int) -> ClusterCentres:
+        sums, counts = ClusterCentres.local_sums(bank, self.labels, num_clusters)
+        return ClusterCentres(comm.all_reduce_sum(sums), comm.all_reduce_sum(counts))
+
+    def state_dict(self) -> dict:
+        return {"labels": None if self.labels is None else self.labels.cpu(),
+                "centres_rgb": None if self.centres_rgb is None else self.centres_rgb.state_dict(),
+                "centres_gray": None if self.centres_gray is None else self.centres_gray.state_dict(),
+                "cluster_stats": self.cluster_stats}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore labels and centres onto this run's device."""
+        self.labels = None if state["labels"] is None else state["labels"].to(self.device)
+        self.centres_rgb = self._centres(state["centres_rgb"])
+        self.centres_gray = self._centres(state["centres_gray"])
+        self.cluster_stats = state["cluster_stats"]
+
+    def _centres(self, saved: dict | None) -> ClusterCentres | None:
+        if saved is None:
+            return None
+        centres = ClusterCentres(torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1))
+        centres.load_state_dict(saved, device=self.device)
+        return centres
+
+
+__all__ = ["PseudoLabels"]
