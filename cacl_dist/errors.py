@@ -35,4 +35,11 @@ class RunFolderBusy(UserError):
     """Another live run holds the run folder's lock."""
 
 
-__all__ = ["ConfigError", "MissingFileError", "NonFiniteError", "RunFolderBusy", "UserError"]
+class StopRequested(Exception):
+    """A requested stop interrupts the current phase (the interrupted phase leaves no result behind).
+
+    Not a user error: the entry that catches it stops the run with a checkpoint when there is one.
+    """
+
+
+__all__ = ["ConfigError", "MissingFileError", "NonFiniteError", "RunFolderBusy", "StopRequested", "UserError"]

@@ -66,7 +66,7 @@ def _train_tiny(torch, device, wrap_ddp: bool, settings) -> dict:
 
     from cacl_dist.models.cacl import build_model
     from cacl_dist.training.optim import build_adam
-    from cacl_dist.training.precision import StepPrecision
+    from cacl_dist.precision import StepPrecision
 
     torch.manual_seed(0)
     model = build_model("resnet_tiny", "none", "avg", 1).to(device)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from cacl_dist.data.layouts import ImageRecord, ReidDataset
 from cacl_dist.runs.files import write_atomically
-from cacl_dist.training.stopping import StopRequested
+from cacl_dist.errors import StopRequested
 from cacl_dist.errors import UserError
 
 CHECK_VERSION = 2

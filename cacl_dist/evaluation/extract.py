@@ -20,8 +20,8 @@ from cacl_dist.distributed import comm
 from cacl_dist.distributed.parallelize import to_input
 from cacl_dist.distributed.sharding import shard_bounds
 from cacl_dist.runs.logs import progress
-from cacl_dist.training.precision import autocast, extraction_precision
-from cacl_dist.training.stopping import StopRequested
+from cacl_dist.precision import autocast, extraction_precision
+from cacl_dist.errors import StopRequested
 from cacl_dist.errors import UserError
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ from cacl_dist.training import run_log
 from cacl_dist.training.banks import MemoryBanks
 from cacl_dist.training.labels import PseudoLabels
 from cacl_dist.training.optim import Optimiser
-from cacl_dist.training.precision import StepPrecision
+from cacl_dist.precision import StepPrecision
 from cacl_dist.training.progress import Progress
 
 RESUME_WAIT_S = 60.0

@@ -23,14 +23,12 @@ import threading
 import time
 from typing import Callable
 
+from cacl_dist.errors import StopRequested
+
 STOPPED_EXIT_CODE = 3
 """Exit status of a run that checkpointed and stopped on SIGTERM/SIGUSR1 (resume by running it again)."""
 INTERRUPTED_EXIT_CODE = 130
 """Exit status of a run that checkpointed and stopped on SIGINT (Ctrl-C), as shells report 128 + SIGINT."""
-
-
-class StopRequested(Exception):
-    """A requested stop interrupts the current phase (the interrupted phase leaves no result behind)."""
 
 
 class StopSignals:

@@ -50,7 +50,7 @@ from cacl_dist.training.banks import MemoryBanks
 from cacl_dist.training.checkpointer import Checkpointer, TrainingParts
 from cacl_dist.training.labels import PseudoLabels
 from cacl_dist.training.optim import Optimiser, adam_kernel
-from cacl_dist.training.precision import StepPrecision
+from cacl_dist.precision import StepPrecision
 from cacl_dist.training.progress import Progress
 from cacl_dist.runs.previous import set_aside_if_fresh
 from cacl_dist.training.checkpoint import find_resume

@@ -14,7 +14,7 @@ from cacl_dist.evaluation.distances import FeatureRows
 from cacl_dist.evaluation.evaluator import evaluate_features
 from cacl_dist.evaluation.metrics import evaluate_ranking
 from cacl_dist.evaluation.neighbours import rank_neighbours, scan_points
-from cacl_dist.evaluation.rerank import k_reciprocal_rerank, original_distance
+from tests.helpers.rerank_dense import k_reciprocal_rerank, original_distance
 from cacl_dist.evaluation.rerank_sparse import RerankParams, SparseReranker
 
 from tests.helpers.rerank_standard import standard_rerank

@@ -10,7 +10,7 @@ import torch
 
 from cacl_dist.evaluation.evaluator import evaluate_features
 from cacl_dist.evaluation.metrics import evaluate_ranking
-from cacl_dist.evaluation.rerank import k_reciprocal_rerank
+from tests.helpers.rerank_dense import k_reciprocal_rerank
 from cacl_dist.evaluation.rerank_sparse import RerankParams, SparseReranker
 
 from tests.helpers.rerank_standard import standard_rerank

@@ -18,7 +18,7 @@ from cacl_dist.losses import cacl_loss
 from cacl_dist.memory import ClusterCentres, InstanceBank
 from cacl_dist.models.cacl import build_model
 from cacl_dist.training.optim import adam_kernel, build_adam
-from cacl_dist.training.precision import StepPrecision, extraction_precision
+from cacl_dist.precision import StepPrecision, extraction_precision
 
 from tests.helpers.losses import loss_floats
 

@@ -1,4 +1,4 @@
-"""Dense k-reciprocal re-ranking (Zhong et al., CVPR 2017): the (Q + G)^2 float64 version.
+"""Dense k-reciprocal re-ranking (Zhong et al., CVPR 2017): the (Q + G)^2 float64 version, the tests' oracle.
 
 The same algorithm as :mod:`cacl_dist.evaluation.rerank_sparse` (docs/method.md section 7),
 written with dense matrices from the clustering reference's building blocks: every point's
