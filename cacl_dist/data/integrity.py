@@ -19,12 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cacl_dist.data.image_files import DEEP_SAMPLES, not_a_regular_file
 from cacl_dist.data.layouts import ImageRecord, ReidDataset
 from cacl_dist.runs.files import write_atomically
 from cacl_dist.errors import StopRequested
@@ -45,9 +45,6 @@ _BMP_SIGNATURE = b"BM"
 _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0..SOF15 (not DHT, JPG, DAC)
 _JPEG_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn, TEM: no length field
 
-DEEP_SAMPLES = ("{bits} bits per sample: the pipelines would not decode it alike (8-bit images only); "
-                "convert it to 8 bits per channel")
-"""Why an image of more (or fewer) than 8 bits per sample is refused, for every pipeline."""
 
 _KNOWN_GOOD: set[str] = set()
 """Paths that passed the check in this process (a file is assumed not to change during a run)."""
@@ -170,21 +167,6 @@ def _bmp_problem(path: str) -> str | None:
     except ValueError as err:
         return str(err.__cause__ or err)
     return None
-
-
-_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
-                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
-def not_a_regular_file(mode: int) -> str | None:
-    """Why a file of ``os.stat`` mode ``mode`` is no image (a FIFO, a device, ...), or None for a regular file.
-
-    Only regular files are images: reading a FIFO waits for a writer forever, a device may never end.
-    """
-    if stat.S_ISREG(mode):
-        return None
-    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "a special file")
-    return f"it is {kind}, not a regular file"
 
 
 def _read_regular(path: str) -> bytes | str:

@@ -18,6 +18,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from cacl_dist.data.image_files import DEEP_SAMPLES, not_a_regular_file
 from cacl_dist.data.names import ERASE_FILLS, ERASE_RATIO_SAMPLINGS, INTERPOLATIONS
 from cacl_dist.errors import UserError
 
@@ -78,8 +79,6 @@ def load_image(path: str) -> torch.Tensor:
     A regular file only (a FIFO would block); a PNG of 16 bits per channel is refused, as the image
     check refuses it for DALI.
     """
-    from cacl_dist.data.integrity import not_a_regular_file
-
     try:
         if (why := not_a_regular_file(os.stat(path).st_mode)) is not None:
             raise UserError(why)
@@ -91,8 +90,6 @@ def load_image(path: str) -> torch.Tensor:
             f"cannot read the image {path}: {err}; check that the file exists and is a valid image"
         ) from err
     if array is None:
-        from cacl_dist.data.integrity import DEEP_SAMPLES
-
         raise UserError(f"cannot read the image {path}: the PNG has {DEEP_SAMPLES.format(bits=16)}")
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
