@@ -29,28 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from cacl_dist.data.factory import dataset_from_config, generate_if_synthetic
-        from cacl_dist.distributed import comm
-        from cacl_dist.distributed.env import init_distributed, shutdown_distributed
+        from cacl_dist.cli.model_args import model_on_its_dataset
         from cacl_dist.inference.features import extraction_settings
-        from cacl_dist.inference.loader import load_feature_model
-        from cacl_dist.runs.logs import setup_logging
 
-        model = load_feature_model(args.checkpoint, args.config, args.overrides)
-        if model.cfg is None:
-            raise UserError(f"--checkpoint '{args.checkpoint}' is an export ({model.kind}), which stores no config; "
-                            "pass the recipe of the dataset to evaluate on with --config")
-        cfg = model.cfg
-        env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
-        try:
-            setup_logging(None, env.rank)
-            if generate_if_synthetic(cfg.data, write=env.is_main):
-                comm.barrier()  # rank 0 wrote the images; the others wait before reading them
-            dataset = dataset_from_config(cfg.data, cfg.clustering.k1)
-            settings = extraction_settings(model, env.device, show_progress=env.is_main and cfg.run.progress)
+        with model_on_its_dataset(args, "to evaluate on") as (model, env, dataset):
+            settings = extraction_settings(model, env.device, show_progress=env.is_main and model.cfg.run.progress)
             metrics = _scored(model, dataset, settings, env)
-        finally:
-            shutdown_distributed()
         if env.is_main:
             if args.json:
                 print(json.dumps(metrics))

@@ -58,37 +58,22 @@ def ranked_main(args: argparse.Namespace) -> int:
     """Extract query and gallery features with the checkpoint, then draw the chosen queries."""
     import numpy as np
 
-    from cacl_dist.data.factory import dataset_from_config, generate_if_synthetic
-    from cacl_dist.distributed import comm
-    from cacl_dist.distributed.env import init_distributed, shutdown_distributed
+    from cacl_dist.cli.model_args import model_on_its_dataset
     from cacl_dist.evaluation.rerank_sparse import RerankParams
     from cacl_dist.inference.features import extraction_settings, features
-    from cacl_dist.inference.loader import load_feature_model
     from cacl_dist.inference.ranking import rank
-    from cacl_dist.runs.logs import setup_logging
     from cacl_dist.visualize.ranked import SELECTIONS, choose_queries, rank_queries, write_pictures
 
     _positive("--num-queries", args.num_queries)
     _positive("--topk", args.topk)
     if args.select not in SELECTIONS:
         raise UserError(f"--select '{args.select}' is not one of {', '.join(SELECTIONS)}")
-    model = load_feature_model(args.checkpoint, args.config, args.overrides)
-    if model.cfg is None:
-        raise UserError(f"--checkpoint '{args.checkpoint}' is an export ({model.kind}), which stores no config; "
-                        "pass the recipe of the dataset with --config")
-    cfg = model.cfg
-    env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
-    try:
-        setup_logging(None, env.rank)
-        if generate_if_synthetic(cfg.data, write=env.is_main):
-            comm.barrier()
-        dataset = dataset_from_config(cfg.data, cfg.clustering.k1)
+    with model_on_its_dataset(args, "to rank") as (model, env, dataset):
+        cfg = model.cfg
         if not dataset.has_eval:
             raise UserError(f"dataset '{dataset.name}' at '{dataset.root}' has no query/gallery split to rank")
         settings = extraction_settings(model, env.device, show_progress=env.is_main and cfg.run.progress)
         feats = features(model, list(dataset.query) + list(dataset.gallery), settings, env.rank, env.world_size)
-    finally:
-        shutdown_distributed()
     if not env.is_main:
         return 0
     num_query = len(dataset.query)
