@@ -60,10 +60,15 @@ def written_settings(folder: str) -> dict | None:
     return None
 
 
+def _ours_in_passing(name: str) -> bool:
+    """Our lock file, or the temporary of a marker being written (another process may be writing it now)."""
+    return name == LOCK_NAME or (name.endswith(".tmp") and any(name.startswith(f".{m}.") for m in (MARKER, PARTIAL_MARKER)))
+
+
 def _is_empty(folder: str) -> bool:
-    """True when ``folder`` is missing or holds nothing but our lock file."""
+    """True when ``folder`` is missing or holds nothing but our lock file and marker temporaries."""
     try:
-        return set(os.listdir(folder)) <= {LOCK_NAME}
+        return all(_ours_in_passing(name) for name in os.listdir(folder))
     except FileNotFoundError:
         return True
     except NotADirectoryError:

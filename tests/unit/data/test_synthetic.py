@@ -275,3 +275,19 @@ def test_a_filesystem_without_flock_still_gets_the_dataset(tmp_path, monkeypatch
     monkeypatch.setattr(fcntl, "flock", no_locks)
     root = generate_synthetic(str(tmp_path / "nfs"), seed=3, **SMALL)
     assert len(_read_tree(root)) == 8 * 5
+
+
+def test_a_marker_being_written_by_another_process_is_not_someone_elses_data(tmp_path):
+    """Processes started together: one may see the other's marker temporary before its rename."""
+    from cacl_dist.data import synthetic_folder as sf
+    from cacl_dist.errors import UserError
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / f".{sf.PARTIAL_MARKER}.k3j9x1.tmp").write_text("{")
+    (root / sf.LOCK_NAME).write_text("")
+    sf._refuse_foreign(str(root), "data.root")  # ours in passing: no refusal
+    assert sf.locate(str(root), {"a": 1}) == str(root)
+    (root / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="did not write"):
+        sf._refuse_foreign(str(root), "data.root")
