@@ -14,6 +14,7 @@ stderr, also written to the run folder's log, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             watch_parent()
             env = init_distributed(cfg.run.device, cfg.dist.backend, cfg.dist.timeout_min)
             lock = RunFolderLock(cfg.run.output_dir)
+            trainer = None
             try:
                 validate_for_world(cfg, env.world_size)  # before any work: every rank fails alike
                 comm.run_on_main(take_folder, "the run folder lock")  # held by rank 0
@@ -97,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
                                  else f"1 crashed: {type(exc).__name__}: {exc} (traceback on stderr)")
                 raise
             finally:
+                # The trainer's DDP reducers and pending gathers hold tensors of the process group's work:
+                # they go first, while the interpreter is whole (freed during its teardown, gloo's worker
+                # threads can abort the process after a finished run).
+                trainer = None
+                gc.collect()
                 lock.release()
                 shutdown_distributed()
 
