@@ -33,7 +33,6 @@ from machine import cpu_description, git_commit
 from cacl_dist.clustering.dbscan import dbscan_precomputed
 from cacl_dist.clustering.jaccard_reference import jaccard_distance_reference
 from cacl_dist.clustering.names import REFINE_SCORES
-from cacl_dist.clustering.params import ClusterParams
 from cacl_dist.clustering.refine import refine_clusters
 from cacl_dist.clustering.refine_rules import LabelSets
 from cacl_dist.config import load_config

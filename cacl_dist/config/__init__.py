@@ -8,11 +8,12 @@
 
 from cacl_dist.config.loading import (apply_overrides, config_from_dict, describe, dump_yaml, load_config, parse_override,
                       to_dict)
-from cacl_dist.config.schema import (AugmentConfig, CheckpointConfig, Config, ConfigError, DataConfig,
-                     DistConfig, EvalConfig, LossConfig, MemoryConfig, ModelConfig, OptimConfig, RunConfig,
-                     SyntheticConfig, TrainConfig)
+from cacl_dist.config.schema import (CheckpointConfig, Config, DistConfig, EvalConfig, LossConfig, MemoryConfig,
+                                     ModelConfig, OptimConfig, RunConfig, TrainConfig)
 from cacl_dist.config.validation import validate
 from cacl_dist.clustering.params import ClusterParams
+from cacl_dist.data.settings import AugmentConfig, DataConfig, SyntheticConfig
+from cacl_dist.errors import ConfigError
 from cacl_dist.config.world import validate_for_world
 
 __all__ = ["AugmentConfig", "CheckpointConfig", "ClusterParams", "Config", "ConfigError", "DataConfig",

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-from cacl_dist.config.schema import Config, ConfigError
+from cacl_dist.config.schema import Config
+from cacl_dist.errors import ConfigError
 from cacl_dist.config.validation import validate
 
 

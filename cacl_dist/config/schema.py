@@ -17,8 +17,7 @@ from typing import Literal
 
 from cacl_dist.clustering.params import ClusterParams
 from cacl_dist.data.names import SAMPLERS
-from cacl_dist.data.settings import AugmentConfig, DataConfig, SyntheticConfig
-from cacl_dist.errors import ConfigError
+from cacl_dist.data.settings import AugmentConfig, DataConfig
 
 
 @dataclass

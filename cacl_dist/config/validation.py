@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cacl_dist.config.schema import Config, ConfigError
+from cacl_dist.config.schema import Config
+from cacl_dist.errors import ConfigError
 
 MAX_SEED = 2**63 - 1
 """Largest seed (seeds are kept in 64-bit signed integers, e.g. in checkpoints and epoch plans)."""

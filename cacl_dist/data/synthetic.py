@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from cacl_dist.data.synthetic_folder import SPLIT_FOLDERS, ensure_set
+from cacl_dist.data.synthetic_folder import ensure_set
 from cacl_dist.errors import UserError
 
 GENERATOR_VERSION = 2

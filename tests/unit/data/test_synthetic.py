@@ -10,8 +10,8 @@ from PIL import Image
 
 from cacl_dist.data import synthetic
 from cacl_dist.data.layouts import load_dataset
+from cacl_dist.data.synthetic_folder import SPLIT_FOLDERS
 from cacl_dist.data.synthetic import (
-    SPLIT_FOLDERS,
     generate_synthetic,
     make_camera,
     make_identity,
