@@ -84,7 +84,7 @@ def log_clustering(log: logging.Logger, epoch: int, stats: dict) -> None:
             quality += (f"; {name} vs identities: F {stats[f'{prefix}_fscore']:.3f} "
                         f"(P {stats[f'{prefix}_precision']:.3f} R {stats[f'{prefix}_recall']:.3f}) "
                         f"ARI {stats[f'{prefix}_ari']:.3f} NMI {stats[f'{prefix}_nmi']:.3f}")
-    sizes = (f"{stats['num_multi_clusters']} of 2+ images, {stats['num_singletons']} singletons; "
+    sizes = (f"{stats['num_multi_clusters']} with 2+ images, {stats['num_singletons']} singletons; "
              if "num_multi_clusters" in stats else "")
     log.info("epoch %d clustering [%s]: %d clusters (%s%d raw), %d outliers, %d refined away, %.2f s%s", epoch,
              stats["backend"], stats["num_clusters"], sizes, stats["num_raw_clusters"], stats["num_outliers"],

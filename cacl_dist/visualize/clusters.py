@@ -139,7 +139,7 @@ def montage(records: Sequence[ImageRecord], stages: dict[str, np.ndarray], title
                     f"more images, {int((sizes == 1).sum())} singletons"
                     + (f", {int((labels < 0).sum())} left out" if (labels < 0).any() else ""),
              f"below: up to {per_section} largest, smallest (cross-camera first) and"
-             + (" most impure" if known is not None else "") + f" of the {multi} clusters of 2+ images, "
+             + (" most impure" if known is not None else "") + f" of the {multi} clusters with 2+ images, "
              f"each once, up to {per_row} images of each"]
     if known is not None:
         q = cluster_quality(labels, known)
