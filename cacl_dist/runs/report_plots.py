@@ -65,17 +65,18 @@ def plot_evaluation(evals: list[dict], path: Path) -> str:
     ax.set_ylabel("%")
     ax.set_title("evaluation")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))  # beside: no point hidden
     return _save(fig, path)
 
 
-def _epoch_ends(train: list[dict]) -> list[int]:
-    """The steps at which each epoch's last logged step lies (where the next epoch begins)."""
-    last: dict[int, int] = {}
+def _epoch_spans(train: list[dict]) -> list[tuple[int, int, int]]:
+    """(epoch, step before its first step, its last logged step) of every epoch of the train rows, in order."""
+    spans: dict[int, list[int]] = {}
     for row in train:
         if isinstance(row.get("epoch"), int):
-            last[row["epoch"]] = max(last.get(row["epoch"], 0), int(row["step"]))
-    return [last[e] for e in sorted(last)][:-1]
+            start = int(row["step"]) - int(row.get("iter", 0) or 0)  # a row is `iter` steps into its epoch
+            spans.setdefault(row["epoch"], []).extend([start, int(row["step"])])
+    return [(e, min(spans[e]), max(spans[e])) for e in sorted(spans)]
 
 
 def plot_losses(train: list[dict], evals: list[dict], path: Path) -> str:
@@ -83,10 +84,14 @@ def plot_losses(train: list[dict], evals: list[dict], path: Path) -> str:
     epoch boundaries (dotted) and the step of the best evaluation (dashed red)."""
     panels = [(key, key if key != "loss" else "loss (weighted sum)") for key in LOSS_KEYS] + [("lr", "learning rate")]
     fig, axes = plt.subplots(2, 3, figsize=(SIZE[0] * 1.6, SIZE[1] * 1.5), sharex=True)
-    ends, best = _epoch_ends(train), _best(evals)
+    spans, best = _epoch_spans(train), _best(evals)
+    ends = [last for _, _, last in spans[:-1]]
     for ax, (key, title) in zip(axes.flat, panels):
         xs, ys = _series(train, "step", key)
-        ax.plot(xs, ys, linewidth=1.5 if key == "loss" else 1.0, color="C3" if key == "lr" else "C0")
+        if key == "lr":  # a row's rate held since the previous row: steps, not slopes
+            ax.plot(xs, ys, linewidth=1.2, color="C3", drawstyle="steps-pre")
+        else:
+            ax.plot(xs, ys, linewidth=1.5 if key == "loss" else 1.0, color="C0")
         for step in ends:
             ax.axvline(step, color="grey", linestyle=":", linewidth=0.8)
         if best is not None and isinstance(best.get("step"), int) and best["step"] > 0:
@@ -95,9 +100,15 @@ def plot_losses(train: list[dict], evals: list[dict], path: Path) -> str:
             ax.set_yscale("log")
         ax.set_title(title, fontsize="medium")
         ax.grid(alpha=0.3)
+    labelled = spans if len(spans) <= 12 else spans[::-(-len(spans) // 12)]  # at most 12 epoch numbers
+    for epoch, start, last in labelled:  # the epoch numbers, inside the top of the first panel
+        axes[0][0].text((start + last) / 2, 0.97, str(epoch), transform=axes[0][0].get_xaxis_transform(),
+                        ha="center", va="top", fontsize="x-small", color="grey")
+    if spans:
+        axes[0][0].set_xlim(left=spans[0][1])
     for ax in axes[-1]:
         ax.set_xlabel("step")
-    note = "dotted: epoch boundaries" + (f"; dashed red: best mAP (epoch {best['epoch']})" if best is not None
+    note = "dotted: epoch boundaries, epochs numbered in the first panel" + (f"; dashed red: best mAP (epoch {best['epoch']})" if best is not None
                                          and best.get("step") else "")
     fig.suptitle(f"losses and learning rate per logging step ({note})", fontsize="medium")
     return _save(fig, path)
@@ -131,9 +142,15 @@ def plot_quality(cluster: list[dict], path: Path) -> str:
             if xs:
                 ax.plot(xs, ys, marker=".", color=f"C{index}", label=label)
         _by_epoch(ax)
-        ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.0)
         ax.set_title(f"{name} vs true identities", fontsize="medium")
         ax.grid(alpha=0.3)
+    values = [v for ax in axes for line in ax.get_lines() for v in line.get_ydata() if v > 0]
+    if values and min(values) < 0.05:  # scores near 0 next to scores near 1: a log scale keeps each apart
+        axes[0].set_yscale("log")  # (shared by both panels)
+        axes[0].set_ylim(max(1e-3, min(values) * 0.7), 1.0)
+        axes[0].set_ylabel("log scale")
+    else:
+        axes[0].set_ylim(min(0.0, axes[0].get_ylim()[0]), 1.0)
     axes[1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _save(fig, path)
 
@@ -175,6 +192,7 @@ def plot_distances(histogram: dict, path: Path) -> str:
     used = [i for i in range(bins) if positive[i] or negative[i]]
     if used:
         ax.set_xlim(edges[used[0]], edges[used[-1] + 1])
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
     ax.set_xlabel(histogram.get("kind", "distance"))
     ax.set_ylabel("fraction of pairs")
     ax.set_title(f"query-gallery distances at the last evaluation (epoch {histogram.get('epoch', '?')})")

@@ -135,7 +135,7 @@ def montage(records: Sequence[ImageRecord], stages: dict[str, np.ndarray], title
     groups = clusters_of(labels)
     sizes = np.array([len(m) for m in groups.values()])
     multi = int((sizes >= 2).sum())
-    lines = [title, f"{len(labels)} images in {len(groups)} pseudo clusters: {multi} of two or "
+    lines = [title, f"{len(labels)} images in {len(groups)} pseudo clusters: {multi} with two or "
                     f"more images, {int((sizes == 1).sum())} singletons"
                     + (f", {int((labels < 0).sum())} left out" if (labels < 0).any() else ""),
              f"below: up to {per_section} largest, smallest (cross-camera first) and"

@@ -167,7 +167,7 @@ def render(ranked: RankedQuery, query: Sequence[ImageRecord], gallery: Sequence[
     if beyond:  # the first correct match, set apart after the list
         g_rec = gallery[ranked.first_match_gallery]
         tiles.append(draw.Tile(g_rec.path, draw.CORRECT, [f"{ranked.first_match}: {ranked.first_match_distance:.3f}",
-                                                          f"id {g_rec.pid} {_camera(g_rec.camid)}"]))
+                                                          f"id {g_rec.pid} {_camera(g_rec.camid)}", "first match"]))
     header = f"query {ranked.query}: {Path(rec.path).name}   {ap}{where_first_match(ranked)}"
     return draw.draw_row(tiles, header=header, separator=True, min_tiles=1 + (topk or len(ranked.gallery)),
                          last_apart=beyond)
