@@ -3,11 +3,17 @@
 Reads RUN/metrics.jsonl (and RUN/config.yaml when present) and writes, into RUN/report/ unless
 --output names another folder:
 
-  evaluation.png            mAP, rank-1 and mINP per evaluation
-  losses.png                the losses of every logging step
-  clustering.png            clusters, raw clusters, outliers and refined-away points per epoch
-  pseudo_label_quality.png  pairwise F-score, ARI and NMI of the pseudo labels and the raw DBSCAN
-                            clusters against the true identities (when the dataset has them)
+  evaluation.png            mAP, rank-1 and mINP per evaluation, the best one marked
+  cmc.png                   the CMC curve (ranks 1-50) of the last and the best evaluation
+  distances.png             distances of correct matches and of other identities at the last
+                            evaluation (RUN/eval_distances/)
+  losses.png                each loss and the learning rate per logging step, on their own scales,
+                            with the epoch boundaries and the best evaluation's step
+  clustering.png            clusters (all, with 2+ images, singletons), raw clusters, outliers and
+                            refined-away points per epoch
+  pseudo_label_quality.png  pairwise precision, recall and F-score, ARI and NMI of the pseudo labels
+                            and the raw DBSCAN clusters against the true identities (when the
+                            dataset has them)
   speed.png                 training images/s per logging step and clustering seconds per epoch
   report.md                 best and last metrics, wall time split into training, clustering and
                             evaluation, and the plots
@@ -24,6 +30,7 @@ import sys
 from pathlib import Path
 
 from cacl_dist.cli.common import run_main
+from cacl_dist.runs.eval_distances import last_histogram
 from cacl_dist.runs.report import markdown, read_config, read_rows, summarize
 from cacl_dist.errors import UserError
 
@@ -52,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                   "(pip install matplotlib)", file=sys.stderr)
             plots = []
         else:
-            plots = write_plots(rows, out)
+            plots = write_plots(rows, out, last_histogram(run))
         note = f"({skipped} unreadable line(s) of metrics.jsonl skipped.)" if skipped else ""
         if skipped:
             print(f"warning: skipped {skipped} unreadable line(s) of {run / 'metrics.jsonl'} (each line must be a "

@@ -6,14 +6,18 @@
 
 ranked    one PNG per query (the query, then its top-K gallery images framed green when correct,
           red when wrong, grey when the protocol ignores them: same identity and camera), with
-          index.html (every picture with its AP) and ranked.json. Uses the run's config (stored
+          index.html (every picture with its AP) and ranked.json. The query's own file is never
+          listed; a query whose correct matches all lie below the top-K shows the first one set
+          apart, and says where it lies and how many there are (ranked.json: num_matches,
+          first_match, first_match_rank, first_match_path). Uses the run's config (stored
           in the checkpoint) for data and image size unless --config is given; --set adjusts it
           (e.g. --set eval.rerank=true ranks by the re-ranked distance, eval.flip=true averages
           each image with its mirror image), and ranks exactly as evaluation does. --checkpoint may
           be an export (pass the dataset's --config). Runs under torchrun too (the features are
           extracted in shards). Default output: CHECKPOINT_FOLDER/ranked/.
-clusters  a montage of the pseudo clusters of one epoch (largest, smallest, most impure) and of
-          points refinement removed, from the labels the run saved in RUN/pseudo_labels/.
+clusters  a montage of the pseudo clusters of one epoch (largest, smallest with cross-camera
+          ones first, most impure; each cluster once, "8 of 16 images shown") and of points
+          refinement removed, from the labels the run saved in RUN/pseudo_labels/.
           Default epoch: the last one stored; default output: RUN/clusters/epoch_EEE.png.
 """
 

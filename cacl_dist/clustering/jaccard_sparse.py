@@ -180,7 +180,7 @@ def _query_expansion(encoding: SparseEncoding, heads_NK2: torch.Tensor, budget: 
 
 
 def jaccard_pairs(encoding: SparseEncoding, max_distance: float = 0.6, groups=None,
-                  budget=None) -> tuple:
+                  budget=None, bar=None) -> tuple:
     """Return (rows, cols, dists) for every pair i != j with S_ij > 0 and d_ij <= max_distance.
 
     Args:
@@ -190,6 +190,7 @@ def jaccard_pairs(encoding: SparseEncoding, max_distance: float = 0.6, groups=No
         groups: optional (N,) int64 group ids; pairs with S_ij > 0 inside one group (id >= 0)
             are kept whatever their distance (used for refinement within raw clusters).
         budget: the per-block temporaries hold about ``budget`` entries (default: by device).
+        bar: a :class:`~cacl_dist.runs.logs.StageBar` advanced by the rows done (optional).
 
     Returns:
         rows, cols: int64 (sorted by row then column; both (i, j) and (j, i) appear);
@@ -214,10 +215,14 @@ def jaccard_pairs(encoding: SparseEncoding, max_distance: float = 0.6, groups=No
         0, entry_rows, later_len), 0, out=work[1:])  # work[i]: contributions of rows < i
     out = ([], [], [])
     lo = 0
+    if bar is not None:
+        bar.add_total(num_points)
     while lo < num_points:
         hi = _block_end(lo, num_points, work, budget)
         _jaccard_block(encoding, lo, hi, later_start, later_len, col_rows, col_values,
                        max_distance, groups, out)
+        if bar is not None:
+            bar.update(hi - lo)
         lo = hi
     if not out[0]:
         empty = torch.empty(0, dtype=torch.int64, device=device)

@@ -138,7 +138,7 @@ def _block_pairs(num_points: int, block_size: int, start: int, stop: int) -> lis
 
 
 def _candidates(units: UnitRows, dtype: torch.dtype, width: int, block_size: int,
-                allow_tf32: bool, start: int, stop: int) -> tuple:
+                allow_tf32: bool, start: int, stop: int, bar=None) -> tuple:
     """The ``width`` largest low-precision similarities of rows start..stop (self as +inf).
 
     Each block of X X^T updates the running candidates of its rows and, for a mirrored block
@@ -161,8 +161,11 @@ def _candidates(units: UnitRows, dtype: torch.dtype, width: int, block_size: int
         best_index[lo - start:hi - start] = torch.gather(index, 1, where)
 
     row_tile = (None, None)
+    pairs = _block_pairs(units.num_points, block_size, start, stop)
+    if bar is not None:
+        bar.add_total(len(pairs))
     with _matmul_precision(allow_tf32):
-        for row_lo, row_hi, col_lo, col_hi, mirror in _block_pairs(units.num_points, block_size, start, stop):
+        for row_lo, row_hi, col_lo, col_hi, mirror in pairs:
             if row_tile[0] != row_lo:
                 row_tile = (row_lo, units.low(row_lo, row_hi, dtype))
             same = (col_lo, col_hi) == (row_lo, row_hi)
@@ -174,6 +177,8 @@ def _candidates(units: UnitRows, dtype: torch.dtype, width: int, block_size: int
             offer(row_lo, row_hi, block, col_lo, by_column=False)
             if mirror:
                 offer(col_lo, col_hi, block, row_lo, by_column=True)
+            if bar is not None:
+                bar.update()
     best_sims, order = torch.sort(best_sims, dim=1, descending=True)
     return best_sims, torch.gather(best_index, 1, order)
 
@@ -210,7 +215,7 @@ def _entries_above(block_RC: torch.Tensor, floor: torch.Tensor, width: int, by_c
     return out_values, out_index
 
 
-def _low_precision_rank(units, k, margin, precision, block_size, start=0, stop=None):
+def _low_precision_rank(units, k, margin, precision, block_size, start=0, stop=None, bar=None):
     """Rank every row from low-precision candidates re-scored in float64.
 
     Only the candidates that can still reach the top k (low-precision similarity within twice
@@ -223,7 +228,7 @@ def _low_precision_rank(units, k, margin, precision, block_size, start=0, stop=N
     width = min(num_points, k + margin)
     dtype, _, _, allow_tf32 = LOW_PRECISION[precision]
     bound = error_bound(precision, units.dim)
-    cand_sims, cand = _candidates(units, dtype, width, block_size, allow_tf32, start, stop)
+    cand_sims, cand = _candidates(units, dtype, width, block_size, allow_tf32, start, stop, bar)
     rescore = cand_sims >= cand_sims[:, k - 1:k].to(torch.float64) - 2 * bound  # a prefix per row
     own = torch.arange(start, stop, device=cand.device)[:, None].expand_as(cand)
     exact = torch.full(cand.shape, -2.0, dtype=torch.float64, device=cand.device)  # distance 6
@@ -265,7 +270,7 @@ def _rank_block_candidates(dist_BW, cand_BW, k):
 
 
 def knn_topk_unit(units: UnitRows, k: int, block_size=None,
-                  precision: str = "auto", margin: int = 32, rows=None) -> tuple:
+                  precision: str = "auto", margin: int = 32, rows=None, bar=None) -> tuple:
     """Return (sims_NK, idx_NK): the k nearest points of every point by cosine similarity.
 
     Args:
@@ -280,6 +285,7 @@ def knn_topk_unit(units: UnitRows, k: int, block_size=None,
         margin: extra low-precision candidates per row re-scored in float64.
         rows: ``(start, stop)`` computes only those rows (against all points), so that processes
             can share the search: the concatenation of the row ranges equals the whole result.
+        bar: a :class:`~cacl_dist.runs.logs.StageBar` told of every block searched (optional).
 
     Returns:
         sims_NK: float64 cosine similarities <x_i, x_idx[i, r]>; idx_NK: int64 indices,
@@ -304,7 +310,7 @@ def knn_topk_unit(units: UnitRows, k: int, block_size=None,
         return (torch.empty((0, k), dtype=torch.float64, device=units.device),
                 torch.empty((0, k), dtype=torch.int64, device=units.device))
     if precision in LOW_PRECISION:
-        idx, sims, exact = _low_precision_rank(units, k, margin, precision, block_size, start, stop)
+        idx, sims, exact = _low_precision_rank(units, k, margin, precision, block_size, start, stop, bar)
         redo = torch.nonzero(~exact).flatten()
         strip = plan.strip
     else:
@@ -312,10 +318,15 @@ def knn_topk_unit(units: UnitRows, k: int, block_size=None,
         sims = torch.empty((stop - start, k), dtype=torch.float64, device=units.device)
         redo = torch.arange(stop - start, device=units.device)
         strip = block_size
-    for lo in range(0, redo.numel(), strip):  # float64 strips against all points
+    strips = range(0, redo.numel(), strip)
+    if bar is not None:
+        bar.add_total(len(strips))
+    for lo in strips:  # float64 strips against all points
         local = redo[lo:lo + strip]
         idx[local], sims[local] = _rank_rows(units.similarity_rows(local + start), local + start, k,
                                              min(units.tile, num_points))
+        if bar is not None:
+            bar.update()
     return sims, idx
 
 

@@ -45,6 +45,18 @@ class ClusterResult:
     """(N,) int64 labels after refinement, before numbering: the raw id for kept points, -1 for outliers and
     for the points refinement removed."""
 
+    @property
+    def num_multi_clusters(self) -> int:
+        """Pseudo clusters of two or more images."""
+        sizes = np.bincount(self.labels[self.labels >= 0])
+        return int(np.count_nonzero(sizes >= 2))
+
+    @property
+    def num_singletons(self) -> int:
+        """Pseudo clusters of one image (outliers made singletons among them)."""
+        sizes = np.bincount(self.labels[self.labels >= 0])
+        return int(np.count_nonzero(sizes == 1))
+
 
 def assign_labels(refined_labels: np.ndarray, params: ClusterParams = ClusterParams()) -> np.ndarray:
     """Turn refined labels (cluster ids and -1) into consecutive pseudo labels.
@@ -74,7 +86,7 @@ def assign_labels(refined_labels: np.ndarray, params: ClusterParams = ClusterPar
     return labels
 
 
-def cluster(feats, params: ClusterParams, neighbours=None) -> ClusterResult:
+def cluster(feats, params: ClusterParams, neighbours=None, show_progress: bool = False) -> ClusterResult:
     """Compute pseudo labels for the rows of ``feats`` (numpy array or torch tensor, (N, D)).
 
     Pipeline: exact Jaccard distance (k1, k2) -> DBSCAN (eps, min_samples) -> DBSCAN
@@ -83,17 +95,18 @@ def cluster(feats, params: ClusterParams, neighbours=None) -> ClusterResult:
     refinement. The sparse backends (torch, cuml) compute on the device of a torch input (CPU
     for numpy) and accept ``neighbours``: the (sims, idx) of the k1 nearest neighbours of every
     row when already computed, for instance by the ranks together (see
-    :func:`~cacl_dist.clustering.torch_backend.neighbours_of_rows`).
+    :func:`~cacl_dist.clustering.torch_backend.neighbours_of_rows`). ``show_progress`` draws a progress
+    bar per stage (neighbours, Jaccard, DBSCAN, refinement); the caller enables it on one process only.
     """
     start = time.perf_counter()
     if params.backend == AUTO:
         params = params.resolved()
     if params.takes_neighbours:
-        raw, refined, num_removed = cluster_sparse(feats, params, neighbours=neighbours)
+        raw, refined, num_removed = cluster_sparse(feats, params, neighbours=neighbours, show_progress=show_progress)
     elif neighbours is not None:
         raise ValueError("precomputed neighbours are used by the sparse backends only (torch, cuml).")
     else:
-        raw, refined, num_removed = cluster_dense(feats, params)
+        raw, refined, num_removed = cluster_dense(feats, params, show_progress)
     labels = assign_labels(refined, params)
     return ClusterResult(
         labels=labels,

@@ -9,11 +9,15 @@ import numpy as np
 from torch import nn
 
 from cacl_dist.data.layouts import ReidDataset
+from cacl_dist.evaluation.distance_histogram import DistanceHistogram
 from cacl_dist.evaluation.distances import FeatureRows, plain_blocks
 from cacl_dist.evaluation.extract import ExtractionSettings, extract_all
 from cacl_dist.evaluation.metrics import evaluate_ranking
 from cacl_dist.evaluation.rerank_sparse import RerankParams, SparseReranker
 from cacl_dist.errors import UserError
+
+CMC_RANKS = 50
+"""Length of the CMC curve a training evaluation records."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,25 +36,35 @@ class EvalOptions:
 
 
 def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, *,
-                      rerank: RerankParams | None = None, device=None, block_rows: int | None = None) -> dict:
+                      rerank: RerankParams | None = None, device=None, block_rows: int | None = None,
+                      details: bool = False) -> dict:
     """Market-1501 protocol metrics of query and gallery features, ranked block by block.
 
     Distances are squared Euclidean in float64 (the Euclidean order) or, with ``rerank``, the
     k-reciprocal re-ranked distance (:class:`~cacl_dist.evaluation.rerank_sparse.SparseReranker`).
     They are computed and ranked on ``device`` (default: the query tensor's device) one block
     of ``block_rows`` queries at a time; no Q x G matrix is stored. Returns the dict of
-    :func:`~cacl_dist.evaluation.metrics.evaluate_ranking`.
+    :func:`~cacl_dist.evaluation.metrics.evaluate_ranking`; ``details`` makes its ``cmc``
+    :data:`CMC_RANKS` long and adds ``distance_histogram``, the counts of the match and
+    non-match distances (squared Euclidean over [0, 4], the range of unit features, or the
+    re-ranked distance over [0, 1]).
     """
     if rerank is None:
         blocks = plain_blocks(FeatureRows(q_feats, g_feats, device), block_rows)
+        histogram = DistanceHistogram(0.0, 4.0, kind="squared Euclidean distance") if details else None
     else:
         blocks = SparseReranker(q_feats, g_feats, rerank, device).blocks(block_rows)
-    return evaluate_ranking(blocks, q_pids, g_pids, q_camids, g_camids)
+        histogram = DistanceHistogram(0.0, 1.0, kind="re-ranked distance") if details else None
+    return evaluate_ranking(blocks, q_pids, g_pids, q_camids, g_camids, max_rank=CMC_RANKS if details else 10,
+                            histogram=histogram)
 
 
 def evaluate(model: nn.Module, dataset: ReidDataset, settings: ExtractionSettings, *, rank: int, world_size: int,
              options: EvalOptions | None = None) -> dict | None:
     """mAP, CMC rank-1/5/10 and mINP of `model` (images -> features) on rank 0; None on the other ranks.
+
+    Also ``cmc`` (the first :data:`CMC_RANKS` ranks) and ``distance_histogram`` (see
+    :func:`evaluate_features`), which callers keep apart from the scores.
 
     Every rank extracts its shard of the query and gallery images with ``settings`` (a collective
     call; ``options.flip`` switches flip averaging on); rank 0 ranks the gathered features on
@@ -73,11 +87,14 @@ def evaluate(model: nn.Module, dataset: ReidDataset, settings: ExtractionSetting
         g_pids = np.array([r.pid for r in dataset.gallery])
         q_cams = np.array([r.camid for r in dataset.query])
         g_cams = np.array([r.camid for r in dataset.gallery])
-        metrics = evaluate_features(q, g, q_pids, g_pids, q_cams, g_cams, rerank=options.rerank, device=device)
+        metrics = evaluate_features(q, g, q_pids, g_pids, q_cams, g_cams, rerank=options.rerank, device=device,
+                                    details=True)
         result = {k: float(metrics[k]) for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
         result["num_valid_queries"] = int(metrics["num_valid_queries"])
+        result["cmc"] = [round(float(v), 6) for v in metrics["cmc"]]
+        result["distance_histogram"] = metrics["distance_histogram"]
         result["seconds"] = time.perf_counter() - t0
     return result
 
 
-__all__ = ["EvalOptions", "evaluate", "evaluate_features"]
+__all__ = ["CMC_RANKS", "EvalOptions", "evaluate", "evaluate_features"]

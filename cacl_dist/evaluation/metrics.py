@@ -177,7 +177,7 @@ class RankingAccumulator:
     gallery; :meth:`result` returns the metrics once every query was added exactly once.
     """
 
-    def __init__(self, q_pids, g_pids, q_camids, g_camids, max_rank: int = 10) -> None:
+    def __init__(self, q_pids, g_pids, q_camids, g_camids, max_rank: int = 10, histogram=None) -> None:
         if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
             raise ValueError(f"max_rank must be an integer >= 1, got {max_rank!r}.")
         self.num_query = _length(q_pids, "q_pids")
@@ -192,6 +192,7 @@ class RankingAccumulator:
         self.first = np.zeros(self.num_query, dtype=np.int64)
         self.num_matches = np.zeros(self.num_query, dtype=np.int64)
         self.seen = np.zeros(self.num_query, dtype=bool)
+        self.histogram = histogram  # a DistanceHistogram, filled with every block (optional)
         self._on_device: dict = {}
 
     def _ids(self, device: torch.device) -> tuple:
@@ -218,6 +219,8 @@ class RankingAccumulator:
             raise ValueError("dist contains NaN values; check the distance computation.")
         q_pids, g_pids, q_cams, g_cams = self._ids(block.device)
         num_matches, ranks = match_ranks(block, q_pids[start:stop], g_pids, q_cams[start:stop], g_cams)
+        if self.histogram is not None:
+            self.histogram.add(block, q_pids[start:stop], g_pids, q_cams[start:stop], g_cams)
         num_matches, ranks = num_matches.cpu().numpy(), ranks.cpu().numpy()
         found = np.arange(1, ranks.shape[1] + 1)[None, :]
         safe = np.maximum(ranks, 1)
@@ -254,6 +257,8 @@ class RankingAccumulator:
         }
         for k in (1, 5, 10):
             result[f"rank{k}"] = float(np.mean(first <= k))
+        if self.histogram is not None:
+            result["distance_histogram"] = self.histogram.result()
         return result
 
 
@@ -270,7 +275,7 @@ def _is_block_list(value) -> bool:
         item[1], (np.ndarray, torch.Tensor)) for item in value)
 
 
-def evaluate_ranking(dist, q_pids, g_pids, q_camids, g_camids, max_rank: int = 10) -> dict:
+def evaluate_ranking(dist, q_pids, g_pids, q_camids, g_camids, max_rank: int = 10, histogram=None) -> dict:
     """Market-1501 protocol retrieval metrics of query-gallery distances (smaller = closer).
 
     ``dist`` is a (Q, G) matrix (numpy array or torch tensor, any device) or an iterable of
@@ -284,7 +289,9 @@ def evaluate_ranking(dist, q_pids, g_pids, q_camids, g_camids, max_rank: int = 1
 
     Returns a dict with fractions in [0, 1]: ``mAP`` (mean non-interpolated average precision),
     ``rank1``/``rank5``/``rank10`` (CMC), ``mINP`` (mean of num_matches / rank of the last
-    correct match), ``cmc`` (np.ndarray of length ``max_rank``), and ``num_valid_queries``.
+    correct match), ``cmc`` (np.ndarray of length ``max_rank``), and ``num_valid_queries``; with
+    ``histogram`` (a :class:`~cacl_dist.evaluation.distance_histogram.DistanceHistogram`) also
+    ``distance_histogram``, its counts.
     Raises ValueError when shapes disagree or no query has a correct match.
     """
     if isinstance(dist, (np.ndarray, torch.Tensor)) or (isinstance(dist, (list, tuple)) and not _is_block_list(dist)):
@@ -296,7 +303,7 @@ def evaluate_ranking(dist, q_pids, g_pids, q_camids, g_camids, max_rank: int = 1
         _as_ids(q_pids, "q_pids", num_query)
         _as_ids(g_pids, "g_pids", num_gallery)
         dist = _matrix_blocks(dist, num_gallery)
-    accumulator = RankingAccumulator(q_pids, g_pids, q_camids, g_camids, max_rank)
+    accumulator = RankingAccumulator(q_pids, g_pids, q_camids, g_camids, max_rank, histogram)
     for start, block in dist:
         accumulator.add(int(start), block)
     return accumulator.result()

@@ -3,6 +3,8 @@
 - `setup_logging(run_dir, rank)`: console (rank 0, or every rank for warnings and errors) and a
   per-rank log file in the run folder.
 - `progress(...)`: a tqdm bar on rank 0, a plain iterator elsewhere.
+- `StageBar(...)`: a bar advanced by hand, for work done in blocks whose number grows as it goes
+  (the clustering stages); silent when disabled.
 
 The metric rows (``metrics.jsonl``, TensorBoard) are :mod:`cacl_dist.runs.metrics`.
 """
@@ -100,3 +102,35 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "",
     from tqdm import tqdm
 
     return iter(tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr))
+
+
+class StageBar:
+    """A progress bar of one stage, advanced by hand: ``add_total(n)`` when more work is known,
+    ``update(n)`` when work is done; a context manager that closes it. Silent when not ``enabled``."""
+
+    def __init__(self, desc: str, enabled: bool = True, unit: str = "blocks") -> None:
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=0, desc=desc, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    def add_total(self, amount: int) -> None:
+        if self._bar is not None and amount:
+            self._bar.total += int(amount)
+            self._bar.refresh()
+
+    def update(self, amount: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(int(amount))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> "StageBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

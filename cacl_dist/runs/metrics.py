@@ -55,6 +55,8 @@ class ClusterRow(Row):
     num_refined_away: int
     backend: str
     seconds: float
+    num_multi_clusters: NotRequired[int]  # pseudo clusters of two or more images
+    num_singletons: NotRequired[int]  # pseudo clusters of one image
     pseudo_precision: NotRequired[float]  # the pairwise scores against the true identities, when known
     pseudo_recall: NotRequired[float]
     pseudo_fscore: NotRequired[float]
@@ -76,6 +78,7 @@ class EvalRow(Row):
     mINP: float
     num_valid_queries: int
     seconds: float
+    cmc: NotRequired[list]  # the CMC curve: fraction of queries matched within rank 1, 2, ... (50 ranks)
 
 
 class SummaryRow(Row):

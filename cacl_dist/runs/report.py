@@ -12,8 +12,12 @@ from cacl_dist.errors import MissingFileError
 
 EVAL_KEYS = (("mAP", "mAP"), ("rank1", "rank-1"), ("mINP", "mINP"))
 """The plotted scores of the eval rows (of :data:`~cacl_dist.runs.metrics.EVAL_SCORES`) and their labels."""
-CLUSTER_KEYS = tuple(zip(CLUSTER_COUNTS, ("pseudo clusters", "raw DBSCAN clusters", "outliers", "refined away")))
-QUALITY_KEYS = (("fscore", "pairwise F"), ("ari", "ARI"), ("nmi", "NMI"))
+CLUSTER_KEYS = tuple(zip(CLUSTER_COUNTS, ("pseudo clusters (all)", "raw DBSCAN clusters", "outliers",
+                                         "refined away"))) + (("num_multi_clusters", "clusters with 2+ images"),
+                                                              ("num_singletons", "singletons"))
+"""The plotted counts of the cluster rows and their labels."""
+QUALITY_KEYS = (("precision", "pairwise precision"), ("recall", "pairwise recall"), ("fscore", "pairwise F"),
+                ("ari", "ARI"), ("nmi", "NMI"))
 """The plotted pseudo-label scores (of :data:`~cacl_dist.runs.metrics.QUALITY_SCORES`) and their labels."""
 
 
@@ -79,6 +83,14 @@ def read_config(run_dir: Path) -> dict:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def best_eval(evals: list[dict]) -> dict | None:
+    """The evaluation with the highest mAP after training began (epoch >= 1; any when there is none), the
+    earliest of equals: the run's own choice of 'best' (its summary line)."""
+    trained = [r for r in evals if (_number(r.get("epoch")) or 0) >= 1] or evals
+    scored = [r for r in trained if _number(r.get("mAP")) is not None]
+    return max(scored, key=lambda r: r["mAP"]) if scored else None
+
+
 def summarize(rows: list[dict], config: dict) -> dict:
     """The numbers of report.md: best and last evaluation, last clustering, time split, progress."""
     train, cluster, evals = of_kind(rows, "train"), of_kind(rows, "cluster"), of_kind(rows, "eval")
@@ -94,7 +106,7 @@ def summarize(rows: list[dict], config: dict) -> dict:
         "evaluation_s": sum(_number(r.get("seconds")) or 0.0 for r in evals),
         "span_s": (max(r["time"] for r in rows) - min(r["time"] for r in rows)) if rows else 0.0,
         "last_eval": evals[-1] if evals else None,
-        "best_eval": max(evals, key=lambda r: r.get("mAP", -1.0)) if evals else None,
+        "best_eval": best_eval(evals),
         "last_cluster": cluster[-1] if cluster else None,
     }
     if train:
@@ -144,14 +156,18 @@ def markdown(run_dir: Path, summary: dict, config: dict, plots: list[str], note:
         lines.append("No evaluation yet.")
     else:
         lines += ["| | epoch | mAP | rank-1 | rank-5 | rank-10 | mINP |", "|---|---|---|---|---|---|---|"]
-        for name, row in (("best (by mAP)", best), ("last", last)):
+        for name, row in (("best (by mAP, after training began)", best), ("last", last)):
+            if row is None:
+                continue
             lines.append(f"| {name} | {row.get('epoch', '?')} | " + " | ".join(
                 _pct(row, k) for k in EVAL_SCORES) + " |")
     cluster = summary["last_cluster"]
     if cluster is not None:
         lines += ["", "## Last clustering", "",
                   f"Epoch {cluster.get('epoch', '?')}: {cluster.get('num_clusters', '?')} pseudo clusters "
-                  f"({cluster.get('num_raw_clusters', '?')} raw), {cluster.get('num_outliers', '?')} outliers, "
+                  + (f"({cluster['num_multi_clusters']} with 2+ images, {cluster.get('num_singletons', '?')} "
+                     "singletons; " if "num_multi_clusters" in cluster else "(")
+                  + f"{cluster.get('num_raw_clusters', '?')} raw), {cluster.get('num_outliers', '?')} outliers, "
                   f"{cluster.get('num_refined_away', '?')} refined away, backend {cluster.get('backend', '?')}."]
         if "pseudo_fscore" in cluster:
             lines += ["", "| labels vs identities | precision | recall | pairwise F | ARI | NMI |",

@@ -7,6 +7,7 @@ here talks to other processes or changes the run.
 from __future__ import annotations
 
 import logging
+import time
 
 from cacl_dist.config import Config, config_from_dict, to_dict
 from cacl_dist.data.layouts import ReidDataset
@@ -28,11 +29,47 @@ def log_setup(log: logging.Logger, cfg: Config, env: DistEnv, dataset: ReidDatas
 
 
 def log_losses(log: logging.Logger, epoch: int, step: int, num_steps: int, row: dict, lr: float,
-               images_per_s: float) -> None:
-    """One line of the mean losses since the last line (`row`: loss, instance, inter, intra_rgb, intra_gray)."""
-    log.info("epoch %d [%d/%d] loss %.4f (instance %.4f inter %.4f intra rgb %.4f gray %.4f) lr %.2e %.0f img/s",
+               images_per_s: float, eta_s: float | None = None) -> None:
+    """One line of the mean losses since the last line (`row`: loss, instance, inter, intra_rgb, intra_gray),
+    ending with the whole run's estimated time left (`eta_s`, see :class:`RunClock`) when known."""
+    eta = "" if eta_s is None else f", run ETA {duration(eta_s)}"
+    log.info("epoch %d [%d/%d] loss %.4f (instance %.4f inter %.4f intra rgb %.4f gray %.4f) lr %.2e %.0f img/s%s",
              epoch, step, num_steps, row["loss"], row["instance"], row["inter"], row["intra_rgb"],
-             row["intra_gray"], lr, images_per_s)
+             row["intra_gray"], lr, images_per_s, eta)
+
+
+class RunClock:
+    """The whole run's time left, from the pace of the steps this process has trained so far.
+
+    The pace includes everything between the steps (clustering rounds, evaluations, checkpoints),
+    so the estimate covers them too; it is None until the first step after :meth:`restart`.
+    """
+
+    def __init__(self, total_steps: int, start_step: int = 0) -> None:
+        self.total_steps = total_steps
+        self.restart(start_step)
+
+    def restart(self, step: int) -> None:
+        """Measure from now on, `step` steps of the run being done already (a resume)."""
+        self.start_step, self.started = step, time.perf_counter()
+
+    def left(self, step: int, now: float | None = None) -> float | None:
+        """Seconds the run still needs after `step` steps (None before this process trained one)."""
+        done = step - self.start_step
+        if done <= 0:
+            return None
+        elapsed = (time.perf_counter() if now is None else now) - self.started
+        return elapsed / done * max(self.total_steps - step, 0)
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '12 min 05 s', '3 h 07 min'."""
+    seconds = int(round(max(seconds, 0.0)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def log_clustering(log: logging.Logger, epoch: int, stats: dict) -> None:
@@ -47,8 +84,10 @@ def log_clustering(log: logging.Logger, epoch: int, stats: dict) -> None:
             quality += (f"; {name} vs identities: F {stats[f'{prefix}_fscore']:.3f} "
                         f"(P {stats[f'{prefix}_precision']:.3f} R {stats[f'{prefix}_recall']:.3f}) "
                         f"ARI {stats[f'{prefix}_ari']:.3f} NMI {stats[f'{prefix}_nmi']:.3f}")
-    log.info("epoch %d clustering [%s]: %d clusters (%d raw), %d outliers, %d refined away, %.2f s%s", epoch,
-             stats["backend"], stats["num_clusters"], stats["num_raw_clusters"], stats["num_outliers"],
+    sizes = (f"{stats['num_multi_clusters']} with 2+ images, {stats['num_singletons']} singletons; "
+             if "num_multi_clusters" in stats else "")
+    log.info("epoch %d clustering [%s]: %d clusters (%s%d raw), %d outliers, %d refined away, %.2f s%s", epoch,
+             stats["backend"], stats["num_clusters"], sizes, stats["num_raw_clusters"], stats["num_outliers"],
              stats["num_refined_away"], stats["seconds"], quality)
 
 
@@ -122,5 +161,5 @@ def changed_keys(stored: dict, cfg: Config) -> list[str]:
             if old.get(section, {}).get(key) != new[section][key]]
 
 
-__all__ = ["changed_keys", "eval_summary", "log_clustering", "log_evaluation", "log_losses", "log_setup",
+__all__ = ["RunClock", "changed_keys", "duration", "eval_summary", "log_clustering", "log_evaluation", "log_losses", "log_setup",
            "log_summary", "position", "written_before_checkpoint"]

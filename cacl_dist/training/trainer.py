@@ -41,6 +41,7 @@ from cacl_dist.distributed.parallelize import ParallelSettings, configure_backen
 from cacl_dist.distributed.sharding import shard_bounds
 from cacl_dist.evaluation.evaluator import EvalOptions, evaluate
 from cacl_dist.evaluation.extract import ExtractionSettings, extract_shard
+from cacl_dist.runs.eval_distances import save_histogram
 from cacl_dist.runs.logs import progress as progress_bar
 from cacl_dist.runs.logs import setup_logging
 from cacl_dist.runs.metrics import MetricsWriter
@@ -107,6 +108,7 @@ class Trainer:
                                  shard_bounds(num_train, env.rank, env.world_size), env.device)
         self.pseudo = PseudoLabels(env.device)
         self.progress = Progress()
+        self.eta = run_log.RunClock(cfg.train.epochs * cfg.train.iters_per_epoch)
         parts = TrainingParts(self.progress, self.model, self.optimiser, self.precision, self.banks, self.pseudo)
         self.checkpointer = Checkpointer(cfg, self.run_dir, self.dataset, self.data_fingerprint, parts, env.world_size,
                                          self.log)
@@ -122,6 +124,7 @@ class Trainer:
         progress = self.progress
         try:
             self.start()
+            self.eta.restart(progress.global_step)  # the pace of this process's own steps
             self.evaluate_if_due()  # before training (eval.at_start), or the one a stop interrupted
             while progress.epoch < self.cfg.train.epochs:
                 self.stop.check()
@@ -213,9 +216,10 @@ class Trainer:
         results: list[clustering.ClusterResult] = []
 
         def on_main() -> tuple:
-            results.append(clustering.cluster(feats, self.cluster_params, neighbours))
+            results.append(clustering.cluster(feats, self.cluster_params, neighbours, self.show_progress))
             stats = {k: getattr(results[0], k) for k in ("num_clusters", "num_raw_clusters", "num_outliers",
-                                                         "num_refined_away", "backend", "seconds")}
+                                                         "num_refined_away", "backend", "seconds",
+                                                         "num_multi_clusters", "num_singletons")}
             stats["seconds"] += knn_seconds  # the neighbour search shared by all ranks
             stats.update(pseudo_label_log.record_round(self.run_dir, epoch, results[0], self.dataset.train))
             return results[0].labels, stats
@@ -234,7 +238,7 @@ class Trainer:
         """
         start = time.perf_counter()
         rows = shard_bounds(feats.shape[0], self.env.rank, self.env.world_size)
-        sims, idx = clustering.neighbours_of_rows(feats, self.cluster_params, rows)
+        sims, idx = clustering.neighbours_of_rows(feats, self.cluster_params, rows, show_progress=self.show_progress)
         neighbours = (comm.all_gather_cat(sims), comm.all_gather_cat(idx))
         return neighbours, time.perf_counter() - start
 
@@ -322,10 +326,13 @@ class Trainer:
             world_size=self.env.world_size, options=self.eval_options), "the evaluation (scored on rank 0)")
         metrics = comm.broadcast_object(metrics, src=0, what="evaluation metrics")  # rank 0 scored them
         metrics = {"epoch": self.progress.epoch, **metrics}
+        histogram, cmc = metrics.pop("distance_histogram"), metrics.pop("cmc")  # records, not checkpoint state
         self.progress.eval_history.append(metrics)
         self.checkpointer.unsaved = True
         run_log.log_evaluation(self.log, metrics)
-        self.metrics.write("eval", self.progress.global_step, **metrics)
+        self.metrics.write("eval", self.progress.global_step, **metrics, cmc=cmc)
+        if self.env.is_main:
+            save_histogram(self.run_dir, self.progress.epoch, histogram)
         return metrics
 
     # ----------------------------------------------------------------------------- state
@@ -370,7 +377,8 @@ class Trainer:
                            images_per_s=images_per_s, **row)
         if not all(math.isfinite(v) for v in values):
             raise self.checkpointer.diverged(f"non-finite loss {row}")
-        run_log.log_losses(self.log, epoch, step, self.cfg.train.iters_per_epoch, row, lr, images_per_s)
+        run_log.log_losses(self.log, epoch, step, self.cfg.train.iters_per_epoch, row, lr, images_per_s,
+                           self.eta.left(self.progress.global_step))
 
 
 __all__ = ["Trainer"]

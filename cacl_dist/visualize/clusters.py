@@ -2,8 +2,11 @@
 
 Reads the labels the trainer saved (``RUN/pseudo_labels/epoch_EEE.npy``, ``..._raw.npy`` and
 ``..._refined.npy``, :mod:`cacl_dist.runs.pseudo_labels`) and the training images of the run's dataset. Sections: the
-largest clusters, the smallest clusters of two or more images, the most impure clusters (when
-the identities are known), and points that refinement took out of their DBSCAN cluster. With
+largest clusters, the smallest clusters of two or more images (among equal sizes those spanning
+the most cameras first: a cross-camera pair is what the model must learn to join, a same-camera
+pair is easy), the most impure clusters (when the identities are known), and points that
+refinement took out of their DBSCAN cluster. A cluster appears in one section only, the first
+that picks it; each header says how many of its images are shown ("12 of 524"). With
 known identities a frame is green when the image shows the majority identity of its (raw)
 cluster and red otherwise; without them all frames are dark.
 """
@@ -51,25 +54,37 @@ def _spread(indices: np.ndarray, count: int) -> list[int]:
     return [int(indices[i]) for i in np.linspace(0, len(indices) - 1, count).round().astype(int)]
 
 
-def _describe(cluster: int, members: np.ndarray, pids: np.ndarray | None) -> tuple[str, int | None]:
-    text = f"cluster {cluster}: {len(members)} images"
+def _describe(cluster: int, members: np.ndarray, pids: np.ndarray | None, cams: np.ndarray,
+              shown: int) -> tuple[str, int | None]:
+    size = f"{len(members)} images" if shown >= len(members) else f"{shown} of {len(members)} images shown"
+    cameras = np.unique(cams[members]).size
+    text = f"cluster {cluster}: {size}, from {cameras} camera{'s' if cameras != 1 else ''}"
     if pids is None:
         return text, None
     majority, purity = cluster_purity(pids[members])
     identities = np.unique(pids[members]).size
-    return f"{text}, {identities} identities, purity {purity:.2f} (majority id {majority})", majority
+    ids = f"{identities} identit{'ies' if identities != 1 else 'y'}"
+    return f"{text}, {ids}, purity {purity:.2f} (majority id {majority})", majority
 
 
 def sections(labels: np.ndarray, raw: np.ndarray | None, refined: np.ndarray | None, pids: np.ndarray | None,
              cams: np.ndarray, per_section: int = 3, per_row: int = 12) -> list[Section]:
     """The rows of the montage (see the module docstring)."""
     groups = {c: m for c, m in clusters_of(labels).items() if len(m) >= 2}
-    by_size = sorted(groups, key=lambda c: (-len(groups[c]), c))
-    chosen = [("largest", by_size[:per_section]), ("smallest", by_size[::-1][:per_section])]
+    cameras = {c: np.unique(cams[m]).size for c, m in groups.items()}
+    purity = {c: cluster_purity(pids[groups[c]])[1] for c in groups} if pids is not None else {}
+    used: set[int] = set()
+
+    def take(order: list[int]) -> list[int]:  # each cluster in the first section that picks it
+        picked = [c for c in order if c not in used][:per_section]
+        used.update(picked)
+        return picked
+
+    chosen = [("largest", take(sorted(groups, key=lambda c: (-len(groups[c]), c)))),
+              ("smallest", take(sorted(groups, key=lambda c: (len(groups[c]), -cameras[c], purity.get(c, 1.0), c))))]
     if pids is not None:
-        purity = {c: cluster_purity(pids[groups[c]])[1] for c in groups}
         impure = [c for c in sorted(groups, key=lambda c: (purity[c], -len(groups[c]), c)) if purity[c] < 1.0]
-        chosen.append(("most impure", impure[:per_section]))
+        chosen.append(("most impure", take(impure)))
 
     def caption(i: int) -> list[str]:
         pid = "id ?" if pids is None else f"id {pids[i]}"
@@ -81,8 +96,8 @@ def sections(labels: np.ndarray, raw: np.ndarray | None, refined: np.ndarray | N
             members = groups[c]
             if pids is not None:  # majority first, then the others: impurity is visible at a glance
                 members = members[np.argsort(pids[members] != cluster_purity(pids[members])[0], kind="stable")]
-            text, majority = _describe(c, members, pids)
             shown = _spread(members, per_row)
+            text, majority = _describe(c, members, pids, cams, len(shown))
             rows.append(Section(f"{kind} #{rank}: {text}", shown, majority, [caption(i) for i in shown]))
     if raw is not None and refined is not None:
         away = refined_away(raw, refined)
@@ -90,7 +105,7 @@ def sections(labels: np.ndarray, raw: np.ndarray | None, refined: np.ndarray | N
         for start in range(0, len(shown), per_row):
             part = shown[start:start + per_row]
             caps = [[f"raw {raw[i]}"] + caption(i) for i in part]
-            header = (f"removed by refinement: {len(away)} points in all; under each its raw cluster"
+            header = (f"removed by refinement: {len(shown)} of {len(away)} points shown; under each its raw cluster"
                       + ("; green: its raw cluster's majority identity (a loss), red: another one (a good removal)"
                          if pids is not None else ""))
             rows.append(Section(header if start == 0 else "removed by refinement (cont.)", part, None, caps))
@@ -119,9 +134,13 @@ def montage(records: Sequence[ImageRecord], stages: dict[str, np.ndarray], title
     known = pids if pids.size and (pids >= 0).all() else None
     groups = clusters_of(labels)
     sizes = np.array([len(m) for m in groups.values()])
-    lines = [title, f"{len(labels)} images in {len(groups)} pseudo clusters: {int((sizes >= 2).sum())} of two or "
+    multi = int((sizes >= 2).sum())
+    lines = [title, f"{len(labels)} images in {len(groups)} pseudo clusters: {multi} with two or "
                     f"more images, {int((sizes == 1).sum())} singletons"
-                    + (f", {int((labels < 0).sum())} left out" if (labels < 0).any() else "")]
+                    + (f", {int((labels < 0).sum())} left out" if (labels < 0).any() else ""),
+             f"below: up to {per_section} largest, smallest (cross-camera first) and"
+             + (" most impure" if known is not None else "") + f" of the {multi} clusters with 2+ images, "
+             f"each once, up to {per_row} images of each"]
     if known is not None:
         q = cluster_quality(labels, known)
         lines.append(f"pseudo labels vs identities: pairwise F {q['fscore']:.3f} (P {q['precision']:.3f} "

@@ -2,7 +2,8 @@
 
 A row is an optional header line, then tiles from left to right: each tile is an image fitted
 into ``TILE_W x TILE_H`` (aspect kept, white padding), a coloured frame ``BORDER`` pixels wide
-around it, and caption lines under it. :class:`RowLayout` says where every frame lies, so tests
+around it, and caption lines under it, in a font of ``FONT_SIZE`` pixels (a scalable font where
+Pillow has one, its small built-in bitmap font otherwise). :class:`RowLayout` says where every frame lies, so tests
 (and anything else) can read the colours back from the written PNG.
 """
 
@@ -27,13 +28,14 @@ QUERY = (40, 100, 225)
 NEUTRAL = (40, 40, 40)
 """Frame when nothing is known about the identity (search in one's own images)."""
 
-TILE_W, TILE_H = 64, 128
+TILE_W, TILE_H = 80, 160
 BORDER = 4
 GAP = 6
 MARGIN = 8
-SEPARATOR = 18   # extra space after the first tile when the row has a query
-LINE_H = 12
-HEADER_H = 16
+SEPARATOR = 18   # extra space after the first tile when the row has a query (and before a set-apart last tile)
+FONT_SIZE = 13
+LINE_H = 16
+HEADER_H = 20
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
 
@@ -55,6 +57,8 @@ class RowLayout:
     num_lines: int = 1
     header: bool = False
     separator: bool = False
+    last_apart: bool = False
+    """Extra space before the last tile (a tile that is not part of the list, e.g. a first match further down)."""
 
     @property
     def frame_w(self) -> int:
@@ -67,6 +71,7 @@ class RowLayout:
     def frame_box(self, index: int) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of tile ``index``'s frame, right and bottom exclusive."""
         left = MARGIN + index * (self.frame_w + GAP) + (SEPARATOR if self.separator and index > 0 else 0)
+        left += SEPARATOR if self.last_apart and index == self.num_tiles - 1 and index > 0 else 0
         top = MARGIN + (HEADER_H if self.header else 0)
         return left, top, left + self.frame_w, top + self.frame_h
 
@@ -79,8 +84,11 @@ class RowLayout:
 
 
 def font() -> ImageFont.ImageFont:
-    """PIL's built-in font (no font files needed)."""
-    return ImageFont.load_default()
+    """Pillow's own font at ``FONT_SIZE`` (no font files needed); its bitmap font where it has no scalable one."""
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except (TypeError, ImportError, OSError):  # Pillow before 10.1, or without FreeType
+        return ImageFont.load_default()
 
 
 def fitted(path: str | Path) -> Image.Image:
@@ -98,17 +106,20 @@ def fitted(path: str | Path) -> Image.Image:
 
 
 def draw_row(tiles: Sequence[Tile], header: str | None = None, separator: bool = False,
-             min_tiles: int = 0) -> tuple[Image.Image, RowLayout]:
+             min_tiles: int = 0, last_apart: bool = False) -> tuple[Image.Image, RowLayout]:
     """Render ``tiles`` as one row; returns the image and its layout.
 
-    ``separator`` leaves extra space after the first tile (a query); ``min_tiles`` reserves room
-    for at least that many tiles, so that rows stacked together share one width.
+    ``separator`` leaves extra space after the first tile (a query), ``last_apart`` before the
+    last one; ``min_tiles`` reserves room for at least that many tiles, so that rows stacked
+    together share one width.
     """
     num_lines = max([len(t.lines) for t in tiles] + [1])
-    layout = RowLayout(max(len(tiles), min_tiles), num_lines, header is not None, separator)
-    image = Image.new("RGB", layout.size, BACKGROUND)
-    pen = ImageDraw.Draw(image)
+    num_tiles = len(tiles) if last_apart else max(len(tiles), min_tiles)
+    layout = RowLayout(num_tiles, num_lines, header is not None, separator, last_apart)
     text_font = font()
+    width = max(layout.size[0], 2 * MARGIN + text_width(header or "", text_font))  # the header is never cut
+    image = Image.new("RGB", (width, layout.size[1]), BACKGROUND)
+    pen = ImageDraw.Draw(image)
     if header is not None:
         pen.text((MARGIN, MARGIN), header, fill=TEXT, font=text_font)
     for index, tile in enumerate(tiles):
@@ -132,8 +143,14 @@ def stack(images: Sequence[Image.Image], gap: int = 0) -> Image.Image:
     return out
 
 
+def text_width(text: str, text_font=None) -> int:
+    """Width in pixels of ``text`` in the picture font."""
+    return int(round((text_font or font()).getlength(text))) if text else 0
+
+
 def text_block(lines: Sequence[str], width: int) -> Image.Image:
-    """A white strip with one text line per entry (titles and legends)."""
+    """A white strip with one text line per entry (titles and legends), widened to its longest line."""
+    width = max([width] + [2 * MARGIN + text_width(line) for line in lines])
     image = Image.new("RGB", (width, 2 * MARGIN + LINE_H * len(lines)), BACKGROUND)
     pen = ImageDraw.Draw(image)
     for line_no, line in enumerate(lines):
@@ -150,4 +167,4 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
 
 
 __all__ = ["CORRECT", "JUNK", "NEUTRAL", "QUERY", "RowLayout", "Tile", "WRONG", "draw_row", "fitted", "save_png",
-           "stack", "text_block"]
+           "stack", "text_block", "text_width"]

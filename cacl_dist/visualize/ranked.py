@@ -3,14 +3,18 @@
 Frames follow the evaluation protocol (docs/method.md section 7): green for a gallery image of
 the query's identity from another camera (a correct match), red for another identity, grey for
 an image of the same identity and the same camera, which the protocol removes from the ranking
-(shown, since the distance ranks it there, but not counted). ``index.html`` lists every picture
-with the query's average precision; ``ranked.json`` holds the same numbers for programs.
+(shown, since the distance ranks it there, but not counted). The query's own image file is never
+listed (where the gallery holds it too). When no correct match reaches the top-K, the picture
+adds the first one, set apart at the end, and says where it lies and how many there are.
+``index.html`` lists every picture with the query's average precision; ``ranked.json`` holds the
+same numbers for programs.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -42,6 +46,16 @@ class RankedQuery:
     """'correct', 'wrong' or 'junk' (same identity and camera: ignored by the protocol) per image."""
     ap: float | None
     """Average precision of the query under the protocol; None when it has no correct match."""
+    num_matches: int = 0
+    """Correct matches (same identity, another camera) in the whole gallery."""
+    first_match: int | None = None
+    """1-based position of the first correct match in the list as drawn (ignored images counted), None without one."""
+    first_match_rank: int | None = None
+    """Its rank as the evaluation counts it (same-identity same-camera images left out): 1 is a rank-1 hit."""
+    first_match_gallery: int | None = None
+    """Gallery index of the first correct match."""
+    first_match_distance: float | None = None
+    """Its distance to the query."""
 
 
 def match_status(q_pid: int, q_cam: int, g_pids: np.ndarray, g_cams: np.ndarray) -> list[str]:
@@ -70,16 +84,48 @@ def rank_queries(dist: np.ndarray, query: Sequence[ImageRecord], gallery: Sequen
     g_pids = np.array([r.pid for r in gallery], dtype=np.int64)
     g_cams = np.array([r.camid for r in gallery], dtype=np.int64)
     rows = np.asarray(chosen, dtype=np.int64)
-    order = stable_argsort_rows(np.ascontiguousarray(dist[rows]))[:, :topk]
+    order = stable_argsort_rows(np.ascontiguousarray(dist[rows]))
+    files = _gallery_files(gallery)
     ranked = []
     for row, q in enumerate(rows.tolist()):
-        top = order[row]
         rec = query[q]
-        ranked.append(RankedQuery(
-            query=q, gallery=top.tolist(), distances=[float(d) for d in shown[q, top]],
-            status=match_status(rec.pid, rec.camid, g_pids[top], g_cams[top]),
-            ap=query_ap(dist[q], rec.pid, rec.camid, g_pids, g_cams)))
+        full = order[row]
+        own = files.get(os.path.realpath(rec.path))
+        if own is not None:  # the query's own file is no result
+            full = full[~np.isin(full, own)]
+        top = full[:topk]
+        item = RankedQuery(query=q, gallery=top.tolist(), distances=[float(d) for d in shown[q, top]],
+                           status=match_status(rec.pid, rec.camid, g_pids[top], g_cams[top]),
+                           ap=query_ap(dist[q], rec.pid, rec.camid, g_pids, g_cams))
+        same = g_pids[full] == rec.pid
+        correct = same & (g_cams[full] != rec.camid)
+        item.num_matches = int(correct.sum())
+        if item.num_matches:
+            at = int(np.argmax(correct))
+            item.first_match, item.first_match_gallery = at + 1, int(full[at])
+            item.first_match_rank = at + 1 - int((same[:at] & ~correct[:at]).sum())
+            item.first_match_distance = float(shown[q, full[at]])
+        ranked.append(item)
     return ranked
+
+
+def _gallery_files(gallery: Sequence[ImageRecord]) -> dict[str, list[int]]:
+    """The gallery indices of every image file (resolved path), to find a query's own file."""
+    files: dict[str, list[int]] = {}
+    for index, rec in enumerate(gallery):
+        files.setdefault(os.path.realpath(rec.path), []).append(index)
+    return files
+
+
+def where_first_match(ranked: RankedQuery) -> str:
+    """What a picture says about the correct matches: how many, and where the first lies when not shown."""
+    if ranked.num_matches == 0:
+        return "no correct match in the gallery"
+    many = f"{ranked.num_matches} correct match{'es' if ranked.num_matches != 1 else ''} in the gallery"
+    if ranked.first_match is not None and ranked.first_match <= len(ranked.gallery):
+        return many
+    return (f"no correct match in the top {len(ranked.gallery)}: the first is at {ranked.first_match} "
+            f"(rank {ranked.first_match_rank} by the protocol), {many}")
 
 
 def choose_queries(dist: np.ndarray, query: Sequence[ImageRecord], gallery: Sequence[ImageRecord], num: int,
@@ -111,14 +157,20 @@ def render(ranked: RankedQuery, query: Sequence[ImageRecord], gallery: Sequence[
     Tile 0 is the query (blue frame); tile 1 + i is the i-th nearest gallery image.
     """
     rec = query[ranked.query]
-    ap = "no correct match" if ranked.ap is None else f"AP {ranked.ap:.3f}"
+    ap = "" if ranked.ap is None else f"AP {ranked.ap:.3f}; "
     tiles = [draw.Tile(rec.path, draw.QUERY, ["query", f"id {rec.pid} {_camera(rec.camid)}"])]
     for pos, (g, d, status) in enumerate(zip(ranked.gallery, ranked.distances, ranked.status), start=1):
         g_rec = gallery[g]
         tiles.append(draw.Tile(g_rec.path, STATUS_COLOUR[status],
                                [f"{pos}: {d:.3f}", f"id {g_rec.pid} {_camera(g_rec.camid)}"]))
-    header = f"query {ranked.query}: {Path(rec.path).name}   {ap}"
-    return draw.draw_row(tiles, header=header, separator=True, min_tiles=1 + (topk or len(ranked.gallery)))
+    beyond = ranked.first_match is not None and ranked.first_match > len(ranked.gallery)
+    if beyond:  # the first correct match, set apart after the list
+        g_rec = gallery[ranked.first_match_gallery]
+        tiles.append(draw.Tile(g_rec.path, draw.CORRECT, [f"{ranked.first_match}: {ranked.first_match_distance:.3f}",
+                                                          f"id {g_rec.pid} {_camera(g_rec.camid)}", "first match"]))
+    header = f"query {ranked.query}: {Path(rec.path).name}   {ap}{where_first_match(ranked)}"
+    return draw.draw_row(tiles, header=header, separator=True, min_tiles=1 + (topk or len(ranked.gallery)),
+                         last_apart=beyond)
 
 
 def picture_name(ranked: RankedQuery) -> str:
@@ -135,7 +187,9 @@ def write_pictures(out_dir: str | Path, ranked: Sequence[RankedQuery], query: Se
         image, _ = render(item, query, gallery, topk)
         draw.save_png(image, out_dir / picture_name(item))
     rows = [{**asdict(item), "picture": picture_name(item), "query_path": query[item.query].path,
-             "gallery_paths": [gallery[g].path for g in item.gallery]} for item in ranked]
+             "gallery_paths": [gallery[g].path for g in item.gallery],
+             "first_match_path": None if item.first_match_gallery is None else gallery[item.first_match_gallery].path}
+            for item in ranked]
     (out_dir / "ranked.json").write_text(json.dumps({"title": title, "topk": topk, "queries": rows}, indent=1))
     index = out_dir / "index.html"
     index.write_text(_html(ranked, query, title))
@@ -153,9 +207,9 @@ def _html(ranked: Sequence[RankedQuery], query: Sequence[ImageRecord], title: st
                        _swatch(draw.JUNK, "same identity and camera (ignored by the protocol)")])
     items = []
     for item in ranked:
-        ap = "no correct match" if item.ap is None else f"AP {item.ap:.3f}"
+        ap = "" if item.ap is None else f"AP {item.ap:.3f}; "
         name = html.escape(Path(query[item.query].path).name)
-        items.append(f'<h3>query {item.query}: {name} &mdash; {ap}</h3>\n<img src="{picture_name(item)}" '
+        items.append(f'<h3>query {item.query}: {name} &mdash; {ap}{html.escape(where_first_match(item))}</h3>\n<img src="{picture_name(item)}" '
                      f'alt="ranked list of query {item.query}">')
     aps = [i.ap for i in ranked if i.ap is not None]
     mean = f"mean AP of these {len(aps)} queries: {np.mean(aps):.3f}" if aps else ""
@@ -165,4 +219,4 @@ def _html(ranked: Sequence[RankedQuery], query: Sequence[ImageRecord], title: st
 
 
 __all__ = ["RankedQuery", "SELECTIONS", "choose_queries", "match_status", "picture_name", "query_ap",
-           "rank_queries", "render", "write_pictures"]
+           "rank_queries", "render", "where_first_match", "write_pictures"]

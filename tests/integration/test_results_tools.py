@@ -124,7 +124,7 @@ def test_report_on_a_finished_a_running_and_a_resumed_run(run, tmp_path, synthet
     run_dir, trainer = run
     text = _report(run_dir, capsys)
     assert "(finished)" in text and "pseudo labels |" in text
-    for name in ("evaluation", "losses", "clustering", "pseudo_label_quality", "speed"):
+    for name in ("evaluation", "cmc", "distances", "losses", "clustering", "pseudo_label_quality", "speed"):
         assert (run_dir / "report" / f"{name}.png").is_file() and f"({name}.png)" in text
     last = trainer.progress.eval_history[-1]
     assert f"| last | 2 | {100 * last['mAP']:.1f}% |" in text

@@ -53,10 +53,10 @@ QUICKSTART_KEYS = {
     "train": ["kind", "step", "time", "epoch", "iter", "lr", "images_per_s", "instance", "inter", "intra_gray",
               "intra_rgb", "loss"],
     "cluster": ["kind", "step", "time", "epoch", "num_clusters", "num_raw_clusters", "num_outliers",
-                "num_refined_away", "backend", "seconds"] + [f"{p}_{s}" for p in ("pseudo", "raw")
+                "num_refined_away", "backend", "seconds", "num_multi_clusters", "num_singletons"] + [f"{p}_{s}" for p in ("pseudo", "raw")
                                                              for s in ("precision", "recall", "fscore", "ari", "nmi")],
     "eval": ["kind", "step", "time", "epoch", "mAP", "rank1", "rank5", "rank10", "mINP", "num_valid_queries",
-             "seconds"],
+             "seconds", "cmc"],
     "summary": ["kind", "step", "time"] + [f"{w}_{k}" for w in ("first", "last", "best")
                                            for k in ("mAP", "rank1", "epoch")],
 }

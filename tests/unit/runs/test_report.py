@@ -56,7 +56,7 @@ def test_summary_best_last_and_time_split(tmp_path):
     assert summary["training_s"] == pytest.approx(1.0) and summary["clustering_s"] == 2.0
     assert summary["evaluation_s"] == 2.5 and summary["span_s"] == 9.0 and not summary["finished"]
     text = markdown(tmp_path, summary, config, ["x/evaluation.png"], "")
-    assert "| best (by mAP) | 1 | 30.0% | 40.0% |" in text and "| last | 2 | 25.0% | 50.0% |" in text
+    assert "| best (by mAP, after training began) | 1 | 30.0% | 40.0% |" in text and "| last | 2 | 25.0% | 50.0% |" in text
     assert "| pseudo labels | 0.600 | 0.400 | 0.500 | 0.300 | 0.800 |" in text
     assert "in progress" in text and "![evaluation](evaluation.png)" in text
 
@@ -73,3 +73,72 @@ def test_null_lists_and_binary_junk_are_skipped_and_named(tmp_path, capsys):
     assert main([str(tmp_path), "--output", str(tmp_path / "report")]) == 0
     err = capsys.readouterr().err
     assert f"skipped 3 unreadable line(s) of {tmp_path / 'metrics.jsonl'}" in err
+
+
+def _run_rows():
+    """Two epochs of 4 steps (2 logging rows each), evaluations after 0, 1 and 2 epochs (best: epoch 1)."""
+    rows = []
+    for epoch in (1, 2):
+        rows.append({"kind": "cluster", "step": 4 * (epoch - 1), "time": 0.0, "epoch": epoch, "seconds": 1.0,
+                     "num_clusters": 50, "num_raw_clusters": 10, "num_outliers": 30, "num_refined_away": 5,
+                     "num_multi_clusters": 8, "num_singletons": 42,
+                     **{f"{p}_{k}": 0.1 * epoch for p in ("pseudo", "raw")
+                        for k in ("precision", "recall", "fscore", "ari", "nmi")}})
+        for it in (2, 4):
+            rows.append({"kind": "train", "step": 4 * (epoch - 1) + it, "time": 1.0, "epoch": epoch, "iter": it,
+                         "lr": 1e-3 / epoch, "images_per_s": 10.0, "loss": 10.0 - it, "instance": 0.01 * it,
+                         "inter": -0.001 * it, "intra_rgb": 5.0 + it, "intra_gray": 4.0 - it})
+    for epoch, m in ((0, 0.5), (1, 0.3), (2, 0.2)):
+        rows.append({"kind": "eval", "step": 4 * epoch, "time": 2.0, "epoch": epoch, "mAP": m, "rank1": m,
+                     "rank5": m, "rank10": m, "mINP": m, "seconds": 1.0, "cmc": [m + 0.01 * r for r in range(50)]})
+    return sorted(rows, key=lambda r: r["step"])
+
+
+def test_report_plots_mark_epochs_best_and_lr_and_show_cmc_distances_sizes_and_pairwise_scores(tmp_path,
+                                                                                                monkeypatch):
+    pytest.importorskip("matplotlib")
+    from cacl_dist.runs import report_plots
+
+    figures = {}
+
+    def keep(fig, path):  # look at the figures instead of the pixels
+        figures[path.stem] = fig
+        return str(path)
+
+    monkeypatch.setattr(report_plots, "_save", keep)
+    histogram = {"epoch": 2, "kind": "squared Euclidean distance", "low": 0.0, "high": 4.0,
+                 "positive": [0, 5, 3, 0], "negative": [0, 1, 10, 20]}
+    written = report_plots.write_plots(_run_rows(), tmp_path, histogram)
+    assert [p.split("/")[-1] for p in written] == ["evaluation.png", "cmc.png", "distances.png", "losses.png",
+                                                   "clustering.png", "pseudo_label_quality.png", "speed.png"]
+
+    def labels(ax):
+        return [line.get_label() for line in ax.get_lines()] + [p.get_label() for p in ax.patches]
+
+    [evaluation] = figures["evaluation"].axes
+    assert "best mAP 30.0% (epoch 1)" in labels(evaluation)  # epoch 0 (untrained) is not the best
+    losses = figures["losses"].axes
+    assert [ax.get_title() for ax in losses] == ["loss (weighted sum)", "instance", "inter", "intra_rgb",
+                                                 "intra_gray", "learning rate"]
+    for ax in losses:  # each on its own scale, the epoch boundary at step 4 and the best evaluation's step (4)
+        vertical = [line.get_xdata()[0] for line in ax.get_lines()[1:]]
+        assert vertical == [4, 4]
+    assert list(losses[5].get_lines()[0].get_ydata()) == [1e-3, 1e-3, 5e-4, 5e-4]
+    assert losses[1].get_ylim() != losses[0].get_ylim()
+    [cmc] = figures["cmc"].axes
+    assert [len(line.get_xdata()) for line in cmc.get_lines()] == [50, 50]  # the last and the best evaluation
+    assert "cmc" in figures and labels(cmc)[0].startswith("last (epoch 2): rank-1 20.0%")
+    [distances] = figures["distances"].axes
+    assert any(label.startswith("correct matches") and "8 pairs" in label for label in labels(distances))
+    assert any(label.startswith("other identities") and "31 pairs" in label for label in labels(distances))
+    [clustering] = figures["clustering"].axes
+    assert {"clusters with 2+ images", "singletons"} <= set(labels(clustering))
+    pseudo, raw = figures["pseudo_label_quality"].axes[:2]
+    assert {"pairwise precision", "pairwise recall", "NMI"} <= set(labels(pseudo)) and "raw" in raw.get_title()
+
+
+def test_report_text_names_clusters_with_two_or_more_images(tmp_path):
+    rows = _run_rows()
+    text = markdown(tmp_path, summarize(rows, {}), {}, [], "")
+    assert "50 pseudo clusters (8 with 2+ images, 42 singletons; 10 raw)" in text
+    assert "| best (by mAP, after training began) | 1 | 30.0%" in text
