@@ -88,10 +88,15 @@ def select_subnet(state: dict[str, torch.Tensor], wanted: set[str]) -> tuple[dic
 
 
 def infer_grid(num_patches: int, like: tuple[int, int]) -> tuple[int, int]:
-    """The ``rows x cols`` factorisation of ``num_patches`` whose aspect is closest to the grid ``like``.
+    """The patch grid ``rows x cols`` a file's ``num_patches`` position embeddings were made for.
 
-    A square ImageNet grid (196 = 14 x 14) stays square, a person grid (128 = 16 x 8) stays 2:1.
+    A square number is a square grid (ImageNet files: 196 = 14 x 14 at 224 x 224). Otherwise the
+    factorisation whose aspect is closest to the grid ``like`` is taken: a person-pretrained file keeps
+    its 2:1 grid (128 = 16 x 8 at 256 x 128), as TransReID-SSL's loader assumes with ``hw_ratio`` 2.
     """
+    side = math.isqrt(num_patches)
+    if side * side == num_patches:
+        return side, side
     target = math.log(like[0] / like[1])
     pairs = [(rows, num_patches // rows) for rows in range(1, num_patches + 1) if num_patches % rows == 0]
     return min(pairs, key=lambda pair: (abs(math.log(pair[0] / pair[1]) - target), -pair[0]))
