@@ -72,7 +72,7 @@ def test_backbone_rate_multiplier_makes_two_groups():
     assert [len(g["params"]) for g in groups] == [len(backbone), len(trainable) - len(backbone)]
     assert {id(p) for p in groups[0]["params"]} == backbone
     rates = _rates(optim, 3, params=groups)
-    assert rates == pytest.approx([[0.1, 1.0], [0.1, 1.0], [0.05, 0.5]], rel=1e-12)
+    assert [r for pair in rates for r in pair] == pytest.approx([0.1, 1.0, 0.1, 1.0, 0.05, 0.5], rel=1e-12)
 
 
 @pytest.mark.parametrize("name, kind", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
