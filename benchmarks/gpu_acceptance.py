@@ -71,7 +71,7 @@ class Part:
 
 
 #: Limits (GPU, dry run) and minimums in seconds. The estimate beside each part is for one H100 and
-#: market1501-mini (9,173 training / 3,763 test images), from the work it does; their sum, ~7 minutes,
+#: market1501-mini (9,173 training / 3,763 test images), from the work it does; their sum, ~7.5 minutes,
 #: fits the 8-minute budget. A part's limit shrinks so that the parts after it keep their minimum.
 PARTS = [
     # ~15 s: import torch, CUDA initialisation, nvidia-smi, one float64 matmul
