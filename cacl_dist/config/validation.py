@@ -93,6 +93,10 @@ def _validate_backbone(cfg: Config) -> None:
     if m.pool != "avg":
         raise ConfigError(f"config key 'model.pool': {m.pool!r} with the ViT {m.backbone!r}, whose feature is its "
                           "class token (no map to pool); keep model.pool=avg")
+    if str(m.pretrained).lower() == "imagenet":
+        raise ConfigError(f"config key 'model.pretrained': 'imagenet' with the ViT {m.backbone!r}; name a weights "
+                          "file you have (e.g. TransReID-SSL's vit_small_cfs_lup.pth, see README 'Pretrained "
+                          "weights') or 'none'")
     if m.backbone in CONV_STEM_NAMES and m.patch_stride != PATCH:
         raise ConfigError(f"config key 'model.patch_stride': {m.patch_stride} with {m.backbone!r}, whose "
                           f"convolutional stem takes no overlapping patches; use {PATCH}")

@@ -107,6 +107,7 @@ def test_without_timm_one_line_names_the_extra(monkeypatch):
 
 @pytest.mark.parametrize("overrides, key", [
     (["model.backbone=vit_tiny_test", "model.pool=gem"], "model.pool"),
+    (["model.backbone=vit_small", "model.pretrained=imagenet"], "model.pretrained"),
     (["model.backbone=vit_tiny_convstem_test", "model.patch_stride=12"], "model.patch_stride"),
     (["model.patch_stride=17"], "model.patch_stride"),
     (["model.backbone=vgg16"], "model.backbone"),
