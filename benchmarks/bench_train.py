@@ -7,7 +7,9 @@ memory (the input pipeline is measured on its own, on real JPEGs); the banks hav
 the training split of the dataset (`--data`, else a small synthetic set), labels are random over
 a Market-like number of clusters.
 
-Per device, backbone/resolution and batch, for fp32 / bf16 / bf16 + channels-last / + compile:
+Per device, backbone/resolution and batch, for fp32 / bf16 / bf16 + channels-last / + compile; the default
+sets also time a ViT-S x2 step (both branches ViT-S/16 at 256 x 128; bf16 autocast on CUDA, fp32 on the
+CPU) when timm is installed:
   images/s    images (each with both views) per second of the full step
   MFU         counted FLOPs of the step (torch.utils.flop_counter: convolutions and matmuls, forward
               and backward) per second over the device's peak: the datasheet dense peak on a GPU,
@@ -297,13 +299,28 @@ def cases(args, cuda: bool) -> list[dict]:
                                  warmup + (1 if "compile" in variant else 0), args.threads))
         for variant in ("fp32",) if args.quick else ("fp32", "bf16+cl"):
             out.append(_case("cpu", "resnet50", 256, 128, 8, variant, 2, 1, args.threads))
+        if vit_available():  # both branches ViT-S/16 (the person-pretrained recipes' backbone)
+            out.append(_case("cpu", "vit_small", 256, 128, 8, "fp32", 2, 1, args.threads))
     if cuda and args.device in ("auto", "cuda"):
         steps, warmup = (10, 3) if args.quick else (20, 5)
         for batch in (64,) if args.quick else (64, 128, 256):
             for variant in args.variants or list(VARIANTS):
                 out.append(_case("cuda", "resnet50", 256, 128, batch, variant, steps,
                                  warmup if "compile" not in variant else 2 * warmup, args.threads))
+        if vit_available():  # a ViT-S x2 step (both branches ViT-S/16) under bf16 autocast
+            for variant in ("bf16",) if args.quick else ("fp32", "bf16"):
+                out.append(_case("cuda", "vit_small", 256, 128, 64, variant, steps, warmup, args.threads))
     return out
+
+
+def vit_available() -> bool:
+    """Whether timm (the ViT backbones' optional extra) is installed; without it the ViT cases are left out."""
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
+        print("timm is not installed: the ViT-S step is not measured (pip install cacl_dist[vit])", file=sys.stderr)
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------- report

@@ -153,8 +153,33 @@ def judge_throughput(rows: list[dict], compile_reason: str | None) -> tuple[list
     return problems, parts, slow
 
 
+def vit_step(ctx: Context) -> tuple[list[dict], list[str], list[str]]:
+    """(rows, problems, commands) of the ViT-S x 2 step at 256x128, global batch 64, bf16 autocast (dry run: the
+    tiny test ViT on the CPU); no rows, with a note, where timm (the optional extra) is not installed."""
+    if importlib.util.find_spec("timm") is None:
+        return [], [], []
+    stem = f"bench_train_vit_{ctx.tag}"
+    cmd = _bench(ctx, "bench_train.py") + ["--out", ctx.results, "--stem", stem, "--data", ctx.data, "--runs-dir",
+                                          str(Path(ctx.work) / "bench_train_vit"),
+                                          "--budget-s", f"{max(10.0, ctx.left() - 15):.0f}"]
+    if ctx.dry_run:
+        cmd += ["--device", "cpu", "--backbone", "vit_tiny_test", "--size", "64", "32", "--batches", "16",
+                "--variants", "fp32", "--steps", "2", "--warmup", "1"]
+    else:
+        cmd += ["--device", "cuda", "--backbone", "vit_small", "--size", "256", "128", "--batches", "64",
+                "--variants", "bf16", "--steps", "10", "--warmup", "3"]
+    finished = run(ctx, cmd, margin=5)
+    report = _load(Path(ctx.results) / f"{stem}.json")
+    if report is None:
+        return [], [f"ViT-S step: no results: {failed_because(finished)}"], [finished.command]
+    rows = report["results"]
+    problems, _, _ = judge_throughput(rows, None)
+    return rows, [f"ViT-S step {p}" for p in problems], [finished.command]
+
+
 def part_throughput(ctx: Context) -> dict:
-    """Full CACL step of ResNet-50 x 2 at 256x128, global batch 64: fp32, bf16 + channels-last, + compile."""
+    """Full CACL step of ResNet-50 x 2 at 256x128, global batch 64: fp32, bf16 + channels-last, + compile;
+    then a ViT-S x 2 step (bf16) when timm is installed."""
     stem = f"bench_train_{ctx.tag}"
     compile_reason = compile_unavailable(ctx.device)
     cmd = _bench(ctx, "bench_train.py") + ["--out", ctx.results, "--stem", stem, "--data", ctx.data, "--runs-dir",
@@ -173,18 +198,24 @@ def part_throughput(ctx: Context) -> dict:
                       commands=[finished.command])
     rows = report["results"]
     problems, parts, slow = judge_throughput(rows, compile_reason)
-    table = ["| variant | images/s | step ms | MFU | peak memory | note |", "|---|---|---|---|---|---|"]
-    for r in rows:
+    vit_rows, vit_problems, vit_commands = vit_step(ctx)
+    problems += vit_problems
+    parts += [f"{r['backbone']} x 2 {r['variant']} {r['images_per_s']:.0f} img/s" for r in vit_rows
+              if "images_per_s" in r]
+    if importlib.util.find_spec("timm") is None:
+        parts.append("ViT-S step not measured: timm is not installed (pip install cacl_dist[vit])")
+    table = ["| backbone | variant | images/s | step ms | MFU | peak memory | note |", "|---|---|---|---|---|---|---|"]
+    for r in rows + vit_rows:
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
         if "images_per_s" in r:
             memory = f"{r['max_memory_gib']:.1f} GiB" if "max_memory_gib" in r else "-"
             flag = "slow: under 20% of peak" if r.get("device") == "cuda" and r.get("mfu", 1.0) < SLOW_MFU else ""
-            table.append(f"| {r['variant']} | {r['images_per_s']:.0f} | {r['step_ms_median']:.1f} | {mfu} "
-                         f"| {memory} | {flag} |")
+            table.append(f"| {r['backbone']} | {r['variant']} | {r['images_per_s']:.0f} | {r['step_ms_median']:.1f} "
+                         f"| {mfu} | {memory} | {flag} |")
         else:
-            table.append(f"| {r['variant']} | - | - | - | - | {r.get('error', '')} |")
+            table.append(f"| {r['backbone']} | {r['variant']} | - | - | - | - | {r.get('error', '')} |")
     if compile_reason:
-        table.append(f"| bf16+cl+compile | - | - | - | - | compile unavailable: {compile_reason} |")
+        table.append(f"| - | bf16+cl+compile | - | - | - | - | compile unavailable: {compile_reason} |")
     if finished.returncode != 0:
         problems.append(f"bench_train.py: {failed_because(finished)}")
     case = rows[0] if rows else {}
@@ -196,10 +227,11 @@ def part_throughput(ctx: Context) -> dict:
     if slow and not problems:
         summary += f"; SLOW (MFU under {100 * SLOW_MFU:.0f}% of peak): {', '.join(slow)}"
     devices = {r.get("device") for r in rows if "images_per_s" in r}
+    vit_files = [f"bench_train_vit_{ctx.tag}.{ext}" for ext in ("md", "json", "png")] if vit_rows else []
     return result("fail" if problems else "pass", summary, details,
-                  {"results": rows, "slow": slow, "compile_unavailable": compile_reason,
+                  {"results": rows, "vit_results": vit_rows, "slow": slow, "compile_unavailable": compile_reason,
                    "ran_on": "cuda" if devices == {"cuda"} else ",".join(sorted(map(str, devices)))},
-                  [finished.command], [f"{stem}.{ext}" for ext in ("md", "json", "png")])
+                  [finished.command, *vit_commands], [f"{stem}.{ext}" for ext in ("md", "json", "png")] + vit_files)
 
 
 def _mfu_reference(report: dict) -> str:

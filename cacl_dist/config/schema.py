@@ -39,13 +39,23 @@ class RunConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "resnet50"
-    """Backbone of both branches: resnet50, resnet34, resnet18 or resnet_tiny (tests, CPU demos)."""
+    """Backbone of both branches: resnet50, resnet34, resnet18, resnet50_ibn_a (IBN-Net), resnet_tiny (tests, CPU
+    demos), or a ViT for person crops (timm, pip install cacl_dist[vit]): vit_small, vit_base (ViT-S/16, ViT-B/16),
+    vit_small_convstem (TransReID-SSL's ViT-S with the convolutional stem), vit_tiny_test (tests, CPU demos)."""
     pretrained: str = "imagenet"
-    """'imagenet' (torchvision weights from the torch hub cache, never downloaded), 'none', or a path."""
+    """'imagenet' (ResNets: the ImageNet file from the torch hub cache, never downloaded), 'none', or the path of a
+    weights file: torchvision or IBN-Net ImageNet files, MoCo-style self-supervised ResNets (LUPerson), timm or
+    person-pretrained ViTs (TransReID-SSL / PASS / DINO checkpoints); the layout is recognised from the contents."""
+    patch_stride: int = 16
+    """ViTs: pixels between neighbouring 16 x 16 patches; below 16 they overlap (TransReID uses 12). Not with
+    vit_small_convstem."""
+    drop_path: float = 0.0
+    """ViTs: stochastic depth rate of the last block (rising linearly from 0 over the blocks; TransReID-SSL's
+    cluster-contrast recipe uses 0.3). Random per image and process, so runs on different process counts differ."""
     pool: Literal["avg", "gem"] = "avg"
-    """Global pooling of the last feature map."""
+    """Global pooling of the last feature map (ResNets; a ViT's feature is its class token: keep 'avg')."""
     last_stride: int = 1
-    """Stride of the last ResNet stage (1 keeps a finer feature map, as re-ID does)."""
+    """Stride of the last ResNet stage (1 keeps a finer feature map, as re-ID does); ResNets only."""
     predictor_init: Literal["default", "kaiming"] = "default"
     """Initialisation of the predictor's Linear layer: PyTorch's default, or 'kaiming' (Kaiming normal weight
     with fan-out, zero bias) as the released code does."""
@@ -88,16 +98,32 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    """Optimiser: 'adam' (coupled L2 weight decay), 'adamw' (decoupled weight decay) or 'sgd' (with momentum)."""
     lr: float = 3.5e-4
-    """Adam learning rate for both branches and the predictor."""
+    """Learning rate for both branches and the predictor (the backbones' is scaled by backbone_lr_mult)."""
     weight_decay: float = 5e-4
-    """Coupled L2 weight decay."""
+    """Weight decay (coupled L2 for adam and sgd, decoupled for adamw)."""
+    momentum: float = 0.9
+    """SGD momentum (optim.name sgd only)."""
+    schedule: Literal["step", "cosine"] = "step"
+    """Learning-rate decay per epoch: 'step' multiplies by `gamma` every `step_size` epochs; 'cosine' falls as a
+    half cosine from lr to lr * min_lr_factor over the epochs after the warm-up."""
     step_size: int = 20
-    """Multiply the learning rate by `gamma` every this many epochs."""
+    """Multiply the learning rate by `gamma` every this many epochs (schedule 'step')."""
     gamma: float = 0.1
-    """Step factor of the learning-rate schedule."""
+    """Step factor of the learning-rate schedule (schedule 'step')."""
+    min_lr_factor: float = 0.0
+    """Final learning rate of the cosine schedule, as a fraction of lr."""
+    warmup_epochs: int = 0
+    """Linear warm-up: the rate rises from lr * warmup_factor to lr over this many epochs (0: none)."""
+    warmup_factor: float = 0.01
+    """Factor on the learning rate in the first warm-up epoch."""
+    backbone_lr_mult: float = 1.0
+    """Factor on the learning rate of both backbones (pretrained bodies often train at a lower rate than the
+    heads); 1 keeps one parameter group. Cannot change between 1 and another value on resume."""
     implementation: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
-    """Adam kernels: 'fused' (CUDA only), 'foreach' (multi-tensor) or 'for_loop'; 'auto' is fused on CUDA,
+    """Optimiser kernels: 'fused' (CUDA only), 'foreach' (multi-tensor) or 'for_loop'; 'auto' is fused on CUDA,
     foreach on the CPU."""
 
 

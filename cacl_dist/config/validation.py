@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cacl_dist.config.schema import Config
 from cacl_dist.errors import ConfigError
+from cacl_dist.models.names import BACKBONE_NAMES, CONV_STEM_NAMES, PATCH, VIT_NAMES
 
 MAX_SEED = 2**63 - 1
 """Largest seed (seeds are kept in 64-bit signed integers, e.g. in checkpoints and epoch plans)."""
@@ -62,7 +63,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config keys 'eval.rerank_k2' ({cfg.eval.rerank_k2}) and 'eval.rerank_k1' "
                           f"({cfg.eval.rerank_k1}): query expansion needs rerank_k2 <= rerank_k1")
     if cfg.optim.implementation == "fused" and cfg.run.device == "cpu":
-        raise ConfigError("config key 'optim.implementation': 'fused' Adam needs CUDA but run.device is 'cpu'; "
+        raise ConfigError("config key 'optim.implementation': 'fused' kernels need CUDA but run.device is 'cpu'; "
                           "use foreach or auto")
     if cfg.train.batch_size % cfg.train.num_instances:
         raise ConfigError(
@@ -72,6 +73,51 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.synthetic.num_cameras': {cfg.data.synthetic.num_cameras} camera(s), but "
                           "evaluation matches a query only on other cameras; use at least 2")
     _validate_bn_group(cfg)
+    _validate_backbone(cfg)
+    _validate_optim(cfg)
+
+
+def _validate_backbone(cfg: Config) -> None:
+    """model.backbone is known; a ViT keeps the 'avg' pool, a patch stride of 1 to 16 (16 with a conv stem)."""
+    m = cfg.model
+    if m.backbone not in BACKBONE_NAMES:
+        raise ConfigError(f"config key 'model.backbone': unknown backbone {m.backbone!r}; choose one of "
+                          f"{', '.join(BACKBONE_NAMES)}")
+    if not 0.0 <= m.drop_path < 1.0:
+        raise ConfigError(f"config key 'model.drop_path': must lie in [0, 1), got {m.drop_path}")
+    if not 1 <= m.patch_stride <= PATCH:
+        raise ConfigError(f"config key 'model.patch_stride': {m.patch_stride}; patches are {PATCH} pixels wide, so "
+                          f"the stride lies from 1 to {PATCH} (TransReID overlaps them with 12)")
+    if m.backbone not in VIT_NAMES:
+        return
+    if m.pool != "avg":
+        raise ConfigError(f"config key 'model.pool': {m.pool!r} with the ViT {m.backbone!r}, whose feature is its "
+                          "class token (no map to pool); keep model.pool=avg")
+    if str(m.pretrained).lower() == "imagenet":
+        raise ConfigError(f"config key 'model.pretrained': 'imagenet' with the ViT {m.backbone!r}; name a weights "
+                          "file you have (e.g. TransReID-SSL's vit_small_cfs_lup.pth, see README 'Pretrained "
+                          "weights') or 'none'")
+    if m.backbone in CONV_STEM_NAMES and m.patch_stride != PATCH:
+        raise ConfigError(f"config key 'model.patch_stride': {m.patch_stride} with {m.backbone!r}, whose "
+                          f"convolutional stem takes no overlapping patches; use {PATCH}")
+    if min(cfg.data.height, cfg.data.width) < PATCH:
+        raise ConfigError(f"config keys 'data.height' x 'data.width' ({cfg.data.height} x {cfg.data.width}): a ViT "
+                          f"needs at least one {PATCH} x {PATCH} patch")
+
+
+def _validate_optim(cfg: Config) -> None:
+    """Momentum, warm-up, cosine floor and backbone multiplier in their ranges."""
+    o = cfg.optim
+    if not 0.0 <= o.momentum < 1.0:
+        raise ConfigError(f"config key 'optim.momentum': must lie in [0, 1), got {o.momentum}")
+    if o.warmup_epochs < 0:
+        raise ConfigError(f"config key 'optim.warmup_epochs': must not be negative, got {o.warmup_epochs}")
+    if not 0.0 < o.warmup_factor <= 1.0:
+        raise ConfigError(f"config key 'optim.warmup_factor': must lie in (0, 1], got {o.warmup_factor}")
+    if not 0.0 <= o.min_lr_factor <= 1.0:
+        raise ConfigError(f"config key 'optim.min_lr_factor': must lie in [0, 1], got {o.min_lr_factor}")
+    if o.backbone_lr_mult <= 0:
+        raise ConfigError(f"config key 'optim.backbone_lr_mult': must be positive, got {o.backbone_lr_mult}")
 
 
 def _validate_ranges(cfg: Config) -> None:

@@ -181,8 +181,8 @@ def branch_metadata(cfg: Any, dim: int, height: int, width: int) -> dict[str, An
     from cacl_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     return {"format": STATE_DICT_FORMAT, "backbone": cfg.model.backbone, "pool": cfg.model.pool,
-            "last_stride": int(cfg.model.last_stride), "dim": int(dim), "height": int(height), "width": int(width),
-            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+            "last_stride": int(cfg.model.last_stride), "patch_stride": int(cfg.model.patch_stride), "dim": int(dim),
+            "height": int(height), "width": int(width), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 def export_state_dict(branch: torch.nn.Module, path: Path, meta: dict[str, Any], verify: bool = True) -> None:

@@ -88,7 +88,8 @@ def _state_dict_export(path: Path, payload: Any) -> tuple[torch.nn.Module, dict]
     meta = payload.get("meta") if isinstance(payload, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != STATE_DICT_FORMAT:
         raise UserError(f"'{path}' is not a cacl_dist state_dict export (no '{STATE_DICT_FORMAT}' tag)")
-    branch = Branch(meta["backbone"], pretrained="none", pool=meta["pool"], last_stride=meta["last_stride"])
+    branch = Branch(meta["backbone"], pretrained="none", pool=meta["pool"], last_stride=meta["last_stride"],
+                    input_size=(meta["height"], meta["width"]), patch_stride=meta.get("patch_stride", 16))
     branch.load_state_dict(payload["state_dict"])
     return branch.eval(), meta
 

@@ -1,12 +1,15 @@
-"""ResNet bodies for the CACL branches, built by name, with offline weight loading.
+"""Backbone bodies for the CACL branches, built by name, with offline weight loading.
 
-A body maps images ``B x 3 x H x W`` to a feature map ``B x C x h x w``. It keeps the
+A ResNet body maps images ``B x 3 x H x W`` to a feature map ``B x C x h x w``. It keeps the
 torchvision attribute names (``conv1``, ``bn1``, ``layer1`` ... ``layer4``) so torchvision
 ImageNet state dicts load into it directly; the classifier ``fc`` is not part of the body.
+ResNet-50-IBN-a (:mod:`cacl_dist.models.ibn`) keeps IBN-Net's names. A ViT body
+(:mod:`cacl_dist.models.vit`, timm) maps the images to the class token ``B x D``.
 
-Weights are never downloaded. ``pretrained="imagenet"`` looks for the standard torchvision
+Weights are never downloaded. ``pretrained="imagenet"`` looks for the standard ImageNet
 file in the torch hub cache (``torch.hub.get_dir()/checkpoints``); a missing file is a
-``ValueError`` that says which file to put where.
+``ValueError`` that says which file to put where. A path is read by the one loading road,
+:func:`cacl_dist.models.pretrained.load_pretrained`, which recognises the published layouts.
 """
 
 from __future__ import annotations
@@ -19,22 +22,27 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 from cacl_dist.errors import UserError
+from cacl_dist.models.ibn import resnet50_ibn_a_net
+from cacl_dist.models.pretrained import load_pretrained
+from cacl_dist.models.names import BACKBONE_NAMES, PATCH, VIT_NAMES
+from cacl_dist.models.vit import build_vit
 
 #: torchvision ImageNet weight files accepted per backbone, in order of preference.
 IMAGENET_WEIGHT_FILES: dict[str, tuple[str, ...]] = {
     "resnet18": ("resnet18-f37072fd.pth",),
     "resnet34": ("resnet34-b627a593.pth",),
     "resnet50": ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"),
+    "resnet50_ibn_a": ("resnet50_ibn_a-d9d0bb7b.pth",),
 }
+#: Where the ImageNet files not published by torchvision come from (IBN-Net's release page).
+_IMAGENET_SOURCES = {"resnet50_ibn_a": "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/"}
 
 _TORCHVISION_BUILDERS = {
     "resnet18": tv_resnet.resnet18,
     "resnet34": tv_resnet.resnet34,
     "resnet50": tv_resnet.resnet50,
+    "resnet50_ibn_a": lambda weights=None: resnet50_ibn_a_net(),
 }
-
-#: Every name accepted by :func:`build_backbone`.
-BACKBONE_NAMES: tuple[str, ...] = ("resnet50", "resnet18", "resnet34", "resnet_tiny")
 
 _TINY_WIDTHS = (16, 32, 64, 128)
 
@@ -142,82 +150,30 @@ def imagenet_weight_path(name: str) -> Path:
     also = f" (or {', '.join(alternatives)})" if alternatives else ""
     raise UserError(
         f"pretrained='imagenet' for {name!r}: ImageNet weights not found at {folder / wanted}{also}. "
-        f"Weights are never downloaded: copy {wanted} (https://download.pytorch.org/models/{wanted}) "
+        f"Weights are never downloaded: copy {wanted} ({_IMAGENET_SOURCES.get(name, 'https://download.pytorch.org/models/')}{wanted}) "
         f"into {folder} (set TORCH_HOME to change the folder), or pass pretrained=<path to a "
         f".pth state dict>."
     )
 
 
-def _extract_state_dict(loaded: object, path: Path) -> dict[str, torch.Tensor]:
-    """Unwrap ``{'state_dict': ...}`` / ``{'model': ...}`` containers and strip ``module.``."""
-    state = loaded
-    while isinstance(state, dict):
-        inner = next((state[key] for key in ("state_dict", "model") if isinstance(state.get(key), dict)), None)
-        if inner is None:
-            break
-        state = inner
-    if not isinstance(state, dict) or not state:
-        raise UserError(
-            f"pretrained file {path} does not hold a state dict (got {type(loaded).__name__}); "
-            f"save one with torch.save(model.state_dict(), path)"
-        )
-    cleaned: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise UserError(
-                f"pretrained file {path}: entry {key!r} is a {type(value).__name__}, not a tensor; "
-                f"save a plain state dict with torch.save(model.state_dict(), path)"
-            )
-        while key.startswith("module."):
-            key = key[len("module."):]
-        cleaned[key] = value
-    return cleaned
+def load_backbone_weights(body: nn.Module, path: str | os.PathLike) -> dict[str, int]:
+    """Load a pretrained file into ``body`` through the one loading road (:func:`load_pretrained`)."""
+    return load_pretrained(body, path)
 
 
-def load_backbone_weights(body: nn.Module, path: str | os.PathLike) -> None:
-    """Load a torchvision-named ResNet state dict from ``path`` into ``body`` (``fc.*`` ignored).
-
-    Raises ValueError naming the file and some offending keys when the backbone keys or
-    shapes do not match.
-    """
-    path = Path(path)
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors have several types across torch versions
-        raise UserError(
-            f"cannot read pretrained file {path}: {err}. It must be a torch.save'd state dict "
-            f"of tensors (optionally under a 'state_dict' or 'model' key)."
-        ) from err
-    given = {k: v for k, v in _extract_state_dict(loaded, path).items() if not k.startswith("fc.")}
-    expected = body.state_dict()
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    mismatched = sorted(
-        f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in set(given) & set(expected)
-        if given[k].shape != expected[k].shape
-    )
-    if missing or unexpected or mismatched:
-        problems = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if keys:
-                problems.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:5])})")
-        raise UserError(
-            f"pretrained file {path} does not match the backbone: {'; '.join(problems)}. "
-            f"Expected torchvision ResNet key names such as 'conv1.weight' and 'layer1.0.conv1.weight' "
-            f"for the same architecture."
-        )
-    body.load_state_dict(given, strict=True)
-
-
-def build_backbone(name: str, last_stride: int = 1, pretrained: str = "none") -> tuple[nn.Module, int]:
-    """Build a ResNet body by name and return ``(module, num_channels)``.
+def build_backbone(name: str, last_stride: int = 1, pretrained: str = "none", input_size: tuple[int, int] = (256, 128),
+                   patch_stride: int = PATCH, drop_path: float = 0.0) -> tuple[nn.Module, int]:
+    """Build a backbone body by name and return ``(module, feature size)``.
 
     Args:
         name: one of :data:`BACKBONE_NAMES`.
-        last_stride: stride of the first block of ``layer4`` (1 doubles the final map size).
+        last_stride: ResNets: stride of the first block of ``layer4`` (1 doubles the final map size).
         pretrained: ``"none"`` (random init, seeded by ``torch.manual_seed``), ``"imagenet"``
-            (torchvision weights from the local torch hub cache), or a path to a state dict.
+            (ResNets: the ImageNet file from the local torch hub cache), or the path of a weights file
+            in one of the layouts :mod:`cacl_dist.models.pretrained` reads.
+        input_size: ViTs: the ``(height, width)`` of the crops (fixes the patch grid).
+        patch_stride: ViTs: the stride between patches (16: no overlap; 12: TransReID's overlap).
+        drop_path: ViTs: stochastic depth rate of the last block.
     """
     if name not in BACKBONE_NAMES:
         raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
@@ -235,7 +191,11 @@ def build_backbone(name: str, last_stride: int = 1, pretrained: str = "none") ->
                 f"pretrained={pretrained_str!r} is neither 'none', 'imagenet' nor an existing file; "
                 f"pass one of those or the path of a .pth/.pt state dict"
             )
-    body = _tiny_body(last_stride) if name == "resnet_tiny" else _torchvision_body(name, last_stride)
+    if name in VIT_NAMES:
+        body, dim = build_vit(name, tuple(input_size), patch_stride, drop_path)
+    else:
+        body = _tiny_body(last_stride) if name == "resnet_tiny" else _torchvision_body(name, last_stride)
+        dim = body.num_channels
     if weights_path is not None:
-        load_backbone_weights(body, weights_path)
-    return body, body.num_channels
+        load_pretrained(body, weights_path, what=f"backbone {name}")
+    return body, dim

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cacl_dist.models.backbones import build_backbone
-from cacl_dist.models.heads import BNNeck, Predictor, build_pool
+from cacl_dist.models.heads import BNNeck, Predictor, TokenFeature, build_pool
+from cacl_dist.models.names import PATCH, VIT_NAMES
 
 #: BatchNorm layers whose statistics `frozen_bn` keeps in eval mode (a GroupBatchNorm is an nn.BatchNorm2d).
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -34,14 +35,20 @@ def _heads_in_float32(device_type: str) -> contextlib.AbstractContextManager:
 class Branch(nn.Module):
     """Backbone -> global pool (pooled, ``B x D``) -> BN neck -> L2 normalisation (x).
 
+    A ViT's class token is its pooled feature (:class:`TokenFeature`; ``pool`` applies to ResNets).
+    ``input_size``, ``patch_stride`` and ``drop_path`` shape ViTs only (see :func:`build_backbone`).
+
     Attributes:
-        dim: feature size D (the backbone's channel count).
+        dim: feature size D (the backbone's channel count or token width).
     """
 
-    def __init__(self, backbone_name: str, pretrained: str = "none", pool: str = "avg", last_stride: int = 1):
+    def __init__(self, backbone_name: str, pretrained: str = "none", pool: str = "avg", last_stride: int = 1,
+                 input_size: tuple[int, int] = (256, 128), patch_stride: int = PATCH, drop_path: float = 0.0):
         super().__init__()
-        self.backbone, self.dim = build_backbone(backbone_name, last_stride=last_stride, pretrained=pretrained)
-        self.pool = build_pool(pool)
+        self.backbone, self.dim = build_backbone(backbone_name, last_stride=last_stride, pretrained=pretrained,
+                                                 input_size=input_size, patch_stride=patch_stride,
+                                                 drop_path=drop_path)
+        self.pool = TokenFeature() if backbone_name in VIT_NAMES else build_pool(pool)
         self.neck = BNNeck(self.dim)
 
     def forward(self, images: torch.Tensor, return_pooled: bool = False):
@@ -86,11 +93,13 @@ class CACLModel(nn.Module):
     """
 
     def __init__(self, backbone: str = "resnet50", pretrained: str = "none", pool: str = "avg", last_stride: int = 1,
-                 predictor_init: str = "default"):
+                 predictor_init: str = "default", input_size: tuple[int, int] = (256, 128), patch_stride: int = PATCH,
+                 drop_path: float = 0.0):
         super().__init__()
-        self.online = OnlineNetwork(Branch(backbone, pretrained=pretrained, pool=pool, last_stride=last_stride),
-                                    predictor_init)
-        self.branch_gray = Branch(backbone, pretrained=pretrained, pool=pool, last_stride=last_stride)
+        shape = dict(pool=pool, last_stride=last_stride, input_size=input_size, patch_stride=patch_stride,
+                     drop_path=drop_path)
+        self.online = OnlineNetwork(Branch(backbone, pretrained=pretrained, **shape), predictor_init)
+        self.branch_gray = Branch(backbone, pretrained=pretrained, **shape)
 
     @property
     def dim(self) -> int:
@@ -120,8 +129,17 @@ class CACLModel(nn.Module):
 
 def build_model(
     backbone: str = "resnet50", pretrained: str = "none", pool: str = "avg", last_stride: int = 1,
-    predictor_init: str = "default",
+    predictor_init: str = "default", input_size: tuple[int, int] = (256, 128), patch_stride: int = PATCH,
+    drop_path: float = 0.0,
 ) -> CACLModel:
     """Build the two-branch CACL model (see :class:`CACLModel`; ``predictor_init`` see :class:`Predictor`)."""
     return CACLModel(backbone=backbone, pretrained=pretrained, pool=pool, last_stride=last_stride,
-                     predictor_init=predictor_init)
+                     predictor_init=predictor_init, input_size=input_size, patch_stride=patch_stride,
+                     drop_path=drop_path)
+
+
+def model_shape(model_cfg, height: int, width: int) -> dict:
+    """The keyword arguments of :class:`Branch` / :func:`build_model` that a ``model`` config section and the
+    input size fix (everything but the weights and the predictor)."""
+    return dict(pool=model_cfg.pool, last_stride=model_cfg.last_stride, input_size=(int(height), int(width)),
+                patch_stride=model_cfg.patch_stride, drop_path=model_cfg.drop_path)

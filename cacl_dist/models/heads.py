@@ -53,6 +53,14 @@ class GeneralizedMeanPool(nn.Module):
         return f"p={float(self.p):.3f}, learnable={isinstance(self.p, nn.Parameter)}, eps={self.eps}"
 
 
+class TokenFeature(nn.Module):
+    """The pooled feature of a ViT: its class token ``B x D``, passed on in float32 (nothing to pool)."""
+
+    def forward(self, token_BD: torch.Tensor) -> torch.Tensor:
+        """Return the token features as float32."""
+        return token_BD.float()
+
+
 def build_pool(name: str) -> nn.Module:
     """Return a global pooling module by name: ``"avg"`` or ``"gem"`` (learnable p = 3)."""
     if name == "avg":

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from cacl_dist.config import Config, apply_overrides, config_from_dict, load_config
-from cacl_dist.models.cacl import CACLModel, build_model
+from cacl_dist.models.cacl import CACLModel, build_model, model_shape
 from cacl_dist.runs.files import atomic_file
 from cacl_dist.errors import MissingFileError, NonFiniteError, UserError
 
@@ -194,7 +194,7 @@ def load_trained_model(checkpoint: str | Path, config: str | None,
         raise UserError(f"checkpoint '{checkpoint}' stores no config; pass the run's recipe with --config")
     if "model" not in state:
         raise UserError(f"checkpoint '{checkpoint}' holds no model weights")
-    model = build_model(cfg.model.backbone, "none", cfg.model.pool, cfg.model.last_stride)
+    model = build_model(cfg.model.backbone, "none", **model_shape(cfg.model, cfg.data.height, cfg.data.width))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

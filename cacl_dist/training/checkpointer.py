@@ -40,7 +40,8 @@ RESUME_WAIT_S = 60.0
 """How long a rank waits for the checkpoint rank 0 resumes from to become visible to it (a shared
 filesystem may show a renamed file to other nodes with a delay)."""
 
-FIXED_KEYS = ("model.backbone", "model.pool", "model.last_stride", "data.dataset", "data.height", "data.width")
+FIXED_KEYS = ("model.backbone", "model.pool", "model.last_stride", "model.patch_stride", "optim.name", "data.dataset",
+              "data.height", "data.width")
 """Settings a resumed run cannot change: the weights, banks and labels were made with them."""
 FIXED_IN_EPOCH_KEYS = ("train.iters_per_epoch", "train.batch_size", "train.num_instances", "run.seed")
 """Settings that shape an epoch's batches: they may change only when resuming at an epoch boundary."""
@@ -154,7 +155,8 @@ class Checkpointer:
             model_keys = [key for key in changed if key.startswith("model.")] or ["model.*"]
             raise UserError(f"{source} holds a model that does not fit this run's {', '.join(model_keys)}; resume "
                             "with the run's own model settings (its config.yaml), or use a new run.output_dir") from None
-        parts.optimiser.load_state_dict(state, saved_settings=config_from_dict(state["config"]).optim)
+        saved_cfg = config_from_dict(state["config"])
+        parts.optimiser.load_state_dict(state, saved_settings=saved_cfg.optim, saved_epochs=saved_cfg.train.epochs)
         parts.precision.load_state_dict(state.get("grad_scaler"))
         parts.banks.load_state_dict(state)
         parts.labels.load_state_dict(state)

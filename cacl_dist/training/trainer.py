@@ -46,11 +46,11 @@ from cacl_dist.runs.logs import progress as progress_bar
 from cacl_dist.runs.logs import setup_logging
 from cacl_dist.runs.metrics import MetricsWriter
 from cacl_dist.losses import cacl_loss, loss_weights
-from cacl_dist.models.cacl import build_model
+from cacl_dist.models.cacl import build_model, model_shape
 from cacl_dist.training.banks import MemoryBanks
 from cacl_dist.training.checkpointer import Checkpointer, TrainingParts
 from cacl_dist.training.labels import PseudoLabels
-from cacl_dist.training.optim import Optimiser, adam_kernel
+from cacl_dist.training.optim import OPTIMISER_NAMES, Optimiser, adam_kernel, parameter_groups
 from cacl_dist.precision import StepPrecision
 from cacl_dist.training.progress import Progress
 from cacl_dist.runs.previous import set_aside_if_fresh
@@ -96,12 +96,12 @@ class Trainer:
         self.extraction = dataclasses.replace(ExtractionSettings.from_config(cfg, env.device, self.show_progress),
                                               should_stop=lambda: self.stop.requested)
         self.eval_options = EvalOptions.from_config(cfg.eval)  # flip averaging, re-ranking
-        model = build_model(cfg.model.backbone, cfg.model.pretrained, cfg.model.pool, cfg.model.last_stride,
-                            cfg.model.predictor_init)
+        model = build_model(cfg.model.backbone, cfg.model.pretrained, predictor_init=cfg.model.predictor_init,
+                            **model_shape(cfg.model, cfg.data.height, cfg.data.width))
         self.model = prepare_model(model.to(env.device), env, bn_layout, parallel)
         self.online = parallelize(self.model.online, env, parallel)
         self.branch_gray = parallelize(self.model.branch_gray, env, parallel)
-        self.optimiser = Optimiser([p for p in self.model.parameters() if p.requires_grad], cfg.optim, env.device)
+        self.optimiser = Optimiser(parameter_groups(self.model, cfg.optim), cfg.optim, env.device, cfg.train.epochs)
 
         num_train = len(self.dataset.train)
         self.banks = MemoryBanks(num_train, self.model.online.branch.dim,
@@ -112,8 +112,9 @@ class Trainer:
         parts = TrainingParts(self.progress, self.model, self.optimiser, self.precision, self.banks, self.pseudo)
         self.checkpointer = Checkpointer(cfg, self.run_dir, self.dataset, self.data_fingerprint, parts, env.world_size,
                                          self.log)
-        self.log.info("step: precision %s (extraction %s), Adam %s, %s", cfg.train.precision, self.extraction.precision,
-                      adam_kernel(cfg.optim.implementation, env.device), parallel.describe(env.device))
+        self.log.info("step: precision %s (extraction %s), %s %s, %s", cfg.train.precision, self.extraction.precision,
+                      OPTIMISER_NAMES[cfg.optim.name], adam_kernel(cfg.optim.implementation, env.device),
+                      parallel.describe(env.device))
 
     # ----------------------------------------------------------------------------- run
     def fit(self) -> list[dict]:

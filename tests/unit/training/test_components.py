@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import types
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from cacl_dist.config import load_config
+from cacl_dist.config.schema import OptimConfig
 from cacl_dist.training.banks import MemoryBanks
 from cacl_dist.training.checkpointer import Checkpointer, TrainingParts
 from cacl_dist.training.labels import PseudoLabels
@@ -20,8 +22,7 @@ CPU = torch.device("cpu")
 
 
 def _optim(lr=1e-3, gamma=0.5, step_size=2):
-    return types.SimpleNamespace(lr=lr, gamma=gamma, step_size=step_size, weight_decay=5e-4,
-                                 implementation="for_loop")
+    return OptimConfig(lr=lr, gamma=gamma, step_size=step_size, weight_decay=5e-4, implementation="for_loop")
 
 
 def _trained(optim, epochs: int) -> Optimiser:
@@ -73,7 +74,7 @@ def test_changed_schedule_continues_from_the_new_values_exactly(epochs):
 
 def test_changed_weight_decay_takes_effect_and_moments_are_kept():
     saved = _trained(_optim(), 2)
-    resumed = _trained(types.SimpleNamespace(**{**vars(_optim()), "weight_decay": 0.0}), 0)
+    resumed = _trained(dataclasses.replace(_optim(), weight_decay=0.0), 0)
     resumed.load_state_dict(saved.state_dict(), saved_settings=_optim())
     assert resumed.optimizer.param_groups[0]["weight_decay"] == 0.0
     moments = [s["exp_avg"] for s in resumed.optimizer.state_dict()["state"].values()]
