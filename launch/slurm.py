@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from cacl_dist.cli.common import add_config_args, default_config_path, run_main
+from cacl_dist.cli.common import add_config_args, default_config_path, print_config_if_asked, run_main
 from cacl_dist.errors import UserError
 
 from . import resources
@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        if print_config_if_asked(args, default=default_config_path()):
+            return 0
         _validate_shape(args)
         cwd = Path.cwd()
         config = args.config or default_config_path()
