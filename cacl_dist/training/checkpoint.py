@@ -140,7 +140,7 @@ def missing_checkpoint(path: Path, what: str) -> UserError:
     if not path.is_dir():
         return MissingFileError(f"{what} '{path}' does not exist")
     found = sorted(path.glob("*.pt"), key=lambda p: (p.name != LAST, p.name))
-    hint = (f"pass a checkpoint file in it, e.g. {what} {found[0]}" if found else
+    hint = (f"pass a checkpoint file in it, e.g. {found[0]}" if found else
             f"it holds no checkpoint (*.pt); pass a file such as RUN/{LAST}")
     return MissingFileError(f"{what} '{path}' is a folder, not a checkpoint file; {hint}")
 

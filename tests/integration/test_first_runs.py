@@ -100,7 +100,7 @@ def test_a_folder_given_as_checkpoint_says_it_is_a_folder(tmp_path, synthetic_ro
     capsys.readouterr()
     assert evaluate.main(["--checkpoint", str(run_dir)]) == 2
     err = capsys.readouterr().err
-    assert "is a folder, not a checkpoint file" in err and str(run_dir / "last.pt") in err
+    assert "is a folder, not a checkpoint file" in err and f"e.g. {run_dir / 'last.pt'}" in err
     assert "does not exist" not in err and err.count("\n") == 1
 
 
