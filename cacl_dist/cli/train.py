@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         from cacl_dist.training.trainer import Trainer
 
         def take_folder() -> str:  # rank 0; returns what --fresh did, for the run's first log line
-            note = fresh_start(args.fresh, cfg) if args.fresh else ""
+            note = fresh_start(cfg) if args.fresh else ""
             start.update(created=not lock.run_dir.exists())
             lock.acquire()
             problem = write_status(lock.run_dir, f"running: {lock.describe_holder()}")
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     interrupted="interrupted; start the same command again to resume from the last checkpoint")
 
 
-def fresh_start(fresh: bool, cfg) -> str:
+def fresh_start(cfg) -> str:
     """What --fresh does to the run folder (rank 0, before the run takes it), said in a phrase for the log."""
     from cacl_dist.runs.fresh import rename_aside, restarted_attempt
 

@@ -143,6 +143,8 @@ def measure_forward_seconds(branch: torch.nn.Module, height: int, width: int, de
 
 
 def _minutes(seconds: float) -> str:
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.0f} h"
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
@@ -154,8 +156,8 @@ def first_epoch_warning(estimate: FirstEpochEstimate, device: str,
     parts = [f"{name} {_minutes(value)}" for name, value in (
         ("memory banks", estimate.memory), ("evaluation", estimate.evaluation),
         ("clustering", estimate.clustering), ("steps", estimate.steps)) if value >= 1]
-    return (f"the first epoch will take about {_minutes(estimate.total)} on {device} ({', '.join(parts)}), before "
-            "the first epoch line; for a quick try use configs/market1501_cpu.yaml, a GPU, a smaller model.backbone "
+    return (f"the first epoch will take about {_minutes(estimate.total)} on {device} ({', '.join(parts)}; "
+            "from one timed forward pass); for a quick try use configs/market1501_cpu.yaml, a GPU, a smaller model.backbone "
             "or data.height/data.width, or fewer train.iters_per_epoch")
 
 
