@@ -32,7 +32,8 @@ _OS_ERROR_HINTS = {
 def add_config_args(parser: argparse.ArgumentParser, default_config: bool = True) -> None:
     """--config FILE and --set key=value [key=value ...] (repeatable)."""
     help_default = f" (default: {DEFAULT_CONFIG.name})" if default_config else ""
-    parser.add_argument("--config", default=None, help="YAML recipe, e.g. configs/market1501.yaml" + help_default)
+    parser.add_argument("--config", default=None, help="YAML recipe, e.g. configs/market1501.yaml; a recipe may build on "
+                        "another with a top-level 'base: other.yaml'" + help_default)
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. --set train.epochs=10 optim.lr=1e-3 (repeatable)")
     parser.add_argument("--print-config", action="store_true",
