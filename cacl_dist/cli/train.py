@@ -5,7 +5,8 @@
     torchrun --nproc_per_node=8 -m cacl_dist.train --config configs/market1501.yaml
 
 Starting the same command again resumes from the last checkpoint in run.output_dir (one run at a
-time per folder). SIGTERM or SIGUSR1 make the run checkpoint at its next step (or as soon as the
+time per folder); the first log line says "resuming <folder> after N epochs" or "new run in <folder>",
+and --fresh starts over, keeping the old folder as <folder>.old-<time>. SIGTERM or SIGUSR1 make the run checkpoint at its next step (or as soon as the
 current phase allows) and exit with status 3; Ctrl-C (SIGINT) does the same and exits with 130.
 A user error (bad config, unreadable data, full disk, non-finite loss, ...) ends with one line on
 stderr, also written to the run folder's log, and exit status 2.
