@@ -12,6 +12,8 @@
 # `scontrol show config | grep KillWait`) and in torchrun's --shutdown-timeout (30 s by default);
 # `checkpoint.every_steps` bounds the loss otherwise. torchrun itself exits with status 1 after a
 # signal even when training stopped cleanly: the run folder's status.txt says how training ended.
+# `--fresh` among the arguments starts over only in the job's first start: a requeued job has
+# SLURM_RESTART_COUNT > 0, and cacl_dist.train then resumes instead of starting over again.
 #
 #SBATCH --job-name=cacl
 #SBATCH --nodes=2

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from cacl_dist.cli.common import add_config_args, default_config_path, run_main
+from cacl_dist.cli.common import add_config_args, default_config_path, print_config_if_asked, run_main
 from cacl_dist.errors import UserError
 
 from . import resources
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="submitit logs and pickles (default: <run.output_dir>/slurm); must be shared by the nodes")
     parser.add_argument("--master-port", type=int, default=None,
                         help="rendezvous port on the first node (default: derived from the job id)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start new runs: each existing run folder is renamed to <folder>.old-<time> here, "
+                             "before submitting (the jobs themselves never start over, so a requeued job resumes)")
     parser.add_argument("--check", action="store_true", help="check everything and print the plan, submit nothing")
     parser.add_argument("--wait", action="store_true", help="wait for the job(s) to end and report how they ended")
     return parser
@@ -208,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        if print_config_if_asked(args, default=default_config_path()):
+            return 0
         _validate_shape(args)
         cwd = Path.cwd()
         config = args.config or default_config_path()
@@ -237,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
             for run in runs:
                 print(f"  run folder: {run.run_dir}")
             return 0
+        if args.fresh:  # here, once: the tasks resume whenever SLURM starts them again
+            from cacl_dist.runs.fresh import rename_aside
+
+            for run in runs:
+                if (moved := rename_aside(run.run_dir, keep_outside=[run.cfg.data.root])) is not None:
+                    print(f"--fresh: {run.run_dir} is now {moved}")
         executor = make_executor(args, request, partition, folder, name)
         tasks = [TrainingTask(run.train_argv(config), str(run.run_dir), args.max_requeues, _signal_delay(args),
                               args.master_port) for run in runs]

@@ -32,9 +32,36 @@ _OS_ERROR_HINTS = {
 def add_config_args(parser: argparse.ArgumentParser, default_config: bool = True) -> None:
     """--config FILE and --set key=value [key=value ...] (repeatable)."""
     help_default = f" (default: {DEFAULT_CONFIG.name})" if default_config else ""
-    parser.add_argument("--config", default=None, help="YAML recipe, e.g. configs/market1501.yaml" + help_default)
+    parser.add_argument("--config", default=None, help="YAML recipe, e.g. configs/market1501.yaml; a recipe may build on "
+                        "another with a top-level 'base: other.yaml'" + help_default)
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. --set train.epochs=10 optim.lr=1e-3 (repeatable)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (the recipe on top of its base recipes, then --set) as YAML "
+                             "and exit, touching nothing")
+
+
+def print_config_if_asked(args: argparse.Namespace, checkpoint: str | None = None,
+                          default: str | None = None) -> bool:
+    """With --print-config, print the config the command would use and return True (the caller exits).
+
+    That config is --config (else `default`) with --set applied; an entry that reads a model file passes it as
+    `checkpoint`, whose stored config is used when no --config is given (an export stores none: one line)."""
+    if not getattr(args, "print_config", False):
+        return False
+    from cacl_dist.config import dump_yaml, load_config
+
+    if args.config or checkpoint is None:
+        cfg = load_config(args.config or default, args.overrides)
+    else:
+        from cacl_dist.inference.loader import load_feature_model
+
+        cfg = load_feature_model(checkpoint, None, args.overrides).cfg
+        if cfg is None:
+            raise UserError(f"--checkpoint '{checkpoint}' is an export, which stores no config; pass the recipe "
+                            "with --config to see the config in use")
+    print(dump_yaml(cfg), end="")
+    return True
 
 
 def default_config_path() -> str | None:
@@ -91,16 +118,18 @@ def user_error_message(exc: BaseException) -> str | None:
     return f"{text}; {hint}" if hint and hint not in text else text
 
 
-def run_main(body: Callable[[], int | None], on_error: Callable[[str], None] | None = None) -> int:
+def run_main(body: Callable[[], int | None], on_error: Callable[[str], None] | None = None,
+             interrupted: str = "interrupted") -> int:
     """Run `body`; a user error prints one line ('error: ...') and exits with status 2.
 
     `on_error(line)` also receives that line (e.g. to write it into the run folder's log), and for any
-    other exception (a bug, which keeps its traceback on stderr) a line naming it.
+    other exception (a bug, which keeps its traceback on stderr) a line naming it. Ctrl-C prints `interrupted`
+    (training says how to resume; the other entries have nothing to resume) and exits with status 130.
     """
     try:
         return int(body() or 0)
     except KeyboardInterrupt:
-        print("interrupted; start the same command again to resume from the last checkpoint", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
     except Exception as exc:
         message = user_error_message(exc)

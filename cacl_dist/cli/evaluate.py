@@ -13,7 +13,7 @@ import json
 import sys
 
 from cacl_dist.errors import UserError
-from cacl_dist.cli.common import add_config_args, run_main
+from cacl_dist.cli.common import add_config_args, print_config_if_asked, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        if print_config_if_asked(args, checkpoint=args.checkpoint):
+            return 0
         from cacl_dist.cli.model_args import model_on_its_dataset
         from cacl_dist.inference.features import extraction_settings
 

@@ -31,7 +31,7 @@ import argparse
 import sys
 
 from cacl_dist.errors import UserError
-from cacl_dist.cli.common import add_config_args, run_main
+from cacl_dist.cli.common import add_config_args, print_config_if_asked, run_main
 from cacl_dist.cli.outputs import check_output
 from cacl_dist.inference.export import (FORMATS, branch_metadata, export_onnx, export_program, export_state_dict,
                                         export_torchscript)
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        if print_config_if_asked(args, checkpoint=args.checkpoint):
+            return 0
         if args.format not in FORMATS:
             raise UserError(f"unknown export format '{args.format}'; choose one of {', '.join(FORMATS)}")
         output = check_output(args.output, [("--checkpoint", args.checkpoint), ("--config", args.config)],

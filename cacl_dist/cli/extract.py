@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cacl_dist.cli.common import run_main
+from cacl_dist.cli.common import print_config_if_asked, run_main
 from cacl_dist.cli.model_args import add_model_args, check_model_args, model_inputs
 from cacl_dist.cli.outputs import check_output
 
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
+        if print_config_if_asked(args, checkpoint=args.checkpoint):
+            return 0
         from cacl_dist.distributed.env import init_distributed, shutdown_distributed
         from cacl_dist.inference.feature_files import image_records, save_features
         from cacl_dist.inference.features import extraction_settings, features

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cacl_dist.errors import MissingFileError, UserError
-from cacl_dist.cli.common import run_main
+from cacl_dist.cli.common import print_config_if_asked, run_main
 
 
 def _query_features(args: argparse.Namespace, records, gallery: dict, model=None) -> tuple[np.ndarray, object]:
@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
+        if print_config_if_asked(args, checkpoint=args.checkpoint):
+            return 0
         from cacl_dist.distributed.env import init_distributed, shutdown_distributed
         from cacl_dist.inference.feature_files import image_records, load_gallery
         from cacl_dist.inference.features import extraction_settings, features

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from cacl_dist.errors import MissingFileError, UserError
-from cacl_dist.cli.common import add_config_args, run_main
+from cacl_dist.cli.common import add_config_args, print_config_if_asked, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m cacl_dist.visualize`."""
     args = build_parser().parse_args(argv)
     body = ranked_main if args.command == "ranked" else clusters_main
-    return run_main(lambda: body(args))
+
+    def checked() -> int:
+        if args.command == "ranked" and print_config_if_asked(args, checkpoint=args.checkpoint):
+            return 0
+        if args.command == "clusters" and print_config_if_asked(args, default=str(Path(args.run) / "config.yaml")):
+            return 0
+        return body(args)
+
+    return run_main(checked)
 
 
 if __name__ == "__main__":

@@ -138,20 +138,67 @@ def _nest(path: list[str], value: Any) -> dict:
     return out
 
 
+BASE_KEY = "base"
+"""Top-level key of a recipe file naming the recipe it builds on (a path relative to the file)."""
+
+
+def _merge_dicts(base: dict, over: dict) -> dict:
+    """`over` written onto `base`: mappings merge key by key (recursively), any other value replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_dicts(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_recipe(path: str | Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The values of the recipe file `path` with its base recipes (``base: other.yaml``) merged under them.
+
+    A base is resolved relative to the file that names it; bases may have bases. ConfigError (one line) for a
+    missing or unreadable file, a cycle, or a base that is not a file name."""
+    file = Path(path)
+    shown = " -> ".join([*(str(p) for p in chain), str(file)])
+    if not file.is_file():
+        if chain:
+            raise ConfigError(f"config file '{chain[-1]}': its base '{file}' does not exist (chain: {shown}); "
+                              f"'{BASE_KEY}:' names a recipe relative to the file that names it")
+        raise ConfigError(f"config file '{path}' does not exist; pass a YAML file such as configs/quickstart.yaml")
+    if file.resolve() in {p.resolve() for p in chain}:
+        raise ConfigError(f"config file '{chain[0]}': its '{BASE_KEY}:' recipes form a cycle ({shown}); "
+                          "remove one of the base keys")
+    try:
+        values = load_yaml(_read_utf8(file)) or {}
+    except ConfigError as exc:
+        raise ConfigError(f"config file '{file}': {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{file}' is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file '{file}': expected a mapping of sections, got {values!r}")
+    if BASE_KEY not in values:
+        return values
+    base = values.pop(BASE_KEY)
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"config file '{file}': '{BASE_KEY}' must name a recipe file (e.g. {BASE_KEY}: "
+                          f"market1501.yaml), got {base!r}")
+    base_file = Path(base).expanduser()
+    if not base_file.is_absolute():
+        base_file = file.parent / base_file
+    return _merge_dicts(_read_recipe(base_file, (*chain, file)), values)
+
+
+def read_recipe(path: str | Path) -> dict:
+    """The values of a recipe file as nested dicts, its ``base:`` recipes merged under them (not validated)."""
+    return _read_recipe(path)
+
+
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a Config from defaults, then a YAML file, then `key=value` overrides, and validate it."""
+    """Build a Config from defaults, then a YAML file (on top of its ``base:`` recipes, if it names one), then
+    `key=value` overrides, and validate it."""
     cfg = Config()
     if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file '{path}' does not exist; pass a YAML file such as configs/quickstart.yaml")
-        text = _read_utf8(file)
-        try:
-            values = load_yaml(text) or {}
-        except ConfigError as exc:
-            raise ConfigError(f"config file '{path}': {exc}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+        values = _read_recipe(path)
         try:
             _merge(cfg, values, "")
         except ConfigError as exc:

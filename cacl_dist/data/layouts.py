@@ -82,7 +82,7 @@ def load_dataset(name: str, root: str) -> ReidDataset:
         raise UserError(f"unknown dataset name {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     root = os.path.abspath(os.path.expanduser(str(root)))
     if not os.path.isdir(root):
-        hint = ""
+        hint = "; pass the dataset's folder with --set data.root=DIR (or data.root in the recipe)"
         if name == "synthetic":
             hint = f" (create it with: python -m cacl_dist.data.synthetic --root {root})"
         raise MissingFileError(f"dataset root {root} for {name!r} does not exist or is not a folder{hint}")
@@ -133,7 +133,7 @@ def _load_named_folders(name: str, root: str, pattern: re.Pattern) -> dict[str, 
         if not os.path.isdir(folder):
             raise MissingFileError(
                 f"{name}: expected the folder {folder} ({split} split) with images named "
-                f"{_PATTERN_HELP[name]}; check that --root points at the extracted dataset"
+                f"{_PATTERN_HELP[name]}; check that data.root (--set data.root=DIR) points at the extracted dataset"
             )
         records = []
         for fname in _list_images(folder):
@@ -167,7 +167,7 @@ def _load_msmt17(root: str) -> dict[str, list[ImageRecord]]:
     else:
         raise MissingFileError(
             f"msmt17: found neither {os.path.join(root, 'train')} (MSMT17_V1) nor "
-            f"{os.path.join(root, 'mask_train_v2')} (MSMT17_V2); point --root at the extracted folder"
+            f"{os.path.join(root, 'mask_train_v2')} (MSMT17_V2); point data.root at the extracted folder (--set data.root=DIR)"
         )
     if not os.path.isdir(test_dir):
         raise MissingFileError(f"msmt17: expected the folder {test_dir} next to {train_dir}")
@@ -229,7 +229,7 @@ def _load_plain_folder(root: str) -> list[ImageRecord]:
     if not paths:
         raise UserError(
             f"folder: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}; "
-            "point --root at a folder that contains person crops"
+            "point data.root at a folder that contains person crops (--set data.root=DIR)"
         )
     return [ImageRecord(p, -1, -1) for p in sorted(paths)]
 

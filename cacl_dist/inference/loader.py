@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from cacl_dist.errors import MissingFileError, UserError
+from cacl_dist.errors import UserError
 from cacl_dist.inference.program_check import check_program_archive, is_program_archive
 
 STATE_DICT_FORMAT = "cacl_dist.branch"
@@ -128,7 +128,9 @@ def load_feature_model(path: str | Path, config: str | None = None, overrides: l
     """The feature branch stored in ``path`` (any format above), on the CPU, in eval mode."""
     path, overrides = Path(path), list(overrides or [])
     if not path.is_file():
-        raise MissingFileError(f"--checkpoint '{path}' does not exist")
+        from cacl_dist.training.checkpoint import missing_checkpoint
+
+        raise missing_checkpoint(path, "--checkpoint")
     kind, source = file_kind(path), str(path.resolve())
     if kind == "torchscript":
         cfg = _user_config(config, overrides)

@@ -134,6 +134,17 @@ def _allow_numpy_arrays() -> contextlib.AbstractContextManager:
     return scoped(_numpy_array_globals()) if scoped is not None else contextlib.nullcontext()
 
 
+def missing_checkpoint(path: Path, what: str) -> UserError:
+    """The one-line error for a checkpoint path that is not a file: a folder (name the checkpoint files in it) or
+    nothing at all. `what` names the argument, e.g. '--checkpoint'."""
+    if not path.is_dir():
+        return MissingFileError(f"{what} '{path}' does not exist")
+    found = sorted(path.glob("*.pt"), key=lambda p: (p.name != LAST, p.name))
+    hint = (f"pass a checkpoint file in it, e.g. {found[0]}" if found else
+            f"it holds no checkpoint (*.pt); pass a file such as RUN/{LAST}")
+    return MissingFileError(f"{what} '{path}' is a folder, not a checkpoint file; {hint}")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                     check_finite: bool = True) -> dict[str, Any]:
     """Read and validate a checkpoint; a truncated, corrupt, foreign or unsafe file is a clear ValueError.
@@ -145,7 +156,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f"checkpoint '{path}' does not exist")
+        raise missing_checkpoint(path, "checkpoint")
     try:
         with _allow_numpy_arrays():
             state = torch.load(path, map_location=map_location, weights_only=True)

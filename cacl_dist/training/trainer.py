@@ -27,7 +27,7 @@ import torch
 
 from cacl_dist import clustering
 from cacl_dist.runs import pseudo_labels as pseudo_label_log
-from cacl_dist.training import run_log
+from cacl_dist.training import preflight, run_log
 from cacl_dist.config import Config, dump_yaml, validate_for_world
 from cacl_dist.data.epoch_plan import check_batch_order
 from cacl_dist.data.factory import augment_params, dataset_from_config, generate_if_synthetic, training_plan
@@ -53,25 +53,22 @@ from cacl_dist.training.labels import PseudoLabels
 from cacl_dist.training.optim import OPTIMISER_NAMES, Optimiser, adam_kernel, parameter_groups
 from cacl_dist.precision import StepPrecision
 from cacl_dist.training.progress import Progress
-from cacl_dist.runs.previous import set_aside_if_fresh
-from cacl_dist.training.checkpoint import find_resume
 from cacl_dist.training.stopping import AgreedStop, StopRequested
 
 
 class Trainer:
     """Owns the model, the optimiser, both banks and the pseudo labels of one run."""
 
-    def __init__(self, cfg: Config, env: DistEnv, stop: AgreedStop | None = None) -> None:
+    def __init__(self, cfg: Config, env: DistEnv, stop: AgreedStop | None = None, start_note: str = "") -> None:
         """Set up the run; `stop` (e.g. fed by signal handlers before this exists) may end the image check early
-        with :class:`~cacl_dist.training.stopping.StopRequested` on every rank."""
+        with :class:`~cacl_dist.training.stopping.StopRequested` on every rank. `start_note` (what --fresh did)
+        goes into the first log line."""
         self.cfg, self.env = cfg, env
         self.stop = stop if stop is not None else AgreedStop()
         self.run_dir = Path(cfg.run.output_dir)
-        moved = comm.run_on_main(lambda: set_aside_if_fresh(self.run_dir, find_resume),
-                                 "setting an earlier run's records aside")
+        first_line = comm.run_on_main(lambda: preflight.start_line(self.run_dir, start_note), "the resume decision")
         self.log = setup_logging(self.run_dir, env.rank)  # (after: a fresh start's log is a new file)
-        if moved is not None:
-            self.log.info("fresh start (no last.pt): the earlier run's records were moved to %s", moved)
+        self.log.info("%s", first_line)  # 'resuming <folder> after N epochs ...' or 'new run in <folder>'
         self.metrics = MetricsWriter(self.run_dir, enabled=env.is_main)
         self.show_progress = cfg.run.progress and env.is_main
         if env.is_main:
@@ -79,6 +76,8 @@ class Trainer:
         if generate_if_synthetic(cfg.data, write=env.is_main):
             comm.barrier()  # rank 0 wrote the images; the others wait before reading them
         self.dataset: ReidDataset = dataset_from_config(cfg.data, cfg.clustering.k1)
+        preflight.check_sampler_fills_batches(len(self.dataset.train), cfg.train.batch_size, cfg.train.num_instances,
+                                              cfg.train.sampler)  # before any work, not after the first clustering
         bar = functools.partial(progress_bar, desc="check images", enabled=self.show_progress)
         comm.run_on_main(lambda: check_dataset_images(self.dataset, self.run_dir, bar, lambda: self.stop.requested),
                          "checking the images")  # a stop ends it on rank 0, and every rank raises StopRequested
@@ -148,6 +147,9 @@ class Trainer:
         if self.env.is_main:  # once a resume has accepted this config
             (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
         if not resumed:
+            data = self.dataset
+            preflight.warn_if_slow_first_epoch(self.log, self.cfg, self.env, self.model.online.branch, len(data.train),
+                                               len(data.query) + len(data.gallery))
             self.stop.phase(self.init_memory)
 
     def end_epoch(self) -> None:
@@ -210,7 +212,7 @@ class Trainer:
         at once and all of them raise it (``comm.run_on_main``).
         """
         shared = self.env.world_size > 1 and self.cfg.clustering.shard_knn and self.cluster_params.takes_neighbours
-        rows = self.banks.rgb.rows
+        rows, cfg = self.banks.rgb.rows, self.cfg
         epoch = self.progress.epoch + 1
         feats = comm.all_gather_cat(rows) if shared else comm.gather_cat(rows, dst=0)  # whole bank (rank 0)
         neighbours, knn_seconds = self._shared_neighbours(feats) if shared else (None, 0.0)
@@ -229,6 +231,9 @@ class Trainer:
         self.pseudo.assign(torch.as_tensor(labels, dtype=torch.int64), self.banks)
         self.pseudo.cluster_stats = stats
         run_log.log_clustering(self.log, epoch, stats)
+        if results and (warning := preflight.clustering_warning(results[0].labels, cfg.train.batch_size,
+                                                                cfg.train.num_instances)):  # rank 0
+            self.log.warning("epoch %d: %s", epoch, warning)
         self.metrics.write("cluster", self.progress.global_step, epoch=epoch, **stats)
         return results[0] if results else None
 

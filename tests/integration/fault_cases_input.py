@@ -49,8 +49,8 @@ def case_non_utf8_name(lab: Lab):
     ok, observed = one_line_error(run_cli("cacl_dist.train", lab.args(run_dir, **{"data.dataset": "folder",
                                                                                    "data.root": str(crops)})),
                                   "caf\\xe9.jpg is not UTF-8")
-    status = (run_dir / "status.txt").read_text() if (run_dir / "status.txt").exists() else ""
-    return ok and status.startswith("2 error: the file name"), observed + f"; status '{status.strip()[:40]}'"
+    left = sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else []
+    return ok and not left, observed + (f"; left in the run folder: {', '.join(left)}" if left else "; no run folder left")
 
 
 def case_sixteen_bit_png(lab: Lab):
@@ -87,7 +87,7 @@ INPUT_CASES = [
     Case("duplicate_key", "a key twice in a config file: one line naming key and file, exit 2", case_duplicate_key),
     Case("seed", "run.seed=-1: one line naming run.seed before any work, exit 2", case_seed),
     Case("query_in_gallery", "custom query images also in the gallery: one line, exit 2", case_query_in_gallery),
-    Case("non_utf8_name", "a Latin-1 file name in the data: one line naming it, also in status.txt, exit 2",
+    Case("non_utf8_name", "a Latin-1 file name in the data: one line naming it, exit 2, no run folder left behind",
          case_non_utf8_name),
     Case("sixteen_bit_png", "a 16-bit PNG among the training images: one line naming it, exit 2",
          case_sixteen_bit_png),

@@ -73,6 +73,7 @@ def test_unreadable_data_folder_is_one_line_in_the_log(tmp_path, synthetic_root)
     generate_if_synthetic(load_config(None, tiny_overrides(tmp_path / "prepare", synthetic_root)).data)  # the images
     data = tmp_path / "data"
     shutil.copytree(synthetic_root, data)
+    (tmp_path / "run").mkdir()  # a folder of the user's: the error goes into its log (a new one would be removed)
     (data / "bounding_box_train").chmod(0)
     try:
         result = run_cli("cacl_dist.train", set_args(tmp_path / "run", data), prefix=prefix)
@@ -129,4 +130,7 @@ def test_a_file_name_that_is_not_utf8_is_one_line_naming_it_and_the_status_says_
     run_dir = tmp_path / "run"
     line = _one_line(run_cli("cacl_dist.train", set_args(run_dir, data, **{"data.dataset": "folder"})))
     assert f"the file name {data}/caf\\xe9.png is not UTF-8 text" in line
+    assert not run_dir.exists()  # the start created the folder and failed before any work: removed
+    run_dir.mkdir()  # a folder that was there before keeps the outcome
+    line = _one_line(run_cli("cacl_dist.train", set_args(run_dir, data, **{"data.dataset": "folder"})))
     assert (run_dir / "status.txt").read_text().startswith("2 error: the file name")

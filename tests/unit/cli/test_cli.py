@@ -122,4 +122,7 @@ def test_train_keeps_the_traceback_of_a_bug_and_one_line_for_a_user_error(tmp_pa
         assert train.main(argv) == 2
         err = capsys.readouterr().err
         assert err.strip() == "error: dataset root /nowhere does not exist" and err.count("\n") == 1
+        assert not (tmp_path / "run").exists()  # created by this start, which failed before any work: removed
+        (tmp_path / "run").mkdir()  # a folder that was there before keeps the outcome in its status file
+        assert train.main(argv) == 2
         assert status.read_text().startswith("2 error: dataset root /nowhere does not exist")
