@@ -71,8 +71,8 @@ def device_problem(device: torch.device) -> str | None:
             data = encode_jpeg(torch.full((3, 8, 8), 128, dtype=torch.uint8))
             decode_jpeg([data], mode=ImageReadMode.RGB, device=device)
     except Exception as exc:  # any failure means: this device cannot decode
-        lines = str(exc).strip().splitlines()
-        return f"{type(exc).__name__}: {lines[-1] if lines else ''}".strip()
+        lines = str(exc).strip().splitlines()  # torchvision's first line says what failed
+        return f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()
     return None
 
 
