@@ -35,7 +35,8 @@ IMAGES = [((32, 16), "jpg"), ((20, 10), "jpg"), ((50, 23), "png"), ((64, 32), "j
           ((64, 32), "jpg"), ((16, 8), "png"), ((64, 32), "jpg")]
 
 
-def _write(folder, images=IMAGES, seed: int = 0) -> list[ImageRecord]:
+def _write(folder, images=IMAGES, seed: int = 0, subsampling: int = -1) -> list[ImageRecord]:
+    """Images of the given sizes and kinds; JPEGs at quality 90 with PIL's chroma ``subsampling`` (-1: 4:2:0)."""
     rng = np.random.default_rng(seed)
     records = []
     for i, ((h, w), kind) in enumerate(images):
@@ -46,7 +47,7 @@ def _write(folder, images=IMAGES, seed: int = 0) -> list[ImageRecord]:
         if kind.startswith("L."):
             image, kind = image.convert("L"), kind[2:]
         path = folder / f"img{i}.{kind}"
-        image.save(path, **({"quality": 90} if kind == "jpg" else {}))
+        image.save(path, **({"quality": 90, "subsampling": subsampling} if kind == "jpg" else {}))
         records.append(ImageRecord(path=str(path), pid=i, camid=0))
     return records
 
@@ -186,10 +187,13 @@ def test_cuda_views_match_the_cpu_pipeline_within_the_decoder_and_resize_differe
     """CPU twin: test_training_views_equal_the_torchvision_pipelines_on_the_cpu (bit for bit there).
 
     The choices are the same, so flips, crops and erasing rectangles agree exactly (an erased pixel holds
-    the fill value in both); the pixels differ by nvJPEG against libjpeg-turbo (PNGs are decoded by PIL
-    on both) and by CUDA's float resize kernel, which rounds a few pixels to the other level.
+    the fill value in both); the pixels differ by CUDA's float resize kernel, which can round a pixel to
+    the neighbouring level (at most one: PNGs, decoded by PIL for both), and for JPEGs also by nvJPEG's
+    IDCT against libjpeg-turbo's (4:4:4 JPEGs here, so no chroma upsampling differs; Market-1501's 4:2:0
+    JPEGs are measured by the GPU acceptance's pipeline part). A wrong crop, flip or view would differ
+    by tens of levels on average.
     """
-    records = _write(tmp_path)
+    records = _write(tmp_path, subsampling=0)
     plan = _plan([[0, 1, 2, 3, 4, 5, 6, 7]], seed=5)
     (rgb, gray, index), = list(tg.train_loader(records, PARAMS, plan, device="cuda"))
     (ref_rgb, ref_gray, ref_index), = list(tv.train_loader(records, PARAMS, plan))
@@ -198,7 +202,7 @@ def test_cuda_views_match_the_cpu_pipeline_within_the_decoder_and_resize_differe
         assert ours.shape == ref.shape
         diff = (ours - ref).abs() / LEVEL
         for slot, (_, kind) in enumerate(IMAGES):
-            limit_mean, limit_max = (0.05, 1.01) if kind == "png" else (2.0, 24.0)
+            limit_mean, limit_max = (0.5, 1.01) if kind == "png" else (1.5, 16.0)
             assert diff[slot].mean() < limit_mean and diff[slot].max() < limit_max, (slot, kind, diff[slot].max())
     choices = torch.stack([tg.draw_choices(PARAMS, int(s)) for s in plan.local_seeds[0]])
     for slot in range(8):  # erased rectangles are exactly the fill value in both pipelines
@@ -227,12 +231,12 @@ def test_cuda_augmentation_never_waits_for_the_device(tmp_path):
 @pytest.mark.gpu
 def test_cuda_eval_loader_and_stream_hand_over(tmp_path):
     """CPU twin: test_eval_batches_equal_the_torchvision_pipelines."""
-    records = _write(tmp_path, [((64, 32), "jpg")] * 12)
+    records = _write(tmp_path, [((64, 32), "jpg")] * 12, subsampling=0)
     batches = list(tg.eval_loader(records, 32, 16, 5, device="cuda"))
     ref = list(tv.eval_loader(records, 32, 16, 5))
     assert [i.tolist() for _, i in batches] == [i.tolist() for _, i in ref]
     for (images, _), (expected, _) in zip(batches, ref):
-        assert ((images.cpu() - expected).abs() / LEVEL).mean() < 2.0  # read on the consumer's stream
+        assert ((images.cpu() - expected).abs() / LEVEL).mean() < 1.5  # read on the consumer's stream
 
 
 # ------------------------------------------------------------------------------------------------ 'auto'
