@@ -89,7 +89,7 @@ def _auto_on_cuda(key: str, cuda: torch.device) -> str:
     """'auto' on a CUDA device: DALI when it runs there, else torch-gpu when nvJPEG decodes there, else torchvision."""
     from cacl_dist.data.pipelines import dali, torch_gpu
 
-    why_not_dali = "NVIDIA DALI is not installed"
+    why_not_dali = f"NVIDIA DALI is not installed (`{dali.INSTALL_HINT}` adds it)"
     if dali.dali_available():
         version = dali.require_dali(key).__version__
         failure = _dali_fails_on(cuda)
@@ -99,9 +99,10 @@ def _auto_on_cuda(key: str, cuda: torch.device) -> str:
         why_not_dali = (f"NVIDIA DALI {version} cannot run on {cuda} ({failure}; for a CUDA 12 driver install "
                         f"`{dali.INSTALL_HINT_CUDA12}`)")
     problem = torch_gpu.device_problem(cuda)
-    if problem is None:
-        log.info("%s 'auto': %s, using torch-gpu (nvJPEG decoding and batched augmentation on %s)",
-                 key, why_not_dali, cuda)
+    if problem is None:  # a warning when an installed DALI cannot run: someone meant it to
+        say = log.warning if dali.dali_available() else log.info
+        say("%s 'auto': %s, using torch-gpu (nvJPEG decoding and batched augmentation on %s)", key, why_not_dali,
+            cuda)
         return "torch-gpu"
     log.warning("%s 'auto': %s and torchvision cannot decode JPEGs on %s (%s), using torchvision", key,
                 why_not_dali, cuda, problem)

@@ -256,14 +256,16 @@ def test_auto_on_a_gpu_takes_torch_gpu_when_dali_is_absent_or_cannot_run(fresh_r
 
     pipelines = fresh_resolution
     lines = []
+    warnings = []
     monkeypatch.setattr(pipelines.log, "info", lambda msg, *args: lines.append(msg % args))
-    monkeypatch.setattr(pipelines.log, "warning", lambda msg, *args: lines.append(msg % args))
+    monkeypatch.setattr(pipelines.log, "warning", lambda msg, *args: (lines.append(msg % args), warnings.append(1)))
     monkeypatch.setattr(tg, "device_problem", lambda device: None)
     monkeypatch.setattr(dali, "dali_available", lambda: False)
     cuda = torch.device("cuda", 0)
     assert pipelines.resolve_pipeline("auto", device=cuda) == "torch-gpu"
     assert pipelines.resolve_pipeline("auto", "data.eval_pipeline", device=cuda) == "torch-gpu"
-    assert len(lines) == 2 and "DALI is not installed, using torch-gpu" in lines[0] and "\n" not in lines[0]
+    assert len(lines) == 2 and "\n" not in lines[0]
+    assert "DALI is not installed (`pip install cacl_dist[dali]` adds it), using torch-gpu" in lines[0]
     assert pipelines.resolve_pipeline("auto", device=torch.device("cpu")) == "torchvision"  # the CPU keeps its order
     monkeypatch.setattr(dali, "dali_available", lambda: True)
     monkeypatch.setattr(dali, "require_dali", lambda key="data.pipeline": type("M", (), {"__version__": "2.4.0"}))
@@ -276,6 +278,7 @@ def test_auto_on_a_gpu_takes_torch_gpu_when_dali_is_absent_or_cannot_run(fresh_r
     lines.clear()
     assert pipelines.resolve_pipeline("auto", device=cuda) == "torch-gpu"
     assert len(lines) == 1 and "cannot run on cuda:0" in lines[0] and "using torch-gpu" in lines[0]
+    assert warnings == [1]  # an installed DALI that cannot run is worth a warning
     monkeypatch.setattr(dali, "probe", lambda device: None)
     pipelines.resolve_pipeline.cache_clear()
     pipelines._dali_fails_on.cache_clear()
