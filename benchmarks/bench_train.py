@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from bench_train_report import fmt, markdown, plot
+from fed_steps import data_pipeline_rate, fed_rate
 from machine import cpu_description, cpu_matmul_gflops, git_commit, gpu_description, load_average
 from scaling_model import GPU_PEAK_TFLOPS, estimates, gpu_peak_key
 
@@ -78,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--case-timeout", type=float, default=900.0, help="seconds allowed per case")
     p.add_argument("--budget-s", type=float, default=None, help="start no case after this many seconds in total")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads per case")
+    p.add_argument("--fed-by", choices=["auto", "dali", "torch-gpu", "torchvision"],
+                   help="also time each bf16+cl case fed by this input pipeline (real JPEGs; auto as data.pipeline)")
     p.add_argument("--report-only", action="store_true", help="rewrite the markdown and plot from the JSON")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case (JSON) and print JSON
     return p.parse_args(argv)
@@ -217,6 +220,11 @@ def run_case(case: dict, runs_dir: Path) -> dict:
     out["num_params"] = sum(p.numel() for p in trainer.model.parameters())
     out["dim"] = trainer.model.dim
     out["bank_rows"] = len(trainer.dataset.train)
+    if case.get("fed_by"):
+        try:
+            out.update(fed_rate(trainer, case))
+        except Exception as exc:  # the in-memory figures above stay; the row says why the fed one is missing
+            out["fed_error"] = f"fed by {case['fed_by']}: {type(exc).__name__}: {str(exc).strip()[:250]}"
     if device.type == "cuda":
         out["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
@@ -246,33 +254,6 @@ def prepare_data(args) -> list[str]:
 
     generate_synthetic(str(Path(args.runs_dir).resolve() / "synthetic"))
     return data_overrides(None, Path(args.runs_dir).resolve())
-
-
-def data_pipeline_rate(root: str | None, height: int, width: int, batches: int = 6, batch: int = 32) -> dict | None:
-    """Decode + two-view augmentation on the JPEGs of `root` in the main process (one core): images/s."""
-    if not root:
-        return None
-    import numpy as np
-
-    from cacl_dist.data.epoch_plan import plan_epoch
-    from cacl_dist.data.layouts import load_dataset
-    from cacl_dist.data.pipelines import get_pipeline
-    from cacl_dist.data.transforms import AugmentParams
-
-    torch.set_num_threads(1)
-    ds = load_dataset("market1501", str(root))
-    labels = np.array([r.pid for r in ds.train])
-    _, labels = np.unique(labels, return_inverse=True)
-    plan = plan_epoch(labels, None, epoch=0, num_iters=batches + 1, batch_size=batch, num_instances=4, seed=0,
-                      num_clusters=int(labels.max()) + 1)
-    loader = get_pipeline("torchvision").train_loader(ds.train, AugmentParams(height=height, width=width), plan)
-    it = iter(loader)
-    next(it)
-    t = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    rate = batches * batch / (time.perf_counter() - t)
-    return {"images_per_s_per_core": rate, "height": height, "width": width, "views_per_image": 2}
 
 
 # ----------------------------------------------------------------------------------------- plan
@@ -357,7 +338,8 @@ def measure_all(args, case_list: list[dict], data: list[str]) -> list[dict]:
         print(f"{case['device']:4s} {case['backbone']:11s} {case['height']}x{case['width']} b{case['batch']:<4d} "
               f"{case['variant']:16s} {fmt(result.get('images_per_s'), '8.1f')} img/s  "
               f"{fmt(result.get('step_ms_median'), '8.0f')} ms/step  {result.get('error', '')}"
-              f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+              + (f" fed by {result['fed_by']}: {result['fed_images_per_s']:.1f} img/s" if "fed_images_per_s" in result
+                 else "") + result.get("fed_error", "") + f"  ({time.perf_counter() - t:.0f} s)", flush=True)
     return results
 
 
@@ -378,7 +360,8 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not cuda:
         raise SystemExit("--device cuda: no CUDA device is visible; use --device cpu or auto")
     load_before = load_average()
-    case_list = cases(args, cuda)
+    case_list = [dict(c, fed_by=args.fed_by) if args.fed_by and c["variant"] == "bf16+cl" else c
+                 for c in cases(args, cuda)]
     on_cpu = any(c["device"] == "cpu" for c in case_list)  # the CPU peak is measured only when it is needed
     machine = {"cpu": cpu_description(), "gpu": gpu_description(),
                "torch": torch.__version__, "python": platform.python_version(), "load_before": load_before,

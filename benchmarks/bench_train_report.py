@@ -39,6 +39,15 @@ def markdown(report: dict) -> str:
                      f"{fmt(r.get('images_per_s'))} | {fmt(r.get('step_ms_median'), '.0f')} | {fmt(gf, '.2f')} | "
                      f"{fmt(100 * r['mfu'] if 'mfu' in r else None, '.1f')}{'%' if 'mfu' in r else ''} | "
                      f"{r.get('error', '')} |")
+    fed = [r for r in report["results"] if "fed_images_per_s" in r or "fed_error" in r]
+    if fed:
+        lines += ["", "The same step fed by an input pipeline (real JPEGs of the dataset decoded and augmented as a "
+                  "training run does, instead of tensors in memory):", ""]
+        for r in fed:
+            what = (f"**{r['fed_images_per_s']:.0f} images/s** fed by the {r['fed_by']} pipeline "
+                    f"({r['fed_workers']} workers/threads)" if "fed_images_per_s" in r else r["fed_error"])
+            lines.append(f"- {r['device']} {r['backbone']} b{r['batch']} {r['variant']}: {what}; "
+                         f"{fmt(r.get('images_per_s'), '.0f')} images/s from memory")
     lines += ["", "## Where a step's time goes (ms, phases synchronised one by one)", "",
               "| device | backbone | batch | variant | forward | losses | backward | gather + bank | optimiser |",
               "|---|---|---|---|---|---|---|---|---|"]

@@ -21,7 +21,9 @@ graph + bucket view, fused Adam, fp16 scaler), two_process (two gloo processes s
 BatchNorm synchronised over both, == one process), resume (ResNet-50 x 2, bf16 + channels-last,
 ghost BatchNorm, short schedule with evaluation, SIGTERM mid-epoch, resume), clustering (N =
 1,000,000 first, then 12,936 ... 100,000 on CUDA; labels vs the dense reference at 12,936), throughput
-(full step fp32 / bf16 + channels-last / + torch.compile when it can build, images/s and MFU), dali.
+(full step fp32 / bf16 + channels-last / + torch.compile when it can build, images/s and MFU; the bf16 +
+channels-last step also fed by the input pipeline a run takes here), pipeline (two-view samples/s of the
+torch-gpu pipeline at batch 64 and 256, and of DALI when it is installed).
 
 Files: <out>/acceptance_<part>_<gpu>.{md,json,png}, bench_{cluster,train,data}_<gpu>.*, and the
 summary <out>/gpu_acceptance_<gpu>.{md,json}; <out> is benchmarks/results unless --out is given.
@@ -96,17 +98,19 @@ PARTS = [
     # refinement on the sparse graph ~40 s), the dense reference at 12,936 ~10 s, 5 process starts ~25 s
     Part("clustering", "clustering on CUDA, N = 1,000,000 first, then 12,936 ... 100,000", "benches:part_clustering",
          140, 200, 60, "clustering on the CPU, N = 2,000 and 1,000"),
-    # ~70 s: 3 process starts ~30 s, 13 steps per variant; + torch.compile (~60-120 s) only when time is left
-    # + ~30 s: the ViT-S x 2 step (bf16), one process start and 13 steps, when timm is installed
-    Part("throughput", "full-step images/s and MFU, ResNet-50 x 2 and ViT-S x 2", "benches:part_throughput", 190, 260,
-         40, "full-step images/s and MFU, resnet_tiny x 2 and the tiny test ViT x 2"),
-    # ~1 s without DALI (about 20 s with it)
-    Part("dali", "DALI two-view rate on the GPU", "benches:part_dali", 40, 60, 5,
-         "DALI two-view rate, CPU-only pipeline"),
+    # ~80 s: 3 process starts ~30 s, 13 steps per variant, 13 more of bf16+cl fed by the input pipeline (its
+    # workers start ~5 s); + ~30 s: the ViT-S x 2 step (bf16), one process start and 13 steps, when timm is
+    # installed; + torch.compile (~60-120 s) only when time is left
+    Part("throughput", "full-step images/s and MFU, ResNet-50 x 2 and ViT-S x 2, and fed by the input pipeline",
+         "benches:part_throughput", 200, 280, 40,
+         "full-step images/s and MFU, resnet_tiny x 2 and the tiny test ViT x 2, fed by torch-gpu"),
+    # ~30 s: start ~10 s, 2 batch sizes x 23 batches of torch-gpu (each start of 8 workers ~3 s); DALI ~20 s more
+    Part("pipeline", "input pipeline two-view rate on the GPU: torch-gpu (and DALI) at batch 64 and 256",
+         "benches:part_pipeline", 60, 90, 15, "input pipeline two-view rate on the CPU: torch-gpu (and DALI)"),
 ]
-NEEDS_DATA = ("resume", "throughput", "dali")
+NEEDS_DATA = ("resume", "throughput", "pipeline")
 #: Parts whose work must have run on the GPU (outside a dry run a pass on the CPU is a failure).
-GPU_PARTS = ("tests", "collectives", "two_process", "resume", "clustering", "throughput", "dali")
+GPU_PARTS = ("tests", "collectives", "two_process", "resume", "clustering", "throughput", "pipeline")
 #: Whole-run budgets: 8 minutes on the GPU machine; a dry run takes 2-3 minutes on 2 idle cores, and its
 #: cap leaves room for a CPU shared with other jobs.
 BUDGET_S = {"gpu": 480.0, "dry": 1000.0}

@@ -1,4 +1,4 @@
-"""Acceptance parts that run the benchmarks: clustering vs N, full-step throughput, the DALI rate."""
+"""Acceptance parts that run the benchmarks: clustering vs N, full-step throughput, the input pipeline's rate."""
 
 from __future__ import annotations
 
@@ -133,6 +133,7 @@ def judge_throughput(rows: list[dict], compile_reason: str | None) -> tuple[list
 
     A compile variant that could not build or had no time left is reported as unavailable or not
     measured, never as a failure; a variant whose MFU is under SLOW_MFU of the peak is flagged slow.
+    A row fed by an input pipeline names the pipeline and its rate; a fed measurement that failed is a problem.
     """
     problems, parts, slow = [], [], []
     if compile_reason:
@@ -142,6 +143,10 @@ def judge_throughput(rows: list[dict], compile_reason: str | None) -> tuple[list
         if "images_per_s" in r:
             mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else None
             parts.append(f"{r['variant']} {r['images_per_s']:.0f} img/s" + (f" (MFU {mfu})" if mfu else ""))
+            if "fed_images_per_s" in r:
+                parts.append(f"{r['variant']} fed by {r['fed_by']} {r['fed_images_per_s']:.0f} img/s")
+            elif "fed_error" in r:
+                problems.append(f"{r['variant']}: {r['fed_error']}")
             if r.get("device") == "cuda" and "mfu" in r and r["mfu"] < SLOW_MFU:
                 slow.append(f"{r['variant']} at {mfu} of peak")
         elif "compile" in r["variant"]:
@@ -154,8 +159,8 @@ def judge_throughput(rows: list[dict], compile_reason: str | None) -> tuple[list
 
 
 def vit_step(ctx: Context) -> tuple[list[dict], list[str], list[str]]:
-    """(rows, problems, commands) of the ViT-S x 2 step at 256x128, global batch 64, bf16 autocast (dry run: the
-    tiny test ViT on the CPU); no rows, with a note, where timm (the optional extra) is not installed."""
+    """(rows, problems, commands) of a ViT x 2 step: the dry run's tiny test ViT on the CPU, or ViT-S at 256x128,
+    global batch 64, bf16 autocast; no rows where timm (the optional extra) is not installed."""
     if importlib.util.find_spec("timm") is None:
         return [], [], []
     stem = f"bench_train_vit_{ctx.tag}"
@@ -187,10 +192,10 @@ def part_throughput(ctx: Context) -> dict:
                                           "--budget-s", f"{max(10.0, ctx.left() - 25):.0f}"]
     if ctx.dry_run:
         cmd += ["--device", "cpu", "--backbone", "resnet_tiny", "--size", "64", "32", "--batches", "16", "--variants",
-                "fp32", "bf16+cl", "--steps", "2", "--warmup", "1"]
-    else:
+                "fp32", "bf16+cl", "--steps", "2", "--warmup", "1", "--fed-by", "torch-gpu"]
+    else:  # the bf16+cl case is also fed by the pipeline a run takes here: DALI when it runs, else torch-gpu
         variants = ["fp32", "bf16+cl"] + ([] if compile_reason else ["bf16+cl+compile"])
-        cmd += ["--quick", "--device", "cuda", "--variants", *variants]
+        cmd += ["--quick", "--device", "cuda", "--variants", *variants, "--fed-by", "auto"]
     finished = run(ctx, cmd, margin=10)
     report = _load(Path(ctx.results) / f"{stem}.json")
     if report is None:
@@ -198,30 +203,36 @@ def part_throughput(ctx: Context) -> dict:
                       commands=[finished.command])
     rows = report["results"]
     problems, parts, slow = judge_throughput(rows, compile_reason)
-    vit_rows, vit_problems, vit_commands = vit_step(ctx)
+    # on the GPU, bench_train.py --quick times the ViT-S x 2 step itself; the dry run's explicit grid does not
+    vit_rows, vit_problems, vit_commands = vit_step(ctx) if ctx.dry_run else ([], [], [])
     problems += vit_problems
-    parts += [f"{r['backbone']} x 2 {r['variant']} {r['images_per_s']:.0f} img/s" for r in vit_rows
-              if "images_per_s" in r]
+    parts += [f"{r['backbone']} x 2 {r['variant']} {r['images_per_s']:.0f} img/s" for r in rows + vit_rows
+              if r.get("backbone", "").startswith("vit") and "images_per_s" in r]
     if importlib.util.find_spec("timm") is None:
         parts.append("ViT-S step not measured: timm is not installed (pip install cacl_dist[vit])")
-    table = ["| backbone | variant | images/s | step ms | MFU | peak memory | note |", "|---|---|---|---|---|---|---|"]
+    table = ["| backbone | variant | images/s | step ms | MFU | peak memory | fed by an input pipeline | note |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows + vit_rows:
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
+        fed = (f"{r['fed_images_per_s']:.0f} img/s ({r['fed_by']})" if "fed_images_per_s" in r
+               else r.get("fed_error", "-"))
         if "images_per_s" in r:
             memory = f"{r['max_memory_gib']:.1f} GiB" if "max_memory_gib" in r else "-"
             flag = "slow: under 20% of peak" if r.get("device") == "cuda" and r.get("mfu", 1.0) < SLOW_MFU else ""
             table.append(f"| {r['backbone']} | {r['variant']} | {r['images_per_s']:.0f} | {r['step_ms_median']:.1f} "
-                         f"| {mfu} | {memory} | {flag} |")
+                         f"| {mfu} | {memory} | {fed} | {flag} |")
         else:
-            table.append(f"| {r['backbone']} | {r['variant']} | - | - | - | - | {r.get('error', '')} |")
+            table.append(f"| {r['backbone']} | {r['variant']} | - | - | - | - | - | {r.get('error', '')} |")
     if compile_reason:
-        table.append(f"| - | bf16+cl+compile | - | - | - | - | compile unavailable: {compile_reason} |")
+        table.append(f"| - | bf16+cl+compile | - | - | - | - | - | compile unavailable: {compile_reason} |")
     if finished.returncode != 0:
         problems.append(f"bench_train.py: {failed_because(finished)}")
     case = rows[0] if rows else {}
+    fed_by = {r["fed_by"] for r in rows if "fed_by" in r}
     details = [f"{case.get('backbone', '?')} x 2 at {case.get('height', '?')}x{case.get('width', '?')}, global batch "
                f"{case.get('batch', '?')} on {case.get('device', '?')}; full results: [{stem}.md]({stem}.md). MFU: "
-               f"{_mfu_reference(report)}.",
+               f"{_mfu_reference(report)}. Images/s: inputs already in memory; 'fed by': the same step fed by "
+               f"{', '.join(sorted(fed_by)) or 'no'} input pipeline (real JPEGs, decoded and augmented as in training).",
                "", *table]
     summary = "; ".join(problems) if problems else ", ".join(parts)
     if slow and not problems:
@@ -230,6 +241,7 @@ def part_throughput(ctx: Context) -> dict:
     vit_files = [f"bench_train_vit_{ctx.tag}.{ext}" for ext in ("md", "json", "png")] if vit_rows else []
     return result("fail" if problems else "pass", summary, details,
                   {"results": rows, "vit_results": vit_rows, "slow": slow, "compile_unavailable": compile_reason,
+                   "fed_by": ",".join(sorted(fed_by)) or None,
                    "ran_on": "cuda" if devices == {"cuda"} else ",".join(sorted(map(str, devices)))},
                   [finished.command, *vit_commands], [f"{stem}.{ext}" for ext in ("md", "json", "png")] + vit_files)
 
@@ -244,24 +256,51 @@ def _mfu_reference(report: dict) -> str:
     return f"counted FLOPs/s over this CPU's measured fp32 matmul rate ({machine['cpu_matmul_gflops']:.0f} GFLOP/s)"
 
 
-def part_dali(ctx: Context) -> dict:
-    """Two-view samples/s of the DALI pipeline on the GPU (dry run: DALI CPU-only), when DALI is importable."""
-    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
-        return result("skip", "DALI is not installed: its two-view rate on the GPU was not measured "
-                      "(training uses the torchvision pipeline)")
-    stem, pipeline = f"bench_data_{ctx.tag}", "dali-cpu" if ctx.dry_run else "dali-gpu"
-    sizes = ["--iters", "3", "--warmup", "1", "--batch-size", "16", "--cores", "2"] if ctx.dry_run else \
-        ["--iters", "20", "--warmup", "3", "--batch-size", "64", "--cores", str(min(8, os.cpu_count() or 1))]
-    cmd = _bench(ctx, "bench_data.py") + ["--root", ctx.data, "--pipelines", pipeline, "--repeats", "1", *sizes,
-                                         "--out", ctx.results, "--stem", stem]
+#: Batches of the input pipeline's rate (256x128, both views): GPU, dry run.
+PIPELINE_BATCHES = {"gpu": [64, 256], "dry": [8, 16]}
+
+
+def pipeline_choice(dry_run: bool, dali_installed: bool) -> list[str]:
+    """bench_data.py pipelines the part measures: torch-gpu always, DALI as well when it is installed."""
+    if dry_run:
+        return ["torch-gpu-cpu"] + (["dali-cpu"] if dali_installed else [])
+    return ["torch-gpu-cuda"] + (["dali-gpu"] if dali_installed else [])
+
+
+def part_pipeline(ctx: Context) -> dict:
+    """Two-view samples/s of the GPU input pipelines at batch 64 and 256 (torch-gpu; DALI too when installed)."""
+    dali_installed = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
+    mode = "dry" if ctx.dry_run else "gpu"
+    stem, pipelines = f"bench_data_{ctx.tag}", pipeline_choice(ctx.dry_run, dali_installed)
+    sizes = ["--iters", "3", "--warmup", "1", "--cores", "2"] if ctx.dry_run else \
+        ["--iters", "20", "--warmup", "3", "--cores", str(min(8, os.cpu_count() or 1))]
+    cmd = _bench(ctx, "bench_data.py") + ["--root", ctx.data, "--pipelines", *pipelines, "--repeats", "1", *sizes,
+                                         "--batch-size", *map(str, PIPELINE_BATCHES[mode]), "--out", ctx.results,
+                                         "--stem", stem]
     finished = run(ctx, cmd, margin=5)
     report = _load(Path(ctx.results) / f"{stem}.json")
-    if finished.returncode != 0 or report is None or pipeline not in report.get("results", {}):
-        return result("fail", f"bench_data.py: {failed_because(finished)}", [f"```\n{finished.tail()}\n```"],
-                      commands=[finished.command])
-    rate = report["results"][pipeline]["median"]
+    rows = list((report or {}).get("results", {}).values())
+    measured = {(r["pipeline"], r["batch_size"]) for r in rows}
+    missing = [f"{p} b{b}" for p in pipelines for b in PIPELINE_BATCHES[mode] if (p, b) not in measured]
+    if finished.returncode != 0 or report is None or missing:
+        return result("fail", f"bench_data.py: {failed_because(finished)}" + (f"; not measured: {', '.join(missing)}"
+                                                                               if missing else ""),
+                      [f"```\n{finished.tail()}\n```"], commands=[finished.command])
     height, width = report["meta"]["size"]
-    details = [f"- {pipeline}: {rate:.0f} two-view samples/s at {height}x{width}, "
-               f"batch {report['meta']['batch_size']}; full results: [{stem}.md]({stem}.md)"]
-    return result("pass", f"{pipeline}: {rate:.0f} two-view samples/s", details, {"samples_per_s": rate},
+    details = [f"Two-view samples/s at {height}x{width} (RGB view + gray view, flip, pad + crop, erasing), DataLoader "
+               f"workers / DALI threads: {report['meta']['cores']}; full results: [{stem}.md]({stem}.md).", "",
+               "| pipeline | batch | samples/s | pixels vs torchvision (uint8 levels: max / 99.9% / mean) |",
+               "|---|---|---|---|"]
+    for r in rows:
+        px = r.get("pixel_diff_levels")
+        px = f"{px['max']:.0f} / {px['p999']:.0f} / {px['mean']:.3f}" if px else "-"
+        details.append(f"| {r['pipeline']} | {r['batch_size']} | {r['median']:.0f} | {px} |")
+    if not dali_installed:
+        details += ["", "NVIDIA DALI is not installed: training here uses torch-gpu (data.pipeline auto)."]
+    summary = ", ".join(f"{r['pipeline']} b{r['batch_size']} {r['median']:.0f} samples/s" for r in rows)
+    ran_on = "cuda" if all(p.endswith(("-cuda", "-gpu")) for p in pipelines) else "cpu"
+    return result("pass", summary, details, {"samples_per_s": {f"{r['pipeline']} b{r['batch_size']}": r["median"]
+                                                               for r in rows}, "ran_on": ran_on,
+                                             "pixel_diff_levels": {r["pipeline"]: r["pixel_diff_levels"] for r in rows
+                                                                   if "pixel_diff_levels" in r}},
                   [finished.command], [f"{stem}.{ext}" for ext in ("md", "json", "png")])

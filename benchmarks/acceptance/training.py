@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -145,7 +146,7 @@ def _plot_losses(ctx: Context, part: str, curves: dict, stop_step: int | None) -
 def resume_overrides(ctx: Context, run_dir: Path) -> tuple[list[str], dict]:
     """(--config arguments, keys) of the short ResNet-50 schedule (dry run: resnet_tiny at 64x32)."""
     keys = {"run.output_dir": run_dir, "run.progress": False, "run.device": ctx.device,
-            "data.dataset": "market1501", "data.root": ctx.data,
+            "data.dataset": "market1501", "data.root": ctx.data, "data.pipeline": "auto",
             "train.epochs": 2, "eval.at_start": False, "eval.every_epochs": 0, "checkpoint.every_steps": 0,
             "checkpoint.keep_every_epochs": 0, "train.precision": "bf16", "train.channels_last": True}
     if ctx.dry_run:
@@ -231,16 +232,18 @@ def part_resume(ctx: Context) -> dict:
     if second.returncode == 0 and not evals:
         problems.append("no evaluation was recorded")
     rates = [r["images_per_s"] for r in train[1:]] or [r["images_per_s"] for r in train]
+    fed_by = sorted(set(re.findall(r"input pipeline (\S+)", first_log + second.output)))
     data = {"stop": stop, "first_run_s": first_s, "second_run_s": second.seconds, "eval": evals[-1] if evals else None,
             "images_per_s_median": sorted(rates)[len(rates) // 2] if rates else None,
             "cluster_seconds": [c.get("seconds") for c in clusters],
             "num_clusters": [c.get("num_clusters") for c in clusters],
-            "pretrained": keys.get("model.pretrained", "none"),
+            "pretrained": keys.get("model.pretrained", "none"), "pipeline": ",".join(fed_by) or "unknown",
             "ran_on": ctx.device if f"world size 1 on {ctx.device}" in first_log + second.output else "unknown"}
     details = [f"- schedule: {keys['train.epochs']} epochs x {keys['train.iters_per_epoch']} steps, global batch "
                f"{keys.get('train.batch_size', 64)}, {keys.get('model.backbone', 'resnet50')} x 2 at "
                f"{keys.get('data.height', 256)}x{keys.get('data.width', 128)}, bf16 autocast + channels-last, "
-               f"weights {data['pretrained']}, evaluation after the last epoch; data `{ctx.data}`",
+               f"weights {data['pretrained']}, evaluation after the last epoch; data `{ctx.data}`; input pipeline "
+               f"{data['pipeline']} (data.pipeline auto: DALI when it runs here, else torch-gpu on a GPU)",
                f"- first run: SIGTERM after its first logged step; exit status {first.returncode} after "
                f"{first_s:.0f} s, "
                f"checkpoint at epoch {stop['epoch'] + 1} step {stop['iter_in_epoch']}",
@@ -261,5 +264,5 @@ def part_resume(ctx: Context) -> dict:
     summary = ("; ".join(problems) if problems else
                f"stopped at epoch {stop['epoch'] + 1} step {stop['iter_in_epoch']} (exit 3), resumed to the end; "
                + (f"mAP {100 * evals[-1]['mAP']:.1f}%, " if evals else "")
-               + f"{data['images_per_s_median'] or 0:.0f} images/s")
+               + f"{data['images_per_s_median'] or 0:.0f} images/s fed by {data['pipeline']}")
     return result("fail" if problems else "pass", summary, details, data, commands, files)

@@ -53,10 +53,13 @@ class DataConfig:
     """DataLoader worker processes per rank (0 loads in the main process); DALI threads (at least 1)."""
     pipeline: Literal[PIPELINE_CHOICES] = "auto"
     ("Training input pipeline: 'dali' (NVIDIA DALI on the GPU, or CPU-only; `pip install cacl_dist[dali]`), "
-     "'torchvision' (PIL in DataLoader workers), or 'auto': dali when DALI is installed, else torchvision.")
+     "'torch-gpu' (workers read the JPEG bytes; torchvision's nvJPEG decoder and batched tensor ops augment "
+     "on the training device, or on the CPU), 'torchvision' (PIL in DataLoader workers), or 'auto': on a GPU "
+     "dali when it runs there, else torch-gpu, else torchvision; on the CPU dali when DALI is installed, "
+     "else torchvision.")
     eval_pipeline: Literal[PIPELINE_CHOICES] = "torchvision"
     ("Pipeline of feature extraction (memory initialisation, evaluation; resize + normalise only): "
-     "dali, torchvision, or auto as for data.pipeline.")
+     "dali, torch-gpu, torchvision, or auto as for data.pipeline.")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Generator settings, used only when dataset is 'synthetic'."""
 

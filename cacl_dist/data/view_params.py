@@ -2,7 +2,8 @@
 
 The torchvision pipeline draws every view's choices from a per-sample ``torch.Generator``
 (:func:`cacl_dist.data.transforms.draw_view_params`); that costs about 0.1 ms per view in
-Python, too slow to feed a GPU pipeline. Here the same distributions (flip with ``flip_p``,
+Python, too slow for DALI's external source, which runs in the main process (the torch-gpu
+pipeline draws them that way in its DataLoader workers instead). Here the same distributions (flip with ``flip_p``,
 crop offsets uniform in ``0 .. 2 * pad``, random erasing with ``erase_p`` and the same area /
 aspect sampling with up to 100 tries) are computed for a whole batch with vectorised NumPy
 from counter-based uniforms: uniform ``k`` of view ``v`` of a sample is a SplitMix64 hash of

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 class ExtractionSettings:
     """How images become features: size, batch, loader, device and the forward pass's precision.
 
-    ``pipeline`` is a resolved pipeline name ('torchvision' or 'dali': DALI decodes, resizes
-    and normalises on ``device`` with ``num_workers`` threads instead of DataLoader workers).
+    ``pipeline`` is a resolved pipeline name ('torchvision'; 'dali': DALI decodes, resizes
+    and normalises on ``device`` with ``num_workers`` threads instead of DataLoader workers;
+    'torch-gpu': workers read the bytes, ``device`` decodes, resizes and normalises).
     ``precision`` ('fp32', 'bf16', 'fp16') is the autocast precision of the forward pass; with
     large batches bf16 extraction is several times faster on tensor-core GPUs.
     ``channels_last`` sends the images in NHWC order (for a model converted to channels-last).

@@ -43,11 +43,13 @@ def _one_line(result) -> str:
 PIPELINES = {
     "torchvision": {"data.pipeline": "torchvision", "data.eval_pipeline": "torchvision", "data.num_workers": 1},
     "dali": {"data.pipeline": "dali", "data.eval_pipeline": "dali", "data.num_workers": 1},
+    "torch-gpu": {"data.pipeline": "torch-gpu", "data.eval_pipeline": "torch-gpu", "data.num_workers": 1},
 }
 
 
 @pytest.mark.parametrize("split, kind, pipeline", [("bounding_box_train", "random bytes", "torchvision"),
-                                                   ("query", "header only", "dali")])
+                                                   ("query", "header only", "dali"),
+                                                   ("bounding_box_train", "header only", "torch-gpu")])
 def test_unreadable_image_is_one_line_naming_it_and_the_checkpoint_stays(runs, tmp_path, split, kind, pipeline):
     """Unchecked, DALI ends the process with SIGSEGV on these files (evaluation batch of 64), and a
     torchvision worker's error comes with the worker's traceback."""

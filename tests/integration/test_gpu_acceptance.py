@@ -31,10 +31,10 @@ def test_dry_run_passes_every_part_and_writes_the_files(tmp_path):
     statuses = {p["name"]: p["status"] for p in summary["parts"]}
     assert set(statuses) == {p.name for p in PARTS}
     assert all(s in ("pass", "skip") for s in statuses.values()), statuses
-    for name in ("env", "collectives", "two_process", "resume", "clustering", "throughput"):
+    for name in ("env", "collectives", "two_process", "resume", "clustering", "throughput", "pipeline"):
         assert statuses[name] == "pass", name
         assert (out / f"acceptance_{name}_dry_run_cpu.md").is_file()
-    for bench in ("bench_cluster", "bench_train"):
+    for bench in ("bench_cluster", "bench_train", "bench_data"):
         assert (out / f"{bench}_dry_run_cpu.json").is_file()
     assert "passed" in proc.stdout and "PASS" in (out / "gpu_acceptance_dry_run_cpu.md").read_text()
     # runs and checkpoints stay outside the results; what returns is the summary and one archive

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.acceptance.benches import BUDGET_SPENT, compile_unavailable, judge_clustering, judge_throughput
+from benchmarks.acceptance.benches import (
+    BUDGET_SPENT,
+    compile_unavailable,
+    judge_clustering,
+    judge_throughput,
+    pipeline_choice,
+)
 from benchmarks.acceptance.system import NO_CUDA_REASON, NOT_APPLICABLE, gpu_test_files, judge_tests
 from benchmarks.gpu_acceptance import PARTS, check_ran_on_gpu, write_bundle
 
@@ -128,6 +134,28 @@ def test_throughput_reports_compile_as_unavailable_and_flags_slow_variants():
     assert problems == [] and parts[0] == "compile unavailable: no C compiler (cc) on PATH"
     problems, _, _ = judge_throughput([{"variant": "fp32", "device": "cuda", "error": "CUDA out of memory"}], None)
     assert problems == ["fp32: CUDA out of memory"]
+
+
+def test_throughput_names_the_pipeline_that_fed_the_step_and_fails_a_broken_feed():
+    rows = [{"variant": "fp32", "device": "cuda", "images_per_s": 900.0},
+            {"variant": "bf16+cl", "device": "cuda", "images_per_s": 1500.0, "fed_by": "torch-gpu",
+             "fed_images_per_s": 1400.0}]
+    problems, parts, _ = judge_throughput(rows, None)
+    assert problems == [] and "bf16+cl fed by torch-gpu 1400 img/s" in parts
+    rows[1] = {"variant": "bf16+cl", "device": "cuda", "images_per_s": 1500.0,
+               "fed_error": "fed by auto: RuntimeError: nvJPEG failed"}
+    problems, _, _ = judge_throughput(rows, None)
+    assert problems == ["bf16+cl: fed by auto: RuntimeError: nvJPEG failed"]
+
+
+def test_the_pipeline_part_measures_torch_gpu_with_or_without_dali():
+    assert pipeline_choice(dry_run=False, dali_installed=False) == ["torch-gpu-cuda"]
+    assert pipeline_choice(dry_run=False, dali_installed=True) == ["torch-gpu-cuda", "dali-gpu"]
+    assert pipeline_choice(dry_run=True, dali_installed=False) == ["torch-gpu-cpu"]
+    part = next(p for p in PARTS if p.name == "pipeline")
+    row = _row(ran_on="cpu")
+    check_ran_on_gpu(part, row, dry_run=False)
+    assert row["status"] == "fail"
 
 
 def test_a_missing_compiler_is_found_before_compiling(monkeypatch):

@@ -1,15 +1,18 @@
 """Input pipelines that turn an epoch plan or a record range into batches, behind one interface.
 
 ``torchvision`` runs everywhere (PIL decoding, DataLoader workers); ``dali`` uses NVIDIA DALI on
-the GPU or the CPU (an optional extra, imported only when used). :func:`resolve_pipeline` maps
-a config value ('auto', 'dali', 'torchvision') to an available pipeline, :func:`get_pipeline`
+the GPU or the CPU (an optional extra, imported only when used); ``torch-gpu`` (module
+``torch_gpu``) decodes JPEG batches with torchvision's nvJPEG decoder and augments them with
+batched tensor operations on the training device (or the CPU). :func:`resolve_pipeline` maps
+a config value ('auto' or a name) to an available pipeline, :func:`get_pipeline`
 returns its module, which offers :class:`Pipeline`'s two loaders:
 
 * ``train_loader(...)`` yields ``(views_rgb B x 3 x H x W, views_gray, indices int64 B)``, this
   rank's share of every global batch of the plan from ``start_iter`` on;
 * ``eval_loader(...)`` yields ``(images, global indices)`` over ``records[start:end]`` in order.
 
-torchvision batches come on the CPU (the caller moves them); DALI batches are on ``device``.
+torchvision batches come on the CPU (the caller moves them); DALI and torch-gpu images are on
+``device`` (torch-gpu's indices stay on the host).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
     from cacl_dist.data.layouts import ImageRecord
     from cacl_dist.data.transforms import AugmentParams
 
-PIPELINES = ("dali", "torchvision")
+PIPELINES = ("dali", "torch-gpu", "torchvision")
 
 log = logging.getLogger("cacl_dist")
 
@@ -53,7 +56,7 @@ def get_pipeline(name: str) -> Pipeline:
     """The module of pipeline ``name`` (one of :data:`PIPELINES`; resolve 'auto' first)."""
     if name not in PIPELINES:
         raise ValueError(f"input pipeline '{name}' is not one of {', '.join(PIPELINES)}")
-    return importlib.import_module(f"{__name__}.{name}")
+    return importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -82,28 +85,50 @@ def _cuda_device(device: torch.device | str | None) -> torch.device | None:
     return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
 
 
+def _auto_on_cuda(key: str, cuda: torch.device) -> str:
+    """'auto' on a CUDA device: DALI when it runs there, else torch-gpu when nvJPEG decodes there, else torchvision."""
+    from cacl_dist.data.pipelines import dali, torch_gpu
+
+    why_not_dali = f"NVIDIA DALI is not installed (`{dali.INSTALL_HINT}` adds it)"
+    if dali.dali_available():
+        version = dali.require_dali(key).__version__
+        failure = _dali_fails_on(cuda)
+        if failure is None:
+            log.info("%s 'auto': NVIDIA DALI %s runs on %s, using the dali pipeline", key, version, cuda)
+            return "dali"
+        why_not_dali = (f"NVIDIA DALI {version} cannot run on {cuda} ({failure}; for a CUDA 12 driver install "
+                        f"`{dali.INSTALL_HINT_CUDA12}`)")
+    problem = torch_gpu.device_problem(cuda)
+    if problem is None:  # a warning when an installed DALI cannot run: someone meant it to
+        say = log.warning if dali.dali_available() else log.info
+        say("%s 'auto': %s, using torch-gpu (nvJPEG decoding and batched augmentation on %s)", key, why_not_dali,
+            cuda)
+        return "torch-gpu"
+    log.warning("%s 'auto': %s and torchvision cannot decode JPEGs on %s (%s), using torchvision", key,
+                why_not_dali, cuda, problem)
+    return "torchvision"
+
+
 @functools.lru_cache(maxsize=None)
 def resolve_pipeline(name: str, key: str = "data.pipeline", device: torch.device | str | None = None) -> str:
     """Map the value ``name`` of config ``key`` to an available input pipeline; log the choice once.
 
-    'auto' takes DALI when it is installed (on the GPU, and also CPU-only, where it needs about
-    half the CPU time of the torchvision pipeline per sample; see benchmarks/bench_data.py),
-    else torchvision. On a CUDA ``device`` (None: the current one, when CUDA is available)
-    'auto' first runs a one-sample DALI pipeline there and falls back to torchvision, with one
-    log line, when DALI cannot run on this driver. An explicit 'dali' without DALI installed is
-    an error that says how to install it.
+    On a CUDA ``device`` (None: the current one, when CUDA is available) 'auto' takes DALI when a
+    one-sample DALI pipeline runs there, else torch-gpu when a tiny JPEG decodes there with
+    torchvision's nvJPEG decoder, else torchvision; one log line says which and why. On the CPU
+    'auto' takes DALI when it is installed (CPU-only DALI needs about half the CPU time of the
+    torchvision pipeline per sample; see benchmarks/bench_data.py), else torchvision. An explicit
+    'dali' without DALI installed is an error that says how to install it; an explicit
+    'torch-gpu' on a device where the JPEG decoder cannot run is an error that says why.
     """
-    from cacl_dist.data.pipelines import dali
+    from cacl_dist.data.pipelines import dali, torch_gpu
 
     if name == "auto":
+        cuda = _cuda_device(device)
+        if cuda is not None:
+            return _auto_on_cuda(key, cuda)
         if dali.dali_available():
             version = dali.require_dali(key).__version__
-            cuda = _cuda_device(device)
-            failure = _dali_fails_on(cuda) if cuda is not None else None
-            if failure is not None:
-                log.warning("%s 'auto': NVIDIA DALI %s cannot run on %s (%s), using torchvision; for a CUDA 12 "
-                            "driver install `%s`", key, version, cuda, failure, dali.INSTALL_HINT_CUDA12)
-                return "torchvision"
             log.info("%s 'auto': NVIDIA DALI %s is installed, using the dali pipeline", key, version)
             return "dali"
         log.info("%s 'auto': NVIDIA DALI is not installed, using torchvision (`%s` for the faster dali "
@@ -113,6 +138,14 @@ def resolve_pipeline(name: str, key: str = "data.pipeline", device: torch.device
         raise UserError(f"{key} '{name}' is not available; choose one of auto, {', '.join(PIPELINES)}")
     if name == "dali":
         dali.require_dali(key)
+    if name == "torch-gpu":
+        import torch
+
+        target = _cuda_device(device) or torch.device("cpu")
+        problem = torch_gpu.device_problem(target)
+        if problem is not None:
+            raise UserError(f"{key} is 'torch-gpu' but JPEGs cannot be decoded on {target} with this torchvision "
+                            f"({problem}); set {key} to auto or torchvision")
     return name
 
 

@@ -114,7 +114,8 @@ def test_auto_falls_back_to_torchvision_and_explicit_dali_names_the_extra(no_dal
 def test_registry_returns_each_pipeline_module():
     assert pipelines.get_pipeline("dali") is dali_pipeline
     assert pipelines.get_pipeline("torchvision").NAME == "torchvision"
-    with pytest.raises(ValueError, match="'opencv' is not one of dali, torchvision"):
+    assert pipelines.get_pipeline("torch-gpu").NAME == "torch-gpu"
+    with pytest.raises(ValueError, match="'opencv' is not one of dali, torch-gpu, torchvision"):
         pipelines.get_pipeline("opencv")
 
 
@@ -149,6 +150,9 @@ def dali_that_cannot_run_on_this_driver(monkeypatch):
 
 def test_auto_falls_back_to_torchvision_when_dali_cannot_run_on_the_gpu(dali_that_cannot_run_on_this_driver,
                                                                           monkeypatch):
+    from cacl_dist.data.pipelines import torch_gpu
+
+    monkeypatch.setattr(torch_gpu, "device_problem", lambda device: "no nvJPEG here")  # torch-gpu cannot run either
     lines = []
     monkeypatch.setattr(pipelines.log, "warning", lambda msg, *args: lines.append(msg % args))
     cuda = torch.device("cuda", 0)
