@@ -40,8 +40,19 @@ def test_paper_reading_changes_only_its_three_keys(path):
     assert {key: value(cfg, key) for key in RELEASED} == expected
 
 
-def test_defaults_keep_the_quickstart_behaviour():
+QUICKSTART_RELEASED = ("data.resize_interpolation", "augment.erase_ratio_sampling", "augment.erase_ratio_max",
+                       "augment.erase_fill", "model.predictor_init", "memory.init_gray_from",
+                       "clustering.refine_score", "loss.focal_gamma", "train.sampler")
+
+
+def test_quickstart_takes_the_released_code_choices():
     cfg = load_config("configs/quickstart.yaml")
+    assert {key: value(cfg, key) for key in QUICKSTART_RELEASED} == {key: RELEASED[key] for key in QUICKSTART_RELEASED}
+
+
+def test_schema_defaults_stay_the_paper_reading():
+    """A config file that names none of these keys keeps the earlier defaults (paper refinement, exponent 2, ...)."""
+    cfg = load_config(None)
     assert (cfg.data.resize_interpolation, cfg.augment.erase_fill, cfg.augment.erase_ratio_sampling,
             cfg.model.predictor_init, cfg.train.sampler, cfg.clustering.refine_score, cfg.loss.focal_gamma,
             cfg.memory.init_gray_from) == ("bilinear", "zero", "log_uniform", "default", "cacl", "paper", 2.0, "gray")
