@@ -164,6 +164,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", help="values of run.seed (default: the suite's)")
     parser.add_argument("--variants", nargs="+", help="variants to run (default: all of the suite's)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores / jobs threads)")
+    parser.add_argument("--threads", type=int,
+                        help="threads of each run (default cores / jobs; 1 on a machine other work shares)")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the result files")
     parser.add_argument("--runs-dir", help="parent folder of the run folders (default benchmarks/.runs/<suite>)")
     parser.add_argument("--report-only", action="store_true",
@@ -186,8 +188,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [v for v in args.variants if v not in suite.variants]
     if unknown:
         parser.error(f"--variants: {', '.join(unknown)} not in suite {suite.name} ({', '.join(suite.variants)})")
-    if args.jobs < 1:
-        parser.error("--jobs must be at least 1")
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--jobs and --threads must be at least 1")
     if suite.needs_data and not args.report_only and not (resolve(args.data) / "bounding_box_train").is_dir():
         parser.error(f"--data {args.data}: no bounding_box_train/ folder there; pass the market1501-mini folder")
     return args
@@ -248,7 +250,7 @@ def run_one(suite: Suite, variant: str, seed: int, args: argparse.Namespace, run
         shutil.rmtree(run_dir)  # never resume: every run starts from scratch
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = train_command(suite, run_dir, seed, overrides_for(suite, variant, args.data, args.extra_set))
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     say(f"[{variant} seed {seed}] {shlex.join(cmd)}")
     log_path = runs_dir / f"{variant}_seed{seed}.stdout.txt"
@@ -392,6 +394,8 @@ def reproduce_command(args: argparse.Namespace, suite: Suite) -> str:
         parts += ["--data", args.data]
     if args.jobs != 1:
         parts += ["--jobs", str(args.jobs)]
+    if args.threads:
+        parts += ["--threads", str(args.threads)]
     if args.out != "benchmarks/results":
         parts += ["--out", args.out]
     for item in args.extra_set:
