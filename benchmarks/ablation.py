@@ -111,7 +111,7 @@ SUITES: dict[str, Suite] = {
             "image it sees, so a feature can tell cameras apart without telling people apart. Camera-aware "
             "proxies: CAP (Wang et al., AAAI 2021) with its published settings (temperature 0.07, 50 hard "
             "negatives, inter-camera factor 0.5 from epoch 5), `loss.camera_proxy_weight=1`; docs/method.md "
-            "section 7.",
+            "section 9.",
             "`cacl_vit` runs the recipe with the backbone named by `--vit-backbone`; without it the variant is "
             "left out of the default list.",
         ),

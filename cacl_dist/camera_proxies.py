@@ -1,4 +1,4 @@
-"""Camera-aware proxy losses as pure tensor functions (docs/method.md section 7).
+"""Camera-aware proxy losses as pure tensor functions (docs/method.md section 9).
 
 The form is that of CAP (Wang et al., "Camera-aware Proxies for Unsupervised Person
 Re-Identification", AAAI 2021): a proxy is the centre of the bank rows of one (pseudo cluster,

@@ -85,7 +85,7 @@ class LossConfig:
     """Factor on the grayscale branch's cluster loss (CACL: 1). With all three weights at 0 only
     branch 1's cluster loss trains: a single-branch cluster-contrast baseline."""
     camera_proxy_weight: float = 0.0
-    """Factor on the camera-aware proxy losses (CAP, docs/method.md section 7): 0 (default) leaves them out
+    """Factor on the camera-aware proxy losses (CAP, docs/method.md section 9): 0 (default) leaves them out
     entirely; CAP adds them with factor 1. Each branch's features are contrasted with the proxies of its own
     bank; branch 2's part takes `intra_gray_weight` as well."""
     camera_proxy_inter_weight: float = 0.5

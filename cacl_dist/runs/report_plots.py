@@ -64,7 +64,8 @@ def plot_losses(train: list[dict], path: Path) -> str:
     fig, ax = plt.subplots(figsize=SIZE)
     for key in LOSS_KEYS:
         xs, ys = _series(train, "step", key)
-        ax.plot(xs, ys, label=key, linewidth=2.0 if key == "loss" else 1.0)
+        if xs:  # the camera-proxy losses only in runs that have them
+            ax.plot(xs, ys, label=key, linewidth=2.0 if key == "loss" else 1.0)
     ax.set_xlabel("step")
     ax.set_title("losses")
     ax.grid(alpha=0.3)

@@ -112,3 +112,37 @@ def test_layout_skips_outliers_and_unknown_cameras():
     assert layout.cluster_P.tolist() == [0, 2, 0, 1]
     assert layout.camera_P.tolist() == [0, 0, 1, 1]
     assert layout.proxy_of_N.tolist() == [2, 0, 3, -1, -1, 1]
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("loss.camera_proxy_weight=-1", "must not be negative"),
+    ("loss.camera_proxy_temperature=0", "must be positive"),
+    ("loss.camera_proxy_hard_negatives=-5", "must not be negative"),
+    ("loss.camera_proxy_inter_weight=-0.5", "must not be negative"),
+    ("loss.camera_proxy_inter_from_epoch=-1", "must not be negative"),
+])
+def test_settings_are_checked_where_the_config_is_read(override, needle):
+    from cacl_dist.config import load_config
+    from cacl_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=needle) as info:
+        load_config(None, [override])
+    assert override.split("=")[0] in str(info.value) and "\n" not in str(info.value)
+    cfg = load_config(None, [])
+    assert cfg.loss.camera_proxy_weight == 0.0  # off unless asked for
+    assert (cfg.loss.camera_proxy_temperature, cfg.loss.camera_proxy_hard_negatives,
+            cfg.loss.camera_proxy_inter_weight, cfg.loss.camera_proxy_inter_from_epoch) == (0.07, 50, 0.5, 5)  # CAP
+
+
+def test_images_of_unknown_camera_are_one_line():
+    from cacl_dist.config import load_config
+    from cacl_dist.errors import UserError
+    from cacl_dist.training.banks import MemoryBanks
+    from cacl_dist.training.proxies import CameraProxies
+
+    cfg = load_config(None, ["loss.camera_proxy_weight=1"])
+    banks = MemoryBanks(3, 4, (0, 3), "cpu")
+    with pytest.raises(UserError, match="loss.camera_proxy_weight") as info:
+        CameraProxies(cfg.loss, [0, -1, 1], banks, "cpu", "folder")
+    assert "\n" not in str(info.value)
+    CameraProxies(cfg.loss, [0, 2, 1], banks, "cpu")
