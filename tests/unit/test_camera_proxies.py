@@ -146,3 +146,29 @@ def test_images_of_unknown_camera_are_one_line():
         CameraProxies(cfg.loss, [0, -1, 1], banks, "cpu", "folder")
     assert "\n" not in str(info.value)
     CameraProxies(cfg.loss, [0, 2, 1], banks, "cpu")
+
+
+@pytest.mark.gpu
+def test_cuda_layout_weights_and_losses_equal_the_cpu():
+    labels, cams, bank = _problem(5)
+    batch = torch.nonzero(labels >= 0).squeeze(1)[:24]
+    feats = F.normalize(torch.randn(len(batch), bank.shape[1], generator=torch.Generator().manual_seed(6)), dim=1)
+    results = []
+    for device in ("cpu", "cuda"):
+        layout = proxy_layout(labels.to(device), cams.to(device))
+        keep = layout.proxy_of_N >= 0
+        sums = torch.zeros(layout.num_proxies, bank.shape[1], dtype=torch.float64, device=device)
+        sums.index_add_(0, layout.proxy_of_N[keep], bank.to(device)[keep])
+        table = (sums / torch.bincount(layout.proxy_of_N[keep])[:, None]).float()
+        x = feats.to(device).requires_grad_(True)
+        b = batch.to(device)
+        weights = camera_sample_weights(cams.to(device)[b], slice(6, 18))
+        parts = camera_proxy_loss(x[6:18], table, layout, labels.to(device)[b][6:18], layout.proxy_of_N[b][6:18],
+                                  cams.to(device)[b][6:18], weights, hard_negatives=4)
+        (grad,) = torch.autograd.grad(parts.intra + parts.inter, x)
+        results.append((layout.proxy_of_N.cpu(), parts.intra.detach().cpu(), parts.inter.detach().cpu(), grad.cpu()))
+    (p0, i0, e0, g0), (p1, i1, e1, g1) = results
+    assert torch.equal(p0, p1)
+    torch.testing.assert_close(i1, i0)
+    torch.testing.assert_close(e1, e0)
+    torch.testing.assert_close(g1, g0)
