@@ -1,10 +1,17 @@
 """Ablations of CACL: train every variant with every seed from scratch, tabulate and plot the evaluations.
 
-Two suites, each a base recipe and a set of variants (config overrides on top of the base):
+Four suites, each a base recipe and a set of variants (config overrides on top of the base):
 
     quickstart   configs/quickstart.yaml on the built-in synthetic dataset; full CACL versus two RGB
                  views. ~2 min per run on 2 cores.
                      python3 benchmarks/ablation.py --suite quickstart --seeds 0 1 2
+    quickstart-cameras
+                 the same recipe and dataset: CACL, CACL + camera-aware proxies, one branch + camera-aware
+                 proxies, one branch alone, and CACL on a tiny ViT (given with --vit-backbone NAME).
+                     python3 benchmarks/ablation.py --suite quickstart-cameras --seeds 0 1 2
+    market-mini-cameras
+                 the market-mini base, CACL against CACL + camera-aware proxies (2 seeds).
+                     python3 benchmarks/ablation.py --suite market-mini-cameras --threads 1
     market-mini  configs/market1501.yaml (the released code's recipe) on real Market-1501 images
                  (../shared/data/market1501-mini: 500 training identities, 251 test identities),
                  shrunk to run in minutes on a CPU: a tiny ResNet from scratch at 64x32, 20 epochs of
@@ -35,7 +42,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cacl_dist.runs.metrics import EVAL_SCORES, read_complete
@@ -51,6 +58,7 @@ class Variant:
     overrides: tuple[str, ...]
     label: str
     colour: str
+    backbone: str = ""  # "vit": takes `--vit-backbone` (its `{vit_backbone}` in the overrides)
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,11 @@ RELEASED_CHOICES = ("clustering.refine_score=official", "loss.focal_gamma=4", "m
                     "augment.erase_ratio_sampling=uniform", "augment.erase_ratio_max=3.3333333333333335",
                     "augment.erase_fill=imagenet_mean")
 
+SINGLE_BRANCH = ("loss.instance_weight=0", "loss.inter_weight=0", "loss.intra_gray_weight=0", "loss.focal_gamma=0")
+"""Only branch 1's cluster loss, without the focal factor: a cluster-contrast baseline."""
+CAMERA_PROXIES = ("loss.camera_proxy_weight=1",)
+"""CAP's camera-aware proxy losses with the published settings (the schema's defaults)."""
+
 SUITES: dict[str, Suite] = {
     "quickstart": Suite(
         name="quickstart",
@@ -88,6 +101,31 @@ SUITES: dict[str, Suite] = {
         },
         default_seeds=(0, 1, 2),
         notes=("Built-in synthetic dataset with a fixed `data.synthetic.seed`; the recipe as it ships.",),
+    ),
+    "quickstart-cameras": Suite(
+        name="quickstart-cameras",
+        result_name="quickstart_camera_proxies",
+        title="Quickstart ablation: camera-aware proxies (the synthetic cameras tint every image)",
+        config="configs/quickstart.yaml",
+        base=(),
+        variants={
+            "cacl": Variant((), "CACL", "tab:blue"),
+            "cacl_cap": Variant(CAMERA_PROXIES, "CACL + camera-aware proxies", "tab:red"),
+            "single_cap": Variant(SINGLE_BRANCH + CAMERA_PROXIES, "one branch (γ=0) + camera-aware proxies",
+                                  "tab:green"),
+            "single_branch": Variant(SINGLE_BRANCH, "one branch, cluster contrast only (γ=0)", "tab:gray"),
+            "cacl_vit": Variant(("model.backbone={vit_backbone}",), "CACL, tiny ViT", "tab:purple", backbone="vit"),
+        },
+        default_seeds=(0, 1, 2),
+        notes=(
+            "Built-in synthetic dataset with a fixed `data.synthetic.seed`; each of its 4 cameras tints every "
+            "image it sees, so a feature can tell cameras apart without telling people apart. Camera-aware "
+            "proxies: CAP (Wang et al., AAAI 2021) with its published settings (temperature 0.07, 50 hard "
+            "negatives, inter-camera factor 0.5 from epoch 5), `loss.camera_proxy_weight=1`; docs/method.md "
+            "section 9.",
+            "`cacl_vit` runs the recipe with the backbone named by `--vit-backbone`; without it the variant is "
+            "left out of the default list.",
+        ),
     ),
     "market-mini": Suite(
         name="market-mini",
@@ -129,6 +167,18 @@ SUITES: dict[str, Suite] = {
 }
 
 
+SUITES["market-mini-cameras"] = replace(
+    SUITES["market-mini"], name="market-mini-cameras", result_name="ablation_market_mini_camera_proxies",
+    title="Camera-aware proxies on real Market-1501 images (market1501-mini, 6 cameras)",
+    variants={"cacl": SUITES["market-mini"].variants["cacl"],
+              "cacl_cap": Variant(CAMERA_PROXIES, "CACL + camera-aware proxies", "tab:red")},
+    default_seeds=(0, 1),
+    notes=(SUITES["market-mini"].notes[0],
+           "Camera-aware proxies: CAP (Wang et al., AAAI 2021) with its published settings (temperature 0.07, 50 "
+           "hard negatives, inter-camera factor 0.5 from epoch 5), `loss.camera_proxy_weight=1`; docs/method.md "
+           "section 9."))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=list(SUITES), default="quickstart")
@@ -137,6 +187,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", help="values of run.seed (default: the suite's)")
     parser.add_argument("--variants", nargs="+", help="variants to run (default: all of the suite's)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores / jobs threads)")
+    parser.add_argument("--threads", type=int,
+                        help="threads of each run (default cores / jobs; 1 on a machine other work shares)")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the result files")
     parser.add_argument("--runs-dir", help="parent folder of the run folders (default benchmarks/.runs/<suite>)")
     parser.add_argument("--report-only", action="store_true",
@@ -145,18 +197,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep the runs of <out>/<suite file>.json that this call does not redo (e.g. add a seed)")
     parser.add_argument("--extra-set", dest="extra_set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override passed to every variant (repeatable)")
+    parser.add_argument("--vit-backbone", dest="vit_backbone", metavar="NAME",
+                        help="model.backbone of the variants that train a ViT (e.g. quickstart-cameras' cacl_vit); "
+                             "without it those variants are left out")
     args = parser.parse_args(argv)
-    suite = SUITES[args.suite]
+    suite = SUITES[args.suite] = with_vit_backbone(SUITES[args.suite], args.vit_backbone)
     args.seeds = args.seeds or list(suite.default_seeds)
-    args.variants = args.variants or list(suite.variants)
+    pending = [v for v, variant in suite.variants.items() if variant.backbone == "vit" and not args.vit_backbone]
+    if args.variants and set(args.variants) & set(pending):
+        parser.error(f"--variants: {', '.join(sorted(set(args.variants) & set(pending)))} train a ViT; name its "
+                     f"model.backbone with --vit-backbone")
+    args.variants = args.variants or [v for v in suite.variants if v not in pending]
     unknown = [v for v in args.variants if v not in suite.variants]
     if unknown:
         parser.error(f"--variants: {', '.join(unknown)} not in suite {suite.name} ({', '.join(suite.variants)})")
-    if args.jobs < 1:
-        parser.error("--jobs must be at least 1")
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--jobs and --threads must be at least 1")
     if suite.needs_data and not args.report_only and not (resolve(args.data) / "bounding_box_train").is_dir():
         parser.error(f"--data {args.data}: no bounding_box_train/ folder there; pass the market1501-mini folder")
     return args
+
+
+def with_vit_backbone(suite: Suite, name: str | None) -> Suite:
+    """The suite with `{vit_backbone}` in its ViT variants' overrides replaced by `name` (unchanged without one)."""
+    if not name:
+        return suite
+    variants = {key: (replace(v, overrides=tuple(o.replace("{vit_backbone}", name) for o in v.overrides))
+                      if v.backbone == "vit" else v) for key, v in suite.variants.items()}
+    return replace(suite, variants=variants)
 
 
 def resolve(path: str | Path) -> Path:
@@ -205,7 +273,7 @@ def run_one(suite: Suite, variant: str, seed: int, args: argparse.Namespace, run
         shutil.rmtree(run_dir)  # never resume: every run starts from scratch
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = train_command(suite, run_dir, seed, overrides_for(suite, variant, args.data, args.extra_set))
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     say(f"[{variant} seed {seed}] {shlex.join(cmd)}")
     log_path = runs_dir / f"{variant}_seed{seed}.stdout.txt"
@@ -349,10 +417,14 @@ def reproduce_command(args: argparse.Namespace, suite: Suite) -> str:
         parts += ["--data", args.data]
     if args.jobs != 1:
         parts += ["--jobs", str(args.jobs)]
+    if args.threads:
+        parts += ["--threads", str(args.threads)]
     if args.out != "benchmarks/results":
         parts += ["--out", args.out]
     for item in args.extra_set:
         parts += ["--extra-set", item]
+    if args.vit_backbone:
+        parts += ["--vit-backbone", args.vit_backbone]
     return "python3 benchmarks/ablation.py " + shlex.join(parts)
 
 

@@ -94,6 +94,18 @@ class LossConfig:
     intra_gray_weight: float = 1.0
     """Factor on the grayscale branch's cluster loss (CACL: 1). With all three weights at 0 only
     branch 1's cluster loss trains: a single-branch cluster-contrast baseline."""
+    camera_proxy_weight: float = 0.0
+    """Factor on the camera-aware proxy losses (CAP, docs/method.md section 9): 0 (default) leaves them out
+    entirely; CAP adds them with factor 1. Each branch's features are contrasted with the proxies of its own
+    bank; branch 2's part takes `intra_gray_weight` as well."""
+    camera_proxy_inter_weight: float = 0.5
+    """Factor on the inter-camera loss against the intra-camera loss (CAP: 0.5)."""
+    camera_proxy_temperature: float = 0.07
+    """Temperature of both camera-proxy softmaxes (CAP: 0.07)."""
+    camera_proxy_hard_negatives: int = 50
+    """Hard negative proxies (of other clusters, most similar first) in the inter-camera loss (CAP: 50)."""
+    camera_proxy_inter_from_epoch: int = 5
+    """The inter-camera loss joins after this many epochs (CAP: 5); 0 uses it from the start."""
 
 
 @dataclass

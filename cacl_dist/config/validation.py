@@ -30,6 +30,7 @@ def validate(cfg: Config) -> None:
         "eval.rerank_k1": cfg.eval.rerank_k1, "eval.rerank_k2": cfg.eval.rerank_k2,
         "run.log_every": cfg.run.log_every, "optim.step_size": cfg.optim.step_size,
         "dist.timeout_min": cfg.dist.timeout_min, "loss.tau": cfg.loss.tau,
+        "loss.camera_proxy_temperature": cfg.loss.camera_proxy_temperature,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -40,7 +41,10 @@ def validate(cfg: Config) -> None:
         "checkpoint.keep_every_epochs": cfg.checkpoint.keep_every_epochs, "optim.lr": cfg.optim.lr,
         "optim.weight_decay": cfg.optim.weight_decay, "loss.focal_gamma": cfg.loss.focal_gamma,
         "loss.instance_weight": cfg.loss.instance_weight, "loss.inter_weight": cfg.loss.inter_weight,
-        "loss.intra_gray_weight": cfg.loss.intra_gray_weight,
+        "loss.intra_gray_weight": cfg.loss.intra_gray_weight, "loss.camera_proxy_weight": cfg.loss.camera_proxy_weight,
+        "loss.camera_proxy_inter_weight": cfg.loss.camera_proxy_inter_weight,
+        "loss.camera_proxy_hard_negatives": cfg.loss.camera_proxy_hard_negatives,
+        "loss.camera_proxy_inter_from_epoch": cfg.loss.camera_proxy_inter_from_epoch,
     }
     for key, value in non_negative.items():
         if value < 0:

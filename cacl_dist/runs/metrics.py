@@ -40,6 +40,10 @@ class TrainRow(Row):
     iter: int  # steps done in that epoch
     lr: float
     images_per_s: float
+    camera_inter_gray: NotRequired[float]  # the camera-aware proxy losses, when loss.camera_proxy_weight > 0
+    camera_inter_rgb: NotRequired[float]
+    camera_intra_gray: NotRequired[float]
+    camera_intra_rgb: NotRequired[float]
     instance: float  # the loss terms (unweighted) and their weighted sum, in this (sorted) order
     inter: float
     intra_gray: float
@@ -107,8 +111,9 @@ def required_keys(kind: str) -> tuple[str, ...]:
     return tuple(k for k in row_keys(kind) if k in ROW_TYPES[kind].__required_keys__)
 
 
-LOSS_KEYS = ("loss", "instance", "inter", "intra_rgb", "intra_gray")
-"""The losses of a train row, their sum first."""
+LOSS_KEYS = ("loss", "instance", "inter", "intra_rgb", "intra_gray", "camera_intra_rgb", "camera_inter_rgb",
+             "camera_intra_gray", "camera_inter_gray")
+"""The losses of a train row, their sum first (the camera-proxy ones only in runs that have them)."""
 EVAL_SCORES = ("mAP", "rank1", "rank5", "rank10", "mINP")
 """The scores of an eval row (fractions)."""
 CLUSTER_COUNTS = ("num_clusters", "num_raw_clusters", "num_outliers", "num_refined_away")

@@ -82,8 +82,12 @@ def _epoch_spans(train: list[dict]) -> list[tuple[int, int, int]]:
 def plot_losses(train: list[dict], evals: list[dict], path: Path) -> str:
     """One panel per loss term (each on its own scale) and the learning rate, against the step, with the
     epoch boundaries (dotted) and the step of the best evaluation (dashed red)."""
-    panels = [(key, key if key != "loss" else "loss (weighted sum)") for key in LOSS_KEYS] + [("lr", "learning rate")]
-    fig, axes = plt.subplots(2, 3, figsize=(SIZE[0] * 1.6, SIZE[1] * 1.5), sharex=True)
+    present = [key for key in LOSS_KEYS if _series(train, "step", key)[0]]  # camera-proxy losses only when on
+    panels = [(key, key if key != "loss" else "loss (weighted sum)") for key in present] + [("lr", "learning rate")]
+    rows = -(-len(panels) // 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(SIZE[0] * 1.6, SIZE[1] * 0.75 * rows), sharex=True, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     spans, best = _epoch_spans(train), _best(evals)
     ends = [last for _, _, last in spans[:-1]]
     for ax, (key, title) in zip(axes.flat, panels):
@@ -106,8 +110,9 @@ def plot_losses(train: list[dict], evals: list[dict], path: Path) -> str:
                         ha="center", va="top", fontsize="x-small", color="grey")
     if spans:
         axes[0][0].set_xlim(left=spans[0][1])
-    for ax in axes[-1]:
+    for ax in axes.flat[max(len(panels) - 3, 0):len(panels)]:  # the lowest panel of each column
         ax.set_xlabel("step")
+        ax.xaxis.set_tick_params(labelbottom=True)
     note = "dotted: epoch boundaries, epochs numbered in the first panel" + (f"; dashed red: best mAP (epoch {best['epoch']})" if best is not None
                                          and best.get("step") else "")
     fig.suptitle(f"losses and learning rate per logging step ({note})", fontsize="medium")

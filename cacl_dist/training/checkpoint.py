@@ -69,7 +69,7 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
-STATE_PARTS = ("model", "optimizer", "bank_rgb", "bank_gray", "centres_rgb", "centres_gray")
+STATE_PARTS = ("model", "optimizer", "bank_rgb", "bank_gray", "centres_rgb", "centres_gray", "camera_proxies")
 """The checkpoint entries checked for NaN and infinity, on save and on load."""
 
 

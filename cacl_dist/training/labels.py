@@ -1,4 +1,5 @@
-"""The pseudo labels of the current epoch and the exact cluster centres of both banks under them."""
+"""The pseudo labels of the current epoch and the exact cluster centres of both banks under them (and, when the
+camera-proxy loss is on, the centres of every (cluster, camera) pair)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import torch
 from cacl_dist.distributed import comm
 from cacl_dist.memory import ClusterCentres, InstanceBank
 from cacl_dist.training.banks import MemoryBanks
+from cacl_dist.training.proxies import CameraProxies
 
 
 class PseudoLabels:
     """One label per training image (-1 for outliers), the centres of each bank, and the clustering's figures."""
 
-    def __init__(self, device: torch.device | str) -> None:
+    def __init__(self, device: torch.device | str, proxies: CameraProxies | None = None) -> None:
         self.device = device
+        self.proxies = proxies  # None: camera-aware proxies off, nothing computed or saved
         self.labels: torch.Tensor | None = None  # (N,) int64 on the device
         self.centres_rgb: ClusterCentres | None = None
         self.centres_gray: ClusterCentres | None = None
@@ -25,16 +28,19 @@ class PseudoLabels:
         num_clusters = int(self.labels.max().item()) + 1
         self.centres_rgb = self._reduced_centres(banks.rgb, num_clusters)
         self.centres_gray = self._reduced_centres(banks.gray, num_clusters)
+        if self.proxies is not None:
+            self.proxies.assign(self.labels)
 
     def _reduced_centres(self, bank: InstanceBank, num_clusters: int) -> ClusterCentres:
         sums, counts = ClusterCentres.local_sums(bank, self.labels, num_clusters)
         return ClusterCentres(comm.all_reduce_sum(sums), comm.all_reduce_sum(counts))
 
     def state_dict(self) -> dict:
-        return {"labels": None if self.labels is None else self.labels.cpu(),
-                "centres_rgb": None if self.centres_rgb is None else self.centres_rgb.state_dict(),
-                "centres_gray": None if self.centres_gray is None else self.centres_gray.state_dict(),
-                "cluster_stats": self.cluster_stats}
+        state = {"labels": None if self.labels is None else self.labels.cpu(),
+                 "centres_rgb": None if self.centres_rgb is None else self.centres_rgb.state_dict(),
+                 "centres_gray": None if self.centres_gray is None else self.centres_gray.state_dict(),
+                 "cluster_stats": self.cluster_stats}
+        return state if self.proxies is None else {**state, **self.proxies.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore labels and centres onto this run's device."""
@@ -42,6 +48,8 @@ class PseudoLabels:
         self.centres_rgb = self._centres(state["centres_rgb"])
         self.centres_gray = self._centres(state["centres_gray"])
         self.cluster_stats = state["cluster_stats"]
+        if self.proxies is not None:  # after the banks: a checkpoint without proxies rebuilds them from those
+            self.proxies.load_state_dict(state, self.labels)
 
     def _centres(self, saved: dict | None) -> ClusterCentres | None:
         if saved is None:

@@ -36,6 +36,10 @@ def log_losses(log: logging.Logger, epoch: int, step: int, num_steps: int, row: 
     log.info("epoch %d [%d/%d] loss %.4f (instance %.4f inter %.4f intra rgb %.4f gray %.4f) lr %.2e %.0f img/s%s",
              epoch, step, num_steps, row["loss"], row["instance"], row["inter"], row["intra_rgb"],
              row["intra_gray"], lr, images_per_s, eta)
+    if "camera_intra_rgb" in row:
+        log.info("epoch %d [%d/%d] camera proxies: intra rgb %.4f gray %.4f, inter rgb %.4f gray %.4f", epoch, step,
+                 num_steps, row["camera_intra_rgb"], row["camera_intra_gray"], row["camera_inter_rgb"],
+                 row["camera_inter_gray"])
 
 
 class RunClock:

@@ -51,6 +51,7 @@ from cacl_dist.training.banks import MemoryBanks
 from cacl_dist.training.checkpointer import Checkpointer, TrainingParts
 from cacl_dist.training.labels import PseudoLabels
 from cacl_dist.training.optim import OPTIMISER_NAMES, Optimiser, adam_kernel, parameter_groups
+from cacl_dist.training.proxies import CameraProxies
 from cacl_dist.precision import StepPrecision
 from cacl_dist.training.progress import Progress
 from cacl_dist.training.stopping import AgreedStop, StopRequested
@@ -105,7 +106,9 @@ class Trainer:
         num_train = len(self.dataset.train)
         self.banks = MemoryBanks(num_train, self.model.online.branch.dim,
                                  shard_bounds(num_train, env.rank, env.world_size), env.device)
-        self.pseudo = PseudoLabels(env.device)
+        proxies = (CameraProxies(cfg.loss, [r.camid for r in self.dataset.train], self.banks, env.device,
+                                 cfg.data.dataset) if cfg.loss.camera_proxy_weight > 0 else None)
+        self.pseudo = PseudoLabels(env.device, proxies)  # camera-aware proxies only when their loss is on
         self.progress = Progress()
         self.eta = run_log.RunClock(cfg.train.epochs * cfg.train.iters_per_epoch)
         parts = TrainingParts(self.progress, self.model, self.optimiser, self.precision, self.banks, self.pseudo)
@@ -300,13 +303,18 @@ class Trainer:
         parts = cacl_loss(x, z, x_gray, labels, pseudo.centres_rgb.centres(), pseudo.centres_gray.centres(),
                           tau=cfg.loss.tau, gamma=cfg.loss.focal_gamma, valid_M=pseudo.centres_rgb.valid(),
                           validate=cfg.run.debug_checks, **loss_weights(cfg.loss))
+        total, camera = parts.total, {}
+        if pseudo.proxies is not None:  # the camera-aware proxy losses (loss.camera_proxy_weight > 0)
+            camera_total, camera = pseudo.proxies.losses(x, x_gray, labels, global_indices, local_columns,
+                                                         self.progress.epoch, cfg.loss.intra_gray_weight)
+            total = total + camera_total
         gathering = comm.all_gather_start(torch.cat([x, x_gray], dim=1).detach().float())
         self.optimiser.optimizer.zero_grad(set_to_none=True)
-        self.precision.backward(parts.total)  # DDP all-reduces and the gather overlap with this
+        self.precision.backward(total)  # DDP all-reduces and the gather overlap with this
         self.update_memory(gathering.wait(), global_indices, num_rounds)
         self.precision.step(self.optimiser.optimizer)
-        return {"loss": parts.total, "instance": parts.instance, "inter": parts.inter,
-                "intra_rgb": parts.intra_rgb, "intra_gray": parts.intra_gray}
+        return {"loss": total, "instance": parts.instance, "inter": parts.inter,
+                "intra_rgb": parts.intra_rgb, "intra_gray": parts.intra_gray, **camera}
 
     def update_memory(self, feats_G2D: torch.Tensor, indices_G: torch.Tensor, num_rounds: int | None) -> None:
         """Update the owned bank rows from the gathered [x | x~] rows, share the row deltas, move the centres.
@@ -323,6 +331,8 @@ class Trainer:
         batch_labels = self.pseudo.labels[indices_G]
         self.pseudo.centres_rgb.apply_delta(batch_labels, deltas[:, :dim], validate=check)
         self.pseudo.centres_gray.apply_delta(batch_labels, deltas[:, dim:], validate=check)
+        if self.pseudo.proxies is not None:
+            self.pseudo.proxies.apply_delta(indices_G, deltas[:, :dim], deltas[:, dim:], validate=check)
 
     def evaluate(self) -> dict:
         """Evaluate branch 1 on query/gallery; record and return the metrics (a failure stops every rank)."""

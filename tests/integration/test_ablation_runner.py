@@ -72,3 +72,21 @@ def test_unknown_variant_and_missing_data_are_one_line_errors(tmp_path):
     assert result.returncode == 2 and "nope not in suite quickstart" in result.stderr
     result = run_ablation("--suite", "market-mini", "--data", str(tmp_path / "absent"), "--out", str(tmp_path))
     assert result.returncode == 2 and "no bounding_box_train/ folder there" in result.stderr
+
+
+def test_the_vit_variant_waits_for_a_backbone_name(monkeypatch):
+    """quickstart-cameras: the ViT row is left out until --vit-backbone names the backbone, then takes it."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import ablation
+
+    monkeypatch.setitem(ablation.SUITES, "quickstart-cameras", ablation.SUITES["quickstart-cameras"])
+    args = ablation.parse_args(["--suite", "quickstart-cameras"])
+    assert args.variants == ["cacl", "cacl_cap", "single_cap", "single_branch"]
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--suite", "quickstart-cameras", "--variants", "cacl_vit"])
+    args = ablation.parse_args(["--suite", "quickstart-cameras", "--vit-backbone", "vit_small_test"])
+    assert args.variants[-1] == "cacl_vit"
+    suite = ablation.SUITES["quickstart-cameras"]
+    assert ablation.overrides_for(suite, "cacl_vit", args.data, []) == ["model.backbone=vit_small_test"]
+    assert "--vit-backbone vit_small_test" in ablation.reproduce_command(args, suite)
+    assert "loss.camera_proxy_weight=1" in ablation.overrides_for(suite, "single_cap", args.data, [])

@@ -48,10 +48,12 @@ def test_lines_that_are_not_records_are_skipped_by_every_reader_and_dropped_on_r
 
 
 # The key order of each kind as the quickstart writes it (a line of each kind of its metrics.jsonl):
-# metrics.jsonl stays byte for byte the same for the same run.
+# metrics.jsonl stays byte for byte the same for the same run. The camera-proxy losses are written only
+# with loss.camera_proxy_weight > 0 (the loss names in sorted order, as the trainer writes them).
+CAMERA_PROXY_KEYS = ["camera_inter_gray", "camera_inter_rgb", "camera_intra_gray", "camera_intra_rgb"]
 QUICKSTART_KEYS = {
-    "train": ["kind", "step", "time", "epoch", "iter", "lr", "images_per_s", "instance", "inter", "intra_gray",
-              "intra_rgb", "loss"],
+    "train": ["kind", "step", "time", "epoch", "iter", "lr", "images_per_s", *CAMERA_PROXY_KEYS, "instance", "inter",
+              "intra_gray", "intra_rgb", "loss"],
     "cluster": ["kind", "step", "time", "epoch", "num_clusters", "num_raw_clusters", "num_outliers",
                 "num_refined_away", "backend", "seconds", "num_multi_clusters", "num_singletons"] + [f"{p}_{s}" for p in ("pseudo", "raw")
                                                              for s in ("precision", "recall", "fscore", "ari", "nmi")],
