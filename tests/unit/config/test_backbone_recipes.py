@@ -41,3 +41,19 @@ def test_recipe_names_where_its_reference_number_comes_from(path):
     header = Path(path).read_text().split("\nrun:")[0]
     assert "# Published reference:" in header and ("arXiv" in header or "issue #" in header)
     assert f"--config {path}" in header
+
+
+@pytest.mark.parametrize("dataset", ["market1501", "msmt17"])
+def test_camera_proxy_recipes_are_their_base_with_the_proxy_loss(dataset):
+    """`<dataset>_vit_s_cap.yaml` names the ViT-S recipe as its base and changes only the run folder and the
+    camera-proxy weight; it cites CAP and where a reference number for orientation comes from."""
+    path = f"configs/{dataset}_vit_s_cap.yaml"
+    cap, base = load_config(path), load_config(f"configs/{dataset}_vit_s.yaml")
+    assert cap.loss.camera_proxy_weight == 1.0 and base.loss.camera_proxy_weight == 0.0
+    cap.loss.camera_proxy_weight, cap.run.output_dir = base.loss.camera_proxy_weight, base.run.output_dir
+    assert cap == base
+    header = Path(path).read_text().split("\nbase:")[0]
+    assert "# Published reference:" in header and "CAP" in header and "AAAI 2021" in header
+    assert f"--config {path}" in header
+    for world in (1, 2, 4, 8):
+        validate_for_world(load_config(path), world)
