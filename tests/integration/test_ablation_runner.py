@@ -23,8 +23,8 @@ def test_two_variants_two_seeds_then_report_only_keeps_the_numbers_and_the_notes
             if not o.startswith("run.")]
     out = tmp_path / "results"
     extra = [x for o in tiny for x in ("--extra-set", o)]
-    result = run_ablation("--suite", "quickstart", "--seeds", "0", "1", "--jobs", "2", "--out", str(out),
-                          "--runs-dir", str(tmp_path / "runs"), *extra)
+    result = run_ablation("--suite", "quickstart", "--seeds", "0", "1", "--variants", "cacl", "rgb_only",
+                          "--jobs", "2", "--out", str(out), "--runs-dir", str(tmp_path / "runs"), *extra)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
     payload = json.loads((out / "quickstart_ablation.json").read_text())
