@@ -18,6 +18,7 @@ k-reciprocal re-ranked distance of evaluation, computed over all queries and the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -62,6 +63,20 @@ def _rerank_params(args: argparse.Namespace, model):
     return None if cfg is None else RerankParams.from_config(cfg.eval)
 
 
+def without_the_query(order: np.ndarray, dist: np.ndarray, query_paths: list[str], gallery_paths: list[str],
+                      topk: int) -> tuple[list[list[int]], list[list[float]]]:
+    """Each query's first ``topk`` results, leaving out the gallery entry that is the query's own file (the same
+    file after resolving links), as a ranked list never returns the query itself."""
+    resolved = [os.path.realpath(p) for p in gallery_paths]
+    kept_order, kept_dist = [], []
+    for q, path in enumerate(query_paths):
+        own = os.path.realpath(path)
+        pairs = [(int(g), float(d)) for g, d in zip(order[q], dist[q]) if resolved[int(g)] != own][:topk]
+        kept_order.append([g for g, _ in pairs])
+        kept_dist.append([d for _, d in pairs])
+    return kept_order, kept_dist
+
+
 def draw_results(out: str | Path, query_records, query_names, gallery: dict, order, dist) -> Path:
     """One row per query: the query (blue), then its nearest gallery images with rank and distance."""
     from cacl_dist.visualize import draw
@@ -72,7 +87,7 @@ def draw_results(out: str | Path, query_records, query_names, gallery: dict, ord
         for pos, (g, d) in enumerate(zip(order[q], dist[q]), start=1):
             tiles.append(draw.Tile(str(gallery["paths"][g]), draw.NEUTRAL,
                                    [f"{pos}: {d:.3f}", Path(str(gallery["names"][g])).name[:12]]))
-        rows.append(draw.draw_row(tiles, header=f"query {name}", separator=True, min_tiles=1 + order.shape[1])[0])
+        rows.append(draw.draw_row(tiles, header=f"query {name}", separator=True, min_tiles=1 + max(map(len, order)))[0])
     return draw.save_png(draw.stack(rows), out)
 
 
@@ -133,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutdown_distributed()
         topk = min(args.topk, len(gallery["names"]))
-        order, dist = rank(query_feats, gallery["features"], _rerank_params(args, query_model)).top(topk)
+        ranking = rank(query_feats, gallery["features"], _rerank_params(args, query_model))
+        order, dist = without_the_query(*ranking.top(min(topk + 1, len(gallery["names"]))),
+                                        [r.path for r in query_records], gallery["paths"].tolist(), topk)
         for q, name in enumerate(query_names):
             print(f"query {name}")
             for pos, (g, d) in enumerate(zip(order[q], dist[q]), start=1):

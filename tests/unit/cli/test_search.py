@@ -56,3 +56,19 @@ def test_image_lists_and_folders_of_extract_and_search_name_what_is_not_utf8(tmp
     Image.fromarray(np.zeros((8, 4, 3), np.uint8)).save(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png"))
     with pytest.raises(ValueError, match=r"caf\\xe9.png is not UTF-8 text"):
         image_records(tmp_path)
+
+
+def test_the_query_own_file_is_left_out_and_the_next_results_move_up(tmp_path):
+    from cacl_dist.cli.search import without_the_query
+
+    files = [tmp_path / f"g{i}.jpg" for i in range(4)]
+    for f in files:
+        f.write_bytes(b"x")
+    link = tmp_path / "link.jpg"
+    link.symlink_to(files[2])
+    order = np.array([[2, 0, 1], [1, 3, 0]])
+    dist = np.array([[0.0, 0.5, 0.7], [0.1, 0.2, 0.3]])
+    kept, kept_dist = without_the_query(order, dist, [str(link), str(tmp_path / "other.jpg")],
+                                        [str(f) for f in files], topk=2)
+    assert kept == [[0, 1], [1, 3]]  # query 0 is g2 through a link: g2 left out
+    assert kept_dist == [[0.5, 0.7], [0.1, 0.2]]
