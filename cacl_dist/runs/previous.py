@@ -19,7 +19,8 @@ from typing import Callable
 PREVIOUS_RUNS = "previous_runs"
 """Sub-folder of the run folder that keeps the records of earlier runs, one folder per fresh start."""
 
-RECORD_NAMES = ("metrics.jsonl", "config.yaml", "tensorboard", "pseudo_labels", "report", "clusters", "ranked")
+RECORD_NAMES = ("metrics.jsonl", "config.yaml", "tensorboard", "pseudo_labels", "eval_distances", "report", "clusters",
+                "ranked")
 """What a run (and the tools that write into its folder by default) leaves in the run folder, besides the
 logs and kept checkpoints (:data:`RECORD_PATTERN`)."""
 RECORD_PATTERN = re.compile(r"^(log_rank\d+\.txt|epoch_\d+\.pt)$")
