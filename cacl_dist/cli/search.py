@@ -18,7 +18,6 @@ k-reciprocal re-ranked distance of evaluation, computed over all queries and the
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -65,15 +64,16 @@ def _rerank_params(args: argparse.Namespace, model):
 
 def without_the_query(order: np.ndarray, dist: np.ndarray, query_paths: list[str], gallery_paths: list[str],
                       topk: int) -> tuple[list[list[int]], list[list[float]]]:
-    """Each query's first ``topk`` results, leaving out the gallery entry that is the query's own file (the same
-    file after resolving links), as a ranked list never returns the query itself."""
-    resolved = [os.path.realpath(p) for p in gallery_paths]
+    """Each query's first ``topk`` results, leaving out the gallery entries that are the query's own file (the
+    same file after resolving links), as the ranked lists do (:func:`cacl_dist.visualize.ranked.not_own_file`)."""
+    from cacl_dist.visualize.ranked import gallery_files, not_own_file
+
+    files = gallery_files(gallery_paths)
     kept_order, kept_dist = [], []
     for q, path in enumerate(query_paths):
-        own = os.path.realpath(path)
-        pairs = [(int(g), float(d)) for g, d in zip(order[q], dist[q]) if resolved[int(g)] != own][:topk]
-        kept_order.append([g for g, _ in pairs])
-        kept_dist.append([d for _, d in pairs])
+        keep = not_own_file(order[q], path, files)
+        kept_order.append([int(g) for g in order[q][keep][:topk]])
+        kept_dist.append([float(d) for d in dist[q][keep][:topk]])
     return kept_order, kept_dist
 
 
@@ -149,8 +149,13 @@ def main(argv: list[str] | None = None) -> int:
             shutdown_distributed()
         topk = min(args.topk, len(gallery["names"]))
         ranking = rank(query_feats, gallery["features"], _rerank_params(args, query_model))
-        order, dist = without_the_query(*ranking.top(min(topk + 1, len(gallery["names"]))),
-                                        [r.path for r in query_records], gallery["paths"].tolist(), topk)
+        query_paths, gallery_paths = [r.path for r in query_records], gallery["paths"].tolist()
+        from cacl_dist.visualize.ranked import gallery_files, own_file_indices
+
+        files = gallery_files(gallery_paths)  # ask for as many more as a query's own file is listed
+        extra = max(len(own_file_indices(p, files)) for p in query_paths)
+        order, dist = without_the_query(*ranking.top(min(topk + extra, len(gallery_paths))), query_paths,
+                                        gallery_paths, topk)
         for q, name in enumerate(query_names):
             print(f"query {name}")
             for pos, (g, d) in enumerate(zip(order[q], dist[q]), start=1):

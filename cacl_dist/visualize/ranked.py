@@ -85,14 +85,12 @@ def rank_queries(dist: np.ndarray, query: Sequence[ImageRecord], gallery: Sequen
     g_cams = np.array([r.camid for r in gallery], dtype=np.int64)
     rows = np.asarray(chosen, dtype=np.int64)
     order = stable_argsort_rows(np.ascontiguousarray(dist[rows]))
-    files = _gallery_files(gallery)
+    files = gallery_files([r.path for r in gallery])
     ranked = []
     for row, q in enumerate(rows.tolist()):
         rec = query[q]
         full = order[row]
-        own = files.get(os.path.realpath(rec.path))
-        if own is not None:  # the query's own file is no result
-            full = full[~np.isin(full, own)]
+        full = full[not_own_file(full, rec.path, files)]  # the query's own file is no result
         top = full[:topk]
         item = RankedQuery(query=q, gallery=top.tolist(), distances=[float(d) for d in shown[q, top]],
                            status=match_status(rec.pid, rec.camid, g_pids[top], g_cams[top]),
@@ -109,12 +107,23 @@ def rank_queries(dist: np.ndarray, query: Sequence[ImageRecord], gallery: Sequen
     return ranked
 
 
-def _gallery_files(gallery: Sequence[ImageRecord]) -> dict[str, list[int]]:
-    """The gallery indices of every image file (resolved path), to find a query's own file."""
+def gallery_files(paths: Sequence[str]) -> dict[str, list[int]]:
+    """The gallery indices of every image file (resolved path, so links count as the file), to find a query's
+    own file."""
     files: dict[str, list[int]] = {}
-    for index, rec in enumerate(gallery):
-        files.setdefault(os.path.realpath(rec.path), []).append(index)
+    for index, path in enumerate(paths):
+        files.setdefault(os.path.realpath(path), []).append(index)
     return files
+
+
+def own_file_indices(query_path: str, files: dict[str, list[int]]) -> list[int]:
+    """The gallery indices of ``query_path``'s own file (``files`` from :func:`gallery_files`), often none."""
+    return files.get(os.path.realpath(query_path), [])
+
+
+def not_own_file(order: np.ndarray, query_path: str, files: dict[str, list[int]]) -> np.ndarray:
+    """Boolean mask over the gallery indices ``order``: False where the entry is the query's own file."""
+    return ~np.isin(order, own_file_indices(query_path, files))
 
 
 def where_first_match(ranked: RankedQuery) -> str:

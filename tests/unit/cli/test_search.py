@@ -72,3 +72,8 @@ def test_the_query_own_file_is_left_out_and_the_next_results_move_up(tmp_path):
                                         [str(f) for f in files], topk=2)
     assert kept == [[0, 1], [1, 3]]  # query 0 is g2 through a link: g2 left out
     assert kept_dist == [[0.5, 0.7], [0.1, 0.2]]
+
+    # a gallery that lists the query's file twice (once through the link): both entries left out
+    kept, _ = without_the_query(np.array([[4, 2, 0, 1]]), np.array([[0.0, 0.0, 0.5, 0.7]]), [str(files[2])],
+                                [*map(str, files), str(link)], topk=2)
+    assert kept == [[0, 1]]
