@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cacl_dist.config import load_config
@@ -134,3 +135,20 @@ def assert_same_state(a: dict, b: dict, exact: bool = True, atol: float = 0.0) -
             assert torch.equal(a[bank], b[bank]), bank
         else:
             torch.testing.assert_close(a[bank], b[bank], atol=atol, rtol=0)
+
+
+def export_gives_the_checkpoint_features(run_dir: Path, images: Path, tmp_path: Path, fmt: str) -> Path:
+    """Export branch 1 of ``run_dir/last.pt`` as ``fmt``, extract ``images`` with the checkpoint and with the
+    export (given the run's config), assert the features agree, and return the export's path."""
+    from cacl_dist.cli.export import main as export
+    from cacl_dist.cli.extract import main as extract
+
+    ckpt, config = str(run_dir / "last.pt"), str(run_dir / "config.yaml")
+    out = tmp_path / f"branch.{fmt}"
+    assert export(["--checkpoint", ckpt, "--format", fmt, "--output", str(out)]) == 0
+    assert extract(["--checkpoint", ckpt, "--images", str(images), "--output", str(tmp_path / "ref.npz")]) == 0
+    assert extract(["--checkpoint", str(out), "--images", str(images), "--output", str(tmp_path / "x.npz"),
+                    "--config", config]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "x.npz")["features"], np.load(tmp_path / "ref.npz")["features"],
+                               atol=1e-5)
+    return out

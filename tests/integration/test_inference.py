@@ -16,7 +16,7 @@ from cacl_dist.cli.search import main as search
 from cacl_dist.cli.visualize import main as visualize
 from cacl_dist.training.checkpoint import FORMAT
 
-from tests.helpers.runs import fit
+from tests.helpers.runs import export_gives_the_checkpoint_features, fit
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWarning")
 
@@ -139,14 +139,8 @@ def test_a_program_that_calls_python_runs_none_in_any_entry(run, tmp_path, synth
 def test_every_export_format_is_read_by_extract_search_and_evaluate(run, tmp_path, synthetic_root, capsys, fmt):
     run_dir, dataset = run
     ckpt, config = str(run_dir / "last.pt"), str(run_dir / "config.yaml")
-    out = tmp_path / f"branch.{fmt}"
-    assert export(["--checkpoint", ckpt, "--format", fmt, "--output", str(out)]) == 0
     query = str(synthetic_root / "query")
-    assert extract(["--checkpoint", ckpt, "--images", query, "--output", str(tmp_path / "ref.npz")]) == 0
-    assert extract(["--checkpoint", str(out), "--images", query, "--output", str(tmp_path / "x.npz"),
-                    "--config", config]) == 0
-    np.testing.assert_allclose(np.load(tmp_path / "x.npz")["features"], np.load(tmp_path / "ref.npz")["features"],
-                               atol=1e-5)
+    out = export_gives_the_checkpoint_features(run_dir, synthetic_root / "query", tmp_path, fmt)  # ref.npz: ckpt
     capsys.readouterr()
     assert search(["--checkpoint", str(out), "--config", config, "--gallery", query,
                    "--query", dataset.query[0].path, "--topk", "1"]) == 0

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from cacl_dist.cli.evaluate import main as evaluate
-from cacl_dist.cli.export import main as export
-from cacl_dist.cli.extract import main as extract
 from cacl_dist.models import build_backbone
 from cacl_dist.training.checkpoint import load_checkpoint
 
-from tests.helpers.runs import assert_same_state, fit, log_text, run_cli, set_args
+from tests.helpers.runs import assert_same_state, export_gives_the_checkpoint_features, fit, log_text, run_cli, set_args
 
 pytest.importorskip("timm")
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.*deprecated:FutureWarning")
@@ -80,12 +77,4 @@ def test_evaluate_reproduces_the_last_evaluation(vit_run, capsys):
 @pytest.mark.parametrize("fmt", ["export", "torchscript", "state_dict"])
 def test_every_export_format_gives_the_checkpoint_features(vit_run, tmp_path, synthetic_root, fmt):
     run_dir, _ = vit_run
-    ckpt, config = str(run_dir / "last.pt"), str(run_dir / "config.yaml")
-    out = tmp_path / f"vit.{fmt}"
-    assert export(["--checkpoint", ckpt, "--format", fmt, "--output", str(out)]) == 0
-    query = str(synthetic_root / "query")
-    assert extract(["--checkpoint", ckpt, "--images", query, "--output", str(tmp_path / "ref.npz")]) == 0
-    assert extract(["--checkpoint", str(out), "--images", query, "--output", str(tmp_path / "x.npz"),
-                    "--config", config]) == 0
-    np.testing.assert_allclose(np.load(tmp_path / "x.npz")["features"], np.load(tmp_path / "ref.npz")["features"],
-                               atol=1e-5)
+    export_gives_the_checkpoint_features(run_dir, synthetic_root / "query", tmp_path, fmt)

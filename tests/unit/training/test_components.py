@@ -17,6 +17,7 @@ from cacl_dist.training.checkpointer import Checkpointer, TrainingParts
 from cacl_dist.training.labels import PseudoLabels
 from cacl_dist.training.optim import Optimiser
 from cacl_dist.training.progress import Progress
+from tests.helpers.optim import trained_optimiser
 
 CPU = torch.device("cpu")
 
@@ -26,13 +27,7 @@ def _optim(lr=1e-3, gamma=0.5, step_size=2):
 
 
 def _trained(optim, epochs: int) -> Optimiser:
-    weight = torch.nn.Parameter(torch.ones(3))
-    optimiser = Optimiser([weight], optim, CPU)
-    for _ in range(epochs):
-        weight.sum().backward()
-        optimiser.optimizer.step()
-        optimiser.scheduler.step()
-    return optimiser
+    return trained_optimiser(optim, epochs)
 
 
 def test_progress_state_round_trips_and_counts_steps_and_epochs():

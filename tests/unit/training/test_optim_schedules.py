@@ -13,6 +13,7 @@ from cacl_dist.config.schema import OptimConfig
 from cacl_dist.errors import UserError
 from cacl_dist.models import build_model
 from cacl_dist.training.optim import Optimiser, parameter_groups
+from tests.helpers.optim import trained_optimiser
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
@@ -84,13 +85,7 @@ def test_sgd_and_adamw(name, kind):
 
 
 def _trained(optim: OptimConfig, epochs: int, total: int = 10) -> Optimiser:
-    weight = torch.nn.Parameter(torch.ones(3))
-    optimiser = Optimiser([weight], optim, CPU, total)
-    for _ in range(epochs):
-        weight.sum().backward()
-        optimiser.optimizer.step()
-        optimiser.scheduler.step()
-    return optimiser
+    return trained_optimiser(optim, epochs, total)
 
 
 def test_resume_keeps_a_cosine_schedule_and_switches_to_a_new_one_in_closed_form():
