@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cacl_dist.distributed import comm
-from cacl_dist.memory import InstanceBank
+from cacl_dist.memory import ClusterCentres, InstanceBank
 
 
 class MemoryBanks:
@@ -31,4 +31,18 @@ class MemoryBanks:
         self.gray.load(state["bank_gray"][start:end], normalize=False)
 
 
-__all__ = ["MemoryBanks"]
+
+def exact_centres(bank: InstanceBank, assignment_N: torch.Tensor, num_groups: int) -> ClusterCentres:
+    """Centres of ``num_groups`` groups of bank rows (``assignment_N``: each row's group, -1 for none): each rank
+    sums its own rows per group in float64, one all-reduce adds the ranks' sums."""
+    sums, counts = ClusterCentres.local_sums(bank, assignment_N, num_groups)
+    return ClusterCentres(comm.all_reduce_sum(sums), comm.all_reduce_sum(counts))
+
+
+def saved_centres(saved: dict, device: torch.device | str) -> ClusterCentres:
+    """The centres of a checkpoint entry (``ClusterCentres.state_dict``) on ``device``."""
+    centres = ClusterCentres(torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1))
+    centres.load_state_dict(saved, device=device)
+    return centres
+
+__all__ = ["MemoryBanks", "exact_centres", "saved_centres"]

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from cacl_dist.distributed import comm
-from cacl_dist.memory import ClusterCentres, InstanceBank
-from cacl_dist.training.banks import MemoryBanks
+from cacl_dist.memory import ClusterCentres
+from cacl_dist.training.banks import MemoryBanks, exact_centres, saved_centres
 from cacl_dist.training.proxies import CameraProxies
 
 
@@ -26,14 +25,10 @@ class PseudoLabels:
         """Use `labels` from now on, with exact centres: each rank's per-cluster sums of its own rows, all-reduced."""
         self.labels = labels.to(self.device)
         num_clusters = int(self.labels.max().item()) + 1
-        self.centres_rgb = self._reduced_centres(banks.rgb, num_clusters)
-        self.centres_gray = self._reduced_centres(banks.gray, num_clusters)
+        self.centres_rgb = exact_centres(banks.rgb, self.labels, num_clusters)
+        self.centres_gray = exact_centres(banks.gray, self.labels, num_clusters)
         if self.proxies is not None:
             self.proxies.assign(self.labels)
-
-    def _reduced_centres(self, bank: InstanceBank, num_clusters: int) -> ClusterCentres:
-        sums, counts = ClusterCentres.local_sums(bank, self.labels, num_clusters)
-        return ClusterCentres(comm.all_reduce_sum(sums), comm.all_reduce_sum(counts))
 
     def state_dict(self) -> dict:
         state = {"labels": None if self.labels is None else self.labels.cpu(),
@@ -52,11 +47,7 @@ class PseudoLabels:
             self.proxies.load_state_dict(state, self.labels)
 
     def _centres(self, saved: dict | None) -> ClusterCentres | None:
-        if saved is None:
-            return None
-        centres = ClusterCentres(torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1))
-        centres.load_state_dict(saved, device=self.device)
-        return centres
+        return None if saved is None else saved_centres(saved, self.device)
 
 
 __all__ = ["PseudoLabels"]

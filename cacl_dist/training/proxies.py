@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 
 from cacl_dist.camera_proxies import ProxyLayout, camera_proxy_loss, camera_sample_weights, proxy_layout
-from cacl_dist.distributed import comm
 from cacl_dist.errors import UserError
-from cacl_dist.memory import ClusterCentres, InstanceBank
-from cacl_dist.training.banks import MemoryBanks
+from cacl_dist.memory import ClusterCentres
+from cacl_dist.training.banks import MemoryBanks, exact_centres, saved_centres
 
 PARTS = ("camera_intra_rgb", "camera_inter_rgb", "camera_intra_gray", "camera_inter_gray")
 """The losses a step reports with the proxies on (unweighted, as the CACL parts)."""
@@ -36,12 +35,8 @@ class CameraProxies:
     def assign(self, labels_N: torch.Tensor) -> None:
         """The proxies of new labels, from this rank's rows of both banks summed over all ranks."""
         self.layout = proxy_layout(labels_N, self.cameras_N)
-        self.rgb = self._reduced(self.banks.rgb)
-        self.gray = self._reduced(self.banks.gray)
-
-    def _reduced(self, bank: InstanceBank) -> ClusterCentres:
-        sums, counts = ClusterCentres.local_sums(bank, self.layout.proxy_of_N, self.layout.num_proxies)
-        return ClusterCentres(comm.all_reduce_sum(sums), comm.all_reduce_sum(counts))
+        self.rgb = exact_centres(self.banks.rgb, self.layout.proxy_of_N, self.layout.num_proxies)
+        self.gray = exact_centres(self.banks.gray, self.layout.proxy_of_N, self.layout.num_proxies)
 
     def apply_delta(self, indices_G: torch.Tensor, delta_rgb: torch.Tensor, delta_gray: torch.Tensor,
                     validate: bool) -> None:
@@ -89,10 +84,7 @@ class CameraProxies:
             return
         self.layout = ProxyLayout(saved["proxy_of"].to(self.device), saved["cluster"].to(self.device),
                                   saved["camera"].to(self.device))
-        self.rgb, self.gray = (ClusterCentres(torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1))
-                               for _ in range(2))
-        self.rgb.load_state_dict(saved["rgb"], device=self.device)
-        self.gray.load_state_dict(saved["gray"], device=self.device)
+        self.rgb, self.gray = saved_centres(saved["rgb"], self.device), saved_centres(saved["gray"], self.device)
 
 
 __all__ = ["PARTS", "CameraProxies"]
